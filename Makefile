@@ -1,0 +1,52 @@
+# peerprog — the two commands a new user needs: `make demo` and `make test`.
+# Both create the virtual environment themselves.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-stamp
+# CPU build of torch first: otherwise pip resolves a CUDA build of several GB.
+TORCH  := torch==2.13.0
+
+.PHONY: all venv test lint typecheck unit integration demo bench clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[test,torch,plot]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check peerprog tests bench
+	$(VENV)/bin/ruff format --check peerprog tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(VENV)/bin/pytest -q tests/integration
+
+demo: $(STAMP)
+	$(VENV)/bin/peerprog demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/codec.py --write
+	$(PY) bench/swarm.py --write
+	$(PY) bench/api.py --write
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,46 @@
+"""Progressive codecs: split a state dict into significance levels, merge any prefix back.
+
+Pure (numpy and zstd only). ``bitplane`` is the default and lossless; ``paper`` is the
+yardstick from Lee et al. 2021 (per-tensor min-max 16-bit codes cut into 2-bit pieces).
+"""
+
+from __future__ import annotations
+
+from peerprog.codec.base import Codec, Decoder, Encoded, RawTensor
+from peerprog.codec.bitplane import BitplaneCodec
+from peerprog.codec.dtypes import DTYPES, DType, dtype
+from peerprog.codec.layout import ParamValue, Segment, TensorLayout
+from peerprog.codec.paper import PaperCodec
+from peerprog.errors import InputError
+
+DEFAULT_CODEC = "bitplane"
+
+CODECS: dict[str, Codec] = {c.name: c for c in (BitplaneCodec(), PaperCodec())}
+
+
+def get_codec(name: str) -> Codec:
+    """The registered codec called ``name``; :class:`InputError` naming the choices if none."""
+    try:
+        return CODECS[name]
+    except KeyError:
+        choices = ", ".join(sorted(CODECS))
+        raise InputError(f"unknown codec {name!r} (choose from: {choices})") from None
+
+
+__all__ = [
+    "CODECS",
+    "DEFAULT_CODEC",
+    "DTYPES",
+    "BitplaneCodec",
+    "Codec",
+    "DType",
+    "Decoder",
+    "Encoded",
+    "PaperCodec",
+    "ParamValue",
+    "RawTensor",
+    "Segment",
+    "TensorLayout",
+    "dtype",
+    "get_codec",
+]
