@@ -1,0 +1,53 @@
+"""The ``peerprog`` command: bad input exits 1 with one line on stderr, usage errors exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from peerprog import __version__
+from peerprog.errors import PeerprogError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peerprog",
+        description="Progressive peer-to-peer delivery of deep-learning models.",
+    )
+    parser.add_argument("--version", action="version", version=f"peerprog {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from peerprog.cli import local
+
+    local.add_parsers(sub)
+    try:
+        from peerprog.cli import network
+    except ImportError:  # pragma: no cover - the network commands land with the daemon
+        pass
+    else:
+        network.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except PeerprogError as e:
+        sys.stderr.write(f"peerprog: error: {e}\n")
+        return 1
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"peerprog: error: {where}{e.strerror or e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("peerprog: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

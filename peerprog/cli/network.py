@@ -1,0 +1,24 @@
+"""The commands that talk to a daemon: ``daemon`` (and, with the local API, ``fetch``,
+``status``, ``demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from peerprog.node.config import load_config
+    from peerprog.node.run import serve, setup_logging
+
+    config = load_config(Path(args.config))
+    setup_logging()
+    asyncio.run(serve(config))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("daemon", help="run a node")
+    p.add_argument("--config", required=True, help="node config (TOML)")
+    p.set_defaults(func=cmd_daemon)

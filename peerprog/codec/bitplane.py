@@ -1,0 +1,2 @@
+class BitplaneCodec:
+    name = "bitplane"

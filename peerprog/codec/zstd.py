@@ -1,0 +1,54 @@
+"""zstd framing shared by the codecs: compress, and decompress untrusted frames safely."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zstandard
+
+from peerprog.errors import FormatError
+
+# Generic data (integer tensors, small floats): a normal level, matches matter here.
+_GENERAL = zstandard.ZstdCompressionParameters.from_level(3)
+# Low-entropy symbol streams without long repeats (float exponents): long minimum matches
+# and a tiny hash table make zstd mostly a Huffman coder. Measured on normal(0, 0.05)
+# float32 exponents: 2.59 bits/exponent at ~380 MB/s (level 3: 3.25 bits at 75 MB/s, and
+# its many short matches decode at only ~120 MB/s).
+_SYMBOLS = zstandard.ZstdCompressionParameters(
+    compression_level=1, strategy=zstandard.STRATEGY_FAST, min_match=7, hash_log=6
+)
+
+
+def compress(data: Any, symbols: bool = False) -> bytes:
+    """One zstd frame (with its content size) of the bytes-like ``data``.
+
+    ``symbols`` selects settings for a stream of small symbols with little repetition.
+    """
+    params = _SYMBOLS if symbols else _GENERAL
+    out: bytes = zstandard.ZstdCompressor(compression_params=params).compress(data)
+    return out
+
+
+def decompress_exact(frame: Any, size: int, what: str) -> npt.NDArray[np.uint8]:
+    """Decompress one zstd frame that must hold exactly ``size`` bytes and nothing after.
+
+    The frame header's content size is checked before anything is allocated, so a
+    malicious frame cannot make us allocate more than ``size`` bytes. ``what`` names the
+    data in the :class:`FormatError` raised on any problem.
+    """
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise FormatError(f"{what}: not a zstd frame ({e})") from None
+    if declared != size:
+        raise FormatError(f"{what}: zstd frame declares {declared} bytes, expected {size}")
+    dobj = zstandard.ZstdDecompressor().decompressobj(write_size=max(size, 1))
+    try:
+        out = dobj.decompress(frame)
+    except zstandard.ZstdError as e:
+        raise FormatError(f"{what}: corrupt zstd data ({e})") from None
+    if not dobj.eof or dobj.unused_data or len(out) != size:
+        raise FormatError(f"{what}: zstd frame is truncated, oversized or followed by junk")
+    return np.frombuffer(out, np.uint8)

@@ -1,0 +1,140 @@
+"""Read and write the safetensors format without the safetensors package.
+
+The format: an unsigned little-endian 64-bit header length, a JSON header mapping tensor
+names to ``{"dtype", "shape", "data_offsets"}`` (and an optional ``__metadata__`` map of
+strings), then the tensors' raw little-endian bytes. Writing it ourselves lets us carry
+bfloat16 (numpy has none) and build the file as a list of buffers without copies.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from peerprog.codec.base import RawTensor
+from peerprog.codec.dtypes import DTYPES
+from peerprog.errors import FormatError
+
+_ST_TO_NAME = {
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "BOOL": "bool",
+    "I8": "int8",
+    "U8": "uint8",
+    "I16": "int16",
+    "U16": "uint16",
+    "I32": "int32",
+    "U32": "uint32",
+    "I64": "int64",
+    "U64": "uint64",
+}
+_NAME_TO_ST = {v: k for k, v in _ST_TO_NAME.items()}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def encode_safetensors(
+    tensors: Mapping[str, RawTensor], metadata: Mapping[str, str] | None = None
+) -> list[bytes | memoryview]:
+    """The safetensors file for ``tensors`` as a list of buffers (header first).
+
+    The tensors' arrays are referenced, not copied; join or write the buffers in order.
+    """
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    buffers: list[bytes | memoryview] = []
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _NAME_TO_ST:
+            raise FormatError(f"tensor {name!r}: dtype {t.dtype!r} cannot be stored")
+        arr = np.ascontiguousarray(t.array)
+        data = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+        header[name] = {
+            "dtype": _NAME_TO_ST[t.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        offset += len(data)
+        buffers.append(data)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-aligned
+    return [struct.pack("<Q", len(raw)), raw, *buffers]
+
+
+def write_safetensors(
+    path: Path, tensors: Mapping[str, RawTensor], metadata: Mapping[str, str] | None = None
+) -> int:
+    """Write ``tensors`` to ``path``; returns the bytes written."""
+    total = 0
+    with open(path, "wb") as f:
+        for buf in encode_safetensors(tensors, metadata):
+            f.write(buf)
+            total += len(buf)
+    return total
+
+
+def parse_safetensors(
+    data: bytes | memoryview, *, copy: bool = True
+) -> tuple[dict[str, RawTensor], dict[str, str]]:
+    """Parse a safetensors file held in memory; returns (tensors, metadata).
+
+    Raises :class:`FormatError` naming what is wrong on a malformed or truncated file.
+    """
+    view = memoryview(data)
+    if len(view) < 8:
+        raise FormatError("not a safetensors file: shorter than its 8-byte header length")
+    (hlen,) = struct.unpack("<Q", view[:8])
+    if hlen > _MAX_HEADER or 8 + hlen > len(view):
+        raise FormatError("not a safetensors file: header length out of range (truncated?)")
+    try:
+        header = json.loads(bytes(view[8 : 8 + hlen]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"not a safetensors file: bad JSON header ({e})") from None
+    if not isinstance(header, dict):
+        raise FormatError("not a safetensors file: header is not a JSON object")
+    body = view[8 + hlen :]
+    meta_raw = header.pop("__metadata__", None) or {}
+    if not isinstance(meta_raw, dict):
+        raise FormatError("safetensors __metadata__ is not an object")
+    metadata = {str(k): str(v) for k, v in meta_raw.items()}
+    tensors: dict[str, RawTensor] = {}
+    for name, info in header.items():
+        tensors[name] = _tensor(name, info, body, copy)
+    return tensors, metadata
+
+
+def _tensor(name: str, info: object, body: memoryview, copy: bool) -> RawTensor:
+    if not isinstance(info, dict):
+        raise FormatError(f"safetensors tensor {name!r}: entry is not an object")
+    st = info.get("dtype")
+    shape = info.get("shape")
+    offsets = info.get("data_offsets")
+    if st not in _ST_TO_NAME:
+        raise FormatError(f"safetensors tensor {name!r}: unsupported dtype {st!r}")
+    if not _int_list(shape) or not _int_list(offsets) or len(offsets) != 2:
+        raise FormatError(f"safetensors tensor {name!r}: bad shape or data_offsets")
+    dt = DTYPES[_ST_TO_NAME[st]]
+    start, end = offsets
+    numel = 1
+    for d in shape:
+        numel *= d
+    if not 0 <= start <= end <= len(body) or end - start != numel * dt.itemsize:
+        raise FormatError(f"safetensors tensor {name!r}: data out of range or wrong size")
+    arr = np.frombuffer(body[start:end], dtype=dt.storage).reshape(shape)
+    return RawTensor(dt.name, arr.copy() if copy else arr)
+
+
+def _int_list(v: object) -> bool:
+    return isinstance(v, Sequence) and all(isinstance(x, int) and x >= 0 for x in v)
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, RawTensor], dict[str, str]]:
+    """Read a safetensors file; returns (tensors, metadata)."""
+    data = path.read_bytes()
+    return parse_safetensors(data, copy=False)

@@ -1,0 +1,39 @@
+"""Cut level streams into chunks, in level order: chunk index order is priority order."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from peerprog.manifest.model import Chunk, Level
+
+
+def cut_levels(
+    levels: Sequence[bytes | memoryview],
+    chunk_size: int,
+    quality: Sequence[dict[str, int]] = (),
+) -> tuple[tuple[Level, ...], tuple[Chunk, ...]]:
+    """The level table and chunk list for ``levels`` cut into ``chunk_size`` pieces.
+
+    Each level starts a new chunk, so a level is complete exactly when its chunks are.
+    """
+    out_levels: list[Level] = []
+    chunks: list[Chunk] = []
+    for n, data in enumerate(levels):
+        view = memoryview(data)
+        first = len(chunks)
+        for start in range(0, len(view), chunk_size):
+            piece = view[start : start + chunk_size]
+            chunks.append(Chunk(len(piece), hashlib.sha256(piece).digest()))
+        q = dict(quality[n]) if n < len(quality) else {}
+        out_levels.append(Level(n, first, len(chunks) - first, len(view), q))
+    return tuple(out_levels), tuple(chunks)
+
+
+def chunk_data(levels: Sequence[bytes | memoryview], chunk_size: int) -> list[memoryview]:
+    """The chunks' bytes, in index order (views into ``levels``)."""
+    out = []
+    for data in levels:
+        view = memoryview(data)
+        out.extend(view[s : s + chunk_size] for s in range(0, len(view), chunk_size))
+    return out

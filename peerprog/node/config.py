@@ -1,0 +1,212 @@
+"""Node configuration (TOML), validated at start.
+
+Every section and key is a frozen dataclass field with its docstring; an unknown key or a
+value of the wrong type is refused with an :class:`InputError` that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peerprog.errors import InputError
+from peerprog.manifest import parse_public_key, valid_name
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    name: str = "peerprog-node"
+    """A name for this node, shown to peers and in logs."""
+    data_dir: str = "./peerprog-data"
+    """The store folder (DESIGN.md store layout)."""
+    listen: str = "127.0.0.1:7070"
+    """``host:port`` of the peer protocol server; port 0 picks a free one."""
+    public_url: str = ""
+    """The URL peers should use to reach this node; default ``http://<listen>``."""
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    socket: str = "./peerprog-api.sock"
+    """Path of the local API's unix socket (mode 0600)."""
+    listen_tcp: str = ""
+    """Optional ``host:port`` (loopback) for browser apps; requires ``token``."""
+    token: str = ""
+    """Bearer token required on the TCP listener."""
+    cors_origins: list[str] = field(default_factory=list)
+    """Origins allowed by CORS on the TCP listener."""
+
+
+@dataclass(frozen=True)
+class TrustSection:
+    publishers: list[str] = field(default_factory=list)
+    """Publisher keys (``ed25519:<base64url>``) whose manifests are accepted."""
+
+
+@dataclass(frozen=True)
+class PeersSection:
+    bootstrap: list[str] = field(default_factory=list)
+    """Base URLs of peers to announce to at start (``http://host:port``)."""
+    web_seeds: list[str] = field(default_factory=list)
+    """Base URLs of static servers holding a published store."""
+    announce_interval: float = 10.0
+    """Seconds between periodic announcements."""
+    have_poll_interval: float = 1.0
+    """Seconds between polls of a peer's ``have`` bitfield while fetching from it."""
+    max_peers: int = 64
+    """Most peers remembered; peer exchange beyond it is ignored."""
+
+
+@dataclass(frozen=True)
+class ModelsSection:
+    want: list[str] = field(default_factory=list)
+    """Names of models to fetch at start."""
+    keep_versions: int = 0
+    """Older versions of a name kept once a newer one is exact (0: drop them)."""
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    upload_bytes_per_s: int = 0
+    """Upload cap of the peer server (0: no limit)."""
+    download_bytes_per_s: int = 0
+    """Download cap across all sources (0: no limit)."""
+    max_in_flight: int = 64
+    """Most chunk requests in flight per model."""
+    max_connections: int = 64
+    """Most simultaneous outgoing connections."""
+    max_request_bytes: int = 1 << 20
+    """Largest request body accepted (announce)."""
+    request_timeout: float = 30.0
+    """Upper bound on any single network wait, in seconds."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole node configuration."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    trust: TrustSection = field(default_factory=TrustSection)
+    peers: PeersSection = field(default_factory=PeersSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.node.data_dir)
+
+
+def _check(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise InputError(f"config: {key} must be a list")
+        return [_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"config: {key} must be a number")
+        if value < 0:
+            raise InputError(f"config: {key} must not be negative")
+        return float(value)
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"config: {key} must be an integer")
+        if value < 0:
+            raise InputError(f"config: {key} must not be negative")
+        return value
+    if typ is str:
+        if not isinstance(value, str):
+            raise InputError(f"config: {key} must be a string")
+        return value
+    raise AssertionError(f"unhandled config type {typ} for {key}")  # pragma: no cover
+
+
+def _section(cls: type, raw: Any, name: str) -> Any:
+    if not isinstance(raw, dict):
+        raise InputError(f"config: [{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise InputError(f"config: unknown key {name}.{key} (known: {', '.join(sorted(known))})")
+    return cls(**{k: _check(v, hints[k], f"{name}.{k}") for k, v in raw.items()})
+
+
+def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
+    """Validate a parsed TOML document; relative paths are taken from ``base``."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for key in raw:
+        if key not in sections:
+            raise InputError(f"config: unknown section [{key}] (known: {', '.join(sections)})")
+    hints = typing.get_type_hints(Config)
+    parts = {k: _section(hints[k], v, k) for k, v in raw.items()}
+    cfg = Config(**parts)
+    return _validate(_resolve_paths(cfg, base) if base else cfg)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def rel(p: str) -> str:
+        return str(base / p) if p and not Path(p).is_absolute() else p
+
+    return dataclasses.replace(
+        cfg,
+        node=dataclasses.replace(cfg.node, data_dir=rel(cfg.node.data_dir)),
+        api=dataclasses.replace(cfg.api, socket=rel(cfg.api.socket)),
+    )
+
+
+def split_host_port(text: str, key: str) -> tuple[str, int]:
+    """``host:port`` → (host, port); :class:`InputError` naming ``key`` if malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InputError(f"config: {key} must be host:port, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _validate(cfg: Config) -> Config:
+    split_host_port(cfg.node.listen, "node.listen")
+    for i, p in enumerate(cfg.trust.publishers):
+        try:
+            parse_public_key(p)
+        except Exception:
+            raise InputError(f"config: trust.publishers[{i}] is not an ed25519:<base64url> key") from None
+    for key, urls in (("peers.bootstrap", cfg.peers.bootstrap), ("peers.web_seeds", cfg.peers.web_seeds)):
+        for i, u in enumerate(urls):
+            if not u.startswith(("http://", "https://")):
+                raise InputError(f"config: {key}[{i}] must be an http(s) URL, not {u!r}")
+    for i, n in enumerate(cfg.models.want):
+        if not valid_name(n):
+            raise InputError(f"config: models.want[{i}] {n!r} is not a valid model name")
+    if cfg.api.listen_tcp:
+        host, _ = split_host_port(cfg.api.listen_tcp, "api.listen_tcp")
+        if not cfg.api.token:
+            raise InputError("config: api.listen_tcp needs api.token to be set")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise InputError("config: api.listen_tcp must be a loopback address")
+    if cfg.peers.have_poll_interval <= 0 or cfg.peers.announce_interval <= 0:
+        raise InputError("config: peers intervals must be positive")
+    return cfg
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML config file; relative paths are from the file's folder."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({e})") from None
+    try:
+        return parse_config(raw, path.parent.resolve())
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+
+

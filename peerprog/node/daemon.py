@@ -1,0 +1,356 @@
+"""The node: loads its store, serves peers, announces, resolves wanted names, fetches.
+
+This is the asyncio shell; the decisions live in the pure parts (the swarm scheduler picks
+chunks, the manifest module verifies them). Logs say what happens: a level reached, a peer
+banned, a manifest refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from peerprog.errors import PeerFault, PeerprogError, VerificationError
+from peerprog.manifest import open_envelope
+from peerprog.node.config import Config, split_host_port
+from peerprog.node.fetcher import Fetcher, Source
+from peerprog.node.peerclient import PeerClient, TransportError
+from peerprog.node.protocol import Announce, ModelRef, PeerRef
+from peerprog.node.ratelimit import TokenBucket
+from peerprog.node.server import build_app
+from peerprog.node.state import ModelState
+from peerprog.store import Store
+from peerprog.swarm import Bitfield
+
+log = logging.getLogger("peerprog.node")
+ANSWER_LIMIT = 1 << 20
+
+
+@dataclass
+class PeerInfo:
+    """A peer this node has heard of."""
+
+    url: str
+    node: str = ""
+    models: dict[str, ModelRef] = field(default_factory=dict)
+    last_seen: float = 0.0
+    failures: int = 0
+    bootstrap: bool = False
+
+
+class Node:
+    """A peerprog node. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.base_dir)
+        self.trusted = frozenset(config.trust.publishers)
+        self.models: dict[str, ModelState] = {}
+        self.wanted: set[str] = set(config.models.want)
+        self.peers: dict[str, PeerInfo] = {}
+        self.upload_bucket = TokenBucket(config.limits.upload_bytes_per_s)
+        self.download_bucket = TokenBucket(config.limits.download_bytes_per_s)
+        self.client = PeerClient(
+            self.download_bucket,
+            max_connections=config.limits.max_connections,
+            timeout=config.limits.request_timeout,
+        )
+        self.bytes_uploaded = 0
+        self.started_at = time.time()
+        self.url = config.node.public_url
+        self.fetchers: dict[str, Fetcher] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: web.AppRunner | None = None
+        self._announce_now = asyncio.Event()
+        self._resolve_now = asyncio.Event()
+        self.level_listeners: list[Any] = []
+        for url in config.peers.bootstrap:
+            self.peers[url.rstrip("/")] = PeerInfo(url.rstrip("/"), bootstrap=True)
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.client.__aenter__()
+        await asyncio.to_thread(self._load_store)
+        host, port = split_host_port(self.config.node.listen, "node.listen")
+        self._runner = web.AppRunner(build_app(self), access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+        if not self.url:
+            self.url = f"http://{host}:{bound}"
+        self.port = bound
+        log.info("node %s serving peers on %s (%d models in store)", self.config.node.name,
+                 self.url, len(self.models))
+        for state in self.models.values():
+            if not state.complete:
+                self._start_fetcher(state)
+        self._spawn(self._announce_loop())
+        self._spawn(self._resolve_loop())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.client.__aexit__()
+        log.info("node %s stopped", self.config.node.name)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed", exc_info=task.exception())
+
+    def _load_store(self) -> None:
+        """Take up every trusted, verified model in the store; skip (and log) the rest."""
+        for model_id in self.store.model_ids():
+            try:
+                signed = self.store.load_manifest(model_id, self.trusted)
+            except PeerprogError as e:
+                log.warning("store: ignoring model %s…: %s", model_id[:12], e)
+                continue
+            m = signed.manifest
+            have = Bitfield(len(m.chunks))
+            for i in self.store.scan(model_id, m, verify=True):
+                have.set(i)
+            state = ModelState(signed, have, origin=have.count() == len(m.chunks))
+            state.metrics.chunks_from_disk = have.count()
+            self.models[model_id] = state
+            log.info("store: %s v%d: %d/%d chunks, level %d", m.name, m.version, have.count(),
+                     len(m.chunks), state.best_level)
+
+    # --- models ----------------------------------------------------------------------------
+
+    def versions(self, name: str) -> list[ModelState]:
+        """This node's models called ``name``, newest first."""
+        found = [s for s in self.models.values() if s.manifest.name == name]
+        return sorted(found, key=lambda s: (s.manifest.version, s.created), reverse=True)
+
+    def newest_served(self, name: str) -> ModelState | None:
+        """The newest version of ``name`` whose level 0 is complete (what apps get)."""
+        for s in self.versions(name):
+            if s.best_level >= 0:
+                return s
+        return None
+
+    def want(self, name: str) -> None:
+        """Start fetching ``name`` (and keep it up to date)."""
+        if name not in self.wanted:
+            self.wanted.add(name)
+            log.info("want %s", name)
+        self._resolve_now.set()
+
+    def _start_fetcher(self, state: ModelState) -> None:
+        if state.model_id in self.fetchers:
+            return
+        fetcher = Fetcher(self, state)
+        self.fetchers[state.model_id] = fetcher
+
+        async def run() -> None:
+            try:
+                await fetcher.run()
+            finally:
+                self.fetchers.pop(state.model_id, None)
+
+        self._spawn(run())
+
+    def on_chunk_stored(self, state: ModelState, index: int) -> None:
+        """Called by a fetcher after a verified chunk reached the disk."""
+        if not state.add_chunk(index):
+            return
+        m = state.manifest
+        state.metrics.level_complete_at[state.best_level] = time.time()
+        log.info("%s v%d: level %d of %d reached (%d/%d bytes)", m.name, m.version,
+                 state.best_level, m.levels_total - 1, state.bytes_held, m.total_bytes)
+        newest = self.newest_served(m.name)
+        if newest is state:
+            self.store.set_name(m.name, state.model_id)
+        if state.complete:
+            self._drop_older(state)
+        state.notify()
+        for listener in list(self.level_listeners):
+            listener(state)
+        self._announce_now.set()
+
+    def _drop_older(self, state: ModelState) -> None:
+        keep = self.config.models.keep_versions
+        older = [s for s in self.versions(state.manifest.name)
+                 if s.manifest.version < state.manifest.version]
+        for old in older[keep:]:
+            log.info("dropping %s v%d: v%d is exact", old.manifest.name, old.manifest.version,
+                     state.manifest.version)
+            fetcher = self.fetchers.pop(old.model_id, None)
+            if fetcher is not None:
+                fetcher.wake()
+            self.models.pop(old.model_id, None)
+            self.store.remove_model(old.model_id)
+
+    def sources_for(self, state: ModelState) -> list[Source]:
+        """Every peer and web seed that may hold ``state``'s model."""
+        out = []
+        for info in list(self.peers.values())[: self.config.peers.max_peers]:
+            if info.url == self.url:
+                continue
+            ref = info.models.get(state.model_id)
+            kind = "seed" if ref is not None and ref.origin else "peer"
+            out.append(Source(info.url, info.url + "/p2p/v1", kind))
+        for url in self.config.peers.web_seeds:
+            root = url.rstrip("/")
+            out.append(Source("webseed:" + root, root, "web_seed"))
+        return out
+
+    # --- discovery -------------------------------------------------------------------------
+
+    def my_announce(self) -> Announce:
+        models = tuple(
+            ModelRef(s.manifest.name, s.model_id, s.manifest.version, s.complete, s.origin)
+            for s in self.models.values()
+        )
+        return Announce(self.config.node.name, self.url, models)
+
+    def on_announce(self, ann: Announce) -> Announce:
+        """Record an announcing peer; answer with the peers and models this node knows."""
+        if ann.url and ann.url.rstrip("/") != self.url:
+            self._learn(ann.url.rstrip("/"), ann.node, ann.models)
+        if any(m.name in self.wanted for m in ann.models):
+            self._resolve_now.set()
+        peers = tuple(
+            PeerRef(p.node, p.url)
+            for p in list(self.peers.values())[:64]
+            if p.url != ann.url.rstrip("/")
+        )
+        return Announce(self.config.node.name, self.url, self.my_announce().models, peers)
+
+    def _learn(self, url: str, node: str, models: tuple[ModelRef, ...]) -> None:
+        info = self.peers.get(url)
+        if info is None:
+            if len(self.peers) >= self.config.peers.max_peers:
+                return
+            info = self.peers[url] = PeerInfo(url)
+            log.info("new peer %s (%s)", url, node)
+            for fetcher in self.fetchers.values():
+                fetcher.wake()
+        info.node = node or info.node
+        info.models = {m.model_id: m for m in models}
+        info.last_seen = time.time()
+        info.failures = 0
+
+    async def _announce_loop(self) -> None:
+        interval = self.config.peers.announce_interval
+        while True:
+            await self._announce_all()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._announce_now.wait(), interval)
+            self._announce_now.clear()
+            await asyncio.sleep(0.05)  # coalesce bursts of level changes
+
+    async def _announce_all(self) -> None:
+        ann = self.my_announce()
+        peers = list(self.peers.values())[: self.config.peers.max_peers]
+        results = await asyncio.gather(
+            *(self._announce_to(p, ann) for p in peers), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, Exception):
+                raise r
+
+    async def _announce_to(self, info: PeerInfo, ann: Announce) -> None:
+        try:
+            answer = await self.client.announce(info.url, ann, ANSWER_LIMIT)
+        except (TransportError, PeerFault) as e:
+            info.failures += 1
+            log.debug("announce to %s failed: %s", info.url, e)
+            if info.failures >= 5 and not info.bootstrap:
+                self.peers.pop(info.url, None)
+            return
+        self._learn(info.url, answer.node, answer.models)
+        for p in answer.peers:
+            url = p.url.rstrip("/")
+            if url != self.url and url not in self.peers:
+                self._learn(url, p.node, ())
+        if any(m.name in self.wanted for m in answer.models):
+            self._resolve_now.set()
+
+    # --- resolving wanted names ------------------------------------------------------------
+
+    async def _resolve_loop(self) -> None:
+        while True:
+            for name in sorted(self.wanted):
+                try:
+                    await self._resolve(name)
+                except PeerprogError as e:
+                    log.warning("resolving %s: %s", name, e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resolve_now.wait(), self.config.peers.announce_interval)
+            self._resolve_now.clear()
+
+    async def _candidates(self, name: str) -> dict[str, tuple[int, list[str]]]:
+        """model id → (announced version, roots that hold it) for ``name``."""
+        found: dict[str, tuple[int, list[str]]] = {}
+        for info in list(self.peers.values()):
+            for ref in info.models.values():
+                if ref.name == name:
+                    ver, roots = found.setdefault(ref.model_id, (ref.version, []))
+                    roots.append(info.url + "/p2p/v1")
+        roots = [p.url + "/p2p/v1" for p in self.peers.values() if p.bootstrap]
+        roots += [u.rstrip("/") for u in self.config.peers.web_seeds]
+
+        async def ask(root: str) -> tuple[str, str] | None:
+            try:
+                return root, await self.client.get_name(root, name)
+            except (TransportError, PeerFault):
+                return None
+
+        for res in await asyncio.gather(*(ask(r) for r in roots)):
+            if res is not None and len(res[1]) == 64:
+                ver, holders = found.setdefault(res[1], (-1, []))
+                holders.append(res[0])
+        return found
+
+    async def _resolve(self, name: str) -> None:
+        """Take up the newest trusted version of ``name`` that sources offer."""
+        have_versions = {s.manifest.version for s in self.versions(name)}
+        newest = max(have_versions, default=0)
+        candidates = await self._candidates(name)
+        order = sorted(candidates.items(), key=lambda kv: kv[1][0], reverse=True)
+        for model_id, (announced, roots) in order:
+            if model_id in self.models or (0 <= announced <= newest):
+                continue
+            for root in roots:
+                try:
+                    envelope = await self.client.get_manifest(root, model_id)
+                    signed = open_envelope(envelope, self.trusted, expect_id=model_id)
+                except (TransportError, PeerFault) as e:
+                    if isinstance(e, VerificationError):
+                        log.warning("refused manifest %s… from %s: %s", model_id[:12], root, e)
+                    continue
+                if signed.manifest.name != name:
+                    log.warning("refused manifest %s… from %s: it is %r, not %r",
+                                model_id[:12], root, signed.manifest.name, name)
+                    continue
+                if signed.manifest.version <= newest:
+                    break
+                await asyncio.to_thread(self.store.put_manifest, signed)
+                state = ModelState(signed, Bitfield(len(signed.manifest.chunks)), origin=False)
+                self.models[model_id] = state
+                newest = signed.manifest.version
+                log.info("found %s v%d (%s…) from %s", name, newest, model_id[:12], root)
+                self._start_fetcher(state)
+                self._announce_now.set()
+                break

@@ -1,0 +1,119 @@
+"""HTTP client side of the peer protocol, for peers and web seeds alike.
+
+Every wait has a timeout and every body a size cap, so a slow, silent or lying source can
+hold no slot forever and cannot exhaust memory. A source is addressed by its *root*: a
+peer's ``http://host:port/p2p/v1`` or a web seed's base URL, under which the store layout
+is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from peerprog.errors import PeerFault, PeerprogError
+from peerprog.manifest.envelope import MAX_ENVELOPE_BYTES
+from peerprog.node.protocol import Announce, decode_announce, decode_have
+from peerprog.node.ratelimit import TokenBucket, throttle
+from peerprog.swarm import Bitfield
+
+READ_PIECE = 65536
+
+
+class TransportError(PeerprogError):
+    """A source could not be reached or answered with an error status (transient)."""
+
+
+class NotFound(TransportError):
+    """The source answered 404: it does not hold what was asked for."""
+
+
+class PeerClient:
+    """Outgoing requests to peers and web seeds, sharing one connection pool."""
+
+    def __init__(self, download: TokenBucket, *, max_connections: int, timeout: float) -> None:
+        self.download = download
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._max_connections = max_connections
+
+    async def __aenter__(self) -> PeerClient:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=8),
+            timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),
+                                          sock_read=self.timeout),
+            auto_decompress=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "PeerClient used outside 'async with'"
+        return self._session
+
+    async def _get(self, url: str, limit: int, *, throttled: bool = False,
+                   timeout: float | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout or self.timeout):
+                async with self.session.get(url) as resp:
+                    if resp.status == 404:
+                        raise NotFound(f"{url}: 404")
+                    if resp.status != 200:
+                        raise TransportError(f"{url}: HTTP {resp.status}")
+                    if resp.content_length is not None and resp.content_length > limit:
+                        raise PeerFault(f"{url}: body of {resp.content_length} bytes is too large")
+                    buf = bytearray()
+                    while True:
+                        piece = await resp.content.read(READ_PIECE)
+                        if not piece:
+                            break
+                        buf += piece
+                        if len(buf) > limit:
+                            raise PeerFault(f"{url}: body is larger than {limit} bytes")
+                        if throttled:
+                            await throttle(self.download, len(piece))
+                    return bytes(buf)
+        except TimeoutError:
+            raise TransportError(f"{url}: timed out") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise TransportError(f"{url}: {type(e).__name__}: {e}") from None
+
+    async def get_name(self, root: str, name: str) -> str:
+        data = await self._get(f"{root}/names/{name}", 256)
+        return data.decode("ascii", "replace").strip()
+
+    async def get_manifest(self, root: str, model_id: str) -> bytes:
+        return await self._get(f"{root}/models/{model_id}/manifest.msgpack", MAX_ENVELOPE_BYTES)
+
+    async def get_have(self, root: str, model_id: str, count: int) -> Bitfield:
+        data = await self._get(f"{root}/models/{model_id}/have", count // 8 + 256)
+        return decode_have(data, count)
+
+    async def get_chunk(self, root: str, model_id: str, index: int, length: int,
+                        timeout: float) -> bytes:
+        """A chunk's bytes; :class:`PeerFault` if more than ``length`` arrive."""
+        return await self._get(f"{root}/models/{model_id}/chunks/{index}", length,
+                               throttled=True, timeout=timeout)
+
+    async def announce(self, peer_url: str, ann: Announce, limit: int) -> Announce:
+        url = peer_url.rstrip("/") + "/p2p/v1/announce"
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.session.post(
+                    url, data=ann.encode(), headers={"Content-Type": "application/msgpack"}
+                ) as resp:
+                    if resp.status != 200:
+                        raise TransportError(f"{url}: HTTP {resp.status}")
+                    body = await resp.content.read(limit + 1)
+        except TimeoutError:
+            raise TransportError(f"{url}: timed out") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise TransportError(f"{url}: {type(e).__name__}: {e}") from None
+        if len(body) > limit:
+            raise PeerFault(f"{url}: announce answer is too large")
+        return decode_announce(body)

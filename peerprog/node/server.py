@@ -1,0 +1,122 @@
+"""The peer-protocol HTTP server: the store, read-only, under ``/p2p/v1/``, plus ``have`` and
+``announce``.
+
+Only verified chunks ever reach the store, so serving a file is safe. Uploads pass through
+the node's upload token bucket in small pieces, so the cap holds across concurrent peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from peerprog.errors import PeerFault
+from peerprog.manifest import valid_model_id, valid_name
+from peerprog.node.protocol import PREFIX, decode_announce, encode_have
+from peerprog.node.ratelimit import throttle
+
+if TYPE_CHECKING:
+    from peerprog.node.daemon import Node
+
+log = logging.getLogger("peerprog.server")
+MSGPACK = "application/msgpack"
+SEND_PIECE = 16384
+
+
+def _node(request: web.Request) -> Node:
+    node: Node = request.app["node"]
+    return node
+
+
+async def get_name(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if not valid_name(name):
+        raise web.HTTPBadRequest(text="bad model name")
+    state = _node(request).newest_served(name)
+    if state is None:
+        raise web.HTTPNotFound(text="unknown model name")
+    return web.Response(text=state.model_id + "\n")
+
+
+def _model(request: web.Request) -> str:
+    model_id = request.match_info["model_id"]
+    if not valid_model_id(model_id):
+        raise web.HTTPBadRequest(text="bad model id")
+    if _node(request).models.get(model_id) is None:
+        raise web.HTTPNotFound(text="unknown model")
+    return model_id
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    model_id = _model(request)
+    data = _node(request).models[model_id].signed.envelope
+    return web.Response(body=data, content_type=MSGPACK)
+
+
+async def get_have(request: web.Request) -> web.StreamResponse:
+    model_id = _model(request)
+    state = _node(request).models[model_id]
+    return web.Response(body=encode_have(state.have), content_type=MSGPACK)
+
+
+async def get_chunk(request: web.Request) -> web.StreamResponse:
+    model_id = _model(request)
+    node = _node(request)
+    text = request.match_info["index"]
+    if not text.isdigit() or len(text) > 9:
+        raise web.HTTPBadRequest(text="bad chunk index")
+    index = int(text)
+    state = node.models[model_id]
+    if index >= len(state.manifest.chunks) or index not in state.have:
+        raise web.HTTPNotFound(text="chunk not held")
+    data = await asyncio.to_thread(node.store.read_chunk, model_id, index)
+    if data is None:
+        raise web.HTTPNotFound(text="chunk not held")
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = len(data)
+    await resp.prepare(request)
+    view = memoryview(data)
+    for start in range(0, len(view), SEND_PIECE):
+        piece = view[start : start + SEND_PIECE]
+        await throttle(node.upload_bucket, len(piece))
+        await resp.write(piece)
+        state.metrics.bytes_uploaded += len(piece)
+        node.bytes_uploaded += len(piece)
+    state.metrics.chunks_uploaded += 1
+    await resp.write_eof()
+    return resp
+
+
+async def post_announce(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    limit = node.config.limits.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    try:
+        body = await request.content.read(limit + 1)
+    except asyncio.TimeoutError:
+        raise web.HTTPRequestTimeout() from None
+    if len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    try:
+        ann = decode_announce(body)
+    except PeerFault as e:
+        log.warning("refused announce from %s: %s", request.remote, e)
+        raise web.HTTPBadRequest(text=str(e)) from None
+    answer = node.on_announce(ann)
+    return web.Response(body=answer.encode(), content_type=MSGPACK)
+
+
+def build_app(node: Node) -> web.Application:
+    """The peer-protocol application for ``node``."""
+    app = web.Application(client_max_size=node.config.limits.max_request_bytes)
+    app["node"] = node
+    app.router.add_get(PREFIX + "/names/{name}", get_name)
+    app.router.add_get(PREFIX + "/models/{model_id}/manifest.msgpack", get_manifest)
+    app.router.add_get(PREFIX + "/models/{model_id}/have", get_have)
+    app.router.add_get(PREFIX + "/models/{model_id}/chunks/{index}", get_chunk)
+    app.router.add_post(PREFIX + "/announce", post_announce)
+    return app

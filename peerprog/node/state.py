@@ -1,0 +1,128 @@
+"""What a node holds: the models it knows, the chunks it has, and their metrics.
+
+Shared by the peer server, the fetchers and the local API. Waiters are woken through
+:meth:`ModelState.changed`, which the API's long-polls and event streams await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from peerprog.manifest import Manifest, SignedManifest
+from peerprog.swarm import Bitfield
+
+SOURCE_KINDS = ("seed", "peer", "web_seed")
+
+
+@dataclass
+class ModelMetrics:
+    """Counters of one model on one node."""
+
+    bytes_by_source: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SOURCE_KINDS, 0))
+    bytes_by_peer: dict[str, int] = field(default_factory=dict)
+    chunks_verified: int = 0
+    chunks_failed: int = 0
+    chunks_from_disk: int = 0
+    requests: int = 0
+    requests_by_level: dict[int, int] = field(default_factory=dict)
+    peers_banned: list[str] = field(default_factory=list)
+    first_request_at: dict[int, float] = field(default_factory=dict)
+    level_complete_at: dict[int, float] = field(default_factory=dict)
+    bytes_uploaded: int = 0
+    chunks_uploaded: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "bytes_by_source": dict(self.bytes_by_source),
+            "bytes_by_peer": dict(self.bytes_by_peer),
+            "chunks_verified": self.chunks_verified,
+            "chunks_failed": self.chunks_failed,
+            "chunks_from_disk": self.chunks_from_disk,
+            "requests": self.requests,
+            "requests_by_level": {str(k): v for k, v in sorted(self.requests_by_level.items())},
+            "peers_banned": list(self.peers_banned),
+            "first_request_at": {str(k): v for k, v in sorted(self.first_request_at.items())},
+            "level_complete_at": {str(k): v for k, v in sorted(self.level_complete_at.items())},
+            "bytes_uploaded": self.bytes_uploaded,
+            "chunks_uploaded": self.chunks_uploaded,
+        }
+
+
+class ModelState:
+    """One model (one model id) on this node."""
+
+    def __init__(self, signed: SignedManifest, have: Bitfield, *, origin: bool) -> None:
+        self.signed = signed
+        self.have = have
+        self.origin = origin
+        self.metrics = ModelMetrics()
+        self.sources: set[str] = set()
+        self.best_level = self._compute_best_level()
+        self.created = time.time()
+        self._changed = asyncio.Event()
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.signed.manifest
+
+    @property
+    def model_id(self) -> str:
+        return self.signed.model_id
+
+    @property
+    def complete(self) -> bool:
+        return self.have.count() == len(self.manifest.chunks)
+
+    @property
+    def bytes_held(self) -> int:
+        chunks = self.manifest.chunks
+        return sum(chunks[i].length for i in self.have.indices())
+
+    def _compute_best_level(self) -> int:
+        best = -1
+        for lv in self.manifest.levels:
+            if all(i in self.have for i in lv.chunks):
+                best = lv.level
+            else:
+                break
+        return best
+
+    def add_chunk(self, index: int) -> bool:
+        """Record a stored chunk; returns True if it completed one or more levels."""
+        self.have.set(index)
+        new_best = self._compute_best_level()
+        gained = new_best > self.best_level
+        self.best_level = new_best
+        return gained
+
+    def notify(self) -> None:
+        """Wake everyone waiting in :meth:`changed`."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self, timeout: float | None = None) -> bool:
+        """Wait for the next :meth:`notify`; False on timeout."""
+        ev = self._changed
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def summary(self) -> dict[str, object]:
+        """The JSON status of DESIGN.md's local API (``GET /v1/models/<name>``)."""
+        m = self.manifest
+        return {
+            "name": m.name,
+            "model_id": self.model_id,
+            "version": m.version,
+            "codec": m.codec,
+            "level": self.best_level,
+            "levels_total": m.levels_total,
+            "bytes_received": self.bytes_held,
+            "bytes_total": m.total_bytes,
+            "complete": self.complete,
+            "peers": len(self.sources),
+        }

@@ -1,0 +1,216 @@
+"""Which chunk next, and from whom. Every rule of that choice lives in this file.
+
+Words: a peer is *known* once added, until it is removed, banned or dropped (after
+``max_failures``). A known peer *holds* a chunk if its ``have`` has it (``have=None``: a
+seed or web seed, holds every chunk). A chunk is *fetchable* if we miss it and some known
+peer holds it — whether that peer is free, busy, backing off after a failure or has failed
+this very chunk. A peer is *free* if it is known, not backing off and has fewer requests in
+flight than its budget (see ``peers.py``).
+
+1. **Level order.** The *active level* is the lowest level with a fetchable chunk. Chunks
+   are only requested from the active level. Hence:
+
+   - no chunk of level n+1 is requested while a chunk of level n is missing and fetchable,
+     even if all its holders are busy, backing off or failed it: waiting is right, they will
+     be asked again;
+   - a chunk in flight is missing and fetchable, so level n+1 starts only when the last
+     chunk of level n has arrived (rule 4 shortens that wait);
+   - missing chunks that NO known peer holds do not hold the node back: the active level
+     moves past them to the first level with a fetchable chunk, so the node keeps making
+     progress and can serve what it gets. As soon as a peer holding a lower-level chunk is
+     known, the active level drops back to it (requests already in flight for the higher
+     level run to completion).
+
+2. **Rarest first.** Inside the active level, chunks not in flight are taken in increasing
+   order of *rarity* (how many known peers hold it; a seed counts for every chunk), ties
+   broken by a random key per chunk drawn from the scheduler's ``seed``: deterministic for a
+   given seed, different from node to node so that nodes fetch different chunks first and
+   can trade them.
+
+3. **Whom to ask.** Each chunk, in that order, goes to the free peer that holds it with the
+   lowest load after the request, ``(in flight + 1) / budget``; ties go to the faster
+   measured rate, then to the peer name. A peer's budget grows with its measured rate
+   (``peers.py``), so fast peers get more requests. The walk stops when no peer is free or
+   ``max_in_flight_total`` is reached. A chunk that no free peer can take is skipped (it
+   waits for a holder to become free).
+
+4. **End game.** When no fetchable chunk of the active level is left unrequested and at most
+   ``endgame_chunks`` of its chunks are in flight, each of them may be requested from one
+   more, different, free holder (at most two requests per chunk), fewest copies first, then
+   the one waiting longest. Whichever copy arrives first wins; ``on_chunk`` returns the
+   other for cancelling.
+
+5. **Don't ask twice.** A peer whose request for a chunk failed or timed out is not asked
+   for that chunk again while another known holder has not failed it. When every known
+   holder has failed it, the memory of that chunk is cleared and all may be asked again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from peerprog.swarm.bitfield import Bitfield
+from peerprog.swarm.chunks import ChunkTable
+from peerprog.swarm.request import Request
+
+MAX_COPIES = 2
+"""Most requests in flight for one chunk (rule 4: one more in the end game)."""
+
+
+@dataclass
+class Slot:
+    """A free peer as the picker sees it (the picker updates ``in_flight`` as it assigns)."""
+
+    peer: str
+    have: Bitfield | None
+    in_flight: int
+    budget: int
+    rate: float
+
+    def holds(self, index: int) -> bool:
+        return self.have is None or index in self.have
+
+    def load_key(self) -> tuple[float, float, str]:
+        return ((self.in_flight + 1) / self.budget, -self.rate, self.peer)
+
+
+class Picker:
+    """Applies the rules above to a :class:`ChunkTable`; caches the rarest-first order."""
+
+    def __init__(self, table: ChunkTable, endgame_chunks: int) -> None:
+        self._table = table
+        self._endgame_chunks = endgame_chunks
+        self._order_key: tuple[int, int] | None = None
+        self._order: list[int] = []
+        self._cursor = 0
+
+    def active_level(self) -> int | None:
+        """Rule 1: the lowest level with a fetchable chunk; ``None`` if there is none."""
+        for level in range(len(self._table.levels)):
+            if self._table.level_fetchable(level):
+                return level
+        return None
+
+    def pick(
+        self,
+        slots: list[Slot],
+        flying: Mapping[int, Mapping[str, Request]],
+        holders: Callable[[int], Iterable[str]],
+        room: int,
+    ) -> list[tuple[str, int]]:
+        """Choose up to ``room`` new (peer, chunk) requests.
+
+        ``slots`` are the free peers, ``flying`` the requests in flight by chunk and peer,
+        ``holders(i)`` the known peers that hold chunk ``i``.
+        """
+        picks: list[tuple[str, int]] = []
+        level = self.active_level()
+        free = [s for s in slots if s.in_flight < s.budget]
+        if level is None or room <= 0 or not free:
+            return picks
+        fresh: dict[int, set[str]] = {}
+        pool_left = False
+        for index in self._rarest_first(level):
+            if index in flying:
+                continue
+            slot = self._choose(index, free, holders, exclude=frozenset())
+            if slot is None:
+                pool_left = True
+                continue
+            picks.append((slot.peer, index))
+            fresh[index] = {slot.peer}
+            room -= 1
+            if room == 0 or not free:
+                return picks
+        if not pool_left:
+            self._end_game(level, free, flying, fresh, holders, room, picks)
+        return picks
+
+    # -- rule 2 ----------------------------------------------------------------------------
+
+    def _rarest_first(self, level: int) -> Iterator[int]:
+        """The missing, fetchable chunks of ``level``, rarest first (rule 2)."""
+        table = self._table
+        key = (level, table.version[level])
+        if key != self._order_key:
+            avail, held, tiebreak = table.avail, table.held, table.tiebreak
+            order = [i for i in table.levels[level] if i not in held and table.rarity(i) > 0]
+            # Seeds add the same count to every chunk: sorting by ``avail`` is by rarity.
+            order.sort(key=lambda i: (avail[i], tiebreak[i]))
+            self._order, self._order_key, self._cursor = order, key, 0
+        order, held = self._order, table.held
+        while self._cursor < len(order) and order[self._cursor] in held:
+            self._cursor += 1
+        for pos in range(self._cursor, len(order)):
+            index = order[pos]
+            if index not in held:
+                yield index
+
+    # -- rules 3 and 5 ---------------------------------------------------------------------
+
+    def _choose(
+        self,
+        index: int,
+        free: list[Slot],
+        holders: Callable[[int], Iterable[str]],
+        exclude: frozenset[str] | set[str],
+    ) -> Slot | None:
+        """The free peer to ask for ``index`` (rule 3, skipping peers that failed it: rule 5);
+        ``None`` if none can. Counts the request against the chosen slot."""
+        failed = self._table.failed_by.get(index)
+        if failed and all(peer in failed for peer in holders(index)):
+            del self._table.failed_by[index]
+            failed = None
+        best: Slot | None = None
+        best_key: tuple[float, float, str] | None = None
+        for slot in free:
+            if slot.peer in exclude or (failed and slot.peer in failed) or not slot.holds(index):
+                continue
+            key = slot.load_key()
+            if best_key is None or key < best_key:
+                best, best_key = slot, key
+        if best is not None:
+            best.in_flight += 1
+            if best.in_flight >= best.budget:
+                free.remove(best)
+        return best
+
+    # -- rule 4 ----------------------------------------------------------------------------
+
+    def _end_game(
+        self,
+        level: int,
+        free: list[Slot],
+        flying: Mapping[int, Mapping[str, Request]],
+        fresh: dict[int, set[str]],
+        holders: Callable[[int], Iterable[str]],
+        room: int,
+        picks: list[tuple[str, int]],
+    ) -> None:
+        table = self._table
+        span = table.levels[level]
+        asked: dict[int, set[str]] = {
+            i: set(by_peer) for i, by_peer in flying.items() if i in span and i not in table.held
+        }
+        for i, peers in fresh.items():
+            asked.setdefault(i, set()).update(peers)
+        if not asked or len(asked) > self._endgame_chunks:
+            return
+
+        def first_sent(i: int) -> float:
+            by_peer = flying.get(i)
+            return min(r.sent_at for r in by_peer.values()) if by_peer else math.inf
+
+        order = sorted(asked, key=lambda i: (len(asked[i]), first_sent(i), table.tiebreak[i]))
+        for index in order:
+            if len(asked[index]) >= MAX_COPIES:
+                continue
+            slot = self._choose(index, free, holders, exclude=asked[index])
+            if slot is None:
+                continue
+            picks.append((slot.peer, index))
+            room -= 1
+            if room == 0 or not free:
+                return
