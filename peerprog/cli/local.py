@@ -119,7 +119,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     signed = open_model(store, args.name)
     m = signed.manifest
     held = set(store.scan(signed.model_id, m, verify=True))
-    levels = []
+    levels: list[dict[str, object]] = []
     cum = 0
     for lv in m.levels:
         cum += lv.bytes
@@ -161,12 +161,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"encoded {human_bytes(m.total_bytes)} in {len(m.chunks)} chunks of "
         f"{human_bytes(m.chunk_size)}; held {len(held)}/{len(m.chunks)}"
     )
-    for lv in levels:
-        frac = int(lv["cumulative_bytes"]) / max(1, m.source_bytes)  # type: ignore[call-overload]
+    cum = 0
+    for lv in m.levels:
+        cum += lv.bytes
+        held_here = sum(1 for i in lv.chunks if i in held)
         print(
-            f"  level {lv['level']}: {human_bytes(int(lv['bytes'])):>10}"  # type: ignore[call-overload]
-            f"  cumulative {frac:6.1%}  chunks {lv['chunks_held']}/{lv['chunks']}"
-            f"  {lv['quality']}"
+            f"  level {lv.level}: {human_bytes(lv.bytes):>10}"
+            f"  cumulative {cum / max(1, m.source_bytes):6.1%}"
+            f"  chunks {held_here}/{lv.chunk_count}  {lv.quality}"
         )
     return 0
 

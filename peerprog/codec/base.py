@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class RawTensor:
     """
 
     dtype: str
-    array: np.ndarray  # type: ignore[type-arg]
+    array: np.ndarray[Any, np.dtype[Any]]
 
     @property
     def nbytes(self) -> int:
@@ -80,8 +80,6 @@ class Codec(Protocol):
         """Split ``tensors`` (in the mapping's order) into levels."""
         ...
 
-    def decoder(
-        self, params: Mapping[str, ParamValue], tensors: Sequence[TensorLayout]
-    ) -> Decoder:
+    def decoder(self, params: Mapping[str, ParamValue], tensors: Sequence[TensorLayout]) -> Decoder:
         """A fresh incremental decoder for a model encoded with ``params``."""
         ...

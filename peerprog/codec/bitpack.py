@@ -27,6 +27,9 @@ Bytes = npt.NDArray[np.uint8]
 Buffer = bytes | bytearray | memoryview | npt.NDArray[np.uint8]
 
 _U64 = np.uint64
+_UINTS: list[np.dtype[np.unsignedinteger[Any]]] = [
+    np.dtype(f"u{1 if i == 0 else 2 if i == 1 else 4 if i < 4 else 8}") for i in range(8)
+]
 
 
 def packed_size(n: int, k: int) -> int:
@@ -37,8 +40,7 @@ def packed_size(n: int, k: int) -> int:
 def uint_dtype(k: int) -> np.dtype[np.unsignedinteger[Any]]:
     """The narrowest numpy unsigned dtype holding ``k`` bits (1 ≤ k ≤ 64)."""
     _check_k(k)
-    size = 1 if k <= 8 else 2 if k <= 16 else 4 if k <= 32 else 8
-    return np.dtype(f"u{size}")
+    return _UINTS[(k - 1) // 8]
 
 
 def pack(values: UIntArray, k: int) -> Bytes:
@@ -53,7 +55,7 @@ def pack(values: UIntArray, k: int) -> Bytes:
     return out
 
 
-def unpack(data: Buffer, n: int, k: int, dtype: npt.DTypeLike = None) -> UIntArray:
+def unpack(data: Buffer, n: int, k: int, dtype: npt.DTypeLike | None = None) -> UIntArray:
     """Unpack ``n`` fields of ``k`` bits from ``data`` into a new 1-D array.
 
     ``dtype`` defaults to the narrowest unsigned dtype holding k bits. Raises
@@ -89,7 +91,7 @@ def pack_into(out: Bytes, values: UIntArray, k: int, start: int, total: int) -> 
 
 
 def unpack_range(
-    data: Buffer, total: int, k: int, start: int, count: int, dtype: npt.DTypeLike = None
+    data: Buffer, total: int, k: int, start: int, count: int, dtype: npt.DTypeLike | None = None
 ) -> UIntArray:
     """Unpack elements ``start .. start+count`` of a ``total``-element packing ``data``.
 
@@ -119,7 +121,7 @@ def unpack_range(
             return part.astype(out_dtype, copy=False)
         part = part.astype(out_dtype)
         if shift:
-            part <<= out_dtype.type(shift)
+            part <<= np.asarray(shift, out_dtype)
             result = part
         else:
             assert result is not None

@@ -10,7 +10,8 @@ concatenation of its segments in tensor order.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ Buffers = list[Any]  # bytes-like pieces of one tensor's segment in one level
 
 # Refuse tensors larger than this (bytes): a bad shape must not reach numpy's allocator.
 MAX_TENSOR_BYTES = 1 << 46
+MAX_DIMS = 64
 # Elements processed per step of the vectorised loops: large enough to amortise the
 # Python overhead, small enough that the temporaries stay in cache.
 BLOCK = 1 << 16
@@ -69,35 +71,77 @@ def check_input(name: str, tensor: RawTensor) -> tuple[DType, Array]:
     return dt, np.ascontiguousarray(arr).reshape(-1)
 
 
+def to_float64(dt: DType, flat: Array) -> Array:
+    """Float tensor values as float64 (bfloat16 bit patterns widened exactly)."""
+    with np.errstate(invalid="ignore"):  # signalling NaNs warn when widened
+        if dt.name == "bfloat16":
+            wide = flat.astype(np.uint32) << np.uint32(16)
+            return wide.view(np.float32).astype(np.float64)
+        return flat.astype(np.float64)
+
+
 def encode_whole(flat: Array) -> bytes:
     """A whole tensor's level-0 segment: its raw little-endian bytes, zstd-compressed."""
     return zstd.compress(flat.view(np.uint8))
 
 
+@dataclass
+class Input:
+    """One validated encoder input."""
+
+    name: str
+    tensor: RawTensor
+    dt: DType
+    flat: Array
+    whole: bool
+    params: dict[str, ParamValue] = field(default_factory=dict)
+
+
+def check_inputs(tensors: Mapping[str, RawTensor], small: int) -> list[Input]:
+    """Validate every encoder input (before any work is done)."""
+    out = []
+    for name, tensor in tensors.items():
+        dt, flat = check_input(name, tensor)
+        out.append(Input(name, tensor, dt, flat, is_whole(dt, flat.size, small)))
+    return out
+
+
 def assemble(
     codec: str,
     params: dict[str, ParamValue],
-    names: Sequence[str],
-    inputs: Sequence[RawTensor],
-    pieces: Sequence[tuple[list[Buffers], dict[str, ParamValue]]],
+    inputs: Sequence[Input],
+    nlevels: int,
+    piece: Callable[[Input, int], Buffers],
 ) -> Encoded:
-    """Concatenate every tensor's per-level pieces into level streams and layouts."""
-    nlevels = len(pieces[0][0]) if pieces else 0
-    offsets = [0] * nlevels
-    layouts = []
-    for name, tensor, (levels, tparams) in zip(names, inputs, pieces, strict=True):
-        segments = []
-        for lvl, bufs in enumerate(levels):
-            length = sum(memoryview(b).nbytes for b in bufs)
-            segments.append(Segment(offsets[lvl], length))
-            offsets[lvl] += length
-        layouts.append(
-            TensorLayout(name, tensor.dtype, tuple(tensor.array.shape), tuple(segments), tparams)
-        )
+    """Build the level streams level by level: ``piece(input, level)`` gives the bytes-like
+    pieces of one tensor's segment (for whole tensors this function supplies them).
+
+    Level by level, so that only one level's pieces exist beside the finished streams
+    (peak memory). ``piece`` may set ``input.params`` (read after the last level).
+    """
+    segments: list[list[Segment]] = [[] for _ in inputs]
     streams = []
     for lvl in range(nlevels):
-        streams.append(b"".join(b for levels, _ in pieces for b in levels[lvl]))
-    return Encoded(codec, params, tuple(layouts), tuple(streams))
+        offset = 0
+        bufs: Buffers = []
+        for i, inp in enumerate(inputs):
+            if not inp.whole:
+                mine = piece(inp, lvl)
+            elif lvl == 0:
+                mine = [encode_whole(inp.flat)]
+            else:
+                mine = []
+            length = sum(memoryview(b).nbytes for b in mine)
+            segments[i].append(Segment(offset, length))
+            offset += length
+            bufs += mine
+        streams.append(b"".join(bufs))
+        del bufs
+    layouts = tuple(
+        TensorLayout(inp.name, inp.dt.name, tuple(inp.tensor.array.shape), tuple(segs), inp.params)
+        for inp, segs in zip(inputs, segments, strict=True)
+    )
+    return Encoded(codec, params, layouts, tuple(streams))
 
 
 def _check_layout(layout: TensorLayout, nlevels: int) -> DType:
@@ -106,13 +150,17 @@ def _check_layout(layout: TensorLayout, nlevels: int) -> DType:
         raise FormatError(f"tensor name {name!r} is not a string")
     dt = dtype(layout.dtype)
     shape = layout.shape
-    if not isinstance(shape, tuple) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise FormatError(f"tensor {name!r}: bad shape {shape!r}")
     if layout.numel * dt.itemsize > MAX_TENSOR_BYTES:
         raise FormatError(f"tensor {name!r}: shape {shape} is too large")
-    if not isinstance(layout.segments, tuple) or len(layout.segments) != nlevels:
+    if not isinstance(layout.segments, tuple):
+        raise FormatError(f"tensor {name!r}: segments are not a list")
+    if len(layout.segments) != nlevels:
         raise FormatError(f"tensor {name!r}: {len(layout.segments)} segments, codec has {nlevels}")
     if not isinstance(layout.params, dict):
         raise FormatError(f"tensor {name!r}: params are not a map")
@@ -121,7 +169,7 @@ def _check_layout(layout: TensorLayout, nlevels: int) -> DType:
 
 class BaseDecoder(ABC):
     """Level ordering, level-size and segment checks, and whole tensors; subclasses decode
-    the progressive tensors (``_add`` and ``_materialise``)."""
+    the progressive tensors (``_stage``, ``_apply`` and ``_materialise``)."""
 
     def __init__(self, layouts: Sequence[TensorLayout], nlevels: int, small: int) -> None:
         self._layouts = tuple(layouts)
@@ -178,14 +226,24 @@ class BaseDecoder(ABC):
             raise FormatError(
                 f"level {level}: {raw.size} bytes, the layouts describe {self._level_sizes[level]}"
             )
+        # Validate and decode everything before changing any state: a malformed level
+        # leaves the decoder as it was.
+        staged: list[Any] = []
         for i, layout in enumerate(self._layouts):
             seg = layout.segments[level]
             chunk = raw[seg.offset : seg.offset + seg.length]
             if self._is_whole[i]:
-                if level == 0:
-                    self._whole[i] = self._decode_whole(layout, self._dtypes[i], chunk)
+                staged.append(
+                    self._decode_whole(layout, self._dtypes[i], chunk) if level == 0 else None
+                )
             else:
-                self._add(i, layout, self._dtypes[i], level, chunk)
+                staged.append(self._stage(i, layout, self._dtypes[i], level, chunk))
+        for i, item in enumerate(staged):
+            if self._is_whole[i]:
+                if level == 0:
+                    self._whole[i] = item
+            else:
+                self._apply(i, self._dtypes[i], level, item)
         self._done += 1
 
     def tensors(self) -> dict[str, RawTensor]:
@@ -208,8 +266,13 @@ class BaseDecoder(ABC):
         return raw.view(dt.storage)
 
     @abstractmethod
-    def _add(self, i: int, layout: TensorLayout, dt: DType, level: int, chunk: Array) -> None:
-        """Decode progressive tensor ``i``'s segment of ``level`` (already range-checked)."""
+    def _stage(self, i: int, layout: TensorLayout, dt: DType, level: int, chunk: Array) -> Any:
+        """Check (and maybe decode) progressive tensor ``i``'s segment of ``level`` without
+        changing state; FormatError if malformed. The result goes to :meth:`_apply`."""
+
+    @abstractmethod
+    def _apply(self, i: int, dt: DType, level: int, staged: Any) -> None:
+        """Merge what :meth:`_stage` returned into tensor ``i`` (cannot fail)."""
 
     @abstractmethod
     def _materialise(self, i: int, dt: DType) -> Array:

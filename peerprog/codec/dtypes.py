@@ -7,6 +7,7 @@ with the peerprog dtype name ``"bfloat16"`` beside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class DType:
         return int(self.storage.itemsize)
 
     @property
-    def word(self) -> np.dtype[np.unsignedinteger]:  # type: ignore[type-arg]
+    def word(self) -> np.dtype[np.unsignedinteger[Any]]:
         """The unsigned integer dtype of the same width (the bit pattern's dtype)."""
         return np.dtype(f"u{self.itemsize}")
 
@@ -69,7 +70,7 @@ def dtype(name: str) -> DType:
         raise FormatError(f"unsupported dtype {name!r}") from None
 
 
-def name_of(array: np.ndarray) -> str:  # type: ignore[type-arg]
+def name_of(array: np.ndarray[Any, np.dtype[Any]]) -> str:
     """The peerprog dtype name of a numpy array (never ``bfloat16``: numpy has none)."""
     kind = array.dtype
     for d in DTYPES.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def read_model(path: Path) -> dict[str, RawTensor]:
     return tensors
 
 
-def _native(v: np.ndarray) -> RawTensor:  # type: ignore[type-arg]
+def _native(v: np.ndarray[Any, Any]) -> RawTensor:
     arr = np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("<"))
     return RawTensor(name_of(arr), arr)
 

@@ -54,7 +54,7 @@ def encode_safetensors(
         if t.dtype not in _NAME_TO_ST:
             raise FormatError(f"tensor {name!r}: dtype {t.dtype!r} cannot be stored")
         arr = np.ascontiguousarray(t.array)
-        data = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+        data = memoryview(arr.reshape(-1).view(np.uint8).data) if arr.size else memoryview(b"")
         header[name] = {
             "dtype": _NAME_TO_ST[t.dtype],
             "shape": list(arr.shape),
@@ -117,7 +117,9 @@ def _tensor(name: str, info: object, body: memoryview, copy: bool) -> RawTensor:
     offsets = info.get("data_offsets")
     if st not in _ST_TO_NAME:
         raise FormatError(f"safetensors tensor {name!r}: unsupported dtype {st!r}")
-    if not _int_list(shape) or not _int_list(offsets) or len(offsets) != 2:
+    if not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
+        raise FormatError(f"safetensors tensor {name!r}: bad shape or data_offsets")
+    if not _int_list(shape) or not _int_list(offsets):
         raise FormatError(f"safetensors tensor {name!r}: bad shape or data_offsets")
     dt = DTYPES[_ST_TO_NAME[st]]
     start, end = offsets

@@ -12,14 +12,6 @@ import msgpack
 
 from peerprog.errors import VerificationError
 
-# Bounds on what an untrusted msgpack message may allocate.
-_LIMITS = {
-    "max_str_len": 1 << 20,
-    "max_bin_len": 64 << 20,
-    "max_array_len": 1 << 22,
-    "max_map_len": 1 << 20,
-    "max_ext_len": 0,
-}
 
 
 def _canon(obj: Any, path: str) -> Any:
@@ -49,7 +41,17 @@ def unpack(data: bytes, what: str = "message", *, canonical: bool = False) -> An
     With ``canonical``, also refuse data that is not in canonical form.
     """
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, **_LIMITS)
+        # Bounds on what an untrusted message may allocate.
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=1 << 20,
+            max_bin_len=64 << 20,
+            max_array_len=1 << 22,
+            max_map_len=1 << 20,
+            max_ext_len=0,
+        )
     except Exception as e:  # msgpack raises many types for garbage
         raise VerificationError(f"{what}: malformed msgpack ({type(e).__name__})") from None
     if canonical:

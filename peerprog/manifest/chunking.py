@@ -32,7 +32,7 @@ def cut_levels(
 
 def chunk_data(levels: Sequence[bytes | memoryview], chunk_size: int) -> list[memoryview]:
     """The chunks' bytes, in index order (views into ``levels``)."""
-    out = []
+    out: list[memoryview] = []
     for data in levels:
         view = memoryview(data)
         out.extend(view[s : s + chunk_size] for s in range(0, len(view), chunk_size))

@@ -83,7 +83,10 @@ class Node:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
-        bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+        bound = port
+        server = site._server
+        if isinstance(server, asyncio.base_events.Server) and server.sockets:
+            bound = server.sockets[0].getsockname()[1]
         if not self.url:
             self.url = f"http://{host}:{bound}"
         self.port = bound

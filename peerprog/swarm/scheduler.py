@@ -1,0 +1,320 @@
+"""The swarm scheduler: which chunk to ask of which peer, and when. Sans-IO.
+
+Like aioquic's connection, it never touches a socket, a clock or an event loop: the shell
+(``peerprog.node``) passes ``now`` (``loop.time()``) into every call, sends the requests
+that :meth:`Scheduler.next_requests` returns, reports each outcome, cancels the requests
+that a call returns, and arms a timer for :meth:`Scheduler.next_deadline`::
+
+    for request in scheduler.next_requests(loop.time()):
+        start_get(request)          # GET /p2p/v1/models/<id>/chunks/<index> from request.peer
+    ...
+    # when a GET ends: on_chunk (verified) / on_bad_chunk (hash mismatch) / on_failed
+    # when the timer fires: cancel(scheduler.handle_timer(loop.time()))
+    # after any of these: next_requests again, re-arm the timer at next_deadline()
+
+The choice of chunks is in ``picker.py`` (one file, the whole rule); per-peer rate,
+budget, timeout and backoff are in ``peers.py``; holder counts in ``chunks.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from peerprog.swarm.bitfield import Bitfield
+from peerprog.swarm.chunks import ChunkTable
+from peerprog.swarm.config import SchedulerConfig
+from peerprog.swarm.peers import Flight, PeerState, PeerStats
+from peerprog.swarm.picker import Picker, Slot
+from peerprog.swarm.request import Request
+
+
+class Scheduler:
+    """Schedules the chunk requests of one model across a changing set of peers.
+
+    Peers are named by strings of the shell's choice (e.g. base URLs). A peer is *known*
+    from :meth:`add_peer` until :meth:`remove_peer`, a ban (:meth:`on_bad_chunk`) or a drop
+    (``max_failures`` consecutive failures; :meth:`add_peer` brings it back). A dropped
+    peer's requests in flight expire at the next :meth:`handle_timer`.
+    """
+
+    def __init__(
+        self,
+        level_ranges: Sequence[range],
+        chunk_sizes: Sequence[int],
+        have: Iterable[int] = (),
+        config: SchedulerConfig | None = None,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        """``level_ranges[n]`` is the range of chunk indices of level ``n`` (contiguous,
+        in order, covering ``range(len(chunk_sizes))``); ``have`` the chunks already held
+        (e.g. found on disk). ``seed`` fixes the random tie-break between equally rare
+        chunks (``None``: a fresh one, so that different nodes start on different chunks).
+        """
+        self._config = config if config is not None else SchedulerConfig()
+        self._table = ChunkTable(level_ranges, chunk_sizes, have, seed)
+        self._picker = Picker(self._table, self._config.endgame_chunks)
+        self._peers: dict[str, PeerState] = {}
+        self._banned: set[str] = set()
+        self._flying: dict[int, dict[str, Request]] = {}
+        self._total = 0
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> SchedulerConfig:
+        """The settings."""
+        return self._config
+
+    @property
+    def have(self) -> Bitfield:
+        """The chunks we hold (a copy)."""
+        return self._table.held.copy()
+
+    @property
+    def complete(self) -> bool:
+        """Do we hold every chunk?"""
+        return not any(self._table.missing)
+
+    @property
+    def best_level(self) -> int:
+        """The highest ``n`` such that levels ``0..n`` are all held; -1 if level 0 is not."""
+        best = -1
+        for missing in self._table.missing:
+            if missing:
+                break
+            best += 1
+        return best
+
+    def level_complete(self, level: int) -> bool:
+        """Do we hold every chunk of ``level``?"""
+        return self._table.missing[level] == 0
+
+    @property
+    def active_level(self) -> int | None:
+        """The level chunks are being requested from now (see ``picker.py``, rule 1)."""
+        return self._picker.active_level()
+
+    @property
+    def banned(self) -> frozenset[str]:
+        """Peers that sent a bad chunk: never asked again."""
+        return frozenset(self._banned)
+
+    def peers(self) -> list[str]:
+        """The known peers (not removed, banned or dropped), sorted."""
+        return sorted(name for name, st in self._peers.items() if not st.dropped)
+
+    def in_flight(self, peer: str | None = None) -> list[Request]:
+        """Requests in flight (to ``peer`` only, if given), oldest first."""
+        if peer is None:
+            found = [f.request for st in self._peers.values() for f in st.in_flight.values()]
+        else:
+            st = self._peers.get(peer)
+            found = [f.request for f in st.in_flight.values()] if st else []
+        return sorted(found, key=lambda r: (r.sent_at, r.peer, r.index))
+
+    def peer_stats(self, peer: str) -> PeerStats:
+        """A snapshot of a peer's bookkeeping. ``KeyError`` if it is not known (a dropped
+        peer stays visible here until its last requests are over)."""
+        return self._peers[peer].stats(self._config, self._table.mean_size)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` has something to do: the earliest request deadline or
+        end of a peer's backoff; ``None`` if nothing is pending. May be in the past."""
+        times = [st.deadline_of(f) for st in self._peers.values() for f in st.in_flight.values()]
+        times.extend(st.backoff_until for st in self._peers.values() if st.backoff_until)
+        return min(times, default=None)
+
+    # -- peers -----------------------------------------------------------------------------
+
+    def add_peer(self, peer: str, have: Bitfield | None, now: float) -> None:
+        """A peer that may be asked for chunks; ``have=None``: it holds every chunk (a seed
+        or web seed). Adding a known peer updates its ``have``; adding a dropped one gives
+        it a fresh start; adding a banned one is ignored."""
+        if peer in self._banned:
+            return
+        have = self._checked(have)
+        st = self._peers.get(peer)
+        if st is None:
+            self._peers[peer] = PeerState(peer, have)
+            self._table.add_holder(have)
+        elif st.dropped:
+            st.revive(have)
+            self._table.add_holder(have)
+        else:
+            self._table.replace_holder(st.have, have)
+            st.have = have
+
+    def set_have(self, peer: str, have: Bitfield, now: float) -> None:
+        """A known peer announced what it holds now. Ignored for unknown, dropped or banned
+        peers (use :meth:`add_peer` to bring a peer back)."""
+        st = self._peers.get(peer)
+        if st is None or st.dropped:
+            return
+        new = self._checked(have)
+        self._table.replace_holder(st.have, new)
+        st.have = new
+
+    def remove_peer(self, peer: str, now: float) -> list[Request]:
+        """Forget a peer (gone, disconnected). Returns its requests in flight, for the shell
+        to cancel; their chunks go back to the pool."""
+        st = self._peers.pop(peer, None)
+        if st is None:
+            return []
+        if not st.dropped:
+            self._table.remove_holder(st.have)
+        return [self._release(st, flight) for flight in list(st.in_flight.values())]
+
+    def _checked(self, have: Bitfield | None) -> Bitfield | None:
+        if have is None:
+            return None
+        if len(have) != self._table.n:
+            raise ValueError(f"have bitfield of {len(have)} chunks, the model has {self._table.n}")
+        return have.copy()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def next_requests(self, now: float) -> list[Request]:
+        """New requests to send now; they are recorded as in flight."""
+        self._end_backoffs(now)
+        room = self._config.max_in_flight_total - self._total
+        if room <= 0:
+            return []
+        mean = self._table.mean_size
+        slots: list[Slot] = []
+        for st in self._peers.values():
+            if not st.usable(now):
+                continue
+            budget = st.budget(self._config, mean)
+            if len(st.in_flight) < budget:
+                slots.append(Slot(st.name, st.have, len(st.in_flight), budget, st.rate or 0.0))
+        if not slots:
+            return []
+        picks = self._picker.pick(slots, self._flying, self._holders, room)
+        requests = []
+        for peer, index in picks:
+            request = self._peers[peer].send(index, self._table.sizes[index], now, self._config)
+            self._flying.setdefault(index, {})[peer] = request
+            self._total += 1
+            requests.append(request)
+        return requests
+
+    def on_chunk(self, peer: str, index: int, now: float) -> list[Request]:
+        """``peer`` delivered chunk ``index`` and it verified. Returns the other requests
+        for that chunk (end game), now redundant, for the shell to cancel.
+
+        Credits the peer and updates its rate estimate if we had asked it for the chunk.
+        A chunk we already hold is ignored; a verified chunk we did not ask this peer for
+        (e.g. after its request timed out) is still taken."""
+        if index in self._table.held:
+            return []
+        st = self._peers.get(peer)
+        flight = st.finish(index) if st is not None else None
+        if st is not None and flight is not None:
+            self._forget(flight)
+            st.delivered(flight, now)
+            self._purge(st)
+        return self.mark_have(index, now)
+
+    def mark_have(self, index: int, now: float) -> list[Request]:
+        """We hold chunk ``index`` now (e.g. found on disk). Returns the requests in flight
+        for it, for the shell to cancel."""
+        if not self._table.mark_held(index):
+            return []
+        redundant = []
+        for name in list(self._flying.get(index, {})):
+            st = self._peers[name]
+            flight = st.in_flight[index]
+            redundant.append(self._release(st, flight))
+        return redundant
+
+    def on_bad_chunk(self, peer: str, index: int, now: float) -> list[Request]:
+        """``peer`` sent a chunk that failed its hash: it is banned for good. Returns its
+        other requests in flight, for the shell to cancel; all its chunks go back to the
+        pool."""
+        self._banned.add(peer)
+        st = self._peers.pop(peer, None)
+        if st is None:
+            return []
+        if not st.dropped:
+            self._table.remove_holder(st.have)
+        flight = st.finish(index)
+        if flight is not None:
+            self._forget(flight)
+        return [self._release(st, f) for f in list(st.in_flight.values())]
+
+    def on_failed(self, peer: str, index: int, now: float) -> None:
+        """The request for chunk ``index`` to ``peer`` failed (connection error, 404,
+        malformed response). The chunk goes back to the pool; the peer backs off, and is
+        dropped after ``max_failures`` consecutive failures."""
+        st = self._peers.get(peer)
+        flight = st.finish(index) if st is not None else None
+        if st is None or flight is None:
+            return
+        self._forget(flight)
+        self._fail(st, flight, now, timed_out=False)
+        self._purge(st)
+
+    def handle_timer(self, now: float) -> list[Request]:
+        """Time out the requests whose deadline has passed (and those of dropped peers).
+        Returns them, for the shell to cancel; their chunks go back to the pool and each
+        peer is penalised (a failure, and its rate estimate lowered)."""
+        self._end_backoffs(now)
+        expired: list[Request] = []
+        while True:  # a penalty may drop a peer, which expires its other requests at once
+            due = [
+                (st.deadline_of(f), st, f)
+                for st in list(self._peers.values())
+                for f in st.in_flight.values()
+                if st.deadline_of(f) <= now
+            ]
+            if not due:
+                break
+            due.sort(key=lambda item: (item[0], item[2].request.sent_at, item[1].name))
+            for _, st, flight in due:
+                st.finish(flight.request.index)
+                self._forget(flight)
+                expired.append(flight.request)
+                if not st.dropped:
+                    self._fail(st, flight, now, timed_out=True)
+            for st in {id(st): st for _, st, _ in due}.values():
+                self._purge(st)
+        return expired
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _holders(self, index: int) -> Iterator[str]:
+        for name, st in self._peers.items():
+            if not st.dropped and st.has(index):
+                yield name
+
+    def _end_backoffs(self, now: float) -> None:
+        for st in self._peers.values():
+            if st.backoff_until is not None and st.backoff_until <= now:
+                st.backoff_until = None
+
+    def _forget(self, flight: Flight) -> None:
+        """Remove a request the peer already let go of from the per-chunk index."""
+        request = flight.request
+        by_peer = self._flying[request.index]
+        del by_peer[request.peer]
+        if not by_peer:
+            del self._flying[request.index]
+        self._total -= 1
+
+    def _release(self, st: PeerState, flight: Flight) -> Request:
+        """Take a request out of flight without judging the peer (cancelled)."""
+        st.finish(flight.request.index)
+        self._forget(flight)
+        self._purge(st)
+        return flight.request
+
+    def _fail(self, st: PeerState, flight: Flight, now: float, *, timed_out: bool) -> None:
+        self._table.failed_by.setdefault(flight.request.index, set()).add(st.name)
+        if st.penalise(flight, now, self._config, timed_out=timed_out):
+            self._table.remove_holder(st.have)
+
+    def _purge(self, st: PeerState) -> None:
+        """Forget a dropped peer once its last request is over."""
+        if st.dropped and not st.in_flight and self._peers.get(st.name) is st:
+            del self._peers[st.name]

@@ -1,0 +1,155 @@
+"""Hostile peers for fault tests: a real HTTP server speaking the peer protocol, badly.
+
+    python -m tests.faults.hostile --store DIR --port P --mode MODE
+
+It serves the models of a published store under ``/p2p/v1/`` like an honest peer, except:
+
+* ``corrupt``: every chunk has one bit flipped;
+* ``oversize``: every chunk body is longer than the manifest says;
+* ``drip``: chunks are sent a few bytes at a time, very slowly;
+* ``silent``: accepts connections and never answers;
+* ``liar``: claims (``have``) every chunk but answers 404 for them;
+* ``garbage``: ``have`` and ``announce`` answers are random bytes, truncated msgpack;
+* ``flood``: announces thousands of fake peers and models to the victim (``--victim URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+from pathlib import Path
+
+from aiohttp import ClientSession, web
+
+from peerprog.manifest.canonical import pack
+from peerprog.store import Store
+from peerprog.swarm import Bitfield
+
+MODES = ("corrupt", "oversize", "drip", "silent", "liar", "garbage", "flood")
+
+
+def build(store: Store, mode: str, url: str) -> web.Application:
+    app = web.Application()
+
+    def model(request: web.Request) -> str:
+        mid = request.match_info["mid"]
+        if not store.has_manifest(mid):
+            raise web.HTTPNotFound()
+        return mid
+
+    async def silent_wait() -> None:
+        await asyncio.sleep(3600)
+
+    async def name(request: web.Request) -> web.StreamResponse:
+        if mode == "silent":
+            await silent_wait()
+        mid = store.resolve(request.match_info["name"])
+        if mid is None:
+            raise web.HTTPNotFound()
+        return web.Response(text=mid)
+
+    async def manifest(request: web.Request) -> web.StreamResponse:
+        if mode == "silent":
+            await silent_wait()
+        return web.Response(body=store.read_manifest_bytes(model(request)))
+
+    async def have(request: web.Request) -> web.StreamResponse:
+        if mode == "silent":
+            await silent_wait()
+        mid = model(request)
+        n = len(store.load_manifest(mid, None).manifest.chunks)
+        if mode == "garbage":
+            return web.Response(body=os.urandom(random.randrange(1, 64)))
+        return web.Response(body=pack({"count": n, "bitfield": Bitfield.full(n).to_bytes()}))
+
+    async def chunk(request: web.Request) -> web.StreamResponse:
+        mid = model(request)
+        index = int(request.match_info["index"])
+        data = store.read_chunk(mid, index)
+        if data is None or mode == "liar":
+            raise web.HTTPNotFound()
+        if mode == "silent":
+            await silent_wait()
+        if mode == "corrupt":
+            b = bytearray(data)
+            b[len(b) // 2] ^= 0x01
+            return web.Response(body=bytes(b))
+        if mode == "oversize":
+            return web.Response(body=data + os.urandom(len(data) + 4096))
+        if mode == "drip":
+            resp = web.StreamResponse()
+            resp.content_length = len(data)
+            await resp.prepare(request)
+            for i in range(0, len(data), 8):
+                await resp.write(data[i : i + 8])
+                await asyncio.sleep(0.5)
+            return resp
+        return web.Response(body=data)
+
+    async def announce(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if mode == "silent":
+            await silent_wait()
+        if mode == "garbage":
+            return web.Response(body=pack({"node": "x", "url": url, "models": [{}]})[:-3])
+        return web.Response(body=pack({"node": "hostile", "url": url, "models": [], "peers": []}))
+
+    app.router.add_get("/p2p/v1/names/{name}", name)
+    app.router.add_get("/p2p/v1/models/{mid}/manifest.msgpack", manifest)
+    app.router.add_get("/p2p/v1/models/{mid}/have", have)
+    app.router.add_get("/p2p/v1/models/{mid}/chunks/{index}", chunk)
+    app.router.add_post("/p2p/v1/announce", announce)
+    return app
+
+
+async def flood(victim: str, url: str, rounds: int) -> None:
+    """Announce thousands of fake peers and models to ``victim``."""
+    rng = random.Random(0)
+    async with ClientSession() as s:
+        for r in range(rounds):
+            models = [
+                {
+                    "name": f"fake-{rng.randrange(10**6)}",
+                    "model_id": os.urandom(32).hex(),
+                    "version": rng.randrange(1000),
+                }
+                for _ in range(1000)
+            ]
+            peers = [
+                {"node": f"p{i}", "url": f"http://127.0.0.{rng.randrange(2, 250)}:{i + 1}"}
+                for i in range(1000)
+            ]
+            body = pack(
+                {
+                    "node": f"flood{r}",
+                    "url": f"http://127.0.0.1:{40000 + r}",
+                    "models": models,
+                    "peers": peers,
+                }
+            )
+            async with s.post(victim.rstrip("/") + "/p2p/v1/announce", data=body) as resp:
+                await resp.read()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--mode", choices=MODES, required=True)
+    ap.add_argument("--victim", default="")
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    url = f"http://127.0.0.1:{args.port}"
+    if args.mode == "flood":
+        await flood(args.victim, url, args.rounds)
+        return
+    runner = web.AppRunner(build(Store(Path(args.store), create=False), args.mode, url))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", args.port).start()
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

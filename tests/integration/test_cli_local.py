@@ -1,0 +1,353 @@
+"""The offline CLI through real subprocesses: keygen, publish, reconstruct, inspect.
+
+Bad input exits 1 with one line on stderr and no traceback; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from peerprog.formats import read_model
+from peerprog.reference import digits
+
+MODEL = digits.model_path()
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "peerprog", *args], capture_output=True, text=True, timeout=120
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def fails(*args: str, match: str, code: int = 1) -> None:
+    proc = run(*args, ok=False)
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    if code == 1:
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert match in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    d = tmp_path_factory.mktemp("pub")
+    key = d / "key.pem"
+    out = run("keygen", str(key)).stdout.strip().splitlines()[-1]
+    assert out.startswith("ed25519:")
+    doc = json.loads(
+        run(
+            "publish",
+            str(MODEL),
+            "--name",
+            "digits-cnn",
+            "--key",
+            str(key),
+            "--store",
+            str(d / "store"),
+            "--chunk-size",
+            "16384",
+            "--json",
+        ).stdout
+    )
+    return {"dir": d, "key": key, "public": out, "doc": doc, "store": d / "store"}
+
+
+def test_keygen_writes_0600_and_refuses_to_overwrite(published: dict[str, object]) -> None:
+    key = published["key"]
+    assert isinstance(key, Path)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    fails("keygen", str(key), match="already exists")
+
+
+def test_publish_json_matches_design(published: dict[str, object]) -> None:
+    doc = published["doc"]
+    assert isinstance(doc, dict)
+    assert set(doc) == {
+        "model_id",
+        "name",
+        "version",
+        "codec",
+        "source_bytes",
+        "total_bytes",
+        "levels",
+    }
+    assert doc["name"] == "digits-cnn" and doc["version"] == 1 and doc["codec"] == "bitplane"
+    assert doc["source_bytes"] == sum(t.nbytes for t in read_model(MODEL).values())
+    cum = 0
+    for i, lv in enumerate(doc["levels"]):
+        cum += lv["bytes"]
+        assert lv == {"level": i, "bytes": lv["bytes"], "cumulative_bytes": cum}
+    assert cum == doc["total_bytes"] < doc["source_bytes"]
+
+
+def test_republish_bumps_version(published: dict[str, object], tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    key = str(published["key"])
+    a = json.loads(
+        run(
+            "publish", str(MODEL), "--name", "m", "--key", key, "--store", str(store), "--json"
+        ).stdout
+    )
+    b = json.loads(
+        run(
+            "publish",
+            str(MODEL),
+            "--name",
+            "m",
+            "--key",
+            key,
+            "--store",
+            str(store),
+            "--codec",
+            "paper",
+            "--json",
+        ).stdout
+    )
+    assert (a["version"], b["version"]) == (1, 2)
+    assert (store / "names" / "m").read_text().strip() == b["model_id"]
+
+
+def test_reconstruct_max_is_bit_exact(published: dict[str, object], tmp_path: Path) -> None:
+    out = tmp_path / "full.safetensors"
+    doc = json.loads(
+        run(
+            "reconstruct",
+            "--store",
+            str(published["store"]),
+            "digits-cnn",
+            "--level",
+            "max",
+            "--out",
+            str(out),
+            "--json",
+        ).stdout
+    )
+    assert doc["exact"] is True
+    got, want = read_model(out), read_model(MODEL)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype
+        assert np.array_equal(got[k].array.view(np.uint8), want[k].array.view(np.uint8))
+
+
+def test_reconstruct_level0_is_usable(published: dict[str, object], tmp_path: Path) -> None:
+    out = tmp_path / "l0.safetensors"
+    run(
+        "reconstruct",
+        "--store",
+        str(published["store"]),
+        "digits-cnn",
+        "--level",
+        "0",
+        "--out",
+        str(out),
+    )
+    ev = digits.evaluate(digits.load_state_dict(out))
+    assert ev.agreement >= 0.95
+
+
+def test_inspect_json(published: dict[str, object]) -> None:
+    doc = json.loads(
+        run("inspect", "--store", str(published["store"]), "digits-cnn", "--json").stdout
+    )
+    assert doc["complete"] is True and doc["publisher"] == published["public"]
+    assert doc["chunks_held"] == doc["chunks"] == sum(lv["chunks"] for lv in doc["levels"])
+    text = run("inspect", "--store", str(published["store"]), "digits-cnn").stdout
+    assert "level 0" in text
+
+
+def test_bad_inputs_exit_1_with_one_line(published: dict[str, object], tmp_path: Path) -> None:
+    key, store = str(published["key"]), str(published["store"])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(os.urandom(100))
+    truncated = tmp_path / "trunc.safetensors"
+    truncated.write_bytes(MODEL.read_bytes()[:5000])
+    fails(
+        "publish",
+        str(tmp_path / "missing.safetensors"),
+        "--name",
+        "x",
+        "--key",
+        key,
+        "--store",
+        store,
+        match="no such file",
+    )
+    fails(
+        "publish", str(garbage), "--name", "x", "--key", key, "--store", store, match="safetensors"
+    )
+    fails(
+        "publish",
+        str(truncated),
+        "--name",
+        "x",
+        "--key",
+        key,
+        "--store",
+        store,
+        match="out of range",
+    )
+    fails(
+        "publish",
+        str(MODEL),
+        "--name",
+        "../bad",
+        "--key",
+        key,
+        "--store",
+        store,
+        match="not a valid model name",
+    )
+    fails(
+        "publish", str(MODEL), "--name", "x", "--key", str(garbage), "--store", store, match="key"
+    )
+    fails(
+        "publish",
+        str(MODEL),
+        "--name",
+        "x",
+        "--key",
+        key,
+        "--store",
+        store,
+        "--codec",
+        "nope",
+        match="unknown codec",
+    )
+    fails(
+        "reconstruct",
+        "--store",
+        store,
+        "nope",
+        "--level",
+        "0",
+        "--out",
+        str(tmp_path / "o"),
+        match="no model 'nope'",
+    )
+    fails(
+        "reconstruct",
+        "--store",
+        store,
+        "digits-cnn",
+        "--level",
+        "99",
+        "--out",
+        str(tmp_path / "o"),
+        match="level 99 is not present",
+    )
+    fails(
+        "reconstruct",
+        "--store",
+        store,
+        "digits-cnn",
+        "--level",
+        "x",
+        "--out",
+        str(tmp_path / "o"),
+        match="integer or 'max'",
+    )
+    fails("inspect", "--store", str(tmp_path / "nostore"), "digits-cnn", match="not a peerprog")
+    fails("publish", str(MODEL), match="", code=2)
+
+
+def test_key_readable_by_others_is_refused(published: dict[str, object], tmp_path: Path) -> None:
+    key = tmp_path / "loose.pem"
+    key.write_bytes(Path(str(published["key"])).read_bytes())
+    key.chmod(0o644)
+    fails(
+        "publish",
+        str(MODEL),
+        "--name",
+        "x",
+        "--key",
+        str(key),
+        "--store",
+        str(tmp_path / "s"),
+        match="accessible by others",
+    )
+
+
+def copy_store(published: dict[str, object], tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(str(published["store"]), dst)
+    return dst
+
+
+def test_tampered_chunk_is_detected(published: dict[str, object], tmp_path: Path) -> None:
+    store = copy_store(published, tmp_path)
+    mid = (store / "names" / "digits-cnn").read_text().strip()
+    chunk = store / "models" / mid / "chunks" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[100] ^= 0x40
+    chunk.write_bytes(bytes(data))
+    fails(
+        "reconstruct",
+        "--store",
+        str(store),
+        "digits-cnn",
+        "--level",
+        "0",
+        "--out",
+        str(tmp_path / "o"),
+        match="chunk 0: SHA-256",
+    )
+
+
+def test_tampered_manifest_is_detected(published: dict[str, object], tmp_path: Path) -> None:
+    store = copy_store(published, tmp_path)
+    mid = (store / "names" / "digits-cnn").read_text().strip()
+    man = store / "models" / mid / "manifest.msgpack"
+    data = bytearray(man.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    man.write_bytes(bytes(data))
+    fails("inspect", "--store", str(store), "digits-cnn", match="stored manifest")
+
+
+def test_missing_chunk_means_level_absent(published: dict[str, object], tmp_path: Path) -> None:
+    store = copy_store(published, tmp_path)
+    mid = (store / "names" / "digits-cnn").read_text().strip()
+    chunks = sorted((store / "models" / mid / "chunks").iterdir(), key=lambda p: int(p.name))
+    chunks[-1].unlink()
+    fails(
+        "reconstruct",
+        "--store",
+        str(store),
+        "digits-cnn",
+        "--level",
+        "max",
+        "--out",
+        str(tmp_path / "o"),
+        match="is not complete",
+    )
+
+
+def test_publish_reads_pt_and_npz(published: dict[str, object], tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    tensors = digits.load_state_dict()
+    pt = tmp_path / "m.pt"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in tensors.items()}}, pt)
+    npz = tmp_path / "m.npz"
+    np.savez(npz, **tensors)
+    for src in (pt, npz):
+        out = tmp_path / f"{src.suffix[1:]}.safetensors"
+        store = str(tmp_path / f"s{src.suffix}")
+        run("publish", str(src), "--name", "m", "--key", str(published["key"]), "--store", store)
+        run("reconstruct", "--store", store, "m", "--level", "max", "--out", str(out))
+        got = read_model(out)
+        for k, v in tensors.items():
+            assert np.array_equal(got[k].array, v)
