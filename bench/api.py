@@ -236,6 +236,12 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {doc['clients']} clients × {size:.0f} MB | {doc['burst_s']['warm']:.1f} s "
             f"({doc['burst_mb_s']:.0f} MB/s) | | |",
             "",
+            "Clients share one snapshot per model and level, written to each socket in "
+            "256 KiB views of it, so they cost the daemon almost nothing. The first request "
+            "decodes the model: for a moment the daemon holds the decoder's words and the "
+            "new arrays `Decoder.tensors()` copies out of them (two copies); a decoder that "
+            "handed its arrays over at the last level would bring that to about one.",
+            "",
         ]
     )
 

@@ -44,20 +44,29 @@ def quality_per_level(codec_name: str, params: dict[str, Any] | None = None) -> 
         cum += len(data)
         approx = {k: t.array for k, t in dec.tensors().items()}
         ev = digits.evaluate(approx)
-        exact = all(np.array_equal(approx[k].view(np.uint32), tensors[k].array.view(np.uint32))
-                    for k in tensors)
-        rows.append({
-            "level": n,
-            "bytes": len(data),
-            "cumulative_bytes": cum,
-            "fraction_of_float32": cum / f32_bytes,
-            "accuracy": ev.accuracy,
-            "agreement": ev.agreement,
-            "bit_exact": exact,
-        })
+        exact = all(
+            np.array_equal(approx[k].view(np.uint32), tensors[k].array.view(np.uint32))
+            for k in tensors
+        )
+        rows.append(
+            {
+                "level": n,
+                "bytes": len(data),
+                "cumulative_bytes": cum,
+                "fraction_of_float32": cum / f32_bytes,
+                "accuracy": ev.accuracy,
+                "agreement": ev.agreement,
+                "bit_exact": exact,
+            }
+        )
     full = digits.evaluate({k: t.array for k, t in tensors.items()})
-    return {"codec": codec_name, "params": enc.params, "float32_bytes": f32_bytes,
-            "full_accuracy": full.accuracy, "levels": rows}
+    return {
+        "codec": codec_name,
+        "params": enc.params,
+        "float32_bytes": f32_bytes,
+        "full_accuracy": full.accuracy,
+        "levels": rows,
+    }
 
 
 def synthetic(n_weights: int, seed: int = 0) -> dict[str, RawTensor]:
@@ -69,7 +78,9 @@ def synthetic(n_weights: int, seed: int = 0) -> dict[str, RawTensor]:
         rows, cols = 1024, min(4096, max(1, left // 1024))
         w = (rng.standard_normal((rows, cols), dtype=np.float32) / np.sqrt(cols)).astype(np.float32)
         out[f"layer{i}.weight"] = RawTensor("float32", w)
-        out[f"layer{i}.bias"] = RawTensor("float32", rng.standard_normal(rows, dtype=np.float32) * 0.01)
+        out[f"layer{i}.bias"] = RawTensor(
+            "float32", rng.standard_normal(rows, dtype=np.float32) * 0.01
+        )
         left -= rows * cols
         i += 1
     return out
@@ -108,23 +119,45 @@ def publish_memory(tensors: dict[str, RawTensor]) -> dict[str, Any]:
         src = d / "model.safetensors"
         write_safetensors(src, tensors)
         key = d / "key"
-        subprocess.run([sys.executable, "-m", "peerprog", "keygen", str(key)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "peerprog", "keygen", str(key)], check=True, capture_output=True
+        )
         baseline = _child_peak([sys.executable, "-c", "import peerprog.store, peerprog.codec"])
-        peak = _child_peak([sys.executable, "-m", "peerprog", "publish", str(src), "--name", "big",
-                            "--key", str(key), "--store", str(d / "store"), "--json"])
+        peak = _child_peak(
+            [
+                sys.executable,
+                "-m",
+                "peerprog",
+                "publish",
+                str(src),
+                "--name",
+                "big",
+                "--key",
+                str(key),
+                "--store",
+                str(d / "store"),
+                "--json",
+            ]
+        )
         size = src.stat().st_size
-    return {"model_bytes": size, "publish_peak_rss_bytes": peak,
-            "interpreter_baseline_rss_bytes": baseline, "peak_over_model": peak / size,
-            "peak_above_baseline_over_model": (peak - baseline) / size}
+    return {
+        "model_bytes": size,
+        "publish_peak_rss_bytes": peak,
+        "interpreter_baseline_rss_bytes": baseline,
+        "peak_over_model": peak / size,
+        "peak_above_baseline_over_model": (peak - baseline) / size,
+    }
 
 
 def _child_peak(cmd: list[str]) -> int:
-    code = ("import resource,subprocess,sys;subprocess.run(sys.argv[1:],check=True,"
-            "stdout=subprocess.DEVNULL);"
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    out = subprocess.run([sys.executable, "-c", code, *cmd], check=True, capture_output=True,
-                         text=True).stdout
+    code = (
+        "import resource,subprocess,sys;subprocess.run(sys.argv[1:],check=True,"
+        "stdout=subprocess.DEVNULL);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True
+    ).stdout
     return int(out.strip()) * 1024
 
 
@@ -135,44 +168,108 @@ def sweep_level0() -> list[dict[str, Any]]:
         plan = [m0, 7 - m0 if m0 < 7 else 1, 8, 8] if m0 else [0, 7, 8, 8]
         res = quality_per_level("bitplane", {"mantissa_bits": plan})
         lv0 = res["levels"][0]
-        rows.append({"level0_mantissa_bits": m0, "fraction_of_float32": lv0["fraction_of_float32"],
-                     "accuracy": lv0["accuracy"], "agreement": lv0["agreement"]})
+        rows.append(
+            {
+                "level0_mantissa_bits": m0,
+                "fraction_of_float32": lv0["fraction_of_float32"],
+                "accuracy": lv0["accuracy"],
+                "agreement": lv0["agreement"],
+            }
+        )
     return rows
 
 
 def markdown(doc: dict[str, Any]) -> str:
     cmd = "`.venv/bin/python bench/codec.py --write`"
-    parts = [f"## Codec: bytes per level vs quality\n\nReproduce: {cmd} "
-             f"(machine: {doc['machine']})\n"]
+    parts = [
+        f"## Codec: bytes per level vs quality\n\nReproduce: {cmd} (machine: {doc['machine']})\n"
+    ]
     for res in doc["quality"]:
-        parts.append(f"**{res['codec']}** on the bundled digits CNN "
-                     f"({res['float32_bytes']:,} float32 bytes, full-model accuracy "
-                     f"{res['full_accuracy']:.2%}), params `{json.dumps(res['params'])}`:\n")
-        rows = [[lv["level"], f"{lv['bytes']:,}", f"{lv['fraction_of_float32']:.1%}",
-                 f"{lv['accuracy']:.2%}", f"{lv['agreement']:.2%}",
-                 "yes" if lv["bit_exact"] else "no"] for lv in res["levels"]]
-        parts.append(table(["level", "bytes", "cumulative / float32", "accuracy",
-                            "agreement with full", "bit-exact"], rows) + "\n")
-    parts.append("Level-0 size and quality of `bitplane` by mantissa bits in level 0 "
-                 "(the default plan's choice):\n")
-    parts.append(table(["mantissa bits in level 0", "level 0 / float32", "accuracy", "agreement"],
-                       [[r["level0_mantissa_bits"], f"{r['fraction_of_float32']:.1%}",
-                         f"{r['accuracy']:.2%}", f"{r['agreement']:.2%}"]
-                        for r in doc["sweep"]]) + "\n")
+        parts.append(
+            f"**{res['codec']}** on the bundled digits CNN "
+            f"({res['float32_bytes']:,} float32 bytes, full-model accuracy "
+            f"{res['full_accuracy']:.2%}), params `{json.dumps(res['params'])}`:\n"
+        )
+        rows = [
+            [
+                lv["level"],
+                f"{lv['bytes']:,}",
+                f"{lv['fraction_of_float32']:.1%}",
+                f"{lv['accuracy']:.2%}",
+                f"{lv['agreement']:.2%}",
+                "yes" if lv["bit_exact"] else "no",
+            ]
+            for lv in res["levels"]
+        ]
+        parts.append(
+            table(
+                [
+                    "level",
+                    "bytes",
+                    "cumulative / float32",
+                    "accuracy",
+                    "agreement with full",
+                    "bit-exact",
+                ],
+                rows,
+            )
+            + "\n"
+        )
+    parts.append(
+        "Level-0 size and quality of `bitplane` by mantissa bits in level 0 "
+        "(the default plan's choice):\n"
+    )
+    parts.append(
+        table(
+            ["mantissa bits in level 0", "level 0 / float32", "accuracy", "agreement"],
+            [
+                [
+                    r["level0_mantissa_bits"],
+                    f"{r['fraction_of_float32']:.1%}",
+                    f"{r['accuracy']:.2%}",
+                    f"{r['agreement']:.2%}",
+                ]
+                for r in doc["sweep"]
+            ],
+        )
+        + "\n"
+    )
     sp = doc["speed"]
-    parts.append(f"Speed on a synthetic model of {sp[0]['float32_bytes'] / 1e6:.0f} MB of float32 "
-                 "weights (one process, best of 3):\n")
-    parts.append(table(["codec", "encode MB/s", "decode all levels MB/s", "level 0 / float32",
-                        "all levels / float32"],
-                       [[s["codec"], f"{s['encode_MB_per_s']:.0f}", f"{s['decode_MB_per_s']:.0f}",
-                         f"{s['level0_fraction']:.1%}", f"{s['all_levels_fraction']:.1%}"]
-                        for s in sp]) + "\n")
+    parts.append(
+        f"Speed on a synthetic model of {sp[0]['float32_bytes'] / 1e6:.0f} MB of float32 "
+        "weights (one process, best of 3):\n"
+    )
+    parts.append(
+        table(
+            [
+                "codec",
+                "encode MB/s",
+                "decode all levels MB/s",
+                "level 0 / float32",
+                "all levels / float32",
+            ],
+            [
+                [
+                    s["codec"],
+                    f"{s['encode_MB_per_s']:.0f}",
+                    f"{s['decode_MB_per_s']:.0f}",
+                    f"{s['level0_fraction']:.1%}",
+                    f"{s['all_levels_fraction']:.1%}",
+                ]
+                for s in sp
+            ],
+        )
+        + "\n"
+    )
     mem = doc["publish_memory"]
-    parts.append(f"Peak memory of `peerprog publish` on that model "
-                 f"({mem['model_bytes'] / 1e6:.0f} MB file): {mem['publish_peak_rss_bytes'] / 1e6:.0f} MB RSS "
-                 f"= {mem['peak_over_model']:.2f}× the model "
-                 f"({mem['peak_above_baseline_over_model']:.2f}× above the "
-                 f"{mem['interpreter_baseline_rss_bytes'] / 1e6:.0f} MB interpreter baseline).\n")
+    parts.append(
+        f"Peak memory of `peerprog publish` on that model "
+        f"({mem['model_bytes'] / 1e6:.0f} MB file): "
+        f"{mem['publish_peak_rss_bytes'] / 1e6:.0f} MB RSS "
+        f"= {mem['peak_over_model']:.2f}× the model "
+        f"({mem['peak_above_baseline_over_model']:.2f}× above the "
+        f"{mem['interpreter_baseline_rss_bytes'] / 1e6:.0f} MB interpreter baseline).\n"
+    )
     return "\n".join(parts)
 
 

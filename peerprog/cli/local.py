@@ -70,7 +70,9 @@ def parse_level(text: str, levels_total: int) -> int:
     except ValueError:
         raise InputError(f"level must be an integer or 'max', not {text!r}") from None
     if not 0 <= level < levels_total:
-        raise InputError(f"level {level} is not present (the model has levels 0–{levels_total - 1})")
+        raise InputError(
+            f"level {level} is not present (the model has levels 0–{levels_total - 1})"
+        )
     return level
 
 

@@ -1,5 +1,4 @@
-"""The commands that talk to a daemon: ``daemon`` (and, with the local API, ``fetch``,
-``status``, ``demo``)."""
+"""The commands that run or talk to daemons: ``daemon``, ``fetch``, ``status``, ``demo``."""
 
 from __future__ import annotations
 
@@ -22,3 +21,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("daemon", help="run a node")
     p.add_argument("--config", required=True, help="node config (TOML)")
     p.set_defaults(func=cmd_daemon)
+
+    from peerprog.cli import appcmds
+    from peerprog.demo.cli import add_parser as add_demo_parser
+
+    appcmds.add_parsers(sub)
+    add_demo_parser(sub)

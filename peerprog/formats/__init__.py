@@ -38,7 +38,9 @@ def read_model(path: Path) -> dict[str, RawTensor]:
         elif suffix == ".npz":
             tensors = _read_npz(path)
         else:
-            raise InputError(f"{path}: unknown model format (expected one of {', '.join(SUFFIXES)})")
+            raise InputError(
+                f"{path}: unknown model format (expected one of {', '.join(SUFFIXES)})"
+            )
     except FormatError as e:
         msg = str(e)
         raise FormatError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None

@@ -58,8 +58,5 @@ def _to_raw(name: str, t: Any) -> RawTensor:
     if dname is None:
         raise FormatError(f"tensor {name!r}: unsupported torch dtype {t.dtype}")
     t = t.detach().contiguous()
-    if dname == "bfloat16":
-        arr = t.view(torch.int16).numpy().view(np.uint16)
-    else:
-        arr = t.numpy()
+    arr = t.view(torch.int16).numpy().view(np.uint16) if dname == "bfloat16" else t.numpy()
     return RawTensor(dname, np.ascontiguousarray(arr))

@@ -13,7 +13,6 @@ import msgpack
 from peerprog.errors import VerificationError
 
 
-
 def _canon(obj: Any, path: str) -> Any:
     if isinstance(obj, dict):
         for k in obj:

@@ -258,7 +258,9 @@ def _parse_tensors(raw: list[Any], levels: tuple[Level, ...]) -> tuple[TensorLay
         seen.add(name)
         dtype = _get(t, "dtype", str, where)
         if dtype not in DTYPES:
-            raise VerificationError(f"manifest: tensor {name!r:.80} has unknown dtype {dtype!r:.20}")
+            raise VerificationError(
+                f"manifest: tensor {name!r:.80} has unknown dtype {dtype!r:.20}"
+            )
         shape = _get(t, "shape", list, where)
         if len(shape) > 16 or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in shape

@@ -134,7 +134,9 @@ def _section(cls: type, raw: Any, name: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
-            raise InputError(f"config: unknown key {name}.{key} (known: {', '.join(sorted(known))})")
+            raise InputError(
+                f"config: unknown key {name}.{key} (known: {', '.join(sorted(known))})"
+            )
     return cls(**{k: _check(v, hints[k], f"{name}.{k}") for k, v in raw.items()})
 
 
@@ -175,8 +177,13 @@ def _validate(cfg: Config) -> Config:
         try:
             parse_public_key(p)
         except Exception:
-            raise InputError(f"config: trust.publishers[{i}] is not an ed25519:<base64url> key") from None
-    for key, urls in (("peers.bootstrap", cfg.peers.bootstrap), ("peers.web_seeds", cfg.peers.web_seeds)):
+            raise InputError(
+                f"config: trust.publishers[{i}] is not an ed25519:<base64url> key"
+            ) from None
+    for key, urls in (
+        ("peers.bootstrap", cfg.peers.bootstrap),
+        ("peers.web_seeds", cfg.peers.web_seeds),
+    ):
         for i, u in enumerate(urls):
             if not u.startswith(("http://", "https://")):
                 raise InputError(f"config: {key}[{i}] must be an http(s) URL, not {u!r}")
@@ -208,5 +215,3 @@ def load_config(path: Path) -> Config:
         return parse_config(raw, path.parent.resolve())
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
-
-

@@ -90,8 +90,12 @@ class Node:
         if not self.url:
             self.url = f"http://{host}:{bound}"
         self.port = bound
-        log.info("node %s serving peers on %s (%d models in store)", self.config.node.name,
-                 self.url, len(self.models))
+        log.info(
+            "node %s serving peers on %s (%d models in store)",
+            self.config.node.name,
+            self.url,
+            len(self.models),
+        )
         for state in self.models.values():
             if not state.complete:
                 self._start_fetcher(state)
@@ -135,8 +139,14 @@ class Node:
             state = ModelState(signed, have, origin=have.count() == len(m.chunks))
             state.metrics.chunks_from_disk = have.count()
             self.models[model_id] = state
-            log.info("store: %s v%d: %d/%d chunks, level %d", m.name, m.version, have.count(),
-                     len(m.chunks), state.best_level)
+            log.info(
+                "store: %s v%d: %d/%d chunks, level %d",
+                m.name,
+                m.version,
+                have.count(),
+                len(m.chunks),
+                state.best_level,
+            )
 
     # --- models ----------------------------------------------------------------------------
 
@@ -179,8 +189,15 @@ class Node:
             return
         m = state.manifest
         state.metrics.level_complete_at[state.best_level] = time.time()
-        log.info("%s v%d: level %d of %d reached (%d/%d bytes)", m.name, m.version,
-                 state.best_level, m.levels_total - 1, state.bytes_held, m.total_bytes)
+        log.info(
+            "%s v%d: level %d of %d reached (%d/%d bytes)",
+            m.name,
+            m.version,
+            state.best_level,
+            m.levels_total - 1,
+            state.bytes_held,
+            m.total_bytes,
+        )
         newest = self.newest_served(m.name)
         if newest is state:
             self.store.set_name(m.name, state.model_id)
@@ -193,11 +210,18 @@ class Node:
 
     def _drop_older(self, state: ModelState) -> None:
         keep = self.config.models.keep_versions
-        older = [s for s in self.versions(state.manifest.name)
-                 if s.manifest.version < state.manifest.version]
+        older = [
+            s
+            for s in self.versions(state.manifest.name)
+            if s.manifest.version < state.manifest.version
+        ]
         for old in older[keep:]:
-            log.info("dropping %s v%d: v%d is exact", old.manifest.name, old.manifest.version,
-                     state.manifest.version)
+            log.info(
+                "dropping %s v%d: v%d is exact",
+                old.manifest.name,
+                old.manifest.version,
+                state.manifest.version,
+            )
             fetcher = self.fetchers.pop(old.model_id, None)
             if fetcher is not None:
                 fetcher.wake()
@@ -300,7 +324,9 @@ class Node:
                 except PeerprogError as e:
                     log.warning("resolving %s: %s", name, e)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resolve_now.wait(), self.config.peers.announce_interval)
+                await asyncio.wait_for(
+                    self._resolve_now.wait(), self.config.peers.announce_interval
+                )
             self._resolve_now.clear()
 
     async def _candidates(self, name: str) -> dict[str, tuple[int, list[str]]]:
@@ -309,8 +335,9 @@ class Node:
         for info in list(self.peers.values()):
             for ref in info.models.values():
                 if ref.name == name:
-                    ver, roots = found.setdefault(ref.model_id, (ref.version, []))
-                    roots.append(info.url + "/p2p/v1")
+                    found.setdefault(ref.model_id, (ref.version, []))[1].append(
+                        info.url + "/p2p/v1"
+                    )
         roots = [p.url + "/p2p/v1" for p in self.peers.values() if p.bootstrap]
         roots += [u.rstrip("/") for u in self.config.peers.web_seeds]
 
@@ -322,8 +349,7 @@ class Node:
 
         for res in await asyncio.gather(*(ask(r) for r in roots)):
             if res is not None and len(res[1]) == 64:
-                ver, holders = found.setdefault(res[1], (-1, []))
-                holders.append(res[0])
+                found.setdefault(res[1], (-1, []))[1].append(res[0])
         return found
 
     async def _resolve(self, name: str) -> None:
@@ -344,8 +370,13 @@ class Node:
                         log.warning("refused manifest %s… from %s: %s", model_id[:12], root, e)
                     continue
                 if signed.manifest.name != name:
-                    log.warning("refused manifest %s… from %s: it is %r, not %r",
-                                model_id[:12], root, signed.manifest.name, name)
+                    log.warning(
+                        "refused manifest %s… from %s: it is %r, not %r",
+                        model_id[:12],
+                        root,
+                        signed.manifest.name,
+                        name,
+                    )
                     continue
                 if signed.manifest.version <= newest:
                     break

@@ -115,8 +115,14 @@ class Fetcher:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         m = self.state.manifest
-        log.info("fetching %s v%d (%s…): %d chunks, %d levels", m.name, m.version,
-                 self.state.model_id[:12], len(m.chunks), m.levels_total)
+        log.info(
+            "fetching %s v%d (%s…): %d chunks, %d levels",
+            m.name,
+            m.version,
+            self.state.model_id[:12],
+            len(m.chunks),
+            m.levels_total,
+        )
         try:
             while not self.sched.complete:
                 self.refresh_sources()
@@ -160,7 +166,8 @@ class Fetcher:
             data = await self.node.client.get_chunk(
                 src.root, self.state.model_id, req.index, length, timeout=hard
             )
-            verify_chunk(m, req.index, data)
+            # hashlib releases the GIL: hashing in a worker keeps the loop pumping.
+            await asyncio.to_thread(verify_chunk, m, req.index, data)
         except (VerificationError, PeerFault) as e:
             self._tasks.pop((req.peer, req.index), None)
             self._on_bad(req, e)
@@ -173,12 +180,17 @@ class Fetcher:
             return
         try:
             if req.index not in self.state.have:
-                await asyncio.to_thread(self.node.store.write_chunk, self.state.model_id,
-                                        req.index, data)
+                await asyncio.to_thread(
+                    self.node.store.write_chunk, self.state.model_id, req.index, data
+                )
         except OSError as e:
             self._tasks.pop((req.peer, req.index), None)
-            log.error("cannot store chunk %d of %s: %s; pausing downloads", req.index,
-                      m.name, e.strerror or e)
+            log.error(
+                "cannot store chunk %d of %s: %s; pausing downloads",
+                req.index,
+                m.name,
+                e.strerror or e,
+            )
             self._disk_full_until = loop.time() + DISK_FULL_PAUSE
             self.sched.on_failed(req.peer, req.index, loop.time())
             self.wake()

@@ -18,8 +18,6 @@ from peerprog.node.protocol import Announce, decode_announce, decode_have
 from peerprog.node.ratelimit import TokenBucket, throttle
 from peerprog.swarm import Bitfield
 
-READ_PIECE = 65536
-
 
 class TransportError(PeerprogError):
     """A source could not be reached or answered with an error status (transient)."""
@@ -40,9 +38,10 @@ class PeerClient:
 
     async def __aenter__(self) -> PeerClient:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=8),
-            timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout),
-                                          sock_read=self.timeout),
+            connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=32),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=min(5.0, self.timeout), sock_read=self.timeout
+            ),
             auto_decompress=False,
         )
         return self
@@ -56,8 +55,9 @@ class PeerClient:
         assert self._session is not None, "PeerClient used outside 'async with'"
         return self._session
 
-    async def _get(self, url: str, limit: int, *, throttled: bool = False,
-                   timeout: float | None = None) -> bytes:
+    async def _get(
+        self, url: str, limit: int, *, throttled: bool = False, timeout: float | None = None
+    ) -> bytes:
         try:
             async with asyncio.timeout(timeout or self.timeout):
                 async with self.session.get(url) as resp:
@@ -67,17 +67,17 @@ class PeerClient:
                         raise TransportError(f"{url}: HTTP {resp.status}")
                     if resp.content_length is not None and resp.content_length > limit:
                         raise PeerFault(f"{url}: body of {resp.content_length} bytes is too large")
-                    buf = bytearray()
-                    while True:
-                        piece = await resp.content.read(READ_PIECE)
-                        if not piece:
-                            break
-                        buf += piece
-                        if len(buf) > limit:
+                    throttled = throttled and not self.download.unlimited
+                    parts = []
+                    size = 0
+                    while piece := await resp.content.readany():
+                        parts.append(piece)
+                        size += len(piece)
+                        if size > limit:
                             raise PeerFault(f"{url}: body is larger than {limit} bytes")
                         if throttled:
                             await throttle(self.download, len(piece))
-                    return bytes(buf)
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
         except TimeoutError:
             raise TransportError(f"{url}: timed out") from None
         except (aiohttp.ClientError, OSError) as e:
@@ -94,11 +94,13 @@ class PeerClient:
         data = await self._get(f"{root}/models/{model_id}/have", count // 8 + 256)
         return decode_have(data, count)
 
-    async def get_chunk(self, root: str, model_id: str, index: int, length: int,
-                        timeout: float) -> bytes:
+    async def get_chunk(
+        self, root: str, model_id: str, index: int, length: int, timeout: float
+    ) -> bytes:
         """A chunk's bytes; :class:`PeerFault` if more than ``length`` arrive."""
-        return await self._get(f"{root}/models/{model_id}/chunks/{index}", length,
-                               throttled=True, timeout=timeout)
+        return await self._get(
+            f"{root}/models/{model_id}/chunks/{index}", length, throttled=True, timeout=timeout
+        )
 
     async def announce(self, peer_url: str, ann: Announce, limit: int) -> Announce:
         url = peer_url.rstrip("/") + "/p2p/v1/announce"

@@ -105,9 +105,7 @@ def decode_announce(data: bytes) -> Announce:
             and version >= 0
         ):
             raise PeerFault("announce: a model entry is malformed")
-        models.append(
-            ModelRef(name, mid, version, bool(m.get("complete")), bool(m.get("origin")))
-        )
+        models.append(ModelRef(name, mid, version, bool(m.get("complete")), bool(m.get("origin"))))
     peers = []
     for p in raw_peers[:MAX_EXCHANGED_PEERS]:
         if isinstance(p, dict) and valid_url(p.get("url")) and isinstance(p.get("node"), str):
@@ -123,6 +121,10 @@ def encode_have(have: Bitfield) -> bytes:
 def decode_have(data: bytes, count: int) -> Bitfield:
     """Parse a ``have`` body for a model of ``count`` chunks."""
     d = unpack(data, "have")
-    if not isinstance(d, dict) or d.get("count") != count or not isinstance(d.get("bitfield"), bytes):
+    if (
+        not isinstance(d, dict)
+        or d.get("count") != count
+        or not isinstance(d.get("bitfield"), bytes)
+    ):
         raise PeerFault("have: malformed bitfield message")
     return Bitfield.from_bytes(count, d["bitfield"])

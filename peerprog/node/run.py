@@ -33,12 +33,9 @@ async def serve(config: Config) -> None:
     api = None
     try:
         from peerprog.api.server import ApiServer
-    except ImportError:  # pragma: no cover - the local API lands separately
-        pass
-    else:
+
         api = ApiServer(node)
         await api.start()
-    try:
         await stop.wait()
         log.info("shutting down")
     finally:

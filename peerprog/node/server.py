@@ -78,13 +78,16 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     resp.content_length = len(data)
     await resp.prepare(request)
-    view = memoryview(data)
-    for start in range(0, len(view), SEND_PIECE):
-        piece = view[start : start + SEND_PIECE]
-        await throttle(node.upload_bucket, len(piece))
-        await resp.write(piece)
-        state.metrics.bytes_uploaded += len(piece)
-        node.bytes_uploaded += len(piece)
+    if node.upload_bucket.unlimited:
+        await resp.write(data)
+    else:
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_PIECE):
+            piece = view[start : start + SEND_PIECE]
+            await throttle(node.upload_bucket, len(piece))
+            await resp.write(piece)
+    state.metrics.bytes_uploaded += len(data)
+    node.bytes_uploaded += len(data)
     state.metrics.chunks_uploaded += 1
     await resp.write_eof()
     return resp
@@ -97,7 +100,7 @@ async def post_announce(request: web.Request) -> web.StreamResponse:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     try:
         body = await request.content.read(limit + 1)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise web.HTTPRequestTimeout() from None
     if len(body) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))

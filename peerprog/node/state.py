@@ -59,6 +59,9 @@ class ModelState:
         self.origin = origin
         self.metrics = ModelMetrics()
         self.sources: set[str] = set()
+        self._missing = [
+            sum(1 for i in lv.chunks if i not in have) for lv in signed.manifest.levels
+        ]
         self.best_level = self._compute_best_level()
         self.created = time.time()
         self._changed = asyncio.Event()
@@ -77,21 +80,25 @@ class ModelState:
 
     @property
     def bytes_held(self) -> int:
+        if self.complete:
+            return self.manifest.total_bytes
         chunks = self.manifest.chunks
         return sum(chunks[i].length for i in self.have.indices())
 
     def _compute_best_level(self) -> int:
         best = -1
-        for lv in self.manifest.levels:
-            if all(i in self.have for i in lv.chunks):
-                best = lv.level
-            else:
+        for n, missing in enumerate(self._missing):
+            if missing:
                 break
+            best = n
         return best
 
     def add_chunk(self, index: int) -> bool:
         """Record a stored chunk; returns True if it completed one or more levels."""
+        if index in self.have:
+            return False
         self.have.set(index)
+        self._missing[self.manifest.level_of_chunk(index)] -= 1
         new_best = self._compute_best_level()
         gained = new_best > self.best_level
         self.best_level = new_best

@@ -32,5 +32,3 @@ def make_manifest(chunk_size: int = 1024) -> tuple[Manifest, list[bytes]]:
         metadata={"source": "x.safetensors"},
     )
     return m, levels
-
-

@@ -136,7 +136,10 @@ def test_bomb_frame_is_refused_before_allocating(name: str) -> None:
     """A whole tensor whose frame declares (and holds) far more than its shape."""
     codec = CODECS[name]
     layout = TensorLayout(
-        "n", "int64", (4,), tuple(Segment(0, 0) for _ in range(8 if name == "paper" else BITPLANE_LEVELS))
+        "n",
+        "int64",
+        (4,),
+        tuple(Segment(0, 0) for _ in range(8 if name == "paper" else BITPLANE_LEVELS)),
     )
     bomb = zstandard.ZstdCompressor().compress(b"\0" * 10_000_000)
     segs = (Segment(0, len(bomb)), *layout.segments[1:])
@@ -155,7 +158,9 @@ def test_bomb_frame_is_refused_before_allocating(name: str) -> None:
 def test_frame_followed_by_junk() -> None:
     codec = CODECS["bitplane"]
     frame = zstandard.ZstdCompressor().compress(np.arange(4, dtype="<i8").tobytes()) + b"x"
-    layout = TensorLayout("n", "int64", (4,), (Segment(0, len(frame)),) + (Segment(0, 0),) * (BITPLANE_LEVELS - 1))
+    layout = TensorLayout(
+        "n", "int64", (4,), (Segment(0, len(frame)),) + (Segment(0, 0),) * (BITPLANE_LEVELS - 1)
+    )
     with pytest.raises(FormatError, match="junk"):
         codec.decoder(codec.default_params(), [layout]).add_level(0, frame)
 
@@ -243,7 +248,9 @@ def test_bad_codec_params(name: str) -> None:
 def test_bool_bytes_must_be_0_or_1() -> None:
     codec = CODECS["bitplane"]
     frame = zstandard.ZstdCompressor().compress(b"\x00\x01\x02")
-    layout = TensorLayout("m", "bool", (3,), (Segment(0, len(frame)),) + (Segment(0, 0),) * (BITPLANE_LEVELS - 1))
+    layout = TensorLayout(
+        "m", "bool", (3,), (Segment(0, len(frame)),) + (Segment(0, 0),) * (BITPLANE_LEVELS - 1)
+    )
     with pytest.raises(FormatError, match="bool"):
         codec.decoder(codec.default_params(), [layout]).add_level(0, frame)
 

@@ -56,4 +56,6 @@ def test_integer_only_model() -> None:
     codec = BitplaneCodec()
     model = {"n": RawTensor("int8", np.arange(5, dtype=np.int8))}
     enc = codec.encode(model)
-    assert level_errors(model, enc, codec) == [{"rel_rmse_ppm": 0, "max_rel_err_ppm": 0}] * len(enc.levels)
+    assert level_errors(model, enc, codec) == [{"rel_rmse_ppm": 0, "max_rel_err_ppm": 0}] * len(
+        enc.levels
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 
@@ -61,7 +62,7 @@ def test_flipped_bit_anywhere_in_envelope_is_rejected() -> None:
     m, _ = make_manifest()
     env = bytearray(seal(m, KEY).envelope)
     rng = random.Random(7)
-    positions = sorted(rng.sample(range(len(env)), 60)) + [len(env) - 1]
+    positions = [*sorted(rng.sample(range(len(env)), 60)), len(env) - 1]
     for pos in positions:
         bad = bytearray(env)
         bad[pos] ^= 1 << rng.randrange(8)
@@ -128,7 +129,5 @@ def test_mutated_bodies_never_raise_anything_else(data: st.DataObject) -> None:
         pos = data.draw(st.integers(0, len(body) - 1))
         body[pos] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(body)))
-    try:
+    with contextlib.suppress(VerificationError):
         parse_body(bytes(body[:cut]))
-    except VerificationError:
-        pass

@@ -1,0 +1,407 @@
+"""The clients apps use: :class:`Client` (sync) and :class:`AsyncClient` (asyncio).
+
+Both talk HTTP to the local daemon over its unix socket (``$PEERPROG_SOCKET``, else
+``/run/peerprog/api.sock``) and offer the same calls::
+
+    client = peerprog.Client()
+    model = client.best("digits-cnn", min_level=2, wait=30)   # numpy arrays
+    client.load_into(net, "digits-cnn")                       # a torch module
+    for model in client.watch("digits-cnn"):                  # each better level
+        ...
+
+Errors are typed (:mod:`peerprog.api.errors`): :class:`UnknownModel`, :class:`LevelTimeout`,
+:class:`DaemonNotRunning` (its message names the socket), :class:`BadRequest`.
+:class:`Client` uses only the standard library (``http.client``); :class:`AsyncClient`
+imports aiohttp when first used; torch is imported only by the torch calls.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket as _socket
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from peerprog.api.errors import ApiError, LevelTimeout
+from peerprog.api.model import BestModel, parse_best
+from peerprog.api.wire import (
+    Event,
+    EventParser,
+    Level,
+    best_path,
+    default_socket,
+    error_of,
+    json_body,
+    model_path,
+    not_running,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["AsyncClient", "BestModel", "Client"]
+
+Answer = tuple[int, Mapping[str, str], bytearray]
+"""Status, headers (names in lower case), body."""
+WATCH_WAIT = 60.0
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client.HTTPConnection`` over a unix socket at ``path``."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _read_into(resp: http.client.HTTPResponse) -> bytearray:
+    """The whole body, read straight into one buffer when its length is known."""
+    if resp.length is None:
+        return bytearray(resp.read())
+    buf = bytearray(resp.length)
+    view = memoryview(buf)
+    got = 0
+    while got < len(buf):
+        n = resp.readinto(view[got:])
+        if not n:
+            raise ApiError(f"the daemon closed the connection after {got} of {len(buf)} bytes")
+        got += n
+    return buf
+
+
+class Client:
+    """A blocking client of the local daemon (safe to share between threads: each call
+    opens its own connection)."""
+
+    def __init__(self, socket: str | os.PathLike[str] | None = None, *, timeout: float = 30.0):
+        """``socket``: the daemon's ``api.socket`` (default ``$PEERPROG_SOCKET``, else
+        ``/run/peerprog/api.sock``). ``timeout``: seconds to wait for an answer, on top of
+        any ``wait`` asked of the daemon."""
+        self.socket = default_socket() if socket is None else os.fspath(socket)
+        self.timeout = timeout
+
+    def _request(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        wait: float | None = None,
+    ) -> Answer:
+        timeout = self.timeout + (wait or 0.0)
+        conn = UnixHTTPConnection(self.socket, timeout)
+        try:
+            try:
+                conn.connect()
+            except OSError as e:
+                raise not_running(self.socket, e) from None
+            conn.request(method, target, headers=dict(headers or {}))
+            resp = conn.getresponse()
+            body = _read_into(resp)
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        except TimeoutError:
+            raise ApiError(
+                f"no answer from the daemon at {self.socket} within {timeout:g} s"
+            ) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise ApiError(f"talking to the daemon at {self.socket}: {e}") from None
+        finally:
+            conn.close()
+
+    def _json(self, method: str, target: str) -> Any:
+        status, headers, body = self._request(method, target)
+        if status >= 400:
+            raise error_of(status, body, headers.get("retry-after"))
+        return json_body(body)
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model the node holds or wants: ``GET /v1/models``."""
+        docs: list[dict[str, Any]] = self._json("GET", "/v1/models")
+        return docs
+
+    def status(self, name: str) -> dict[str, Any]:
+        """The status JSON of one model (its newest version)."""
+        doc: dict[str, Any] = self._json("GET", model_path(name))
+        return doc
+
+    def node_status(self) -> dict[str, Any]:
+        """The node's status JSON: ``GET /v1/status``."""
+        doc: dict[str, Any] = self._json("GET", "/v1/status")
+        return doc
+
+    def metrics(self) -> str:
+        """The Prometheus text of ``GET /metrics``."""
+        status, headers, body = self._request("GET", "/metrics")
+        if status >= 400:
+            raise error_of(status, body, headers.get("retry-after"))
+        return body.decode()
+
+    def want(self, name: str) -> dict[str, Any]:
+        """Ask the node to fetch ``name`` (and keep it up to date); returns its status."""
+        doc: dict[str, Any] = self._json("PUT", model_path(name))
+        return doc
+
+    def best(self, name: str, min_level: Level = None, wait: float | None = None) -> BestModel:
+        """The best approximation of ``name`` the node has now, as numpy arrays.
+
+        With ``min_level`` (a level or ``"max"``), waits up to ``wait`` seconds for it;
+        raises :class:`LevelTimeout` if it is not reached, :class:`UnknownModel` if the
+        node neither holds nor wants ``name``.
+        """
+        model = self._best(name, min_level, wait, None)
+        assert model is not None
+        return model
+
+    def _best(
+        self, name: str, min_level: Level, wait: float | None, etag: str | None
+    ) -> BestModel | None:
+        headers = {"If-None-Match": etag} if etag else None
+        status, got, body = self._request(
+            "GET", best_path(name, min_level, wait), headers=headers, wait=wait
+        )
+        return _best_answer(status, got, body)
+
+    def best_torch(
+        self, name: str, min_level: Level = None, wait: float | None = None
+    ) -> dict[str, Any]:
+        """Like :meth:`best`, as a state dict of ``torch.Tensor``s."""
+        return self.best(name, min_level, wait).torch_tensors()
+
+    def load_into(
+        self,
+        module: Any,
+        name: str,
+        min_level: Level = None,
+        wait: float | None = None,
+        *,
+        strict: bool = True,
+    ) -> BestModel:
+        """Load the best approximation of ``name`` into a torch ``module``; returns it."""
+        model = self.best(name, min_level, wait)
+        model.load_into(module, strict=strict)
+        return model
+
+    def watch(
+        self, name: str, *, wait: float = WATCH_WAIT, until_last: bool = True
+    ) -> Iterator[BestModel]:
+        """Each new best model of ``name`` as the node gets it: the current one first,
+        then one per level (or new version) reached, until the last level (with
+        ``until_last``). Long-polls; never busy-waits."""
+        etag: str | None = None
+        while True:
+            try:
+                model = self._best(name, None, max(1.0, wait), etag)
+            except LevelTimeout:
+                continue
+            if model is None:
+                continue
+            etag = model.etag
+            yield model
+            if until_last and model.last:
+                return
+
+
+def _best_answer(status: int, headers: Mapping[str, str], body: bytearray) -> BestModel | None:
+    if status == 304:
+        return None
+    if status >= 400:
+        raise error_of(status, body, headers.get("retry-after"))
+    return parse_best(body, headers)
+
+
+class AsyncClient:
+    """The asyncio client of the local daemon; ``async with AsyncClient() as c: ...``."""
+
+    def __init__(self, socket: str | os.PathLike[str] | None = None, *, timeout: float = 30.0):
+        """Arguments as for :class:`Client`."""
+        self.socket = default_socket() if socket is None else os.fspath(socket)
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connections (the client can be used again afterwards)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            connector = aiohttp.UnixConnector(path=self.socket, limit=0)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def _request(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        wait: float | None = None,
+    ) -> Answer:
+        import aiohttp
+
+        total = self.timeout + (wait or 0.0)
+        session = self._get_session()
+        try:
+            async with session.request(
+                method,
+                "http://localhost" + target,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=total),
+            ) as resp:
+                headers = {k.lower(): v for k, v in resp.headers.items()}
+                return resp.status, headers, await _read_all(resp)
+        except aiohttp.ClientConnectorError as e:
+            raise not_running(self.socket, e.os_error) from None
+        except TimeoutError:
+            raise ApiError(
+                f"no answer from the daemon at {self.socket} within {total:g} s"
+            ) from None
+        except aiohttp.ClientError as e:
+            raise ApiError(f"talking to the daemon at {self.socket}: {e}") from None
+
+    async def _json(self, method: str, target: str) -> Any:
+        status, headers, body = await self._request(method, target)
+        if status >= 400:
+            raise error_of(status, body, headers.get("retry-after"))
+        return json_body(body)
+
+    async def models(self) -> list[dict[str, Any]]:
+        """As :meth:`Client.models`."""
+        docs: list[dict[str, Any]] = await self._json("GET", "/v1/models")
+        return docs
+
+    async def status(self, name: str) -> dict[str, Any]:
+        """As :meth:`Client.status`."""
+        doc: dict[str, Any] = await self._json("GET", model_path(name))
+        return doc
+
+    async def node_status(self) -> dict[str, Any]:
+        """As :meth:`Client.node_status`."""
+        doc: dict[str, Any] = await self._json("GET", "/v1/status")
+        return doc
+
+    async def metrics(self) -> str:
+        """As :meth:`Client.metrics`."""
+        status, headers, body = await self._request("GET", "/metrics")
+        if status >= 400:
+            raise error_of(status, body, headers.get("retry-after"))
+        return body.decode()
+
+    async def want(self, name: str) -> dict[str, Any]:
+        """As :meth:`Client.want`."""
+        doc: dict[str, Any] = await self._json("PUT", model_path(name))
+        return doc
+
+    async def best(
+        self, name: str, min_level: Level = None, wait: float | None = None
+    ) -> BestModel:
+        """As :meth:`Client.best`."""
+        model = await self._best(name, min_level, wait, None)
+        assert model is not None
+        return model
+
+    async def _best(
+        self, name: str, min_level: Level, wait: float | None, etag: str | None
+    ) -> BestModel | None:
+        headers = {"If-None-Match": etag} if etag else None
+        status, got, body = await self._request(
+            "GET", best_path(name, min_level, wait), headers=headers, wait=wait
+        )
+        return _best_answer(status, got, body)
+
+    async def best_torch(
+        self, name: str, min_level: Level = None, wait: float | None = None
+    ) -> dict[str, Any]:
+        """As :meth:`Client.best_torch`."""
+        return (await self.best(name, min_level, wait)).torch_tensors()
+
+    async def load_into(
+        self,
+        module: Any,
+        name: str,
+        min_level: Level = None,
+        wait: float | None = None,
+        *,
+        strict: bool = True,
+    ) -> BestModel:
+        """As :meth:`Client.load_into`."""
+        model = await self.best(name, min_level, wait)
+        model.load_into(module, strict=strict)
+        return model
+
+    async def watch(
+        self, name: str, *, wait: float = WATCH_WAIT, until_last: bool = True
+    ) -> AsyncIterator[BestModel]:
+        """As :meth:`Client.watch`: ``async for model in client.watch(name)``."""
+        etag: str | None = None
+        while True:
+            try:
+                model = await self._best(name, None, max(1.0, wait), etag)
+            except LevelTimeout:
+                continue
+            if model is None:
+                continue
+            etag = model.etag
+            yield model
+            if until_last and model.last:
+                return
+
+    async def events(self, name: str) -> AsyncIterator[Event]:
+        """The server-sent events of ``name`` (``level`` …, then ``complete``)."""
+        import aiohttp
+
+        session = self._get_session()
+        parser = EventParser()
+        try:
+            async with session.get(
+                "http://localhost" + model_path(name, "events"),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout),
+            ) as resp:
+                if resp.status >= 400:
+                    raise error_of(resp.status, await resp.read(), resp.headers.get("retry-after"))
+                async for raw in resp.content:
+                    event = parser.feed(raw.decode().rstrip("\r\n"))
+                    if event is not None:
+                        yield event
+        except aiohttp.ClientConnectorError as e:
+            raise not_running(self.socket, e.os_error) from None
+        except aiohttp.ClientError as e:
+            raise ApiError(f"talking to the daemon at {self.socket}: {e}") from None
+
+
+async def _read_all(resp: aiohttp.ClientResponse) -> bytearray:
+    """The whole body, copied once into one buffer when its length is known."""
+    n = resp.content_length
+    if n is None:
+        return bytearray(await resp.read())
+    buf = bytearray(n)
+    pos = 0
+    async for chunk in resp.content.iter_any():
+        end = pos + len(chunk)
+        if end > n:
+            raise ApiError("the daemon sent more bytes than it announced")
+        buf[pos:end] = chunk
+        pos = end
+    if pos != n:
+        raise ApiError(f"the daemon closed the connection after {pos} of {n} bytes")
+    return buf

@@ -1,0 +1,109 @@
+"""The API's shared state: the node, the snapshot cache, the wake-ups, and the rule of
+what a ``best`` request is answered with (:meth:`ApiContext.resolve_best`)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from peerprog.api.best import BestCache, Snapshot, SnapshotLagError, etag_of
+from peerprog.api.errors import LevelTimeout, UnknownModel
+from peerprog.api.notify import LevelNotifier
+from peerprog.api.query import BestQuery
+from peerprog.api.view import ModelView, NodeView
+
+
+@dataclass
+class ApiStats:
+    """Counters of the API itself (shown in ``/v1/status`` and ``/metrics``)."""
+
+    best_answers: int = 0
+    best_not_modified: int = 0
+    best_timeouts: int = 0
+    best_in_flight: int = 0
+    bytes_sent: int = 0
+    event_streams: int = 0
+
+
+@dataclass
+class ApiContext:
+    """Everything the request handlers share."""
+
+    node: NodeView
+    cache: BestCache
+    notifier: LevelNotifier = field(default_factory=LevelNotifier)
+    stats: ApiStats = field(default_factory=ApiStats)
+
+    @classmethod
+    def for_node(cls, node: NodeView) -> ApiContext:
+        return cls(node, BestCache(node.store))
+
+    @property
+    def closing(self) -> bool:
+        return self.notifier.closed
+
+    def knows(self, name: str) -> bool:
+        """Whether the node holds or wants a model called ``name``."""
+        return name in self.node.wanted or bool(self.node.versions(name))
+
+    def on_level(self, state: ModelView) -> None:
+        """The node's level listener: wake the name's waiters, drop stale snapshots."""
+        self.notifier.fire(state.manifest.name)
+        self.cache.retain(self._served)
+
+    def _served(self, model_id: str) -> bool:
+        state = self.node.models.get(model_id)
+        return state is not None and self.node.newest_served(state.manifest.name) is state
+
+    async def resolve_best(
+        self, name: str, query: BestQuery, if_none_match: str | None = None
+    ) -> tuple[Snapshot, bool]:
+        """The snapshot to answer ``best`` with, and whether it matches ``If-None-Match``.
+
+        The model is the newest version of ``name`` with a complete level. It waits up to
+        ``query.wait`` seconds for the level asked for (and for its decode); with
+        ``If-None-Match`` naming what is served now, it waits as long for something newer
+        and then reports "not modified". Raises :class:`UnknownModel` for a name the node
+        neither holds nor wants, :class:`LevelTimeout` when the level is not reached.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + query.wait
+        while True:
+            if self.closing:
+                raise LevelTimeout("the daemon is shutting down", retry_after=5)
+            state = self.node.newest_served(name)
+            if state is None and not self.knows(name):
+                raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
+            remaining = deadline - loop.time()
+            if state is not None and state.best_level >= query.target(state.manifest.levels_total):
+                now = etag_of(state.model_id, state.best_level)
+                if not etag_matches(now, if_none_match) or remaining <= 0:
+                    try:
+                        snap = await self.cache.get(state)
+                    except SnapshotLagError:
+                        if self.node.newest_served(name) is state:
+                            raise  # chunks gone from the store under a model still served
+                        continue  # a newer version replaced it (and its files) meanwhile
+                    return snap, etag_matches(snap.etag, if_none_match)
+            elif remaining <= 0:
+                raise LevelTimeout(_not_reached(name, state, query), retry_after=1)
+            await self.notifier.wait(name, remaining)
+
+
+def etag_matches(etag: str, if_none_match: str | None) -> bool:
+    """Whether ``etag`` is one of an ``If-None-Match`` header's tags (or it is ``*``)."""
+    if not if_none_match:
+        return False
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*" or tag.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+def _not_reached(name: str, state: ModelView | None, query: BestQuery) -> str:
+    waited = f"within {query.wait:g} s" if query.wait else "yet (no wait given)"
+    if state is None:
+        return f"{name}: no level of any version is complete {waited}"
+    asked = "the last level" if query.max_level else f"level {query.min_level}"
+    return f"{name}: {asked} not reached {waited} (best complete level: {state.best_level})"

@@ -1,0 +1,91 @@
+"""``GET /v1/models/<name>/events``: server-sent events as levels complete.
+
+The stream follows the newest version of the name with a complete level. It opens with a
+``level`` event for the level held now (if any), then sends one ``level`` event per level
+completed, in order, each carrying the model's status JSON with ``level`` set to that
+level; after the last level it sends ``complete`` and ends. Each event's id is
+``<model_id>.<level>``; a client reconnecting with ``Last-Event-ID`` gets only what it
+missed. A comment line every :data:`KEEPALIVE` seconds keeps idle connections open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from peerprog.api.context import ApiContext
+from peerprog.api.errors import UnknownModel
+from peerprog.api.view import ModelView
+
+log = logging.getLogger("peerprog.api")
+KEEPALIVE = 15.0
+
+
+def format_event(event: str, data: object, event_id: str | None = None) -> bytes:
+    """One server-sent event (the data as one line of JSON)."""
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def parse_event_id(text: str | None) -> tuple[str, int] | None:
+    """``<model_id>.<level>`` → (model_id, level), or None if absent or malformed."""
+    if not text:
+        return None
+    model_id, _, level = text.strip().rpartition(".")
+    if not model_id or not level.isdigit():
+        return None
+    return model_id, int(level)
+
+
+def pending_events(state: ModelView, last: tuple[str, int] | None) -> list[bytes]:
+    """The events owed to a client that has seen ``last``: one per level after it (or the
+    current level alone for a new client or a new version), then ``complete`` if the
+    last level is reached."""
+    if state.best_level < 0:
+        return []
+    same = last is not None and last[0] == state.model_id
+    first = last[1] + 1 if same and last is not None else state.best_level
+    out = []
+    summary = state.summary()
+    for level in range(first, state.best_level + 1):
+        out.append(format_event("level", {**summary, "level": level}, f"{state.model_id}.{level}"))
+    if state.best_level == state.manifest.levels_total - 1:
+        out.append(format_event("complete", summary, f"{state.model_id}.complete"))
+    return out
+
+
+async def stream_events(request: web.Request, ctx: ApiContext, name: str) -> web.StreamResponse:
+    """Answer an event stream request until the last level, the client leaves, or the
+    daemon stops."""
+    if not ctx.knows(name):
+        raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await resp.prepare(request)
+    last = parse_event_id(request.headers.get("Last-Event-ID"))
+    ctx.stats.event_streams += 1
+    try:
+        await resp.write(b"retry: 1000\n\n")
+        while not ctx.closing:
+            state = ctx.node.newest_served(name)
+            if state is not None:
+                events = pending_events(state, last)
+                if events:
+                    await resp.write(b"".join(events))
+                    last = (state.model_id, state.best_level)
+                    if state.best_level == state.manifest.levels_total - 1:
+                        break
+            if not await ctx.notifier.wait(name, KEEPALIVE):
+                await resp.write(b": keepalive\n\n")
+    except (ConnectionResetError, ConnectionError):
+        log.debug("event stream of %s: client left", name)
+    finally:
+        ctx.stats.event_streams -= 1
+    return resp

@@ -1,0 +1,193 @@
+"""The endpoints of DESIGN.md "Local API" (the unix socket and the TCP listener share them).
+
+| request | answer |
+| --- | --- |
+| ``GET /v1/models`` | JSON list: every model the node holds, and wanted names not found yet |
+| ``PUT /v1/models/<name>`` | start fetching the model (202, its status) |
+| ``GET /v1/models/<name>`` | the status JSON of the newest version |
+| ``GET /v1/models/<name>/best`` | the best approximation as safetensors (:mod:`.best`) |
+| ``GET /v1/models/<name>/events`` | server-sent events as levels complete (:mod:`.events`) |
+| ``GET /v1/status`` | the node's status JSON |
+| ``GET /metrics`` | Prometheus text (:mod:`.metrics`) |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+from aiohttp import web
+
+from peerprog import __version__
+from peerprog.api.context import ApiContext
+from peerprog.api.errors import BadRequest, LevelTimeout, UnknownModel
+from peerprog.api.events import stream_events
+from peerprog.api.metrics import CONTENT_TYPE, render_metrics
+from peerprog.api.query import parse_best_query
+from peerprog.manifest import valid_name
+from peerprog.node.state import SOURCE_KINDS
+
+CTX = web.AppKey("peerprog_api", ApiContext)
+SEND_BUFFER = 1 << 20
+"""Socket send buffer asked for ``best`` answers (the kernel doubles it; capped by
+``net.core.wmem_max``)."""
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every endpoint on ``app`` (whose ``app[CTX]`` is the API context)."""
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_put("/v1/models/{name}", put_model)
+    app.router.add_get("/v1/models/{name}", get_model)
+    app.router.add_get("/v1/models/{name}/best", get_best)
+    app.router.add_get("/v1/models/{name}/events", get_events, allow_head=False)
+    app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/metrics", get_metrics)
+
+
+def model_name(request: web.Request) -> str:
+    """The ``<name>`` of the path, checked."""
+    name = request.match_info["name"]
+    if not valid_name(name):
+        raise BadRequest(f"{name[:80]!r} is not a valid model name (letters, digits, . _ -)")
+    return name
+
+
+def wanted_placeholder(name: str) -> dict[str, object]:
+    """The status of a wanted name no source has offered yet."""
+    return {
+        "name": name,
+        "model_id": None,
+        "version": None,
+        "codec": None,
+        "level": -1,
+        "levels_total": None,
+        "bytes_received": 0,
+        "bytes_total": None,
+        "complete": False,
+        "peers": 0,
+    }
+
+
+def models_json(ctx: ApiContext) -> list[dict[str, object]]:
+    """Every model the node holds (newest version of each name first), then the wanted
+    names not found yet."""
+    node = ctx.node
+    states = sorted(node.models.values(), key=lambda s: (s.manifest.name, -s.manifest.version))
+    docs = [s.summary() for s in states]
+    held = {s.manifest.name for s in states}
+    docs += [wanted_placeholder(n) for n in sorted(node.wanted) if n not in held]
+    return docs
+
+
+def model_json(ctx: ApiContext, name: str) -> dict[str, object]:
+    """The status of the newest version of ``name``; :class:`UnknownModel` if none."""
+    versions = ctx.node.versions(name)
+    if versions:
+        return versions[0].summary()
+    if name in ctx.node.wanted:
+        return wanted_placeholder(name)
+    raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response(models_json(request.app[CTX]))
+
+
+async def put_model(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = model_name(request)
+    ctx.node.want(name)
+    return web.json_response(model_json(ctx, name), status=202)
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return web.json_response(model_json(request.app[CTX], model_name(request)))
+
+
+async def get_best(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    name = model_name(request)
+    query = parse_best_query(request.query.items())
+    stats = ctx.stats
+    stats.best_in_flight += 1
+    try:
+        try:
+            snap, not_modified = await ctx.resolve_best(
+                name, query, request.headers.get("If-None-Match")
+            )
+        except LevelTimeout:
+            stats.best_timeouts += 1
+            raise
+        headers = {**snap.headers(), "Cache-Control": "no-cache"}
+        if not_modified:
+            stats.best_not_modified += 1
+            return web.Response(status=304, headers=headers)
+        filename = f"{snap.name}-v{snap.version}-level{snap.level}.safetensors"
+        headers["Content-Type"] = "application/octet-stream"
+        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = snap.size
+        widen_send_buffer(request)
+        await resp.prepare(request)
+        if request.method != "HEAD":
+            for piece in snap.pieces():
+                await resp.write(piece)
+                stats.bytes_sent += len(piece)
+        await resp.write_eof()
+        stats.best_answers += 1
+        return resp
+    finally:
+        stats.best_in_flight -= 1
+
+
+def widen_send_buffer(request: web.Request) -> None:
+    """Let the kernel queue :data:`SEND_BUFFER` bytes of the answer: fewer, larger writes
+    (with the default of about 200 KB, answers take about a fifth longer)."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+
+async def get_events(request: web.Request) -> web.StreamResponse:
+    return await stream_events(request, request.app[CTX], model_name(request))
+
+
+async def get_status(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    node = ctx.node
+    received = dict.fromkeys(SOURCE_KINDS, 0)
+    for s in node.models.values():
+        for kind, n in s.metrics.bytes_by_source.items():
+            received[kind] = received.get(kind, 0) + n
+    now = time.time()
+    doc = {
+        "node": node.config.node.name,
+        "peerprog_version": __version__,
+        "url": node.url,
+        "started_at": node.started_at,
+        "uptime_s": round(max(0.0, now - node.started_at), 3),
+        "peers": len(node.peers),
+        "wanted": sorted(node.wanted),
+        "bytes_uploaded": node.bytes_uploaded,
+        "bytes_received_by_source": received,
+        "models": models_json(ctx),
+        "transfers": {mid: s.metrics.to_json() for mid, s in node.models.items()},
+        "api": {
+            "socket": node.config.api.socket,
+            "listen_tcp": node.config.api.listen_tcp,
+            "best_answers": ctx.stats.best_answers,
+            "best_in_flight": ctx.stats.best_in_flight,
+            "event_streams": ctx.stats.event_streams,
+            "snapshots_built": ctx.cache.builds,
+        },
+    }
+    return web.json_response(doc)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    text = render_metrics(ctx.node, ctx.stats)
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})

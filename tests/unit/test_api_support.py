@@ -1,0 +1,80 @@
+"""Helpers for the API's unit tests: a published model in a store, and a fake node that
+holds real :class:`~peerprog.node.state.ModelState`s (chunks are "received" by calling
+:meth:`FakeNode.receive`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from peerprog.codec import RawTensor
+from peerprog.manifest import SignedManifest
+from peerprog.node.config import Config
+from peerprog.node.state import ModelState
+from peerprog.store import Store, publish_tensors
+from peerprog.swarm import Bitfield
+from tests.unit.samples import KEY
+
+
+def sample_tensors(seed: int = 0) -> dict[str, RawTensor]:
+    rng = np.random.default_rng(seed)
+    return {
+        "w": RawTensor("float32", (rng.standard_normal((64, 48)) * 0.05).astype(np.float32)),
+        "h": RawTensor("float16", rng.standard_normal(3001).astype(np.float16)),
+        "b": RawTensor("float32", rng.standard_normal(7).astype(np.float32)),
+        "step": RawTensor("int64", np.array([12345], dtype=np.int64)),
+    }
+
+
+def publish_sample(root: Path, name: str = "tiny", seed: int = 0) -> tuple[Store, SignedManifest]:
+    """A model of a few levels published into a store at ``root``."""
+    store = Store(root)
+    result = publish_tensors(
+        sample_tensors(seed), name=name, key=KEY, store=store, chunk_size=1024, quality=False
+    )
+    return store, result.signed
+
+
+class FakeNode:
+    """Just what the API reads of a node; levels complete when the test says so."""
+
+    def __init__(self, store: Store, want: tuple[str, ...] = ()) -> None:
+        self.config = Config()
+        self.models: dict[str, ModelState] = {}
+        self.wanted: set[str] = set(want)
+        self.peers: dict[str, Any] = {}
+        self.store = store
+        self.url = "http://127.0.0.1:1"
+        self.started_at = 1_700_000_000.0
+        self.bytes_uploaded = 0
+        self.level_listeners: list[Callable[[Any], None]] = []
+
+    def add(self, signed: SignedManifest, *, levels: int = 0) -> ModelState:
+        """Take up ``signed`` holding its first ``levels`` levels."""
+        state = ModelState(signed, Bitfield(len(signed.manifest.chunks)), origin=False)
+        self.models[signed.model_id] = state
+        for lv in signed.manifest.levels[:levels]:
+            for i in lv.chunks:
+                state.add_chunk(i)
+        return state
+
+    def receive(self, state: ModelState, level: int) -> None:
+        """Complete ``level`` of ``state`` and tell the listeners, as the daemon does."""
+        for i in state.manifest.levels[level].chunks:
+            if state.add_chunk(i):
+                state.notify()
+                for listener in list(self.level_listeners):
+                    listener(state)
+
+    def versions(self, name: str) -> list[ModelState]:
+        found = [s for s in self.models.values() if s.manifest.name == name]
+        return sorted(found, key=lambda s: s.manifest.version, reverse=True)
+
+    def newest_served(self, name: str) -> ModelState | None:
+        return next((s for s in self.versions(name) if s.best_level >= 0), None)
+
+    def want(self, name: str) -> None:
+        self.wanted.add(name)
