@@ -28,18 +28,19 @@ def machine() -> dict[str, object]:
     }
 
 
-def write_section(name: str, markdown: str) -> None:
-    """Replace (or append) the section between ``<!-- bench:NAME -->`` markers."""
+def write_section(name: str, markdown: str, path: Path = BENCHMARKS) -> None:
+    """Replace (or append) the section between ``<!-- bench:NAME -->`` markers of ``path``
+    (BENCHMARKS.md unless told)."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{markdown.strip()}\n{end}"
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = (
         pattern.sub(lambda _: block, text)
         if pattern.search(text)
         else text.rstrip() + "\n\n" + block + "\n"
     )
-    BENCHMARKS.write_text(text)
+    path.write_text(text)
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:

@@ -158,7 +158,8 @@ class BestCache:
         if entry is None:
             read = self._chunks.read_chunk
             mid = state.model_id
-            entry = _Entry(Assembler(state.manifest, lambda i: read(mid, i)))
+            # verify: a chunk damaged on disk since it was stored never reaches an app
+            entry = _Entry(Assembler(state.manifest, lambda i: read(mid, i), verify=True))
             self._entries[state.model_id] = entry
         while entry.snapshot is None or entry.snapshot.level < want:
             if entry.building is None:

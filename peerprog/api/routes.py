@@ -172,6 +172,7 @@ async def get_status(request: web.Request) -> web.Response:
         "peers": len(node.peers),
         "wanted": sorted(node.wanted),
         "bytes_uploaded": node.bytes_uploaded,
+        "store_error": node.store_error,
         "bytes_received_by_source": received,
         "models": models_json(ctx),
         "transfers": {mid: s.metrics.to_json() for mid, s in node.models.items()},

@@ -25,18 +25,18 @@ MIN_CHUNK_SIZE = 1024
 MAX_CHUNKS = 1 << 20
 MAX_TENSORS = 1 << 17
 MAX_LEVELS = 64
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MODEL_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MODEL_ID_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def valid_name(name: str) -> bool:
     """A model name: 1–128 of ``[A-Za-z0-9._-]``, not starting with ``.``/``-``/``_``."""
-    return isinstance(name, str) and bool(NAME_RE.match(name)) and ".." not in name
+    return isinstance(name, str) and bool(NAME_RE.fullmatch(name)) and ".." not in name
 
 
 def valid_model_id(model_id: str) -> bool:
     """A model id: 64 lowercase hex digits."""
-    return isinstance(model_id, str) and bool(MODEL_ID_RE.match(model_id))
+    return isinstance(model_id, str) and bool(MODEL_ID_RE.fullmatch(model_id))
 
 
 @dataclass(frozen=True)

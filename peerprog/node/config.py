@@ -7,6 +7,7 @@ value of the wrong type is refused with an :class:`InputError` that names the ke
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 from peerprog.errors import InputError
 from peerprog.manifest import parse_public_key, valid_name
+from peerprog.node.protocol import valid_url
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,8 @@ def _check(value: Any, typ: Any, key: str) -> Any:
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(f"config: {key} must be a number")
-        if value < 0:
-            raise InputError(f"config: {key} must not be negative")
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"config: {key} must be a finite number, not negative")
         return float(value)
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -173,6 +175,11 @@ def split_host_port(text: str, key: str) -> tuple[str, int]:
 
 def _validate(cfg: Config) -> Config:
     split_host_port(cfg.node.listen, "node.listen")
+    for key, path in (("node.data_dir", cfg.node.data_dir), ("api.socket", cfg.api.socket)):
+        if "\x00" in path:
+            raise InputError(f"config: {key} must not contain a NUL character")
+    if cfg.node.public_url and not valid_url(cfg.node.public_url):
+        raise InputError(f"config: node.public_url {cfg.node.public_url!r} is not an http(s) URL")
     for i, p in enumerate(cfg.trust.publishers):
         try:
             parse_public_key(p)
@@ -185,7 +192,7 @@ def _validate(cfg: Config) -> Config:
         ("peers.web_seeds", cfg.peers.web_seeds),
     ):
         for i, u in enumerate(urls):
-            if not u.startswith(("http://", "https://")):
+            if not valid_url(u):
                 raise InputError(f"config: {key}[{i}] must be an http(s) URL, not {u!r}")
     for i, n in enumerate(cfg.models.want):
         if not valid_name(n):
@@ -196,8 +203,14 @@ def _validate(cfg: Config) -> Config:
             raise InputError("config: api.listen_tcp needs api.token to be set")
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise InputError("config: api.listen_tcp must be a loopback address")
-    if cfg.peers.have_poll_interval <= 0 or cfg.peers.announce_interval <= 0:
-        raise InputError("config: peers intervals must be positive")
+    for key, value in (
+        ("peers.announce_interval", cfg.peers.announce_interval),
+        ("peers.have_poll_interval", cfg.peers.have_poll_interval),
+        ("limits.request_timeout", cfg.limits.request_timeout),
+        ("limits.max_in_flight", cfg.limits.max_in_flight),
+    ):
+        if value <= 0:
+            raise InputError(f"config: {key} must be positive")
     return cfg
 
 
@@ -211,6 +224,8 @@ def load_config(path: Path) -> Config:
         raise InputError(f"{path}: not valid TOML ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid TOML (nested too deeply)") from None
     try:
         return parse_config(raw, path.parent.resolve())
     except InputError as e:

@@ -16,13 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
-from peerprog.errors import PeerFault, PeerprogError, VerificationError
-from peerprog.manifest import open_envelope
+from peerprog.errors import PeerFault, PeerprogError
 from peerprog.node.config import Config, split_host_port
 from peerprog.node.fetcher import Fetcher, Source
 from peerprog.node.peerclient import PeerClient, TransportError
 from peerprog.node.protocol import Announce, ModelRef, PeerRef
 from peerprog.node.ratelimit import TokenBucket
+from peerprog.node.resolver import Resolver
 from peerprog.node.server import build_app
 from peerprog.node.state import ModelState
 from peerprog.store import Store
@@ -62,6 +62,9 @@ class Node:
             timeout=config.limits.request_timeout,
         )
         self.bytes_uploaded = 0
+        self.store_error: str | None = None
+        """The last failure to write the store (e.g. the disk is full); None once a write
+        succeeds again."""
         self.started_at = time.time()
         self.url = config.node.public_url
         self.fetchers: dict[str, Fetcher] = {}
@@ -70,6 +73,8 @@ class Node:
         self._announce_now = asyncio.Event()
         self._resolve_now = asyncio.Event()
         self.level_listeners: list[Any] = []
+        self.resolver = Resolver(self)
+        self._announcing: set[str] = set()
         for url in config.peers.bootstrap:
             self.peers[url.rstrip("/")] = PeerInfo(url.rstrip("/"), bootstrap=True)
 
@@ -98,7 +103,7 @@ class Node:
         )
         for state in self.models.values():
             if not state.complete:
-                self._start_fetcher(state)
+                self.start_fetcher(state)
         self._spawn(self._announce_loop())
         self._spawn(self._resolve_loop())
 
@@ -147,6 +152,11 @@ class Node:
                 len(m.chunks),
                 state.best_level,
             )
+        for name in {s.manifest.name for s in self.models.values()}:
+            served = self.newest_served(name)
+            if served is not None and self.store.resolve(name) != served.model_id:
+                with contextlib.suppress(OSError):  # a name write lost to a full disk
+                    self.store.set_name(name, served.model_id)
 
     # --- models ----------------------------------------------------------------------------
 
@@ -169,7 +179,7 @@ class Node:
             log.info("want %s", name)
         self._resolve_now.set()
 
-    def _start_fetcher(self, state: ModelState) -> None:
+    def start_fetcher(self, state: ModelState) -> None:
         if state.model_id in self.fetchers:
             return
         fetcher = Fetcher(self, state)
@@ -185,8 +195,11 @@ class Node:
 
     def on_chunk_stored(self, state: ModelState, index: int) -> None:
         """Called by a fetcher after a verified chunk reached the disk."""
-        if not state.add_chunk(index):
-            return
+        if state.add_chunk(index):
+            self.level_reached(state)
+
+    def level_reached(self, state: ModelState) -> None:
+        """``state`` gained a level: name it, tell the apps and the peers."""
         m = state.manifest
         state.metrics.level_complete_at[state.best_level] = time.time()
         log.info(
@@ -200,7 +213,11 @@ class Node:
         )
         newest = self.newest_served(m.name)
         if newest is state:
-            self.store.set_name(m.name, state.model_id)
+            try:
+                self.store.set_name(m.name, state.model_id)
+            except OSError as e:  # set again at the next level, or at the next start
+                self.store_error = f"cannot name {m.name}: {e.strerror or e}"
+                log.error("%s", self.store_error)
         if state.complete:
             self._drop_older(state)
         state.notify()
@@ -227,6 +244,10 @@ class Node:
                 fetcher.wake()
             self.models.pop(old.model_id, None)
             self.store.remove_model(old.model_id)
+
+    def announce_soon(self) -> None:
+        """Announce to every peer now (e.g. a new model or level)."""
+        self._announce_now.set()
 
     def sources_for(self, state: ModelState) -> list[Source]:
         """Every peer and web seed that may hold ``state``'s model."""
@@ -272,7 +293,7 @@ class Node:
             info = self.peers[url] = PeerInfo(url)
             log.info("new peer %s (%s)", url, node)
             for fetcher in self.fetchers.values():
-                fetcher.wake()
+                fetcher.peers_changed()
         info.node = node or info.node
         info.models = {m.model_id: m for m in models}
         info.last_seen = time.time()
@@ -288,14 +309,13 @@ class Node:
             await asyncio.sleep(0.05)  # coalesce bursts of level changes
 
     async def _announce_all(self) -> None:
+        """Announce to every peer without waiting for the answers: a peer slow to answer
+        holds up no other (and gets no second announce while one is pending)."""
         ann = self.my_announce()
-        peers = list(self.peers.values())[: self.config.peers.max_peers]
-        results = await asyncio.gather(
-            *(self._announce_to(p, ann) for p in peers), return_exceptions=True
-        )
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, Exception):
-                raise r
+        for info in list(self.peers.values())[: self.config.peers.max_peers]:
+            if info.url not in self._announcing:
+                self._announcing.add(info.url)
+                self._spawn(self._announce_to(info, ann))
 
     async def _announce_to(self, info: PeerInfo, ann: Announce) -> None:
         try:
@@ -306,6 +326,8 @@ class Node:
             if info.failures >= 5 and not info.bootstrap:
                 self.peers.pop(info.url, None)
             return
+        finally:
+            self._announcing.discard(info.url)
         self._learn(info.url, answer.node, answer.models)
         for p in answer.peers:
             url = p.url.rstrip("/")
@@ -318,73 +340,9 @@ class Node:
 
     async def _resolve_loop(self) -> None:
         while True:
-            for name in sorted(self.wanted):
-                try:
-                    await self._resolve(name)
-                except PeerprogError as e:
-                    log.warning("resolving %s: %s", name, e)
+            await self.resolver.resolve_all()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._resolve_now.wait(), self.config.peers.announce_interval
                 )
             self._resolve_now.clear()
-
-    async def _candidates(self, name: str) -> dict[str, tuple[int, list[str]]]:
-        """model id → (announced version, roots that hold it) for ``name``."""
-        found: dict[str, tuple[int, list[str]]] = {}
-        for info in list(self.peers.values()):
-            for ref in info.models.values():
-                if ref.name == name:
-                    found.setdefault(ref.model_id, (ref.version, []))[1].append(
-                        info.url + "/p2p/v1"
-                    )
-        roots = [p.url + "/p2p/v1" for p in self.peers.values() if p.bootstrap]
-        roots += [u.rstrip("/") for u in self.config.peers.web_seeds]
-
-        async def ask(root: str) -> tuple[str, str] | None:
-            try:
-                return root, await self.client.get_name(root, name)
-            except (TransportError, PeerFault):
-                return None
-
-        for res in await asyncio.gather(*(ask(r) for r in roots)):
-            if res is not None and len(res[1]) == 64:
-                found.setdefault(res[1], (-1, []))[1].append(res[0])
-        return found
-
-    async def _resolve(self, name: str) -> None:
-        """Take up the newest trusted version of ``name`` that sources offer."""
-        have_versions = {s.manifest.version for s in self.versions(name)}
-        newest = max(have_versions, default=0)
-        candidates = await self._candidates(name)
-        order = sorted(candidates.items(), key=lambda kv: kv[1][0], reverse=True)
-        for model_id, (announced, roots) in order:
-            if model_id in self.models or (0 <= announced <= newest):
-                continue
-            for root in roots:
-                try:
-                    envelope = await self.client.get_manifest(root, model_id)
-                    signed = open_envelope(envelope, self.trusted, expect_id=model_id)
-                except (TransportError, PeerFault) as e:
-                    if isinstance(e, VerificationError):
-                        log.warning("refused manifest %s… from %s: %s", model_id[:12], root, e)
-                    continue
-                if signed.manifest.name != name:
-                    log.warning(
-                        "refused manifest %s… from %s: it is %r, not %r",
-                        model_id[:12],
-                        root,
-                        signed.manifest.name,
-                        name,
-                    )
-                    continue
-                if signed.manifest.version <= newest:
-                    break
-                await asyncio.to_thread(self.store.put_manifest, signed)
-                state = ModelState(signed, Bitfield(len(signed.manifest.chunks)), origin=False)
-                self.models[model_id] = state
-                newest = signed.manifest.version
-                log.info("found %s v%d (%s…) from %s", name, newest, model_id[:12], root)
-                self._start_fetcher(state)
-                self._announce_now.set()
-                break

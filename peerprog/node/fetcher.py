@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("peerprog.fetch")
 RECHECK_ABSENT = 5.0  # seconds before asking again a peer that did not hold the model
-DISK_FULL_PAUSE = 2.0
+DISK_FULL_PAUSE = 2.0  # seconds without new requests after the store refused a write
+REVIVE_AFTER = 30.0  # seconds before a peer dropped for failures, that still answers, is
+# asked again: a bad spell of a link must not lose a source for good
+SOURCES_REFRESH = 0.5  # seconds between looks for new peers (also on wake by the node)
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,14 @@ class Fetcher:
         self._absent_until: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._disk_full_until = 0.0
+        self._refresh_due = True
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def peers_changed(self) -> None:
+        """The node learned of a new peer: look for sources at once."""
+        self._refresh_due = True
         self._wake.set()
 
     # --- sources ---------------------------------------------------------------------------
@@ -89,14 +98,23 @@ class Fetcher:
                 self.wake()
                 return
             added = False
+            dropped_at: float | None = None
             while not self.sched.complete and src.key not in self.sched.banned:
                 have = await client.get_have(src.root, self.state.model_id, len(m.chunks))
+                now = loop.time()
                 if not added:
-                    self.sched.add_peer(src.key, have, loop.time())
+                    self.sched.add_peer(src.key, have, now)
                     added = True
                     self.state.sources.add(src.key)
-                else:
-                    self.sched.set_have(src.key, have, loop.time())
+                elif src.key in self.sched.peers():
+                    self.sched.set_have(src.key, have, now)
+                    dropped_at = None
+                elif dropped_at is None:  # dropped after repeated failures, yet it answers
+                    dropped_at = now
+                elif now - dropped_at >= REVIVE_AFTER:  # give it a fresh start
+                    log.debug("%s: asking again after %.0f s", src.key, now - dropped_at)
+                    self.sched.add_peer(src.key, have, now)
+                    dropped_at = None
                 self.wake()
                 await asyncio.sleep(self.node.config.peers.have_poll_interval)
         except (TransportError, PeerFault) as e:
@@ -124,9 +142,13 @@ class Fetcher:
             m.levels_total,
         )
         try:
+            next_refresh = 0.0
             while not self.sched.complete:
-                self.refresh_sources()
                 now = loop.time()
+                if self._refresh_due or now >= next_refresh:
+                    self._refresh_due = False
+                    self.refresh_sources()
+                    next_refresh = now + SOURCES_REFRESH
                 for req in self.sched.handle_timer(now):
                     self._cancel(req)
                 if now >= self._disk_full_until:
@@ -134,8 +156,10 @@ class Fetcher:
                         self._start(req)
                 deadline = self.sched.next_deadline()
                 timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout + 0.001)
+                if not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout + 0.001):
+                            await self._wake.wait()
                 self._wake.clear()
         finally:
             for task in [*self._tasks.values(), *self._pollers.values()]:
@@ -185,16 +209,13 @@ class Fetcher:
                 )
         except OSError as e:
             self._tasks.pop((req.peer, req.index), None)
-            log.error(
-                "cannot store chunk %d of %s: %s; pausing downloads",
-                req.index,
-                m.name,
-                e.strerror or e,
-            )
+            self.node.store_error = f"cannot store chunk {req.index} of {m.name}: {e.strerror or e}"
+            log.error("%s; pausing downloads", self.node.store_error)
             self._disk_full_until = loop.time() + DISK_FULL_PAUSE
-            self.sched.on_failed(req.peer, req.index, loop.time())
+            self.sched.release(req.peer, req.index, loop.time())  # not the peer's fault
             self.wake()
             return
+        self.node.store_error = None
         self._tasks.pop((req.peer, req.index), None)
         for dup in self.sched.on_chunk(req.peer, req.index, loop.time()):
             self._cancel(dup)

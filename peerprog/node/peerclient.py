@@ -43,6 +43,7 @@ class PeerClient:
                 total=None, connect=min(5.0, self.timeout), sock_read=self.timeout
             ),
             auto_decompress=False,
+            read_bufsize=1 << 20,
         )
         return self
 
@@ -80,11 +81,12 @@ class PeerClient:
                     return parts[0] if len(parts) == 1 else b"".join(parts)
         except TimeoutError:
             raise TransportError(f"{url}: timed out") from None
-        except (aiohttp.ClientError, OSError) as e:
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            # ValueError: a URL the client cannot use (e.g. a host label idna refuses)
             raise TransportError(f"{url}: {type(e).__name__}: {e}") from None
 
-    async def get_name(self, root: str, name: str) -> str:
-        data = await self._get(f"{root}/names/{name}", 256)
+    async def get_name(self, root: str, name: str, timeout: float | None = None) -> str:
+        data = await self._get(f"{root}/names/{name}", 256, timeout=timeout)
         return data.decode("ascii", "replace").strip()
 
     async def get_manifest(self, root: str, model_id: str) -> bytes:
@@ -114,7 +116,8 @@ class PeerClient:
                     body = await resp.content.read(limit + 1)
         except TimeoutError:
             raise TransportError(f"{url}: timed out") from None
-        except (aiohttp.ClientError, OSError) as e:
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            # ValueError: a URL the client cannot use (e.g. a host label idna refuses)
             raise TransportError(f"{url}: {type(e).__name__}: {e}") from None
         if len(body) > limit:
             raise PeerFault(f"{url}: announce answer is too large")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from peerprog.errors import PeerFault
 from peerprog.manifest import valid_model_id, valid_name
@@ -18,6 +19,7 @@ PREFIX = "/p2p/v1"
 MAX_ANNOUNCE_MODELS = 256
 MAX_EXCHANGED_PEERS = 64
 MAX_URL = 256
+URL_SCHEMES = ("http://", "https://")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,21 @@ class Announce:
 
 
 def valid_url(url: object) -> bool:
-    return isinstance(url, str) and len(url) <= MAX_URL and url.startswith(("http://", "https://"))
+    """An http(s) base URL a client can use: printable ASCII, a host whose every label has
+    1–63 characters (idna refuses longer ones), a valid port if any."""
+    if not isinstance(url, str) or len(url) > MAX_URL or not url.startswith(URL_SCHEMES):
+        return False
+    if not all(33 <= ord(c) < 127 for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    if host.startswith("[") or ":" in host:  # an IPv6 literal (urlsplit checked it)
+        return True
+    return bool(host) and all(0 < len(label) <= 63 for label in host.rstrip(".").split("."))
 
 
 def _str(d: dict[str, Any], key: str, limit: int = 256) -> str:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from peerprog.errors import PeerFault
-from peerprog.manifest import valid_model_id, valid_name
+from peerprog.errors import PeerFault, VerificationError
+from peerprog.manifest import Manifest, valid_model_id, valid_name, verify_chunk
 from peerprog.node.protocol import PREFIX, decode_announce, encode_have
 from peerprog.node.ratelimit import throttle
 
@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("peerprog.server")
 MSGPACK = "application/msgpack"
 SEND_PIECE = 16384
+NODE: web.AppKey[Node] = web.AppKey("peerprog_node")
 
 
 def _node(request: web.Request) -> Node:
-    node: Node = request.app["node"]
-    return node
+    return request.app[NODE]
 
 
 async def get_name(request: web.Request) -> web.StreamResponse:
@@ -72,7 +72,7 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     state = node.models[model_id]
     if index >= len(state.manifest.chunks) or index not in state.have:
         raise web.HTTPNotFound(text="chunk not held")
-    data = await asyncio.to_thread(node.store.read_chunk, model_id, index)
+    data = await asyncio.to_thread(_read_verified, node, state.manifest, model_id, index)
     if data is None:
         raise web.HTTPNotFound(text="chunk not held")
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -91,6 +91,20 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     state.metrics.chunks_uploaded += 1
     await resp.write_eof()
     return resp
+
+
+def _read_verified(node: Node, manifest: Manifest, model_id: str, index: int) -> bytes | None:
+    """A stored chunk, checked again: one damaged on disk since is never sent (a peer
+    would ban us for it); None if absent or damaged."""
+    data = node.store.read_chunk(model_id, index)
+    if data is None:
+        return None
+    try:
+        verify_chunk(manifest, index, data)
+    except VerificationError as e:
+        log.error("not serving chunk %d of %s…: damaged on disk (%s)", index, model_id[:12], e)
+        return None
+    return data
 
 
 async def post_announce(request: web.Request) -> web.StreamResponse:
@@ -116,7 +130,7 @@ async def post_announce(request: web.Request) -> web.StreamResponse:
 def build_app(node: Node) -> web.Application:
     """The peer-protocol application for ``node``."""
     app = web.Application(client_max_size=node.config.limits.max_request_bytes)
-    app["node"] = node
+    app[NODE] = node
     app.router.add_get(PREFIX + "/names/{name}", get_name)
     app.router.add_get(PREFIX + "/models/{model_id}/manifest.msgpack", get_manifest)
     app.router.add_get(PREFIX + "/models/{model_id}/have", get_have)

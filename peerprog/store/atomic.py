@@ -15,8 +15,17 @@ from pathlib import Path
 TMP_PREFIX = ".tmp-"
 
 
-def write_atomic(path: Path, data: bytes | memoryview | Iterable[bytes | memoryview]) -> None:
-    """Write ``data`` (bytes or a sequence of buffers) to ``path`` atomically and durably."""
+def write_atomic(
+    path: Path,
+    data: bytes | memoryview | Iterable[bytes | memoryview],
+    *,
+    sync_dir: bool = True,
+) -> None:
+    """Write ``data`` (bytes or a sequence of buffers) to ``path`` atomically and durably.
+
+    Without ``sync_dir`` the rename itself may be lost on power failure (the file then is
+    simply absent, never partial): fit for chunks, which are verified on load anyway.
+    """
     tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -33,7 +42,8 @@ def write_atomic(path: Path, data: bytes | memoryview | Iterable[bytes | memoryv
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:

@@ -112,10 +112,11 @@ class Store:
             return None
 
     def put_manifest(self, signed: SignedManifest) -> None:
-        """Store a verified manifest envelope (its chunks folder is created too)."""
+        """Store a verified manifest envelope (its chunks folder is created too); a stored
+        file that differs (e.g. damaged on disk) is replaced."""
         d = self.model_dir(signed.model_id)
         (d / "chunks").mkdir(parents=True, exist_ok=True)
-        if not self.manifest_path(signed.model_id).exists():
+        if self.read_manifest_bytes(signed.model_id) != signed.envelope:
             write_atomic(self.manifest_path(signed.model_id), signed.envelope)
 
     def load_manifest(self, model_id: str, trusted: Collection[str] | None) -> SignedManifest:
@@ -144,10 +145,17 @@ class Store:
             return None
 
     def write_chunk(self, model_id: str, index: int, data: bytes | memoryview) -> None:
-        """Store a chunk the caller has verified."""
+        """Store a chunk the caller has verified.
+
+        The folder is not fsynced per chunk: a rename lost to a power failure only means the
+        chunk is fetched again (chunks are verified when a store is opened).
+        """
         path = self.chunk_path(model_id, index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
+        try:
+            write_atomic(path, data, sync_dir=False)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data, sync_dir=False)
 
     def chunk_indexes(self, model_id: str) -> list[int]:
         """Indexes of the chunk files present (not verified; see :meth:`scan`)."""

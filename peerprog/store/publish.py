@@ -26,6 +26,7 @@ from peerprog.manifest import (
     valid_name,
 )
 from peerprog.manifest.model import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from peerprog.store.atomic import fsync_dir
 from peerprog.store.disk import Store
 
 Progress = Callable[[str, int, int], None]
@@ -119,6 +120,8 @@ def publish_tensors(
         store.write_chunk(signed.model_id, i, piece)
         if progress:
             progress("store", i + 1, len(pieces))
+    if pieces:  # the chunks' renames are durable before a manifest names them
+        fsync_dir(store.model_dir(signed.model_id) / "chunks")
     store.put_manifest(signed)
     store.set_name(name, signed.model_id)
     sizes = []

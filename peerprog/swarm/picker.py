@@ -27,8 +27,11 @@ flight than its budget (see ``peers.py``).
    given seed, different from node to node so that nodes fetch different chunks first and
    can trade them.
 
-3. **Whom to ask.** Each chunk, in that order, goes to the free peer that holds it with the
-   lowest load after the request, ``(in flight + 1) / budget``; ties go to the faster
+3. **Whom to ask.** Each chunk, in that order, goes to a free peer that holds it: first
+   to peers still fetching the model themselves, and only when none of them is free to a
+   *complete* holder (a seed, a web seed, or a finished peer) — so the origin's upload goes
+   to chunks nobody else has, and each model leaves the server about once. Among those, the
+   lowest load after the request, ``(in flight + 1) / budget``, wins; ties go to the faster
    measured rate, then to the peer name. A peer's budget grows with its measured rate
    (``peers.py``), so fast peers get more requests. The walk stops when no peer is free or
    ``max_in_flight_total`` is reached. A chunk that no free peer can take is skipped (it
@@ -72,8 +75,10 @@ class Slot:
     def holds(self, index: int) -> bool:
         return self.have is None or index in self.have
 
-    def load_key(self) -> tuple[float, float, str]:
-        return ((self.in_flight + 1) / self.budget, -self.rate, self.peer)
+    complete: bool = False
+
+    def load_key(self) -> tuple[bool, float, float, str]:
+        return (self.complete, (self.in_flight + 1) / self.budget, -self.rate, self.peer)
 
 
 class Picker:
@@ -164,7 +169,7 @@ class Picker:
             del self._table.failed_by[index]
             failed = None
         best: Slot | None = None
-        best_key: tuple[float, float, str] | None = None
+        best_key: tuple[bool, float, float, str] | None = None
         for slot in free:
             if slot.peer in exclude or (failed and slot.peer in failed) or not slot.holds(index):
                 continue

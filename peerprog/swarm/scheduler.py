@@ -9,6 +9,7 @@ that a call returns, and arms a timer for :meth:`Scheduler.next_deadline`::
         start_get(request)          # GET /p2p/v1/models/<id>/chunks/<index> from request.peer
     ...
     # when a GET ends: on_chunk (verified) / on_bad_chunk (hash mismatch) / on_failed
+    # (the peer's fault) / release (ours, e.g. the disk is full)
     # when the timer fires: cancel(scheduler.handle_timer(loop.time()))
     # after any of these: next_requests again, re-arm the timer at next_deadline()
 
@@ -182,12 +183,26 @@ class Scheduler:
             return []
         mean = self._table.mean_size
         slots: list[Slot] = []
-        for st in self._peers.values():
-            if not st.usable(now):
-                continue
+        usable = [st for st in self._peers.values() if st.usable(now)]
+        complete = {st.name: st.have is None or st.have.count() == len(st.have) for st in usable}
+        # In a swarm, a complete holder (the origin) gets a shallow queue: it then serves
+        # chunks nobody else has yet instead of chunks the peers will soon trade.
+        swarm = not all(complete.values())
+        for st in usable:
             budget = st.budget(self._config, mean)
+            if swarm and complete[st.name]:
+                budget = min(budget, self._config.min_in_flight_per_peer)
             if len(st.in_flight) < budget:
-                slots.append(Slot(st.name, st.have, len(st.in_flight), budget, st.rate or 0.0))
+                slots.append(
+                    Slot(
+                        st.name,
+                        st.have,
+                        len(st.in_flight),
+                        budget,
+                        st.rate or 0.0,
+                        complete[st.name],
+                    )
+                )
         if not slots:
             return []
         picks = self._picker.pick(slots, self._flying, self._holders, room)
@@ -254,6 +269,15 @@ class Scheduler:
         self._forget(flight)
         self._fail(st, flight, now, timed_out=False)
         self._purge(st)
+
+    def release(self, peer: str, index: int, now: float) -> None:
+        """The shell gave up the request for chunk ``index`` to ``peer`` for a reason of its
+        own (e.g. it could not store the chunk): the chunk goes back to the pool and the
+        peer is not judged."""
+        st = self._peers.get(peer)
+        flight = st.in_flight.get(index) if st is not None else None
+        if st is not None and flight is not None:
+            self._release(st, flight)
 
     def handle_timer(self, now: float) -> list[Request]:
         """Time out the requests whose deadline has passed (and those of dropped peers).

@@ -10,7 +10,12 @@ It serves the models of a published store under ``/p2p/v1/`` like an honest peer
 * ``silent``: accepts connections and never answers;
 * ``liar``: claims (``have``) every chunk but answers 404 for them;
 * ``garbage``: ``have`` and ``announce`` answers are random bytes, truncated msgpack;
-* ``flood``: announces thousands of fake peers and models to the victim (``--victim URL``).
+* ``flood``: announces thousands of fake peers and models to the victim (``--victim URL``)
+  and answers the victim's own announces with as many;
+* ``honest``: serves like a peer should (to count what a victim asks for, with ``--log``).
+
+With ``--log FILE`` every request is appended to FILE as ``METHOD PATH`` (flushed at once,
+so a test can read it while the victim runs).
 """
 
 from __future__ import annotations
@@ -22,20 +27,47 @@ import random
 from pathlib import Path
 
 from aiohttp import ClientSession, web
+from aiohttp.typedefs import Handler
 
 from peerprog.manifest.canonical import pack
 from peerprog.store import Store
 from peerprog.swarm import Bitfield
 
-MODES = ("corrupt", "oversize", "drip", "silent", "liar", "garbage", "flood")
+MODES = ("corrupt", "oversize", "drip", "silent", "liar", "garbage", "flood", "honest")
 
 
-def build(store: Store, mode: str, url: str) -> web.Application:
-    app = web.Application()
+def fake_announce(rng: random.Random, node: str, url: str) -> bytes:
+    """An announce naming 1000 fake models and 1000 fake peers."""
+    models = [
+        {
+            "name": f"fake-{rng.randrange(10**6)}",
+            "model_id": rng.randbytes(32).hex(),
+            "version": rng.randrange(1000),
+        }
+        for _ in range(1000)
+    ]
+    peers = [
+        {"node": f"p{i}", "url": f"http://127.0.0.{rng.randrange(2, 250)}:{i + 1}"}
+        for i in range(1000)
+    ]
+    return pack({"node": node, "url": url, "models": models, "peers": peers})
+
+
+def build(store: Store, mode: str, url: str, log: Path | None = None) -> web.Application:
+    logfile = open(log, "a", buffering=1) if log else None  # noqa: SIM115 - lives with the app
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if logfile is not None:
+            logfile.write(f"{request.method} {request.path}\n")
+        return await handler(request)
+
+    app = web.Application(middlewares=[record])
+    rng = random.Random(1)
 
     def model(request: web.Request) -> str:
         mid = request.match_info["mid"]
-        if not store.has_manifest(mid):
+        if mode == "flood" or not store.has_manifest(mid):  # a flooder holds no model
             raise web.HTTPNotFound()
         return mid
 
@@ -46,8 +78,10 @@ def build(store: Store, mode: str, url: str) -> web.Application:
         if mode == "silent":
             await silent_wait()
         mid = store.resolve(request.match_info["name"])
-        if mid is None:
+        if mid is None or mode == "flood":
             raise web.HTTPNotFound()
+        if mode == "garbage":  # 64 characters, but no model id: a path to climb out
+            return web.Response(text=("../" * 22)[:64])
         return web.Response(text=mid)
 
     async def manifest(request: web.Request) -> web.StreamResponse:
@@ -94,6 +128,8 @@ def build(store: Store, mode: str, url: str) -> web.Application:
             await silent_wait()
         if mode == "garbage":
             return web.Response(body=pack({"node": "x", "url": url, "models": [{}]})[:-3])
+        if mode == "flood":
+            return web.Response(body=fake_announce(rng, "flood", url))
         return web.Response(body=pack({"node": "hostile", "url": url, "models": [], "peers": []}))
 
     app.router.add_get("/p2p/v1/names/{name}", name)
@@ -109,26 +145,7 @@ async def flood(victim: str, url: str, rounds: int) -> None:
     rng = random.Random(0)
     async with ClientSession() as s:
         for r in range(rounds):
-            models = [
-                {
-                    "name": f"fake-{rng.randrange(10**6)}",
-                    "model_id": os.urandom(32).hex(),
-                    "version": rng.randrange(1000),
-                }
-                for _ in range(1000)
-            ]
-            peers = [
-                {"node": f"p{i}", "url": f"http://127.0.0.{rng.randrange(2, 250)}:{i + 1}"}
-                for i in range(1000)
-            ]
-            body = pack(
-                {
-                    "node": f"flood{r}",
-                    "url": f"http://127.0.0.1:{40000 + r}",
-                    "models": models,
-                    "peers": peers,
-                }
-            )
+            body = fake_announce(rng, f"flood{r}", f"http://127.0.0.1:{40000 + r}")
             async with s.post(victim.rstrip("/") + "/p2p/v1/announce", data=body) as resp:
                 await resp.read()
 
@@ -140,14 +157,15 @@ async def main() -> None:
     ap.add_argument("--mode", choices=MODES, required=True)
     ap.add_argument("--victim", default="")
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--log", default="")
     args = ap.parse_args()
     url = f"http://127.0.0.1:{args.port}"
-    if args.mode == "flood":
-        await flood(args.victim, url, args.rounds)
-        return
-    runner = web.AppRunner(build(Store(Path(args.store), create=False), args.mode, url))
+    store = Store(Path(args.store), create=False)
+    runner = web.AppRunner(build(store, args.mode, url, Path(args.log) if args.log else None))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
+    if args.mode == "flood" and args.victim:
+        await flood(args.victim, url, args.rounds)
     await asyncio.Event().wait()
 
 

@@ -50,6 +50,7 @@ class FakeNode:
         self.url = "http://127.0.0.1:1"
         self.started_at = 1_700_000_000.0
         self.bytes_uploaded = 0
+        self.store_error: str | None = None
         self.level_listeners: list[Callable[[Any], None]] = []
 
     def add(self, signed: SignedManifest, *, levels: int = 0) -> ModelState:
