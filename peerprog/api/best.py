@@ -100,7 +100,11 @@ def build_snapshot(manifest: Manifest, model_id: str, assembler: Assembler) -> S
     level = assembler.level
     received = sum(lv.bytes for lv in manifest.levels[: level + 1])
     meta = snapshot_metadata(manifest, model_id, level, received)
-    buffers = tuple(memoryview(b) for b in encode_safetensors(assembler.tensors(), meta))
+    # At the last level nothing more will be decoded: take the decoder's arrays instead of
+    # copying them, so the daemon never holds two copies of an exact model.
+    last = level == manifest.levels_total - 1
+    tensors = assembler.take_tensors() if last else assembler.tensors()
+    buffers = tuple(memoryview(b) for b in encode_safetensors(tensors, meta))
     return Snapshot(
         model_id=model_id,
         name=manifest.name,

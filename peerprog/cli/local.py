@@ -96,7 +96,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     try:
-        nbytes = write_safetensors(out, asm.tensors(), meta)
+        nbytes = write_safetensors(out, asm.take_tensors(), meta)
     except OSError as e:
         raise InputError(f"{out}: {e.strerror}") from None
     doc = {

@@ -64,6 +64,11 @@ class Decoder(Protocol):
         (the caller owns them)."""
         ...
 
+    def take_tensors(self) -> dict[str, RawTensor]:
+        """Like :meth:`tensors`, handing the decoder's memory over (peak near one model
+        copy); the decoder cannot be used afterwards."""
+        ...
+
 
 class Codec(Protocol):
     """A registered codec."""

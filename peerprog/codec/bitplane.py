@@ -214,12 +214,15 @@ class BitplaneDecoder(BaseDecoder):
             cnt = min(BLOCK, n - s)
             insert(acc[s : s + cnt], shift, bits, unpack_range(staged, n, bits, s, cnt))
 
+    def _release(self, i: int) -> None:
+        self._acc.pop(i, None)
+
     def _materialise(self, i: int, dt: DType) -> Array:
         sp = self._split(dt)
         acc = self._acc[i]
         missing = dt.mantissa_bits - sp.known(self.levels_done)
         if missing == 0:
-            return acc.view(dt.storage).copy()
+            return acc.view(dt.storage) if self._handing_over else acc.view(dt.storage).copy()
         wt = sp.word.type
         fill = wt(1 << (missing - 1))
         exp_mask = wt(((1 << dt.exponent_bits) - 1) << dt.mantissa_bits)

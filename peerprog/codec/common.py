@@ -248,7 +248,7 @@ class BaseDecoder(ABC):
 
     def tensors(self) -> dict[str, RawTensor]:
         """The current approximation; new arrays. ``ValueError`` before any level."""
-        if self._done == 0:
+        if self._done <= 0:
             raise ValueError("no level has been added yet")
         out = {}
         for i, layout in enumerate(self._layouts):
@@ -256,6 +256,29 @@ class BaseDecoder(ABC):
             flat = self._whole[i].copy() if self._is_whole[i] else self._materialise(i, dt)
             out[layout.name] = RawTensor(dt.name, flat.reshape(layout.shape))
         return out
+
+    def take_tensors(self) -> dict[str, RawTensor]:
+        """Like :meth:`tensors`, but hands the decoder's memory over: each tensor's state is
+        released as soon as its output is built (and reused as the output where it already
+        is the answer), so the peak stays near one copy of the model. The decoder is
+        spent afterwards (``done`` reads -1; adding a level is refused)."""
+        if self._done <= 0:
+            raise ValueError("no level has been added yet")
+        self._handing_over = True
+        out = {}
+        for i, layout in enumerate(self._layouts):
+            dt = self._dtypes[i]
+            flat = self._whole.pop(i) if self._is_whole[i] else self._materialise(i, dt)
+            self._release(i)
+            out[layout.name] = RawTensor(dt.name, flat.reshape(layout.shape))
+        self._done = -1
+        return out
+
+    _handing_over = False
+    """Set by :meth:`take_tensors`: ``_materialise`` may return its own state, uncopied."""
+
+    def _release(self, i: int) -> None:  # noqa: B027 - an optional hook
+        """Drop what is held for progressive tensor ``i`` (after a hand-over)."""
 
     @staticmethod
     def _decode_whole(layout: TensorLayout, dt: DType, chunk: Array) -> Array:

@@ -214,6 +214,9 @@ class PaperDecoder(BaseDecoder):
             cnt = min(BLOCK, n - s)
             insert(codes[s : s + cnt], shift, b, unpack_range(staged, n, b, s, cnt))
 
+    def _release(self, i: int) -> None:
+        self._codes.pop(i, None)
+
     def _materialise(self, i: int, dt: DType) -> Array:
         codes = self._codes[i]
         lo, hi = self._range[i]

@@ -64,6 +64,13 @@ class Assembler:
                 raise FormatError(f"model {self.manifest.name}: level {n}: {e}") from None
         return self.level
 
+    def take_tensors(self) -> dict[str, RawTensor]:
+        """The approximation, handing the decoder's memory over: for the last level, when
+        no further level will be added. The assembler is spent afterwards."""
+        if self.level < 0:
+            raise InputError(f"model {self.manifest.name}: level 0 is not complete")
+        return self._decoder.take_tensors()
+
     def tensors(self) -> dict[str, RawTensor]:
         """The current approximation (new arrays); :class:`InputError` before level 0."""
         if self.level < 0:
