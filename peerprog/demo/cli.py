@@ -9,6 +9,7 @@ from pathlib import Path
 
 from peerprog.demo.options import (
     DEFAULT_CHUNK_SIZE,
+    DEFAULT_CODEC,
     DEFAULT_EDGES,
     DEFAULT_OUT,
     DEFAULT_RATE,
@@ -116,7 +117,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_CHUNK_SIZE,
         help=f"chunk size at publish (default {DEFAULT_CHUNK_SIZE})",
     )
-    p.add_argument("--codec", default=None, help="codec at publish (default: the default codec)")
+    p.add_argument(
+        "--codec", default=DEFAULT_CODEC, help=f"codec at publish (default: {DEFAULT_CODEC})"
+    )
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default ./{DEFAULT_OUT})"
     )
