@@ -44,9 +44,9 @@ demo: $(STAMP)
 	$(VENV)/bin/peerprog demo $(DEMO_ARGS)
 
 bench: $(STAMP)
-	$(PY) bench/codec.py --write
-	$(PY) bench/swarm.py --write
-	$(PY) bench/api.py --write
+	$(PY) -m bench.codec --write
+	$(PY) -m bench.swarm --write
+	$(PY) -m bench.api --write
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,7 @@ of the float32 bytes, accuracy and agreement with the full model. Then encode/de
 on a synthetic model of 25M float32 weights, and the peak memory of ``peerprog publish`` on
 it. Prints JSON; ``--write`` also updates the codec section of BENCHMARKS.md.
 
-    .venv/bin/python bench/codec.py --write
+    .venv/bin/python -m bench.codec --write
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def sweep_level0() -> list[dict[str, Any]]:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    cmd = "`.venv/bin/python bench/codec.py --write`"
+    cmd = "`.venv/bin/python -m bench.codec --write`"
     parts = [
         f"## Codec: bytes per level vs quality\n\nReproduce: {cmd} (machine: {doc['machine']})\n"
     ]

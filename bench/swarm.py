@@ -9,7 +9,7 @@
 
 Prints JSON; ``--write`` also updates the swarm section of BENCHMARKS.md.
 
-    .venv/bin/python bench/swarm.py --write
+    .venv/bin/python -m bench.swarm --write
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main() -> None:
 
 def markdown(doc: dict[str, Any], args: argparse.Namespace) -> str:
     th = doc["throughput"]
-    cmd = "`.venv/bin/python bench/swarm.py --write`"
+    cmd = "`.venv/bin/python -m bench.swarm --write`"
     parts = [
         "## Swarm: daemons on loopback vs plain HTTP\n",
         f"Reproduce: {cmd} (machine: {doc['machine']}). A synthetic model of "
