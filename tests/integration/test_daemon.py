@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,31 @@ def assert_bit_exact(node: Daemon, model_id: str) -> None:
         assert np.array_equal(got[k].array.view(np.uint8), want[k].array.view(np.uint8)), k
 
 
+@contextlib.contextmanager
+def static_server(folder: Path) -> Iterator[str]:
+    """``python -m http.server`` serving ``folder`` (a web seed); yields its URL."""
+    port = free_port()
+    http = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        http.kill()
+        http.wait()
+
+
 def test_seed_and_three_edges_end_bit_exact_in_level_order(tmp_path: Path) -> None:
     with Cluster(tmp_path) as c:
         pub = c.publish()
@@ -96,32 +123,12 @@ def test_seed_and_three_edges_end_bit_exact_in_level_order(tmp_path: Path) -> No
 def test_web_seed_alone_delivers_the_model(tmp_path: Path) -> None:
     with Cluster(tmp_path) as c:
         pub = c.publish()
-        port = free_port()
-        http = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                str(c.seed_store),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            edge = c.start(
-                c.node("edge", want=[REFERENCE_NAME], web_seeds=[f"http://127.0.0.1:{port}"])
-            )
+        with static_server(c.seed_store) as url:
+            edge = c.start(c.node("edge", want=[REFERENCE_NAME], web_seeds=[url]))
             wait_complete(edge)
             assert_bit_exact(edge, pub["model_id"])
             t = transfer(edge, pub["model_id"])
             assert t["bytes_by_source"]["web_seed"] == pub["total_bytes"]
-        finally:
-            http.kill()
-            http.wait()
 
 
 def test_capped_seed_edges_fetch_mostly_from_each_other(tmp_path: Path) -> None:
@@ -260,31 +267,11 @@ def test_tampered_manifest_from_web_seed_is_refused(tmp_path: Path) -> None:
         data = bytearray(man.read_bytes())
         data[len(data) // 2] ^= 0x08
         man.write_bytes(bytes(data))
-        port = free_port()
-        http = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                str(c.seed_store),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            edge = c.start(
-                c.node("edge", want=[REFERENCE_NAME], web_seeds=[f"http://127.0.0.1:{port}"])
-            )
+        with static_server(c.seed_store) as url:
+            edge = c.start(c.node("edge", want=[REFERENCE_NAME], web_seeds=[url]))
             wait_until(lambda: "refused manifest" in c.logs(edge), 30, "the refusal")
             assert status(edge)["level"] == -1
             assert not (edge.data_dir / "models" / pub["model_id"]).exists()
-        finally:
-            http.kill()
-            http.wait()
 
 
 def test_garbage_and_oversized_requests_are_refused(tmp_path: Path) -> None:
