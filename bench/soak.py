@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         published = {n: c.publish(p, name=n, chunk_size=65536) for n, p in sources.items()}
         seed = c.start(c.seed(upload_bytes_per_s=args.seed_upload))
         seed_rss: list[tuple[float, int]] = []
+        seed_lives = [0]  # bytes the seed process uploaded, per life (it restarts once)
         edges: list[Edge] = []
         for i in range(args.edges):
             others = [e.daemon for e in edges[-2:]]
@@ -152,11 +153,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for e in edges:
                     sample(e, t)
                 seed_rss.append((t, psutil.Process(seed.pid).memory_info().rss))
+                seed_lives[-1] = seed.request("GET", "/v1/status").json()["bytes_uploaded"]
                 next_sample = now + args.every
             if not republished and now > deadline - args.duration / 2:
+                # a new version: published into the seed's store, which the seed reads at
+                # start (it is restarted, as a publisher would)
                 doc = c.publish(sources["soak-a"], name="soak-a", chunk_size=65536)
                 published["soak-a"] = doc
                 republished = True
+                seed_lives[-1] = seed.request("GET", "/v1/status").json()["bytes_uploaded"]
+                c.stop(seed)
+                seed_lives.append(0)
+                c.start(seed)
                 events.append({"t": t, "event": "publish soak-a", "version": doc["version"]})
             if now >= next_event:
                 e = rng.choice(edges)
@@ -215,9 +223,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sample(e, t)
         logs = {e.daemon.name: c.logs(e.daemon) for e in edges}
         logs["seed"] = c.logs(seed)
-        seed_status = seed.request("GET", "/v1/status").json()
-    shutil.rmtree(root, ignore_errors=True)
-    return report(args, edges, completion, logs, events, seed_status, seed_rss, published)
+        seed_lives[-1] = seed.request("GET", "/v1/status").json()["bytes_uploaded"]
+    if args.keep:
+        print(f"logs kept in {root}", file=sys.stderr)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return report(args, edges, completion, logs, events, sum(seed_lives), seed_rss, published)
 
 
 def report(
@@ -226,7 +237,7 @@ def report(
     completion: dict[str, dict[str, Any]],
     logs: dict[str, str],
     events: list[dict[str, Any]],
-    seed_status: dict[str, Any],
+    seed_uploaded: int,
     seed_rss: list[tuple[float, int]],
     published: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
@@ -235,10 +246,12 @@ def report(
         for life in e.lives:
             for k, v in life.by_source.items():
                 by_source[k] = by_source.get(k, 0) + v
-    error_lines = {
-        name: sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
+    bad = {
+        name: [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line]
         for name, text in logs.items()
     }
+    error_lines = {name: len(lines) for name, lines in bad.items()}
+    error_samples = sorted({line[24:200] for lines in bad.values() for line in lines})[:20]
     timeline = []
     step = max(args.every, args.duration / 12)
     t_end = max((t for e in edges for t, _ in e.rss), default=0.0)
@@ -276,9 +289,10 @@ def report(
             "per_edge": completion,
         },
         "bytes_by_source": by_source,
-        "seed_uploaded": seed_status["bytes_uploaded"],
+        "seed_uploaded": seed_uploaded,
         "errors": {
             "error_log_lines": error_lines,
+            "error_samples": error_samples,
             "daemons_died_on_their_own": sum(e.died for e in edges),
             "chunks_failed": sum(life.chunks_failed for e in edges for life in e.lives),
             "peers_banned": sum(life.banned for e in edges for life in e.lives),
@@ -299,6 +313,10 @@ def markdown(doc: dict[str, Any]) -> str:
     src = doc["bytes_by_source"]
     total = sum(src.values()) or 1
     errs = doc["errors"]
+    sources: list[list[object]] = [
+        [f"bytes received, source kind {k}", f"{v / MB:.1f} MB ({v / total:.0%})"]
+        for k, v in src.items()
+    ]
     lines = [
         f"Soak: {doc['edges']} edges, 3 models ({models}), {doc['duration_s']} s of churn "
         f"(an event every {doc['churn_mean_s']} s on average), seed upload capped at "
@@ -315,11 +333,8 @@ def markdown(doc: dict[str, Any]) -> str:
                     "models exact at the end",
                     f"{doc['completion']['exact']} of {doc['completion']['of']}",
                 ],
-                *[
-                    [f"bytes received from {k}", f"{v / MB:.1f} MB ({v / total:.0%})"]
-                    for k, v in src.items()
-                ],
-                ["bytes uploaded by the seed", f"{doc['seed_uploaded'] / MB:.1f} MB"],
+                *sources,
+                ["bytes uploaded by the publisher's seed", f"{doc['seed_uploaded'] / MB:.1f} MB"],
                 ["error lines in logs (all daemons)", sum(errs["error_log_lines"].values())],
                 ["daemons that died on their own", errs["daemons_died_on_their_own"]],
                 ["chunks that failed verification", errs["chunks_failed"]],
@@ -327,7 +342,12 @@ def markdown(doc: dict[str, Any]) -> str:
             ],
         ),
         "",
-        "Memory over time (RSS, MB):",
+        "Source kinds are as the receiving node counts them: `seed` is any node that holds "
+        "the whole model since its start (the publisher's seed, and edges restarted after "
+        "completing), `peer` any other node.",
+        "",
+        "Memory over time (RSS, MB; the last row includes every edge decoding its three "
+        "models for the final bit-for-bit check):",
         "",
         table(
             ["t (s)", "edges, max", "edges, mean", "seed"],
@@ -351,6 +371,7 @@ def main() -> None:
     ap.add_argument("--finish", type=float, default=180.0, help="seconds allowed at the end")
     ap.add_argument("--seed", type=int, default=1, help="random seed")
     ap.add_argument("--write", action="store_true", help="update RELIABILITY.md")
+    ap.add_argument("--keep", action="store_true", help="keep the daemons' folders and logs")
     args = ap.parse_args()
     doc = run(args)
     print(json.dumps({k: v for k, v in doc.items() if k != "events"}, indent=2))

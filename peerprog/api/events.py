@@ -34,7 +34,7 @@ def parse_event_id(text: str | None) -> tuple[str, int] | None:
     if not text:
         return None
     model_id, _, level = text.strip().rpartition(".")
-    if not model_id or not level.isdigit():
+    if not model_id or not (level.isascii() and level.isdigit()) or len(level) > 6:
         return None
     return model_id, int(level)
 

@@ -129,12 +129,15 @@ async def get_best(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers=headers)
         resp.content_length = snap.size
         widen_send_buffer(request)
-        await resp.prepare(request)
-        if request.method != "HEAD":
-            for piece in snap.pieces():
-                await resp.write(piece)
-                stats.bytes_sent += len(piece)
-        await resp.write_eof()
+        try:
+            await resp.prepare(request)
+            if request.method != "HEAD":
+                for piece in snap.pieces():
+                    await resp.write(piece)
+                    stats.bytes_sent += len(piece)
+            await resp.write_eof()
+        except ConnectionResetError:  # the app left mid-answer: its choice, not an error
+            return resp
         stats.best_answers += 1
         return resp
     finally:

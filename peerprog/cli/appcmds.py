@@ -30,7 +30,7 @@ def level_arg(text: str) -> int | str:
     """``--min-level``: a level number or ``max``."""
     if text == "max":
         return "max"
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"must be a level number or 'max', not {text!r}")
     return int(text)
 

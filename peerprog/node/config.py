@@ -168,7 +168,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 def split_host_port(text: str, key: str) -> tuple[str, int]:
     """``host:port`` → (host, port); :class:`InputError` naming ``key`` if malformed."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise InputError(f"config: {key} must be host:port, not {text!r}")
     return host.strip("[]"), int(port)
 

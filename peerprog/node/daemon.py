@@ -104,8 +104,8 @@ class Node:
         for state in self.models.values():
             if not state.complete:
                 self.start_fetcher(state)
-        self._spawn(self._announce_loop())
-        self._spawn(self._resolve_loop())
+        self.spawn(self._announce_loop())
+        self.spawn(self._resolve_loop())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -118,7 +118,8 @@ class Node:
         await self.client.__aexit__()
         log.info("node %s stopped", self.config.node.name)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of the node: cancelled at stop, its failure logged."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -191,7 +192,7 @@ class Node:
             finally:
                 self.fetchers.pop(state.model_id, None)
 
-        self._spawn(run())
+        self.spawn(run())
 
     def on_chunk_stored(self, state: ModelState, index: int) -> None:
         """Called by a fetcher after a verified chunk reached the disk."""
@@ -315,7 +316,7 @@ class Node:
         for info in list(self.peers.values())[: self.config.peers.max_peers]:
             if info.url not in self._announcing:
                 self._announcing.add(info.url)
-                self._spawn(self._announce_to(info, ann))
+                self.spawn(self._announce_to(info, ann))
 
     async def _announce_to(self, info: PeerInfo, ann: Announce) -> None:
         try:

@@ -68,22 +68,28 @@ class PeerClient:
                         raise TransportError(f"{url}: HTTP {resp.status}")
                     if resp.content_length is not None and resp.content_length > limit:
                         raise PeerFault(f"{url}: body of {resp.content_length} bytes is too large")
-                    throttled = throttled and not self.download.unlimited
-                    parts = []
-                    size = 0
-                    while piece := await resp.content.readany():
-                        parts.append(piece)
-                        size += len(piece)
-                        if size > limit:
-                            raise PeerFault(f"{url}: body is larger than {limit} bytes")
-                        if throttled:
-                            await throttle(self.download, len(piece))
-                    return parts[0] if len(parts) == 1 else b"".join(parts)
+                    return await self._body(resp, url, limit, throttled=throttled)
         except TimeoutError:
             raise TransportError(f"{url}: timed out") from None
         except (aiohttp.ClientError, OSError, ValueError) as e:
             # ValueError: a URL the client cannot use (e.g. a host label idna refuses)
             raise TransportError(f"{url}: {type(e).__name__}: {e}") from None
+
+    async def _body(
+        self, resp: aiohttp.ClientResponse, url: str, limit: int, *, throttled: bool = False
+    ) -> bytes:
+        """The whole body, refused (:class:`PeerFault`) as soon as it exceeds ``limit``."""
+        throttled = throttled and not self.download.unlimited
+        parts = []
+        size = 0
+        while piece := await resp.content.readany():
+            parts.append(piece)
+            size += len(piece)
+            if size > limit:
+                raise PeerFault(f"{url}: body is larger than {limit} bytes")
+            if throttled:
+                await throttle(self.download, len(piece))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def get_name(self, root: str, name: str, timeout: float | None = None) -> str:
         data = await self._get(f"{root}/names/{name}", 256, timeout=timeout)
@@ -113,12 +119,10 @@ class PeerClient:
                 ) as resp:
                     if resp.status != 200:
                         raise TransportError(f"{url}: HTTP {resp.status}")
-                    body = await resp.content.read(limit + 1)
+                    body = await self._body(resp, url, limit)
         except TimeoutError:
             raise TransportError(f"{url}: timed out") from None
         except (aiohttp.ClientError, OSError, ValueError) as e:
             # ValueError: a URL the client cannot use (e.g. a host label idna refuses)
             raise TransportError(f"{url}: {type(e).__name__}: {e}") from None
-        if len(body) > limit:
-            raise PeerFault(f"{url}: announce answer is too large")
         return decode_announce(body)

@@ -2,12 +2,15 @@
 taking them up (the manifest stored, a fetcher started).
 
 Candidates come from two places: the models peers announce, and the answers of the
-bootstrap peers and web seeds to ``GET names/<name>``. All are asked at once and each
-answer is taken as it arrives, so a source that never answers delays nothing but itself.
-A manifest that fails verification is not asked for again for :data:`REFUSED_FOR`
-seconds — from anyone if the signed body itself is refused (an untrusted publisher, another
-name), else from that source only (it may have sent bytes that are not the id's) — so a
-peer announcing fake versions costs one attempt each, not one per round.
+bootstrap peers and web seeds to ``GET names/<name>``. Each candidate is a background job
+that takes its version up as soon as its manifest verifies, so a source that never
+answers delays nothing but itself. One peer gets at most :data:`MAX_PER_PEER` of its
+announced candidates tried at a time, and a name at most :data:`MAX_PENDING`: a peer
+announcing hundreds of fake versions cannot crowd out the real one. A manifest that fails
+verification is not asked for again for :data:`REFUSED_FOR` seconds — from anyone if the
+signed body itself is refused (an untrusted publisher, another name), else from that
+source only (it may have sent bytes that are not the id's); one that did not come is asked
+of that source again after :data:`RETRY_AFTER` seconds.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
-from peerprog.errors import PeerFault, PeerprogError, UntrustedPublisher, VerificationError
+from peerprog.errors import PeerFault, UntrustedPublisher, VerificationError
 from peerprog.manifest import SignedManifest, open_envelope, valid_model_id
 from peerprog.node.peerclient import TransportError
 from peerprog.node.state import ModelState
@@ -29,10 +33,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("peerprog.node")
 NAME_TIMEOUT = 10.0
 """Longest wait for a ``names/<name>`` answer (a line of text), in seconds."""
-MAX_CANDIDATES = 8
-"""Most announced model ids of one name tried per round (newest announced first)."""
+MAX_PER_PEER = 2
+"""Most announced candidates of one name, from one peer, tried at a time."""
+MAX_PENDING = 16
+"""Most candidates of one name tried at a time."""
 REFUSED_FOR = 600.0
-"""Seconds a refused manifest is not asked for again."""
+"""Seconds a manifest that failed verification is not asked for again."""
+RETRY_AFTER = 60.0
+"""Seconds before asking a source again for a manifest it did not deliver."""
 
 Found = tuple[SignedManifest, str]
 """A verified manifest and the source it came from."""
@@ -44,36 +52,37 @@ class Resolver:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._refused: dict[tuple[str, str], float] = {}  # (root or "", model id) → until
+        self._pending: set[tuple[str, str]] = set()  # (name, model id or "name:" + root)
 
     async def resolve_all(self) -> None:
-        """One round over every wanted name (the names concurrently)."""
-        names = sorted(self.node.wanted)
-        results = await asyncio.gather(*(self.resolve(n) for n in names), return_exceptions=True)
-        for name, r in zip(names, results, strict=True):
-            if isinstance(r, PeerprogError):
-                log.warning("resolving %s: %s", name, r)
-            elif isinstance(r, Exception):
-                log.error("bug while resolving %s", name, exc_info=r)
-            elif isinstance(r, BaseException):
-                raise r
+        """Start a look-up of every wanted name (the jobs run on in the background)."""
         now = time.monotonic()
         self._refused = {k: t for k, t in self._refused.items() if t > now}
+        for name in sorted(self.node.wanted):
+            self.resolve(name)
 
-    async def resolve(self, name: str) -> None:
-        """Ask every source about ``name`` at once; take up each newer version found."""
-        jobs = [
-            asyncio.ensure_future(self._manifest(name, model_id, roots))
-            for model_id, roots in self._announced(name)
-        ]
-        jobs += [asyncio.ensure_future(self._ask(name, root)) for root in self._roots()]
-        try:
-            for next_done in asyncio.as_completed(jobs):
-                found = await next_done
+    def resolve(self, name: str) -> None:
+        """Ask the sources about ``name``; each newer version found is taken up."""
+        for model_id, roots in self._announced(name):
+            self._job(name, model_id, self._manifest(name, model_id, roots))
+        for root in self._roots():
+            self._job(name, "name:" + root, self._ask(name, root))
+
+    def _job(self, name: str, key: str, work: Coroutine[Any, Any, Found | None]) -> None:
+        if (name, key) in self._pending:
+            work.close()
+            return
+        self._pending.add((name, key))
+
+        async def run() -> None:
+            try:
+                found = await work
                 if found is not None:
                     await self._adopt(name, found)
-        finally:
-            for job in jobs:
-                job.cancel()
+            finally:
+                self._pending.discard((name, key))
+
+        self.node.spawn(run())
 
     # --- candidates --------------------------------------------------------------------
 
@@ -81,16 +90,29 @@ class Resolver:
         return max((s.manifest.version for s in self.node.versions(name)), default=0)
 
     def _announced(self, name: str) -> list[tuple[str, list[str]]]:
-        """Model ids peers announce for ``name`` that may be newer, with who holds them."""
+        """Model ids peers announce for ``name`` that may be newer and are not being tried
+        yet, with who holds them (newest first, a few per peer)."""
         newest = self._newest(name)
+        room = MAX_PENDING - sum(1 for n, _ in self._pending if n == name)
         found: dict[str, tuple[int, list[str]]] = {}
         for info in list(self.node.peers.values()):
-            for ref in info.models.values():
-                if ref.name == name and ref.version > newest and self._open(ref.model_id):
-                    root = info.url + "/p2p/v1"
-                    found.setdefault(ref.model_id, (ref.version, []))[1].append(root)
+            root = info.url + "/p2p/v1"
+            refs = sorted(
+                (
+                    r
+                    for r in info.models.values()
+                    if r.name == name
+                    and r.version > newest
+                    and (name, r.model_id) not in self._pending
+                    and self._open(r.model_id, root)
+                ),
+                key=lambda r: r.version,
+                reverse=True,
+            )
+            for ref in refs[:MAX_PER_PEER]:
+                found.setdefault(ref.model_id, (ref.version, []))[1].append(root)
         order = sorted(found.items(), key=lambda kv: kv[1][0], reverse=True)
-        return [(model_id, roots) for model_id, (_, roots) in order[:MAX_CANDIDATES]]
+        return [(model_id, roots) for model_id, (_, roots) in order[: max(0, room)]]
 
     def _roots(self) -> list[str]:
         """The sources asked for names: bootstrap peers and web seeds."""
@@ -128,6 +150,7 @@ class Resolver:
                 envelope = await self.node.client.get_manifest(root, model_id)
                 signed = open_envelope(envelope, self.node.trusted, expect_id=model_id)
             except TransportError:
+                self._refuse(root, model_id, RETRY_AFTER)
                 continue
             except PeerFault as e:
                 if isinstance(e, VerificationError):
@@ -149,8 +172,8 @@ class Resolver:
             return signed, root
         return None
 
-    def _refuse(self, root: str, model_id: str) -> None:
-        self._refused[(root, model_id)] = time.monotonic() + REFUSED_FOR
+    def _refuse(self, root: str, model_id: str, seconds: float = REFUSED_FOR) -> None:
+        self._refused[(root, model_id)] = time.monotonic() + seconds
 
     # --- taking a version up -----------------------------------------------------------
 
@@ -158,7 +181,10 @@ class Resolver:
         node = self.node
         signed, root = found
         m = signed.manifest
-        if signed.model_id in node.models or m.version <= self._newest(name):
+        if signed.model_id in node.models:
+            return
+        if m.version <= self._newest(name):  # an older version: never of use again
+            self._refuse("", signed.model_id)
             return
         try:
             await asyncio.to_thread(node.store.put_manifest, signed)

@@ -66,7 +66,7 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     model_id = _model(request)
     node = _node(request)
     text = request.match_info["index"]
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
         raise web.HTTPBadRequest(text="bad chunk index")
     index = int(text)
     state = node.models[model_id]
@@ -77,19 +77,26 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="chunk not held")
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     resp.content_length = len(data)
-    await resp.prepare(request)
-    if node.upload_bucket.unlimited:
-        await resp.write(data)
-    else:
-        view = memoryview(data)
-        for start in range(0, len(view), SEND_PIECE):
-            piece = view[start : start + SEND_PIECE]
-            await throttle(node.upload_bucket, len(piece))
-            await resp.write(piece)
+    try:
+        await resp.prepare(request)
+        if request.method == "HEAD":  # headers only: a body would corrupt the connection
+            await resp.write_eof()
+            return resp
+        if node.upload_bucket.unlimited:
+            await resp.write(data)
+        else:
+            view = memoryview(data)
+            for start in range(0, len(view), SEND_PIECE):
+                piece = view[start : start + SEND_PIECE]
+                await throttle(node.upload_bucket, len(piece))
+                await resp.write(piece)
+        await resp.write_eof()
+    except ConnectionResetError:  # the peer left, or gave the request up: not an error
+        log.debug("chunk %d to %s: the peer closed the connection", index, request.remote)
+        return resp
     state.metrics.bytes_uploaded += len(data)
     node.bytes_uploaded += len(data)
     state.metrics.chunks_uploaded += 1
-    await resp.write_eof()
     return resp
 
 
@@ -113,11 +120,12 @@ async def post_announce(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     try:
-        body = await request.content.read(limit + 1)
+        # the whole body (``content.read(n)`` returns what has arrived so far); the app's
+        # client_max_size refuses one over the limit with 413; a peer dripping it is cut off
+        async with asyncio.timeout(node.config.limits.request_timeout):
+            body = await request.read()
     except TimeoutError:
         raise web.HTTPRequestTimeout() from None
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
     try:
         ann = decode_announce(body)
     except PeerFault as e:

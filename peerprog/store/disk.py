@@ -162,9 +162,10 @@ class Store:
         folder = self.model_dir(model_id) / "chunks"
         clean_temporaries(folder)
         try:
-            return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+            names = [p.name for p in folder.iterdir()]
         except FileNotFoundError:
             return []
+        return sorted(int(n) for n in names if n.isascii() and n.isdigit())
 
     def scan(self, model_id: str, manifest: Manifest, *, verify: bool = True) -> list[int]:
         """The chunks held, each checked against ``manifest``; a bad file is deleted."""

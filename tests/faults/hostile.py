@@ -12,6 +12,8 @@ It serves the models of a published store under ``/p2p/v1/`` like an honest peer
 * ``garbage``: ``have`` and ``announce`` answers are random bytes, truncated msgpack;
 * ``flood``: announces thousands of fake peers and models to the victim (``--victim URL``)
   and answers the victim's own announces with as many;
+* ``squat``: claims the store's names for 200 fake versions (ids that are no manifest's
+  hash), newer than the real ones; their manifests never come, or come as garbage;
 * ``honest``: serves like a peer should (to count what a victim asks for, with ``--log``).
 
 With ``--log FILE`` every request is appended to FILE as ``METHOD PATH`` (flushed at once,
@@ -33,7 +35,7 @@ from peerprog.manifest.canonical import pack
 from peerprog.store import Store
 from peerprog.swarm import Bitfield
 
-MODES = ("corrupt", "oversize", "drip", "silent", "liar", "garbage", "flood", "honest")
+MODES = ("corrupt", "oversize", "drip", "silent", "liar", "garbage", "flood", "squat", "honest")
 
 
 def fake_announce(rng: random.Random, node: str, url: str) -> bytes:
@@ -64,10 +66,11 @@ def build(store: Store, mode: str, url: str, log: Path | None = None) -> web.App
 
     app = web.Application(middlewares=[record])
     rng = random.Random(1)
+    fakes = [rng.randbytes(32).hex() for _ in range(200)]
 
     def model(request: web.Request) -> str:
         mid = request.match_info["mid"]
-        if mode == "flood" or not store.has_manifest(mid):  # a flooder holds no model
+        if mode in ("flood", "squat") or not store.has_manifest(mid):  # they hold no model
             raise web.HTTPNotFound()
         return mid
 
@@ -82,11 +85,17 @@ def build(store: Store, mode: str, url: str, log: Path | None = None) -> web.App
             raise web.HTTPNotFound()
         if mode == "garbage":  # 64 characters, but no model id: a path to climb out
             return web.Response(text=("../" * 22)[:64])
+        if mode == "squat":
+            return web.Response(text=fakes[0])
         return web.Response(text=mid)
 
     async def manifest(request: web.Request) -> web.StreamResponse:
         if mode == "silent":
             await silent_wait()
+        if mode == "squat" and request.match_info["mid"] in fakes:
+            if fakes.index(request.match_info["mid"]) % 2:
+                await silent_wait()
+            return web.Response(body=store.read_manifest_bytes(next(iter(store.names().values()))))
         return web.Response(body=store.read_manifest_bytes(model(request)))
 
     async def have(request: web.Request) -> web.StreamResponse:
@@ -130,6 +139,13 @@ def build(store: Store, mode: str, url: str, log: Path | None = None) -> web.App
             return web.Response(body=pack({"node": "x", "url": url, "models": [{}]})[:-3])
         if mode == "flood":
             return web.Response(body=fake_announce(rng, "flood", url))
+        if mode == "squat":
+            models = [
+                {"name": n, "model_id": f, "version": 1000 + i}
+                for n in store.names()
+                for i, f in enumerate(fakes)
+            ]
+            return web.Response(body=pack({"node": "squat", "url": url, "models": models}))
         return web.Response(body=pack({"node": "hostile", "url": url, "models": [], "peers": []}))
 
     app.router.add_get("/p2p/v1/names/{name}", name)
@@ -140,14 +156,18 @@ def build(store: Store, mode: str, url: str, log: Path | None = None) -> web.App
     return app
 
 
-async def flood(victim: str, url: str, rounds: int) -> None:
-    """Announce thousands of fake peers and models to ``victim``."""
+async def flood(victim: str, url: str, rounds: int, log: Path | None) -> None:
+    """Announce thousands of fake peers and models to ``victim`` (``PUSH <status>`` lines
+    in the log)."""
     rng = random.Random(0)
     async with ClientSession() as s:
         for r in range(rounds):
             body = fake_announce(rng, f"flood{r}", f"http://127.0.0.1:{40000 + r}")
             async with s.post(victim.rstrip("/") + "/p2p/v1/announce", data=body) as resp:
                 await resp.read()
+            if log is not None:
+                with open(log, "a") as f:
+                    f.write(f"PUSH {resp.status}\n")
 
 
 async def main() -> None:
@@ -161,11 +181,12 @@ async def main() -> None:
     args = ap.parse_args()
     url = f"http://127.0.0.1:{args.port}"
     store = Store(Path(args.store), create=False)
-    runner = web.AppRunner(build(store, args.mode, url, Path(args.log) if args.log else None))
+    log = Path(args.log) if args.log else None
+    runner = web.AppRunner(build(store, args.mode, url, log))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
     if args.mode == "flood" and args.victim:
-        await flood(args.victim, url, args.rounds)
+        await flood(args.victim, url, args.rounds, log)
     await asyncio.Event().wait()
 
 

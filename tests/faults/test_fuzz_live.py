@@ -30,6 +30,7 @@ from tests.unit.test_fuzz_inputs import NASTY_TEXT, announce_bodies
 SEGMENTS = st.one_of(
     NASTY_TEXT,
     st.sampled_from(["tiny", "later", "a" * 64, "0", "-1", "99999999999", "%2e%2e%2f", "..%2f"]),
+    st.sampled_from(["²", "٣", "¹²", "0x1", "1_0", " 1", "1 "]),  # digits int() may refuse
     st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=16),
     st.sampled_from(["../" * k + "outside/canary" for k in range(1, 6)]),
 )
@@ -146,7 +147,10 @@ VALUES = st.one_of(
 )
 HEADERS = st.dictionaries(
     st.sampled_from(["If-None-Match", "Last-Event-ID", "Range", "Authorization", "Origin"]),
-    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    st.one_of(
+        st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+        st.sampled_from([f"{'a' * 64}.²", f"{'a' * 64}.٣", "x.99999999999999", "."]),
+    ),
     max_size=3,
 )
 
@@ -199,3 +203,48 @@ async def test_api_and_peer_fuzz_leave_the_node_working(live: Live) -> None:
     async with aiohttp.ClientSession(connector=connector) as s:
         status, body = await send(s, "GET", "http://localhost/v1/models/tiny/best?min_level=max")
     assert status == 200 and body[:8]
+
+
+async def hang_up(family: int, address: object, request: bytes) -> None:
+    """Send a request and close at once (a reset on TCP): a peer or app that leaves."""
+    import socket
+    import struct
+
+    loop = asyncio.get_running_loop()
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        await loop.sock_connect(s, address)
+        await loop.sock_sendall(s, request)
+        if family == socket.AF_INET:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        s.close()
+
+
+async def test_peers_and_apps_that_hang_up_mid_answer(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    mid = live.signed.model_id
+    chunk = f"GET /p2p/v1/models/{mid}/chunks/0 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    best = b"GET /v1/models/tiny/best HTTP/1.1\r\nHost: x\r\n\r\n"
+    for _ in range(40):
+        await hang_up(socket.AF_INET, ("127.0.0.1", live.node.port), chunk)
+        await hang_up(socket.AF_UNIX, str(live.api.socket_path), best)
+    await asyncio.sleep(0.5)
+    assert "Error handling request" not in caplog.text
+    await test_api_and_peer_fuzz_leave_the_node_working(live)
+
+
+async def test_head_of_a_chunk_has_no_body(live: Live) -> None:
+    """A body after a HEAD answer would be read as the next answer on the connection."""
+    url = f"{live.peer_url}/p2p/v1/models/{live.signed.model_id}/chunks/0"
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):  # one connection, reused
+            async with s.head(url) as resp:
+                assert resp.status == 200 and resp.content_length
+            async with s.get(url) as resp:
+                assert resp.status == 200
+                verify_chunk(live.signed.manifest, 0, await resp.read())

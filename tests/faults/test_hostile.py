@@ -22,13 +22,14 @@ from tests.faults.harness import (
     assert_bit_exact,
     check_store,
     hostile_peer,
+    model_doc,
     transfer,
     wait_complete,
 )
-from tests.integration.cluster import REFERENCE_NAME, Cluster, Daemon
+from tests.integration.cluster import REFERENCE_NAME, Cluster, Daemon, wait_until
 
 NAME = REFERENCE_NAME
-SEED_UPLOAD = 400_000  # bytes/s: the download lasts a few seconds, so hostiles get asked
+SEED_UPLOAD = 800_000  # bytes/s: the download lasts over a second, so hostiles get asked
 
 
 @dataclass
@@ -71,6 +72,7 @@ def run_victim(swarm: Swarm, bad: list[Hostile], *, seed_first: bool = False) ->
         assert t["bytes_by_peer"].get(b.url, 0) == 0, (b.mode, t["bytes_by_peer"])
     assert t["bytes_by_source"]["seed"] == swarm.publish["total_bytes"]
     rss.assert_bounded(swarm.publish["total_bytes"])
+    print(f"{','.join(b.mode for b in bad)}: RSS +{(rss.peak - rss.start_rss) / 2**20:.1f} MB")
     status = victim.request("GET", "/v1/status").json()
     assert status["peers"] <= 64
     logs = c.logs(victim)
@@ -121,23 +123,47 @@ def test_garbage_messages_are_refused(swarm: Swarm) -> None:
         assert any("/have" in r for r in served) and any("announce" in r for r in served)
 
 
+def test_fake_newer_versions_do_not_hold_a_real_update_back(tmp_path: Path) -> None:
+    """A squatter announces 200 fake, newer versions of the name (and answers the name
+    lookup with one): their manifests hang, or do not match their ids. The victim still
+    takes up the real version 1, then the real version 2 once it is published."""
+    with Cluster(tmp_path) as c:
+        c.publish()
+        seed = c.start(c.seed())
+        with hostile_peer(c, "squat") as bad:
+            victim = c.start(c.node("victim", want=[NAME], bootstrap=[bad.url, seed]))
+            wait_complete(victim, NAME)
+            wait_until(lambda: "refused manifest" in c.logs(victim), 20, "a fake tried")
+            v2 = c.publish()  # a real update, read by the seed at its restart
+            c.stop(seed)
+            c.start(seed)
+            wait_until(lambda: model_doc(victim, NAME).get("model_id") == v2["model_id"], 30, "v2")
+            doc = wait_complete(victim, NAME)
+            assert doc["version"] == 2
+            assert_bit_exact(victim, NAME, v2["model_id"])
+            t = transfer(victim, v2["model_id"])
+            assert t["bytes_by_peer"].get(bad.url, 0) == 0
+            assert "Traceback" not in c.logs(victim)
+
+
 def test_announce_flood_is_bounded(swarm: Swarm) -> None:
-    with hostile_peer(swarm.cluster, "flood") as bad:
-        run_victim(swarm, [bad])
-        assert any("announce" in r for r in bad.served())
-
-
-def test_flood_pushed_at_a_downloading_victim(swarm: Swarm) -> None:
+    """A flooder answers the victim's announces with 1000 fake peers and models, and
+    pushes as many at it while it downloads."""
     c = swarm.cluster
-    victim = swarm.victim([swarm.seed.url])
-    with (
-        RssSampler(victim.pid) as rss,
-        hostile_peer(c, "flood", victim=victim, args=["--rounds", "30"]),
-    ):
-        doc = wait_complete(victim, NAME, timeout=120)
-    assert doc["model_id"] == swarm.model_id
+    with hostile_peer(c, "flood") as bad:
+        victim = swarm.victim([bad.url, swarm.seed.url])
+        with (
+            RssSampler(victim.pid) as rss,
+            hostile_peer(c, "flood", victim=victim, args=["--rounds", "30"]) as pusher,
+        ):
+            wait_complete(victim, NAME, timeout=120)
+            pushes = lambda: [r for r in pusher.served() if r.startswith("PUSH")]  # noqa: E731
+            wait_until(lambda: len(pushes()) == 30, 30, "the flood's 30 pushes")
+            assert set(pushes()) == {"PUSH 200"}
+        assert any("announce" in r for r in bad.served())
     assert_bit_exact(victim, NAME, swarm.model_id)
     rss.assert_bounded(swarm.publish["total_bytes"])
+    print(f"flood: RSS +{(rss.peak - rss.start_rss) / 2**20:.1f} MB")
     assert victim.request("GET", "/v1/status").json()["peers"] <= 64
     assert "Traceback" not in c.logs(victim)
     c.stop(victim)
@@ -145,7 +171,7 @@ def test_flood_pushed_at_a_downloading_victim(swarm: Swarm) -> None:
 
 @pytest.mark.slow
 def test_every_hostile_peer_at_once(swarm: Swarm, tmp_path: Path) -> None:
-    modes = ["corrupt", "oversize", "drip", "silent", "liar", "garbage", "flood"]
+    modes = ["corrupt", "oversize", "drip", "silent", "liar", "garbage", "flood", "squat"]
     with contextlib.ExitStack() as stack:
         bad = [stack.enter_context(hostile_peer(swarm.cluster, m)) for m in modes]
         t = run_victim(swarm, bad)

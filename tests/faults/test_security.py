@@ -81,12 +81,12 @@ def test_impostor_publisher_is_refused_and_the_trusted_model_served(tmp_path: Pa
     asks first: the victim refuses it and ends with the trusted model."""
     with Cluster(tmp_path) as c:
         pub = c.publish()
-        seed = c.start(c.seed(upload_bytes_per_s=500_000))
+        seed = c.start(c.seed())
         fake_key = tmp_path / "impostor.pem"
         run_cli("keygen", str(fake_key))
         fake_store = tmp_path / "impostor-store"
         source = impostor_model(tmp_path / "impostor.npz")
-        for _ in range(3):  # versions 1..3: newer than the trusted one
+        for _ in range(2):  # versions 1 and 2: 2 is newer than the trusted one
             run_cli("publish", str(source), "--name", NAME, "--key", str(fake_key),
                     "--store", str(fake_store), "--chunk-size", "4096")  # fmt: skip
         fake_id = (fake_store / "names" / NAME).read_text().strip()
@@ -147,3 +147,11 @@ def test_damaged_store_is_never_served_and_is_repaired(tmp_path: Path) -> None:
         c.start(edge)
         assert transfer(edge, mid)["chunks_from_disk"] == 65
         assert c.logs(edge).count("ignoring model") == 1  # only while it was damaged
+        # damaged while the node runs: never sent to a peer
+        five = folder / "chunks" / "5"
+        good = five.read_bytes()
+        five.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{edge.url}/p2p/v1/models/{mid}/chunks/5", timeout=5)
+        assert e.value.code == 404
+        assert "not serving chunk 5" in c.logs(edge)

@@ -72,6 +72,10 @@ def msgpack_values() -> st.SearchStrategy[Any]:
     )
 
 
+TOML_VALUES = toml_values()
+MSGPACK_VALUES = msgpack_values()
+
+
 # --- config ------------------------------------------------------------------------------
 
 SECTIONS = {
@@ -97,10 +101,8 @@ def config_docs(draw: st.DrawFn) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for section in draw(st.lists(st.sampled_from([*SECTIONS, "bogus"]), max_size=4)):
         keys = SECTIONS.get(section, ["x"])
-        table = draw(
-            st.dictionaries(st.sampled_from([*keys, "unknown"]), toml_values(), max_size=4)
-        )
-        doc[section] = draw(st.one_of(st.just(table), toml_values()))
+        table = draw(st.dictionaries(st.sampled_from([*keys, "unknown"]), TOML_VALUES, max_size=4))
+        doc[section] = draw(st.one_of(st.just(table), TOML_VALUES))
     return doc
 
 
@@ -185,13 +187,13 @@ def announce_bodies(draw: st.DrawFn) -> bytes:
     if kind == "garbage":
         return draw(st.binary(max_size=200))
     if kind == "value":
-        return pack(draw(msgpack_values()))
+        return pack(draw(MSGPACK_VALUES))
     body = pack(good)
     if kind == "truncated":
         return body[: draw(st.integers(0, len(body) - 1))]
     doc: dict[str, Any] = unpack(body)
     target = draw(st.sampled_from(["node", "url", "models", "peers", "model", "peer"]))
-    value = draw(msgpack_values())
+    value = draw(MSGPACK_VALUES)
     if target == "model":
         doc["models"][0][draw(st.sampled_from(["name", "model_id", "version", "x"]))] = value
     elif target == "peer":
@@ -249,7 +251,7 @@ def test_urls_a_client_cannot_use_are_refused(url: str) -> None:
     count=st.integers(0, 100),
     body=st.one_of(
         st.binary(max_size=40),
-        msgpack_values().map(pack),
+        MSGPACK_VALUES.map(pack),
         st.builds(
             lambda c, b: pack({"count": c, "bitfield": b}),
             st.integers(-2, 102) | st.booleans(),
@@ -281,7 +283,7 @@ def signed_hostile_bodies(draw: st.DrawFn) -> bytes:
     doc: dict[str, Any] = unpack(m.to_body())
     for _ in range(draw(st.integers(1, 3))):
         where = draw(st.sampled_from(["top", "level", "tensor", "chunk", "segment"]))
-        value = draw(msgpack_values())
+        value = draw(MSGPACK_VALUES)
         if where == "top":
             key = draw(st.sampled_from([*BODY_KEYS, "extra"]))
             if draw(st.booleans()):
@@ -322,7 +324,7 @@ def test_signed_but_malformed_manifests_raise_only_verification_error(envelope: 
 
 
 @settings(deadline=None)
-@given(st.one_of(st.binary(max_size=400), msgpack_values().map(pack)))
+@given(st.one_of(st.binary(max_size=400), MSGPACK_VALUES.map(pack)))
 def test_garbage_envelopes_raise_only_verification_error(envelope: bytes) -> None:
     with contextlib.suppress(VerificationError):
         open_envelope(envelope, {PUB})
@@ -373,3 +375,17 @@ def test_names_and_ids_are_whole_matches() -> None:
 def test_time_values_in_config_are_refused() -> None:
     with pytest.raises(InputError, match="request_timeout"):
         parse_config({"limits": {"request_timeout": datetime.time(1, 2)}})
+
+
+@pytest.mark.parametrize("text", ["²", "٣", "¹²"])
+def test_digits_that_int_refuses_or_that_are_not_ascii(text: str, tmp_path: Path) -> None:
+    from peerprog.api.events import parse_event_id
+
+    assert parse_event_id(f"{'a' * 64}.{text}") is None
+    with pytest.raises(InputError, match=r"node\.listen"):
+        parse_config({"node": {"listen": f"127.0.0.1:{text}"}})
+    store = Store(tmp_path / "s")
+    folder = store.model_dir("a" * 64) / "chunks"
+    folder.mkdir(parents=True)
+    (folder / text.strip()).write_bytes(b"x")
+    assert store.chunk_indexes("a" * 64) == []
