@@ -279,6 +279,7 @@ def report(
         },
         "seed_upload_cap": args.seed_upload,
         "churn_mean_s": args.churn,
+        "sample_every_s": args.every,
         "leaves_sigkill": sum(e.kills for e in edges),
         "leaves_sigterm": sum(e.terms for e in edges),
         "joins_with_wiped_store": sum(e.wipes for e in edges),
@@ -342,9 +343,13 @@ def markdown(doc: dict[str, Any]) -> str:
             ],
         ),
         "",
-        "Source kinds are as the receiving node counts them: `seed` is any node that holds "
-        "the whole model since its start (the publisher's seed, and edges restarted after "
-        "completing), `peer` any other node.",
+        "Bytes received are summed over every life of every edge from samples taken every "
+        f"{doc['sample_every_s']:g} s (the last seconds of a life ended by SIGKILL are "
+        "missing, as are chunks in flight at a kill, which the seed did upload). Source "
+        "kinds are as the receiving node counts them: `seed` is a node that announced it "
+        "holds the whole model since its start (the publisher's seed, and edges restarted "
+        "after completing), `peer` any other node, including the seed before its announce "
+        "is heard.",
         "",
         "Memory over time (RSS, MB; the last row includes every edge decoding its three "
         "models for the final bit-for-bit check):",
