@@ -280,60 +280,54 @@ def test_key_readable_by_others_is_refused(published: dict[str, object], tmp_pat
     )
 
 
-def copy_store(published: dict[str, object], tmp_path: Path) -> Path:
+def copy_store(published: dict[str, object], tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the published store, and the folder of its digits-cnn model."""
     import shutil
 
     dst = tmp_path / "copy"
     shutil.copytree(str(published["store"]), dst)
-    return dst
+    mid = (dst / "names" / "digits-cnn").read_text().strip()
+    return dst, dst / "models" / mid
 
 
-def test_tampered_chunk_is_detected(published: dict[str, object], tmp_path: Path) -> None:
-    store = copy_store(published, tmp_path)
-    mid = (store / "names" / "digits-cnn").read_text().strip()
-    chunk = store / "models" / mid / "chunks" / "0"
-    data = bytearray(chunk.read_bytes())
-    data[100] ^= 0x40
-    chunk.write_bytes(bytes(data))
+def flip_bit(path: Path, pos: int, mask: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[pos] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def reconstruct_fails(store: Path, level: str, out: Path, match: str) -> None:
     fails(
         "reconstruct",
         "--store",
         str(store),
         "digits-cnn",
         "--level",
-        "0",
+        level,
         "--out",
-        str(tmp_path / "o"),
-        match="chunk 0: SHA-256",
+        str(out),
+        match=match,
     )
 
 
+def test_tampered_chunk_is_detected(published: dict[str, object], tmp_path: Path) -> None:
+    store, model = copy_store(published, tmp_path)
+    flip_bit(model / "chunks" / "0", 100, 0x40)
+    reconstruct_fails(store, "0", tmp_path / "o", "chunk 0: SHA-256")
+
+
 def test_tampered_manifest_is_detected(published: dict[str, object], tmp_path: Path) -> None:
-    store = copy_store(published, tmp_path)
-    mid = (store / "names" / "digits-cnn").read_text().strip()
-    man = store / "models" / mid / "manifest.msgpack"
-    data = bytearray(man.read_bytes())
-    data[len(data) // 3] ^= 0x01
-    man.write_bytes(bytes(data))
+    store, model = copy_store(published, tmp_path)
+    man = model / "manifest.msgpack"
+    flip_bit(man, man.stat().st_size // 3, 0x01)
     fails("inspect", "--store", str(store), "digits-cnn", match="stored manifest")
 
 
 def test_missing_chunk_means_level_absent(published: dict[str, object], tmp_path: Path) -> None:
-    store = copy_store(published, tmp_path)
-    mid = (store / "names" / "digits-cnn").read_text().strip()
-    chunks = sorted((store / "models" / mid / "chunks").iterdir(), key=lambda p: int(p.name))
+    store, model = copy_store(published, tmp_path)
+    chunks = sorted((model / "chunks").iterdir(), key=lambda p: int(p.name))
     chunks[-1].unlink()
-    fails(
-        "reconstruct",
-        "--store",
-        str(store),
-        "digits-cnn",
-        "--level",
-        "max",
-        "--out",
-        str(tmp_path / "o"),
-        match="is not complete",
-    )
+    reconstruct_fails(store, "max", tmp_path / "o", "is not complete")
 
 
 def test_publish_reads_pt_and_npz(published: dict[str, object], tmp_path: Path) -> None:
