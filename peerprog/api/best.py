@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from peerprog.api.view import ChunkSource, ModelView
+from peerprog.codec import exact_at
 from peerprog.formats import encode_safetensors
 from peerprog.manifest import Manifest
 from peerprog.store import Assembler
@@ -52,7 +53,7 @@ class Snapshot:
     @property
     def exact(self) -> bool:
         """Bit for bit the published model (the ``paper`` codec never is)."""
-        return self.last and self.codec != "paper"
+        return exact_at(self.codec, self.level, self.levels_total)
 
     def headers(self) -> dict[str, str]:
         """The ``Peerprog-*`` headers of DESIGN.md, and ``ETag``."""
@@ -81,7 +82,6 @@ def snapshot_metadata(
     manifest: Manifest, model_id: str, level: int, bytes_received: int
 ) -> dict[str, str]:
     """The ``__metadata__`` of a snapshot: the ``peerprog.*`` keys."""
-    last = level == manifest.levels_total - 1
     return {
         "peerprog.model_id": model_id,
         "peerprog.name": manifest.name,
@@ -91,7 +91,9 @@ def snapshot_metadata(
         "peerprog.levels_total": str(manifest.levels_total),
         "peerprog.bytes_received": str(bytes_received),
         "peerprog.bytes_total": str(manifest.total_bytes),
-        "peerprog.exact": "true" if last and manifest.codec != "paper" else "false",
+        "peerprog.exact": "true"
+        if exact_at(manifest.codec, level, manifest.levels_total)
+        else "false",
     }
 
 

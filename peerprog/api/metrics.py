@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 from peerprog.api.context import ApiStats
 from peerprog.api.view import ModelView, NodeView
-from peerprog.node.state import SOURCE_KINDS
+from peerprog.swarm import SOURCE_KINDS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

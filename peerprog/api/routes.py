@@ -19,14 +19,14 @@ import time
 
 from aiohttp import web
 
-from peerprog import __version__
+from peerprog._version import __version__
 from peerprog.api.context import ApiContext
 from peerprog.api.errors import BadRequest, LevelTimeout, UnknownModel
 from peerprog.api.events import stream_events
 from peerprog.api.metrics import CONTENT_TYPE, render_metrics
 from peerprog.api.query import parse_best_query
 from peerprog.manifest import valid_name
-from peerprog.node.state import SOURCE_KINDS
+from peerprog.swarm import SOURCE_KINDS
 
 CTX = web.AppKey("peerprog_api", ApiContext)
 SEND_BUFFER = 1 << 20

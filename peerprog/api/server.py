@@ -22,7 +22,7 @@ from peerprog.api.errors import ApiError
 from peerprog.api.routes import CTX, add_routes
 from peerprog.api.socketfile import bind_unix_socket, remove_socket
 from peerprog.api.view import NodeView
-from peerprog.node.config import split_host_port
+from peerprog.config import split_host_port
 
 log = logging.getLogger("peerprog.api")
 SHUTDOWN_TIMEOUT = 2.0

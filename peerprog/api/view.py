@@ -1,6 +1,6 @@
 """What the API reads of a node, as protocols.
 
-:class:`peerprog.node.daemon.Node` and :class:`peerprog.node.state.ModelState` satisfy them;
+:class:`peerprog.node.Node` and :class:`peerprog.node.state.ModelState` satisfy them;
 tests pass small fakes. The API changes the node only through :meth:`NodeView.want`.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol
 
+from peerprog.config import Config
 from peerprog.manifest import Manifest
-from peerprog.node.config import Config
 
 
 class MetricsView(Protocol):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from peerprog.cli.output import human_bytes, print_json
-from peerprog.codec import DEFAULT_CODEC
+from peerprog.codec import DEFAULT_CODEC, exact_at
 from peerprog.errors import InputError
 from peerprog.formats import write_safetensors
 from peerprog.manifest import SignedManifest, generate_key_file, load_key_file, valid_model_id
@@ -105,7 +105,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         "version": m.version,
         "level": level,
         "levels_total": m.levels_total,
-        "exact": level == m.levels_total - 1 and m.codec != "paper",
+        "exact": exact_at(m.codec, level, m.levels_total),
         "out": str(out),
         "bytes": nbytes,
     }

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from peerprog import __version__
+from peerprog._version import __version__
 from peerprog.errors import PeerprogError
 
 

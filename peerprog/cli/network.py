@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from peerprog.node.config import load_config
-    from peerprog.node.run import serve, setup_logging
+    from peerprog.app import serve, setup_logging
+    from peerprog.config import load_config
 
     config = load_config(Path(args.config))
     setup_logging()

@@ -30,6 +30,11 @@ def get_codec(name: str) -> Codec:
         raise InputError(f"unknown codec {name!r} (choose from: {choices})") from None
 
 
+def exact_at(codec: str, level: int, levels_total: int) -> bool:
+    """Whether a model of ``codec`` decoded to ``level`` is bit for bit the original."""
+    return level == levels_total - 1 and get_codec(codec).lossless
+
+
 __all__ = [
     "CODECS",
     "DEFAULT_CODEC",
@@ -46,5 +51,6 @@ __all__ = [
     "Segment",
     "TensorLayout",
     "dtype",
+    "exact_at",
     "get_codec",
 ]

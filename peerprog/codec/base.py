@@ -74,6 +74,8 @@ class Codec(Protocol):
     """A registered codec."""
 
     name: str
+    lossless: bool
+    """Whether all levels give the original bit for bit."""
 
     def default_params(self) -> dict[str, ParamValue]:
         """The params used when the publisher gives none."""

@@ -99,6 +99,7 @@ class BitplaneCodec:
     """Lossless float bit-field split; see the module docstring."""
 
     name = "bitplane"
+    lossless = True
 
     def default_params(self) -> dict[str, ParamValue]:
         """``mantissa_bits`` (float32 plan) and ``small_tensor_elements``."""

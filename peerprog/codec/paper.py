@@ -134,6 +134,7 @@ class PaperCodec:
     """Per-tensor min-max 16-bit codes in 2-bit pieces; see the module docstring."""
 
     name = "paper"
+    lossless = False
 
     def default_params(self) -> dict[str, ParamValue]:
         """``code_bits`` 16, ``piece_bits`` 2, ``small_tensor_elements`` 1024."""

@@ -120,6 +120,7 @@ class RowplaneCodec:
     module docstring."""
 
     name = "rowplane"
+    lossless = True
 
     def default_params(self) -> dict[str, ParamValue]:
         """``magnitude_bits``, ``plan`` (planes per level), ``small_tensor_elements`` and

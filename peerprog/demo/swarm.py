@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -20,6 +19,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from peerprog.config import (
+    ApiSection,
+    Config,
+    LimitsSection,
+    NodeSection,
+    PeersSection,
+    TrustSection,
+)
 
 STOP_GRACE = 5.0
 """Seconds a daemon gets to exit after SIGTERM before it is killed."""
@@ -58,44 +66,27 @@ def free_port() -> int:
         return port
 
 
-def _toml(value: object) -> str:
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
+def config_for(spec: NodeSpec) -> Config:
+    """The node's config."""
+    return Config(
+        node=NodeSection(
+            name=spec.name, data_dir=str(spec.data_dir), listen=f"127.0.0.1:{spec.port}"
+        ),
+        api=ApiSection(socket=str(spec.socket)),
+        trust=TrustSection(publishers=list(spec.trusted)),
+        peers=PeersSection(
+            bootstrap=list(spec.bootstrap), announce_interval=2.0, have_poll_interval=0.5
+        ),
+        limits=LimitsSection(
+            upload_bytes_per_s=spec.upload_bytes_per_s,
+            download_bytes_per_s=spec.download_bytes_per_s,
+        ),
+    )
 
 
 def config_text(spec: NodeSpec) -> str:
-    """The node's TOML config (the keys of :mod:`peerprog.node.config`)."""
-    sections: dict[str, dict[str, object]] = {
-        "node": {
-            "name": spec.name,
-            "data_dir": str(spec.data_dir),
-            "listen": f"127.0.0.1:{spec.port}",
-        },
-        "api": {"socket": str(spec.socket)},
-        "trust": {"publishers": list(spec.trusted)},
-        "peers": {
-            "bootstrap": list(spec.bootstrap),
-            "announce_interval": 2.0,
-            "have_poll_interval": 0.5,
-        },
-        "models": {"want": []},
-        "limits": {
-            "upload_bytes_per_s": spec.upload_bytes_per_s,
-            "download_bytes_per_s": spec.download_bytes_per_s,
-        },
-    }
-    lines = [f"# peerprog demo: {spec.role} node"]
-    for section, keys in sections.items():
-        lines.append(f"\n[{section}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in keys.items()]
-    return "\n".join(lines) + "\n"
+    """The node's TOML config."""
+    return config_for(spec).to_toml(f"peerprog demo: {spec.role} node")
 
 
 def plan(

@@ -1,8 +1,8 @@
-"""The asyncio shell: peer server and client, discovery, fetch loops, rate limits."""
+"""The asyncio shell of a node: peer server and client, discovery, resolving names, fetch
+loops, rate limits. :class:`Node` composes them; the decisions live in :mod:`peerprog.swarm`."""
 
 from __future__ import annotations
 
-from peerprog.node.config import Config, load_config, parse_config
-from peerprog.node.daemon import Node
+from peerprog.node.node import Node
 
-__all__ = ["Config", "Node", "load_config", "parse_config"]
+__all__ = ["Node"]

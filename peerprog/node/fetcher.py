@@ -2,8 +2,10 @@
 
 It only pumps: it asks the scheduler which chunks to request from whom
 (``next_requests(now)``), runs those requests, reports each outcome back, and re-arms the
-timer the scheduler asks for (``next_deadline()``). Every chunk is verified against the
-signed manifest before it is written; a chunk that fails gets its sender banned.
+timer the scheduler asks for (``next_deadline()``). Whether a source is worth asking is the
+peer table's call (:mod:`peerprog.swarm.peertable`); every chunk is verified against the
+signed manifest before it is written, and one that fails gets its sender banned. Time is
+``loop.time()`` throughout.
 """
 
 from __future__ import annotations
@@ -12,57 +14,107 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from peerprog.errors import PeerFault, VerificationError
 from peerprog.manifest import verify_chunk
+from peerprog.node.diskguard import DiskGuard
 from peerprog.node.peerclient import NotFound, TransportError
-from peerprog.swarm import Request, Scheduler, SchedulerConfig
-
-if TYPE_CHECKING:
-    from peerprog.node.daemon import Node
-    from peerprog.node.state import ModelState
+from peerprog.node.state import ModelState
+from peerprog.node.tasks import TaskScope
+from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig, Source, SourceState
 
 log = logging.getLogger("peerprog.fetch")
-RECHECK_ABSENT = 5.0  # seconds before asking again a peer that did not hold the model
-DISK_FULL_PAUSE = 2.0  # seconds without new requests after the store refused a write
-REVIVE_AFTER = 30.0  # seconds before a peer dropped for failures, that still answers, is
-# asked again: a bad spell of a link must not lose a source for good
-SOURCES_REFRESH = 0.5  # seconds between looks for new peers (also on wake by the node)
+REFRESH = 1.0
+"""Longest time between two looks at the sources (new peers also wake the loop at once)."""
+
+
+class ChunkTransport(Protocol):
+    """The requests a fetch makes (:class:`~peerprog.node.peerclient.PeerClient`)."""
+
+    async def get_have(self, root: str, model_id: str, count: int) -> Bitfield: ...
+    async def get_manifest(self, root: str, model_id: str) -> bytes: ...
+    async def get_chunk(
+        self, root: str, model_id: str, index: int, length: int, timeout: float
+    ) -> bytes: ...
+
+
+class ChunkSink(Protocol):
+    """Where verified chunks go (:class:`~peerprog.store.Store`); blocking."""
+
+    def write_chunk(self, model_id: str, index: int, data: bytes) -> None: ...
+
+
+class SourceDirectory(Protocol):
+    """Which sources there are and how healthy (:class:`~peerprog.swarm.PeerTable`)."""
+
+    def sources(self, model_id: str) -> list[Source]: ...
+    def source_state(self, key: str, model_id: str, now: float) -> SourceState: ...
+    def source_absent(self, key: str, model_id: str, now: float) -> None: ...
+    def source_answered(self, key: str, model_id: str, now: float) -> SourceState: ...
+    def fetch_failed(self, key: str, model_id: str, failures: int, now: float) -> bool: ...
+    def ban(self, key: str, now: float) -> None: ...
+    def is_banned(self, key: str) -> bool: ...
+    def next_expiry(self, model_id: str) -> float | None: ...
 
 
 @dataclass(frozen=True)
-class Source:
-    """Where chunks can come from: a peer or a web seed."""
+class FetchSettings:
+    """How one fetch runs."""
 
-    key: str  # the scheduler's peer id
-    root: str  # URL under which the store layout is served
-    kind: str  # "peer", "seed" or "web_seed"
+    scheduler: SchedulerConfig
+    have_poll_interval: float
+    """Seconds between polls of a peer's ``have``."""
+    request_timeout: float
+    """Backstop on one chunk request beyond the scheduler's own deadline."""
+    seed: int
+    """Seed of the scheduler's random tie-break (different on each node)."""
 
 
 class Fetcher:
-    """Fetches one model until it is complete (or the fetcher is cancelled)."""
+    """Fetches one model until it is complete (or the task running :meth:`run` is
+    cancelled: chunk writes under way are awaited, never abandoned)."""
 
-    def __init__(self, node: Node, state: ModelState) -> None:
-        self.node = node
+    def __init__(
+        self,
+        state: ModelState,
+        *,
+        transport: ChunkTransport,
+        sink: ChunkSink,
+        sources: SourceDirectory,
+        disk: DiskGuard,
+        on_stored: Callable[[ModelState, int], None],
+        settings: FetchSettings,
+    ) -> None:
         self.state = state
+        self._transport = transport
+        self._sink = sink
+        self._dir = sources
+        self._disk = disk
+        self._on_stored = on_stored
+        self._settings = settings
         m = state.manifest
-        limits = node.config.limits
         self.sched = Scheduler(
             [lv.chunks for lv in m.levels],
             [c.length for c in m.chunks],
             have=state.have.indices(),
-            config=SchedulerConfig(max_in_flight_total=limits.max_in_flight),
-            seed=hash((node.url, state.model_id)) & 0xFFFFFFFF,
+            config=settings.scheduler,
+            seed=settings.seed,
         )
-        self.sources: dict[str, Source] = {}
+        self._largest = max((c.length for c in m.chunks), default=0)
+        self._sources: dict[str, Source] = {}
+        self._scope = TaskScope(f"fetch {m.name} v{m.version}")
+        """Owns the requests and ``have`` polls; every one is awaited when the fetch ends."""
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._pollers: dict[str, asyncio.Task[None]] = {}
-        self._absent_until: dict[str, float] = {}
         self._wake = asyncio.Event()
-        self._disk_full_until = 0.0
         self._refresh_due = True
+
+    @property
+    def model_id(self) -> str:
+        return self.state.model_id
 
     def wake(self) -> None:
         self._wake.set()
@@ -74,59 +126,61 @@ class Fetcher:
 
     # --- sources ---------------------------------------------------------------------------
 
-    def refresh_sources(self) -> None:
-        """Start polling any newly known peer or web seed for this model."""
-        now = time.monotonic()
-        for src in self.node.sources_for(self.state):
-            if src.key in self.sched.banned or src.key in self._pollers:
+    def refresh_sources(self, now: float) -> None:
+        """Start reading the ``have`` of every new source; let go of banned ones."""
+        for key in [k for k in self._pollers if self._dir.is_banned(k)]:
+            self._pollers.pop(key).cancel()
+            self._lose(key, now)
+        for src in self._dir.sources(self.model_id):
+            if src.key in self._pollers or src.key in self.sched.banned:
                 continue
-            if self._absent_until.get(src.key, 0.0) > now:
+            if self._dir.source_state(src.key, self.model_id, now) is SourceState.ABSENT:
                 continue
-            self.sources[src.key] = src
-            self._pollers[src.key] = asyncio.create_task(self._poll(src))
+            self._sources[src.key] = src
+            self._pollers[src.key] = self._scope.spawn(self._poll(src), name=f"have {src.key}")
 
     async def _poll(self, src: Source) -> None:
-        """Keep the scheduler's view of what ``src`` holds up to date."""
-        client = self.node.client
-        m = self.state.manifest
+        """Keep the scheduler's view of what ``src`` holds up to date while it answers."""
         loop = asyncio.get_running_loop()
+        m = self.state.manifest
+        have: Bitfield | None = None
         try:
-            if src.kind == "web_seed":
-                await client.get_manifest(src.root, self.state.model_id)
-                self.sched.add_peer(src.key, None, loop.time())
-                self.state.sources.add(src.key)
-                self.wake()
-                return
-            added = False
-            dropped_at: float | None = None
-            while not self.sched.complete and src.key not in self.sched.banned:
-                have = await client.get_have(src.root, self.state.model_id, len(m.chunks))
+            if src.kind == "web_seed":  # holds everything, if it holds the model at all
+                await self._transport.get_manifest(src.root, self.model_id)
+            while not self.sched.complete:
+                if src.kind != "web_seed":
+                    have = await self._transport.get_have(src.root, self.model_id, len(m.chunks))
                 now = loop.time()
-                if not added:
-                    self.sched.add_peer(src.key, have, now)
-                    added = True
-                    self.state.sources.add(src.key)
-                elif src.key in self.sched.peers():
-                    self.sched.set_have(src.key, have, now)
-                    dropped_at = None
-                elif dropped_at is None:  # dropped after repeated failures, yet it answers
-                    dropped_at = now
-                elif now - dropped_at >= REVIVE_AFTER:  # give it a fresh start
-                    log.debug("%s: asking again after %.0f s", src.key, now - dropped_at)
-                    self.sched.add_peer(src.key, have, now)
-                    dropped_at = None
-                self.wake()
-                await asyncio.sleep(self.node.config.peers.have_poll_interval)
+                if self._dir.source_answered(src.key, self.model_id, now) is SourceState.ACTIVE:
+                    if src.key in self.sched.peers():
+                        if have is not None:
+                            self.sched.set_have(src.key, have, now)
+                    else:
+                        self.sched.add_peer(src.key, have, now)
+                        self.state.sources.add(src.key)
+                    self.wake()
+                await asyncio.sleep(self._settings.have_poll_interval)
         except (TransportError, PeerFault) as e:
             if not isinstance(e, NotFound):
                 log.debug("%s: %s", src.key, e)
-            self._absent_until[src.key] = time.monotonic() + RECHECK_ABSENT
-            for req in self.sched.remove_peer(src.key, loop.time()):
-                self._cancel(req)
-            self.state.sources.discard(src.key)
-            self.wake()
+            self._dir.source_absent(src.key, self.model_id, loop.time())
+            self._lose(src.key, loop.time())
         finally:
-            self._pollers.pop(src.key, None)
+            if self._pollers.get(src.key) is asyncio.current_task():
+                del self._pollers[src.key]
+
+    def _lose(self, key: str, now: float) -> None:
+        """Stop asking ``key`` for chunks (its requests in flight are cancelled)."""
+        for req in self.sched.remove_peer(key, now):
+            self._cancel(req)
+        self.state.sources.discard(key)
+        self.wake()
+
+    def _judge(self, key: str, now: float) -> None:
+        """After a failure of ``key``: the peer table says whether it is lost."""
+        if self._dir.fetch_failed(key, self.model_id, self.sched.failures(key), now):
+            log.debug("%s: too many failures, not asked for a while", key)
+            self._lose(key, now)
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -137,7 +191,7 @@ class Fetcher:
             "fetching %s v%d (%s…): %d chunks, %d levels",
             m.name,
             m.version,
-            self.state.model_id[:12],
+            self.model_id[:12],
             len(m.chunks),
             m.levels_total,
         )
@@ -147,23 +201,26 @@ class Fetcher:
                 now = loop.time()
                 if self._refresh_due or now >= next_refresh:
                     self._refresh_due = False
-                    self.refresh_sources()
-                    next_refresh = now + SOURCES_REFRESH
-                for req in self.sched.handle_timer(now):
+                    self.refresh_sources(now)
+                    expiry = self._dir.next_expiry(self.model_id)
+                    next_refresh = now + REFRESH if expiry is None else min(now + REFRESH, expiry)
+                expired = self.sched.handle_timer(now)
+                for req in expired:
                     self._cancel(req)
-                if now >= self._disk_full_until:
+                for key in {r.peer for r in expired}:
+                    self._judge(key, now)
+                if not self._disk.paused(now, self._largest):
                     for req in self.sched.next_requests(now):
                         self._start(req)
                 deadline = self.sched.next_deadline()
-                timeout = 1.0 if deadline is None else min(1.0, max(0.0, deadline - now))
+                wait = next_refresh if deadline is None else min(deadline, next_refresh)
                 if not self._wake.is_set():
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(timeout + 0.001):
+                        async with asyncio.timeout(max(0.0, min(1.0, wait - now)) + 0.001):
                             await self._wake.wait()
                 self._wake.clear()
         finally:
-            for task in [*self._tasks.values(), *self._pollers.values()]:
-                task.cancel()
+            await self._scope.aclose()
         log.info("%s v%d complete", m.name, m.version)
 
     def _start(self, req: Request) -> None:
@@ -172,7 +229,9 @@ class Fetcher:
         metrics.requests += 1
         metrics.requests_by_level[level] = metrics.requests_by_level.get(level, 0) + 1
         metrics.first_request_at.setdefault(level, time.time())
-        self._tasks[(req.peer, req.index)] = asyncio.create_task(self._fetch(req))
+        self._tasks[(req.peer, req.index)] = self._scope.spawn(
+            self._fetch(req), name=f"chunk {req.index} from {req.peer}"
+        )
 
     def _cancel(self, req: Request) -> None:
         task = self._tasks.pop((req.peer, req.index), None)
@@ -181,14 +240,14 @@ class Fetcher:
 
     async def _fetch(self, req: Request) -> None:
         loop = asyncio.get_running_loop()
-        src = self.sources[req.peer]
+        src = self._sources[req.peer]
         m = self.state.manifest
         length = m.chunks[req.index].length
         # The scheduler's deadline cancels a stalled request; this is only a backstop.
-        hard = self.node.config.limits.request_timeout + max(0.0, req.deadline - loop.time())
+        hard = self._settings.request_timeout + max(0.0, req.deadline - loop.time())
         try:
-            data = await self.node.client.get_chunk(
-                src.root, self.state.model_id, req.index, length, timeout=hard
+            data = await self._transport.get_chunk(
+                src.root, self.model_id, req.index, length, timeout=hard
             )
             # hashlib releases the GIL: hashing in a worker keeps the loop pumping.
             await asyncio.to_thread(verify_chunk, m, req.index, data)
@@ -200,28 +259,31 @@ class Fetcher:
             self._tasks.pop((req.peer, req.index), None)
             log.debug("chunk %d from %s failed: %s", req.index, req.peer, e)
             self.sched.on_failed(req.peer, req.index, loop.time())
+            self._judge(req.peer, loop.time())
             self.wake()
             return
         try:
             if req.index not in self.state.have:
-                await asyncio.to_thread(
-                    self.node.store.write_chunk, self.state.model_id, req.index, data
-                )
+                write = asyncio.to_thread(self._sink.write_chunk, self.model_id, req.index, data)
+                await _finish(write)
         except OSError as e:
             self._tasks.pop((req.peer, req.index), None)
-            self.node.store_error = f"cannot store chunk {req.index} of {m.name}: {e.strerror or e}"
-            log.error("%s; pausing downloads", self.node.store_error)
-            self._disk_full_until = loop.time() + DISK_FULL_PAUSE
             self.sched.release(req.peer, req.index, loop.time())  # not the peer's fault
+            if isinstance(e, FileNotFoundError):  # the model was dropped meanwhile
+                log.debug("chunk %d of %s: model folder gone", req.index, m.name)
+            else:
+                self._disk.failed(
+                    f"cannot store chunk {req.index} of {m.name}: {e.strerror or e}", loop.time()
+                )
             self.wake()
             return
-        self.node.store_error = None
+        self._disk.succeeded(began=req.sent_at)
         self._tasks.pop((req.peer, req.index), None)
         for dup in self.sched.on_chunk(req.peer, req.index, loop.time()):
             self._cancel(dup)
         if req.index not in self.state.have:
             self._count(src, len(data))
-            self.node.on_chunk_stored(self.state, req.index)
+            self._on_stored(self.state, req.index)
         self.wake()
 
     def _count(self, src: Source, nbytes: int) -> None:
@@ -239,5 +301,18 @@ class Fetcher:
             metrics.peers_banned.append(req.peer)
         for other in self.sched.on_bad_chunk(req.peer, req.index, loop.time()):
             self._cancel(other)
+        self._dir.ban(req.peer, loop.time())
         self.state.sources.discard(req.peer)
         self.wake()
+
+
+async def _finish(work: Coroutine[Any, Any, None]) -> None:
+    """Await a write to the end even if the caller is cancelled meanwhile (then re-raise
+    the cancellation): a write abandoned half-way could land after its model was dropped."""
+    fut = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await fut
+        raise

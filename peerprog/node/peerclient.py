@@ -9,6 +9,8 @@ is served.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 
@@ -30,15 +32,23 @@ class NotFound(TransportError):
 class PeerClient:
     """Outgoing requests to peers and web seeds, sharing one connection pool."""
 
-    def __init__(self, download: TokenBucket, *, max_connections: int, timeout: float) -> None:
+    def __init__(
+        self,
+        download: TokenBucket,
+        *,
+        max_connections: int,
+        max_connections_per_peer: int,
+        timeout: float,
+    ) -> None:
         self.download = download
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
-        self._max_connections = max_connections
+        self._limits = (max_connections, max_connections_per_peer)
 
     async def __aenter__(self) -> PeerClient:
+        limit, per_host = self._limits
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=32),
+            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=per_host),
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=min(5.0, self.timeout), sock_read=self.timeout
             ),
@@ -56,24 +66,30 @@ class PeerClient:
         assert self._session is not None, "PeerClient used outside 'async with'"
         return self._session
 
-    async def _get(
-        self, url: str, limit: int, *, throttled: bool = False, timeout: float | None = None
-    ) -> bytes:
+    @asynccontextmanager
+    async def _transport_errors(self, url: str, timeout: float | None) -> AsyncIterator[None]:
+        """Bounds the block by ``timeout`` and turns what the network raises into
+        :class:`TransportError`."""
         try:
             async with asyncio.timeout(timeout or self.timeout):
-                async with self.session.get(url) as resp:
-                    if resp.status == 404:
-                        raise NotFound(f"{url}: 404")
-                    if resp.status != 200:
-                        raise TransportError(f"{url}: HTTP {resp.status}")
-                    if resp.content_length is not None and resp.content_length > limit:
-                        raise PeerFault(f"{url}: body of {resp.content_length} bytes is too large")
-                    return await self._body(resp, url, limit, throttled=throttled)
+                yield
         except TimeoutError:
             raise TransportError(f"{url}: timed out") from None
         except (aiohttp.ClientError, OSError, ValueError) as e:
             # ValueError: a URL the client cannot use (e.g. a host label idna refuses)
             raise TransportError(f"{url}: {type(e).__name__}: {e}") from None
+
+    async def _get(
+        self, url: str, limit: int, *, throttled: bool = False, timeout: float | None = None
+    ) -> bytes:
+        async with self._transport_errors(url, timeout), self.session.get(url) as resp:
+            if resp.status == 404:
+                raise NotFound(f"{url}: 404")
+            if resp.status != 200:
+                raise TransportError(f"{url}: HTTP {resp.status}")
+            if resp.content_length is not None and resp.content_length > limit:
+                raise PeerFault(f"{url}: body of {resp.content_length} bytes is too large")
+            return await self._body(resp, url, limit, throttled=throttled)
 
     async def _body(
         self, resp: aiohttp.ClientResponse, url: str, limit: int, *, throttled: bool = False
@@ -110,19 +126,15 @@ class PeerClient:
             f"{root}/models/{model_id}/chunks/{index}", length, throttled=True, timeout=timeout
         )
 
-    async def announce(self, peer_url: str, ann: Announce, limit: int) -> Announce:
-        url = peer_url.rstrip("/") + "/p2p/v1/announce"
-        try:
-            async with asyncio.timeout(self.timeout):
-                async with self.session.post(
-                    url, data=ann.encode(), headers={"Content-Type": "application/msgpack"}
-                ) as resp:
-                    if resp.status != 200:
-                        raise TransportError(f"{url}: HTTP {resp.status}")
-                    body = await self._body(resp, url, limit)
-        except TimeoutError:
-            raise TransportError(f"{url}: timed out") from None
-        except (aiohttp.ClientError, OSError, ValueError) as e:
-            # ValueError: a URL the client cannot use (e.g. a host label idna refuses)
-            raise TransportError(f"{url}: {type(e).__name__}: {e}") from None
+    async def announce(self, root: str, ann: Announce, limit: int) -> Announce:
+        """Announce to the peer serving under ``root``; its answer (peer exchange)."""
+        url = f"{root}/announce"
+        headers = {"Content-Type": "application/msgpack"}
+        async with (
+            self._transport_errors(url, None),
+            self.session.post(url, data=ann.encode(), headers=headers) as resp,
+        ):
+            if resp.status != 200:
+                raise TransportError(f"{url}: HTTP {resp.status}")
+            body = await self._body(resp, url, limit)
         return decode_announce(body)

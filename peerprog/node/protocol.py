@@ -8,29 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from peerprog.errors import PeerFault
 from peerprog.manifest import valid_model_id, valid_name
 from peerprog.manifest.canonical import pack, unpack
-from peerprog.swarm import Bitfield
+from peerprog.swarm import Bitfield, ModelRef
+from peerprog.urls import valid_url
 
 PREFIX = "/p2p/v1"
 MAX_ANNOUNCE_MODELS = 256
 MAX_EXCHANGED_PEERS = 64
-MAX_URL = 256
-URL_SCHEMES = ("http://", "https://")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model a node announces: name, id, version, and whether it holds all of it."""
-
-    name: str
-    model_id: str
-    version: int
-    complete: bool = False
-    origin: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,24 +53,6 @@ class Announce:
                 "peers": [{"node": p.node, "url": p.url} for p in self.peers],
             }
         )
-
-
-def valid_url(url: object) -> bool:
-    """An http(s) base URL a client can use: printable ASCII, a host whose every label has
-    1–63 characters (idna refuses longer ones), a valid port if any."""
-    if not isinstance(url, str) or len(url) > MAX_URL or not url.startswith(URL_SCHEMES):
-        return False
-    if not all(33 <= ord(c) < 127 for c in url):
-        return False
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError when out of range
-    except ValueError:
-        return False
-    host = parts.hostname or ""
-    if host.startswith("[") or ":" in host:  # an IPv6 literal (urlsplit checked it)
-        return True
-    return bool(host) and all(0 < len(label) <= 63 for label in host.rstrip(".").split("."))
 
 
 def _str(d: dict[str, Any], key: str, limit: int = 256) -> str:

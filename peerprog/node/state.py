@@ -1,19 +1,15 @@
-"""What a node holds: the models it knows, the chunks it has, and their metrics.
+"""One model on a node: its manifest, the chunks it holds, and their metrics.
 
-Shared by the peer server, the fetchers and the local API. Waiters are woken through
-:meth:`ModelState.changed`, which the API's long-polls and event streams await.
+Read by the peer server and the local API; changed by its fetcher (through the catalog).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
 from peerprog.manifest import Manifest, SignedManifest
-from peerprog.swarm import Bitfield
-
-SOURCE_KINDS = ("seed", "peer", "web_seed")
+from peerprog.swarm import SOURCE_KINDS, Bitfield
 
 
 @dataclass
@@ -64,7 +60,6 @@ class ModelState:
         ]
         self.best_level = self._compute_best_level()
         self.created = time.time()
-        self._changed = asyncio.Event()
 
     @property
     def manifest(self) -> Manifest:
@@ -73,6 +68,10 @@ class ModelState:
     @property
     def model_id(self) -> str:
         return self.signed.model_id
+
+    @property
+    def version(self) -> int:
+        return self.signed.manifest.version
 
     @property
     def complete(self) -> bool:
@@ -103,20 +102,6 @@ class ModelState:
         gained = new_best > self.best_level
         self.best_level = new_best
         return gained
-
-    def notify(self) -> None:
-        """Wake everyone waiting in :meth:`changed`."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def changed(self, timeout: float | None = None) -> bool:
-        """Wait for the next :meth:`notify`; False on timeout."""
-        ev = self._changed
-        try:
-            await asyncio.wait_for(ev.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
 
     def summary(self) -> dict[str, object]:
         """The JSON status of DESIGN.md's local API (``GET /v1/models/<name>``)."""

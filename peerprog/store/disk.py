@@ -114,10 +114,13 @@ class Store:
     def put_manifest(self, signed: SignedManifest) -> None:
         """Store a verified manifest envelope (its chunks folder is created too); a stored
         file that differs (e.g. damaged on disk) is replaced."""
-        d = self.model_dir(signed.model_id)
-        (d / "chunks").mkdir(parents=True, exist_ok=True)
+        self.make_model_dir(signed.model_id)
         if self.read_manifest_bytes(signed.model_id) != signed.envelope:
             write_atomic(self.manifest_path(signed.model_id), signed.envelope)
+
+    def make_model_dir(self, model_id: str) -> None:
+        """Create a model's folder (chunks are written only into an existing one)."""
+        (self.model_dir(model_id) / "chunks").mkdir(parents=True, exist_ok=True)
 
     def load_manifest(self, model_id: str, trusted: Collection[str] | None) -> SignedManifest:
         """Read and verify a stored manifest (:class:`VerificationError` if tampered)."""
@@ -145,17 +148,13 @@ class Store:
             return None
 
     def write_chunk(self, model_id: str, index: int, data: bytes | memoryview) -> None:
-        """Store a chunk the caller has verified.
+        """Store a chunk the caller has verified, in the model's folder:
+        :class:`FileNotFoundError` if there is none (the model was removed meanwhile).
 
         The folder is not fsynced per chunk: a rename lost to a power failure only means the
         chunk is fetched again (chunks are verified when a store is opened).
         """
-        path = self.chunk_path(model_id, index)
-        try:
-            write_atomic(path, data, sync_dir=False)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data, sync_dir=False)
+        write_atomic(self.chunk_path(model_id, index), data, sync_dir=False)
 
     def chunk_indexes(self, model_id: str) -> list[int]:
         """Indexes of the chunk files present (not verified; see :meth:`scan`)."""

@@ -116,6 +116,7 @@ def publish_tensors(
     )
     signed = seal(manifest, key)
     pieces = chunk_data(encoded.levels, chunk_size)
+    store.make_model_dir(signed.model_id)
     for i, piece in enumerate(pieces):
         store.write_chunk(signed.model_id, i, piece)
         if progress:

@@ -1,9 +1,11 @@
-"""The swarm: a sans-IO scheduler of chunk requests across peers (no I/O, no asyncio).
+"""The swarm's policy, sans-IO (no I/O, no asyncio; every call takes ``now``).
 
-Every method takes ``now``; the asyncio shell in :mod:`peerprog.node` drives it. Where to
-look: ``picker.py`` holds the rule for which chunk next and from whom; ``peers.py`` the
-per-peer rate, budget, timeout and backoff; ``chunks.py`` the holder counts;
-``scheduler.py`` ties them together; ``bitfield.py`` is the ``have`` set.
+Where each rule lives: ``picker.py`` — which chunk next and from whom; ``peers.py`` — a
+peer's rate, budget, timeouts and backoff within one model's fetch; ``peertable.py`` — which
+peers the node knows and whether they are healthy; ``versions.py`` — which version of a
+name wins, is served and is dropped; ``chunks.py`` — holder counts; ``scheduler.py`` ties
+the picker, peers and chunks together; ``bitfield.py`` is the ``have`` set. The asyncio
+shell in :mod:`peerprog.node` drives them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,35 @@ from __future__ import annotations
 from peerprog.swarm.bitfield import Bitfield
 from peerprog.swarm.config import SchedulerConfig
 from peerprog.swarm.peers import PeerStats
+from peerprog.swarm.peertable import (
+    SOURCE_KINDS,
+    ModelRef,
+    Peer,
+    PeerHealth,
+    PeerTable,
+    PeerTableConfig,
+    Source,
+    SourceState,
+)
 from peerprog.swarm.request import Request
 from peerprog.swarm.scheduler import Scheduler
+from peerprog.swarm.versions import Lookup, VersionConfig, VersionPolicy
 
-__all__ = ["Bitfield", "PeerStats", "Request", "Scheduler", "SchedulerConfig"]
+__all__ = [
+    "SOURCE_KINDS",
+    "Bitfield",
+    "Lookup",
+    "ModelRef",
+    "Peer",
+    "PeerHealth",
+    "PeerStats",
+    "PeerTable",
+    "PeerTableConfig",
+    "Request",
+    "Scheduler",
+    "SchedulerConfig",
+    "Source",
+    "SourceState",
+    "VersionConfig",
+    "VersionPolicy",
+]

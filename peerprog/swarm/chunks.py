@@ -100,7 +100,7 @@ class ChunkTable:
             self._bump(have.indices(), +1)
 
     def remove_holder(self, have: Bitfield | None) -> None:
-        """A peer with this ``have`` stopped being usable (removed, banned or dropped)."""
+        """A peer with this ``have`` stopped being usable (removed or banned)."""
         if have is None:
             self._seeds_changed(-1)
         else:

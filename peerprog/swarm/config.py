@@ -74,13 +74,6 @@ class SchedulerConfig:
     Cap of the failure backoff.
     """
 
-    max_failures: int = 8
-    """
-    A peer is dropped after this many consecutive transient failures (errors or timeouts; the
-    failures of requests that were already in flight when the peer was last penalised count
-    once). The shell may add it again later.
-    """
-
     def __post_init__(self) -> None:
         if not 1 <= self.min_in_flight_per_peer <= self.max_in_flight_per_peer:
             raise ValueError("need 1 <= min_in_flight_per_peer <= max_in_flight_per_peer")
@@ -96,5 +89,3 @@ class SchedulerConfig:
             raise ValueError("endgame_chunks must be >= 0")
         if self.failure_backoff < 0 or self.failure_backoff_max < self.failure_backoff:
             raise ValueError("need 0 <= failure_backoff <= failure_backoff_max")
-        if self.max_failures < 1:
-            raise ValueError("max_failures must be >= 1")

@@ -15,7 +15,8 @@ estimate is the shortest request (``now − sent_at``) the peer has served.
 On a penalty (a transient failure or a timeout) the consecutive-failure count grows and the
 peer backs off exponentially; a timeout also lowers its rate (to at most half). Failures of
 requests sent before the peer's last penalty are the same episode and count once (a peer
-that goes away fails all its requests at once: that is one failure, not sixteen).
+that goes away fails all its requests at once: that is one failure, not sixteen). Whether
+so many failures make the peer unhealthy is the peer table's call (``peertable.py``).
 """
 
 from __future__ import annotations
@@ -59,9 +60,6 @@ class PeerStats:
     backoff_until: float | None
     """No new request to it before this time (after a failure); ``None`` if not backing off."""
 
-    dropped: bool
-    """Dropped after too many failures; only its last requests in flight remain."""
-
 
 @dataclass
 class Flight:
@@ -88,19 +86,14 @@ class PeerState:
         self.chunks = 0
         self.failures = 0
         self.backoff_until: float | None = None
-        self.dropped_at: float | None = None
         self._since = -math.inf  # start of the current delivery-rate measurement
         self._penalised_at = -math.inf
 
     # -- queries ---------------------------------------------------------------------------
 
-    @property
-    def dropped(self) -> bool:
-        return self.dropped_at is not None
-
     def usable(self, now: float) -> bool:
-        """May get new requests now (not dropped, not backing off)."""
-        return self.dropped_at is None and (self.backoff_until is None or self.backoff_until <= now)
+        """May get new requests now (not backing off)."""
+        return self.backoff_until is None or self.backoff_until <= now
 
     def has(self, index: int) -> bool:
         return self.have is None or index in self.have
@@ -120,12 +113,6 @@ class PeerState:
             t = config.timeout_factor * queued_bytes / self.rate + (self.latency or 0.0)
         return max(config.request_timeout_min, min(config.request_timeout_max, t))
 
-    def deadline_of(self, flight: Flight) -> float:
-        """When a request gives up: its deadline, or at once once the peer is dropped."""
-        if self.dropped_at is None:
-            return flight.request.deadline
-        return min(flight.request.deadline, self.dropped_at)
-
     def stats(self, config: SchedulerConfig, mean_chunk: float) -> PeerStats:
         return PeerStats(
             rate_bytes_per_s=self.rate,
@@ -136,7 +123,6 @@ class PeerState:
             budget=self.budget(config, mean_chunk),
             latency=self.latency,
             backoff_until=self.backoff_until,
-            dropped=self.dropped,
         )
 
     # -- events ----------------------------------------------------------------------------
@@ -179,10 +165,10 @@ class PeerState:
 
     def penalise(
         self, flight: Flight, now: float, config: SchedulerConfig, *, timed_out: bool
-    ) -> bool:
-        """A request failed or timed out: back off, maybe drop. True if now dropped."""
+    ) -> None:
+        """A request failed or timed out: count it (once per episode) and back off."""
         if flight.request.sent_at < self._penalised_at:
-            return False  # same episode as the last penalty
+            return  # same episode as the last penalty
         self._penalised_at = now
         self.failures += 1
         if timed_out:
@@ -191,22 +177,5 @@ class PeerState:
             lowered = ceiling if self.rate is None else min(self.rate / 2, ceiling)
             if lowered < math.inf:
                 self.rate = lowered
-        if self.failures >= config.max_failures:
-            self.drop(now)
-            return True
         backoff = config.failure_backoff * 2.0 ** (self.failures - 1)
         self.backoff_until = now + min(backoff, config.failure_backoff_max)
-        return False
-
-    def drop(self, now: float) -> None:
-        """Stop using it; its requests in flight expire at ``now`` (see :meth:`deadline_of`)."""
-        self.dropped_at = now
-        self.backoff_until = None
-
-    def revive(self, have: Bitfield | None) -> None:
-        """Added again after being dropped: a fresh start, keeping its measurements."""
-        self.have = have
-        self.dropped_at = None
-        self.failures = 0
-        self.backoff_until = None
-        self._penalised_at = -math.inf

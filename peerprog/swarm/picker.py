@@ -1,11 +1,11 @@
 """Which chunk next, and from whom. Every rule of that choice lives in this file.
 
-Words: a peer is *known* once added, until it is removed, banned or dropped (after
-``max_failures``). A known peer *holds* a chunk if its ``have`` has it (``have=None``: a
-seed or web seed, holds every chunk). A chunk is *fetchable* if we miss it and some known
-peer holds it — whether that peer is free, busy, backing off after a failure or has failed
-this very chunk. A peer is *free* if it is known, not backing off and has fewer requests in
-flight than its budget (see ``peers.py``).
+Words: a peer is *known* once added, until it is removed or banned (the shell removes
+the peers its peer table judges unhealthy). A known peer *holds* a chunk if its ``have``
+has it (``have=None``: a seed or web seed, holds every chunk). A chunk is *fetchable* if
+we miss it and some known peer holds it — whether that peer is free, busy, backing off
+after a failure or has failed this very chunk. A peer is *free* if it is known, not backing
+off and has fewer requests in flight than its budget (see ``peers.py``).
 
 1. **Level order.** The *active level* is the lowest level with a fetchable chunk. Chunks
    are only requested from the active level. Hence:

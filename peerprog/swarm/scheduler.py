@@ -33,9 +33,8 @@ class Scheduler:
     """Schedules the chunk requests of one model across a changing set of peers.
 
     Peers are named by strings of the shell's choice (e.g. base URLs). A peer is *known*
-    from :meth:`add_peer` until :meth:`remove_peer`, a ban (:meth:`on_bad_chunk`) or a drop
-    (``max_failures`` consecutive failures; :meth:`add_peer` brings it back). A dropped
-    peer's requests in flight expire at the next :meth:`handle_timer`.
+    from :meth:`add_peer` until :meth:`remove_peer` or a ban (:meth:`on_bad_chunk`). Its
+    consecutive failures (:meth:`failures`) are for the shell's peer table to judge.
     """
 
     def __init__(
@@ -102,8 +101,8 @@ class Scheduler:
         return frozenset(self._banned)
 
     def peers(self) -> list[str]:
-        """The known peers (not removed, banned or dropped), sorted."""
-        return sorted(name for name, st in self._peers.items() if not st.dropped)
+        """The known peers (not removed or banned), sorted."""
+        return sorted(self._peers)
 
     def in_flight(self, peer: str | None = None) -> list[Request]:
         """Requests in flight (to ``peer`` only, if given), oldest first."""
@@ -115,14 +114,13 @@ class Scheduler:
         return sorted(found, key=lambda r: (r.sent_at, r.peer, r.index))
 
     def peer_stats(self, peer: str) -> PeerStats:
-        """A snapshot of a peer's bookkeeping. ``KeyError`` if it is not known (a dropped
-        peer stays visible here until its last requests are over)."""
+        """A snapshot of a peer's bookkeeping. ``KeyError`` if it is not known."""
         return self._peers[peer].stats(self._config, self._table.mean_size)
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` has something to do: the earliest request deadline or
         end of a peer's backoff; ``None`` if nothing is pending. May be in the past."""
-        times = [st.deadline_of(f) for st in self._peers.values() for f in st.in_flight.values()]
+        times = [f.request.deadline for st in self._peers.values() for f in st.in_flight.values()]
         times.extend(st.backoff_until for st in self._peers.values() if st.backoff_until)
         return min(times, default=None)
 
@@ -130,8 +128,8 @@ class Scheduler:
 
     def add_peer(self, peer: str, have: Bitfield | None, now: float) -> None:
         """A peer that may be asked for chunks; ``have=None``: it holds every chunk (a seed
-        or web seed). Adding a known peer updates its ``have``; adding a dropped one gives
-        it a fresh start; adding a banned one is ignored."""
+        or web seed). Adding a known peer updates its ``have``; adding a banned one is
+        ignored."""
         if peer in self._banned:
             return
         have = self._checked(have)
@@ -139,18 +137,14 @@ class Scheduler:
         if st is None:
             self._peers[peer] = PeerState(peer, have)
             self._table.add_holder(have)
-        elif st.dropped:
-            st.revive(have)
-            self._table.add_holder(have)
         else:
             self._table.replace_holder(st.have, have)
             st.have = have
 
     def set_have(self, peer: str, have: Bitfield, now: float) -> None:
-        """A known peer announced what it holds now. Ignored for unknown, dropped or banned
-        peers (use :meth:`add_peer` to bring a peer back)."""
+        """A known peer announced what it holds now. Ignored for unknown or banned peers."""
         st = self._peers.get(peer)
-        if st is None or st.dropped:
+        if st is None:
             return
         new = self._checked(have)
         self._table.replace_holder(st.have, new)
@@ -162,8 +156,7 @@ class Scheduler:
         st = self._peers.pop(peer, None)
         if st is None:
             return []
-        if not st.dropped:
-            self._table.remove_holder(st.have)
+        self._table.remove_holder(st.have)
         return [self._release(st, flight) for flight in list(st.in_flight.values())]
 
     def _checked(self, have: Bitfield | None) -> Bitfield | None:
@@ -228,7 +221,6 @@ class Scheduler:
         if st is not None and flight is not None:
             self._forget(flight)
             st.delivered(flight, now)
-            self._purge(st)
         return self.mark_have(index, now)
 
     def mark_have(self, index: int, now: float) -> list[Request]:
@@ -251,8 +243,7 @@ class Scheduler:
         st = self._peers.pop(peer, None)
         if st is None:
             return []
-        if not st.dropped:
-            self._table.remove_holder(st.have)
+        self._table.remove_holder(st.have)
         flight = st.finish(index)
         if flight is not None:
             self._forget(flight)
@@ -260,15 +251,19 @@ class Scheduler:
 
     def on_failed(self, peer: str, index: int, now: float) -> None:
         """The request for chunk ``index`` to ``peer`` failed (connection error, 404,
-        malformed response). The chunk goes back to the pool; the peer backs off, and is
-        dropped after ``max_failures`` consecutive failures."""
+        malformed response). The chunk goes back to the pool and the peer backs off (see
+        :meth:`failures`)."""
         st = self._peers.get(peer)
         flight = st.finish(index) if st is not None else None
         if st is None or flight is None:
             return
         self._forget(flight)
         self._fail(st, flight, now, timed_out=False)
-        self._purge(st)
+
+    def failures(self, peer: str) -> int:
+        """``peer``'s failures in a row (those of one bad spell count once); 0 if unknown."""
+        st = self._peers.get(peer)
+        return st.failures if st is not None else 0
 
     def release(self, peer: str, index: int, now: float) -> None:
         """The shell gave up the request for chunk ``index`` to ``peer`` for a reason of its
@@ -280,36 +275,28 @@ class Scheduler:
             self._release(st, flight)
 
     def handle_timer(self, now: float) -> list[Request]:
-        """Time out the requests whose deadline has passed (and those of dropped peers).
-        Returns them, for the shell to cancel; their chunks go back to the pool and each
-        peer is penalised (a failure, and its rate estimate lowered)."""
+        """Time out the requests whose deadline has passed. Returns them, for the shell to
+        cancel; their chunks go back to the pool and each peer is penalised (a failure, and
+        its rate estimate lowered)."""
         self._end_backoffs(now)
-        expired: list[Request] = []
-        while True:  # a penalty may drop a peer, which expires its other requests at once
-            due = [
-                (st.deadline_of(f), st, f)
-                for st in list(self._peers.values())
-                for f in st.in_flight.values()
-                if st.deadline_of(f) <= now
-            ]
-            if not due:
-                break
-            due.sort(key=lambda item: (item[0], item[2].request.sent_at, item[1].name))
-            for _, st, flight in due:
-                st.finish(flight.request.index)
-                self._forget(flight)
-                expired.append(flight.request)
-                if not st.dropped:
-                    self._fail(st, flight, now, timed_out=True)
-            for st in {id(st): st for _, st, _ in due}.values():
-                self._purge(st)
-        return expired
+        due = [
+            (f.request.deadline, st, f)
+            for st in self._peers.values()
+            for f in st.in_flight.values()
+            if f.request.deadline <= now
+        ]
+        due.sort(key=lambda item: (item[0], item[2].request.sent_at, item[1].name))
+        for _, st, flight in due:
+            st.finish(flight.request.index)
+            self._forget(flight)
+            self._fail(st, flight, now, timed_out=True)
+        return [flight.request for _, _, flight in due]
 
     # -- internals -------------------------------------------------------------------------
 
     def _holders(self, index: int) -> Iterator[str]:
         for name, st in self._peers.items():
-            if not st.dropped and st.has(index):
+            if st.has(index):
                 yield name
 
     def _end_backoffs(self, now: float) -> None:
@@ -330,15 +317,8 @@ class Scheduler:
         """Take a request out of flight without judging the peer (cancelled)."""
         st.finish(flight.request.index)
         self._forget(flight)
-        self._purge(st)
         return flight.request
 
     def _fail(self, st: PeerState, flight: Flight, now: float, *, timed_out: bool) -> None:
         self._table.failed_by.setdefault(flight.request.index, set()).add(st.name)
-        if st.penalise(flight, now, self._config, timed_out=timed_out):
-            self._table.remove_holder(st.have)
-
-    def _purge(self, st: PeerState) -> None:
-        """Forget a dropped peer once its last request is over."""
-        if st.dropped and not st.in_flight and self._peers.get(st.name) is st:
-            del self._peers[st.name]
+        st.penalise(flight, now, self._config, timed_out=timed_out)

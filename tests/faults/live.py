@@ -1,4 +1,4 @@
-"""A real :class:`~peerprog.node.daemon.Node` and its local API in the test's event loop,
+"""A real :class:`~peerprog.node.Node` and its local API in the test's event loop,
 for fuzzing the peer protocol and the API with hypothesis (no subprocess per example).
 
 The node holds a complete published model (``tiny``), wants a name nobody offers
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peerprog.api.server import ApiServer
+from peerprog.config import parse_config
 from peerprog.manifest import SignedManifest
-from peerprog.node.config import parse_config
-from peerprog.node.daemon import Node
+from peerprog.node import Node
 from tests.integration.cluster import free_port
 from tests.unit.samples import PUB
 from tests.unit.test_api_support import publish_sample
@@ -83,5 +83,4 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
 
 def loops_alive(node: Node) -> bool:
     """Whether the node's background loops (announce, resolve) still run."""
-    names = {t.get_coro().__qualname__ for t in node._tasks if not t.done()}  # type: ignore[union-attr]
-    return {"Node._announce_loop", "Node._resolve_loop"} <= names
+    return {"announce", "resolve"} <= {t.get_name() for t in node.background_tasks()}

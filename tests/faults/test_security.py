@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from peerprog.config import parse_config
 from peerprog.errors import InputError
 from peerprog.manifest import generate_key_file, load_key_file
-from peerprog.node.config import parse_config
 from tests.faults.harness import (
     assert_bit_exact,
     check_store,

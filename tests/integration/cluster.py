@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from peerprog.api.client import Client, UnixHTTPConnection
+from peerprog.config import parse_config
 from peerprog.reference import digits
 
 REFERENCE_MODEL = digits.model_path()
@@ -73,28 +74,6 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(every)
-
-
-def toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def to_toml(doc: Mapping[str, Mapping[str, object]]) -> str:
-    """A TOML document of tables of plain values."""
-    out = []
-    for section, values in doc.items():
-        out.append(f"[{section}]")
-        out += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-        out.append("")
-    return "\n".join(out)
 
 
 @dataclass(frozen=True)
@@ -267,7 +246,7 @@ class Cluster:
             )
         for section, values in (extra or {}).items():
             doc.setdefault(section, {}).update(values)
-        node.config_path.write_text(to_toml(doc))
+        node.config_path.write_text(parse_config(doc).to_toml(f"test node {name}"))
         self.nodes[name] = node
         return node
 

@@ -21,6 +21,7 @@ import safetensors.numpy
 
 from peerprog.api.client import Client
 from peerprog.api.errors import BadRequest, DaemonNotRunning, LevelTimeout, UnknownModel
+from peerprog.config import load_config
 from peerprog.formats import read_model
 from peerprog.reference import digits
 from tests.integration.cluster import TOKEN, Cluster, Daemon, run_cli
@@ -390,7 +391,7 @@ def test_tcp_listener_needs_the_token(setup: Setup) -> None:
 
 
 def test_tcp_listener_is_off_by_default(setup: Setup) -> None:
-    assert "listen_tcp" not in setup.seed.config_path.read_text()
+    assert load_config(setup.seed.config_path).api.listen_tcp == ""
     assert setup.seed.client().node_status()["api"]["listen_tcp"] == ""
     assert "bearer token required" not in setup.cluster.logs(setup.seed)
     assert "bearer token required" in setup.cluster.logs(setup.edge)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peerprog.api.server import ApiServer
-from peerprog.node.config import ApiSection, Config
+from peerprog.config import ApiSection, Config
 from tests.unit.test_api_support import FakeNode, publish_sample
 
 

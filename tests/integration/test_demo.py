@@ -12,10 +12,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+from peerprog.config import parse_config
 from peerprog.demo.localapi import bytes_by_source, bytes_uploaded, parse_metrics
 from peerprog.demo.swarm import config_text, plan
 from peerprog.manifest import generate_key_file
-from peerprog.node.config import parse_config
 from peerprog.reference import digits
 
 RATE = 400_000  # bytes/s: the 1 MB model then takes a few seconds

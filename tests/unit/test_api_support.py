@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from peerprog.codec import RawTensor
+from peerprog.config import Config
 from peerprog.manifest import SignedManifest
-from peerprog.node.config import Config
 from peerprog.node.state import ModelState
 from peerprog.store import Store, publish_tensors
 from peerprog.swarm import Bitfield
@@ -66,7 +66,6 @@ class FakeNode:
         """Complete ``level`` of ``state`` and tell the listeners, as the daemon does."""
         for i in state.manifest.levels[level].chunks:
             if state.add_chunk(i):
-                state.notify()
                 for listener in list(self.level_listeners):
                     listener(state)
 

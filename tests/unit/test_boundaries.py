@@ -1,13 +1,137 @@
-"""The pure parts import no I/O framework and no torch (DESIGN.md "Parts")."""
+"""The parts' boundaries (DESIGN.md "Parts"): the pure parts import no I/O framework and no
+torch, imports run one way between the parts, and no module imports itself in a circle.
+
+The import graph is read from the source (``TYPE_CHECKING`` and function-level imports
+included); ``from package import name`` counts as an import of ``package.name`` when that
+is a module, else of ``package``.
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-FORBIDDEN = ("asyncio", "aiohttp", "torch")
+import peerprog
+
+FORBIDDEN = ("asyncio", "aiohttp", "torch", "socket")
+ROOT = Path(peerprog.__file__).parent
+
+# A part may import the parts of lower rank (and itself); node and api, of equal rank,
+# never import each other: the app composes them.
+RANKS = {
+    "peerprog._version": 0,
+    "peerprog.errors": 0,
+    "peerprog.urls": 0,
+    "peerprog.codec": 1,
+    "peerprog.swarm": 1,
+    "peerprog.manifest": 2,
+    "peerprog.formats": 2,
+    "peerprog.config": 3,
+    "peerprog.store": 3,
+    "peerprog.reference": 3,
+    "peerprog.node": 4,
+    "peerprog.api": 4,
+    "peerprog.app": 5,
+    "peerprog.cli": 6,
+    "peerprog.demo": 6,
+    "peerprog.__main__": 6,
+    "peerprog": 6,
+}
+API_CLIENT_SIDE = ("peerprog.api.client", "peerprog.api.wire", "peerprog.api.model")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        parts = ("peerprog", *path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the peerprog modules (or third-party top-level names) it imports."""
+    mods = modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                for a in node.names:
+                    full = f"{base}.{a.name}"
+                    found.add(full if full in mods else base)
+        graph[name] = found
+    return graph
+
+
+def part(module: str) -> str:
+    for prefix in sorted(RANKS, key=len, reverse=True):
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix
+    raise AssertionError(f"{module} belongs to no part: add it to RANKS")
+
+
+def test_no_import_cycles() -> None:
+    graph = {m: {t for t in ts if t in modules()} for m, ts in import_graph().items()}
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycles.append(" → ".join([*path[path.index(t) :], t]))
+            elif t not in state:
+                visit(t)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_imports_run_one_way_between_parts() -> None:
+    bad = []
+    for module, targets in import_graph().items():
+        src = part(module)
+        for t in targets:
+            if t != "peerprog" and not t.startswith("peerprog."):
+                continue
+            dst = part(t)
+            if dst != src and RANKS[dst] >= RANKS[src] and not (RANKS[src] == RANKS[dst] == 6):
+                bad.append(f"{module} imports {t}")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_the_api_client_side_needs_no_server_side() -> None:
+    graph = import_graph()
+    seen, todo = set(), list(API_CLIENT_SIDE)
+    while todo:
+        m = todo.pop()
+        if m in seen or m not in graph:
+            continue
+        seen.add(m)
+        todo.extend(graph[m])
+    server = sorted(m for m in seen if m.startswith("peerprog.api.") and m not in API_CLIENT_SIDE
+                    and m != "peerprog.api.errors")  # fmt: skip
+    assert not server, f"the API client side imports {server}"
+    assert "aiohttp.web" not in seen and not any(m.startswith("peerprog.node") for m in seen)
 
 
 @pytest.mark.parametrize("module", ["peerprog.codec", "peerprog.manifest", "peerprog.swarm"])

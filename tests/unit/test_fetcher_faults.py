@@ -1,28 +1,26 @@
-"""The fetch loop against faults of its own side and of a source's, with a fake node and
-client (no sockets): a full disk is not the peer's fault, and a source dropped after a bad
-spell is asked again once it answers."""
+"""The fetch loop against faults of its own side and of a source's, with a fake client and
+store (no sockets): a full disk is not the peer's fault, a source lost after a bad spell is
+asked again once it answers, and a cancelled fetch leaves no write behind."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import errno
-import functools
-from pathlib import Path
+import threading
+import time
 
 import pytest
 
 from peerprog.manifest import SignedManifest, chunk_data
-from peerprog.node import fetcher as fetcher_module
-from peerprog.node.config import Config, PeersSection
-from peerprog.node.fetcher import Fetcher, Source
+from peerprog.node.diskguard import DiskGuard
+from peerprog.node.fetcher import Fetcher, FetchSettings
 from peerprog.node.peerclient import TransportError
 from peerprog.node.state import ModelState
-from peerprog.store import Store
-from peerprog.swarm import Bitfield, SchedulerConfig
+from peerprog.swarm import Bitfield, PeerTable, PeerTableConfig, SchedulerConfig
 from tests.unit.samples import KEY, make_manifest
 
-PEER = Source("http://peer", "http://peer/p2p/v1", "peer")
+PEER = "http://peer"
 
 
 class FakeClient:
@@ -61,66 +59,88 @@ class FakeStore:
         self.written[index] = data
 
 
-class FakeNode:
-    def __init__(self, client: FakeClient, store: FakeStore) -> None:
-        self.config = dataclasses.replace(Config(), peers=PeersSection(have_poll_interval=0.01))
-        self.client = client
-        self.store = store
-        self.url = "http://me"
-        self.store_error: str | None = None
-
-    def sources_for(self, state: ModelState) -> list[Source]:
-        return [PEER]
-
-    def on_chunk_stored(self, state: ModelState, index: int) -> None:
-        state.add_chunk(index)
-
-
-@pytest.fixture
-def fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Backoffs, pauses and the revive delay in milliseconds."""
-    config = functools.partial(
-        SchedulerConfig, failure_backoff=0.001, failure_backoff_max=0.005, max_failures=3
+def fetcher(
+    state: ModelState, client: FakeClient, store: FakeStore, *, revive_after: float
+) -> tuple[Fetcher, DiskGuard, PeerTable]:
+    """A fetcher from one peer, with backoffs, pauses and the revive delay in ms."""
+    table = PeerTable(
+        PeerTableConfig(fetch_failures=3, revive_after=revive_after),
+        bootstrap=[PEER],
+        prefix="/p2p/v1",
     )
-    monkeypatch.setattr(fetcher_module, "SchedulerConfig", config)
-    monkeypatch.setattr(fetcher_module, "DISK_FULL_PAUSE", 0.005)
-    monkeypatch.setattr(fetcher_module, "REVIVE_AFTER", 0.05)
+    disk = DiskGuard(0.005, lambda: 1 << 40)
+    f = Fetcher(
+        state,
+        transport=client,
+        sink=store,
+        sources=table,
+        disk=disk,
+        on_stored=lambda s, i: s.add_chunk(i) and None,
+        settings=FetchSettings(
+            scheduler=SchedulerConfig(failure_backoff=0.001, failure_backoff_max=0.005),
+            have_poll_interval=0.01,
+            request_timeout=5.0,
+            seed=1,
+        ),
+    )
+    return f, disk, table
 
 
-def model(tmp_path: Path) -> tuple[SignedManifest, list[bytes]]:
+def model() -> tuple[SignedManifest, list[bytes]]:
     from peerprog.manifest import seal
 
     m, levels = make_manifest()
-    Store(tmp_path)  # a real store is not needed; the manifest is
     return seal(m, KEY), chunk_data(levels, m.chunk_size)
 
 
-async def fetch(node: FakeNode, signed: SignedManifest) -> tuple[ModelState, Fetcher]:
+async def fetch(
+    signed: SignedManifest, client: FakeClient, store: FakeStore, *, revive_after: float
+) -> tuple[ModelState, Fetcher, DiskGuard]:
     state = ModelState(signed, Bitfield(len(signed.manifest.chunks)), origin=False)
-    f = Fetcher(node, state)  # type: ignore[arg-type]
+    f, disk, _ = fetcher(state, client, store, revive_after=revive_after)
     await asyncio.wait_for(f.run(), 20)
-    return state, f
+    return state, f, disk
 
 
-async def test_a_full_disk_is_not_the_peers_fault(
-    tmp_path: Path, fast: None, caplog: pytest.LogCaptureFixture
-) -> None:
-    fetcher_module.REVIVE_AFTER = 1e9  # (monkeypatched) a dropped peer would stay dropped
-    signed, chunks = model(tmp_path)
-    node = FakeNode(FakeClient(chunks), FakeStore(full=40))
-    state, f = await fetch(node, signed)
+async def test_a_full_disk_is_not_the_peers_fault(caplog: pytest.LogCaptureFixture) -> None:
+    signed, chunks = model()
+    store = FakeStore(full=40)
+    # were the failures held against the peer, it would be lost for good
+    state, f, disk = await fetch(signed, FakeClient(chunks), store, revive_after=1e9)
     assert state.complete
-    assert node.store.written == dict(enumerate(chunks))
+    assert store.written == dict(enumerate(chunks))
     assert "No space left on device; pausing downloads" in caplog.text
-    assert node.store_error is None  # cleared by the first write that worked
-    stats = f.sched.peer_stats(PEER.key)  # never penalised: no failure, no drop
-    assert stats.failures == 0 and not stats.dropped
+    assert disk.error is None  # cleared by a write that worked
+    assert f.sched.peer_stats(PEER).failures == 0  # never penalised
 
 
-async def test_a_source_dropped_after_a_bad_spell_is_asked_again(
-    tmp_path: Path, fast: None
-) -> None:
-    signed, chunks = model(tmp_path)
-    node = FakeNode(FakeClient(chunks, fail_chunks=30), FakeStore())
-    state, _ = await fetch(node, signed)
-    assert state.complete and node.client.requests > 30
+async def test_a_source_lost_after_a_bad_spell_is_asked_again() -> None:
+    signed, chunks = model()
+    client = FakeClient(chunks, fail_chunks=30)
+    state, _, _ = await fetch(signed, client, FakeStore(), revive_after=0.05)
+    assert state.complete and client.requests > 30
+
+
+async def test_a_write_under_way_when_the_fetch_is_cancelled_is_awaited() -> None:
+    """Cancelling a fetch (its model dropped) waits for the write in progress: nothing
+    lands on disk after the fetch has ended."""
+    signed, chunks = model()
+
+    class SlowStore(FakeStore):
+        def write_chunk(self, model_id: str, index: int, data: bytes) -> None:
+            started.set()
+            time.sleep(0.3)
+            super().write_chunk(model_id, index, data)
+
+    started = threading.Event()
+    store = SlowStore()
+    state = ModelState(signed, Bitfield(len(signed.manifest.chunks)), origin=False)
+    f, _, _ = fetcher(state, FakeClient(chunks), store, revive_after=1.0)
+    task = asyncio.create_task(f.run())
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    written = dict(store.written)
+    await asyncio.sleep(0.5)
+    assert store.written == written and written

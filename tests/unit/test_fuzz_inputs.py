@@ -9,8 +9,10 @@ body is signed by a trusted key (a publisher's bug must not crash an edge).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import string
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from peerprog.config import Config, load_config, parse_config
 from peerprog.errors import InputError, PeerFault, VerificationError
 from peerprog.manifest import open_envelope, parse_body, seal, valid_model_id, valid_name
 from peerprog.manifest.canonical import pack, unpack
-from peerprog.node.config import Config, load_config, parse_config
 from peerprog.node.protocol import decode_announce, decode_have
 from peerprog.store import Store
-from peerprog.swarm import Bitfield
+from peerprog.swarm import Bitfield, PeerTableConfig, VersionConfig
 from tests.unit.samples import KEY, PUB, make_manifest
 
 # --- values ------------------------------------------------------------------------------
@@ -79,19 +81,8 @@ MSGPACK_VALUES = msgpack_values()
 # --- config ------------------------------------------------------------------------------
 
 SECTIONS = {
-    "node": ["name", "data_dir", "listen", "public_url"],
-    "api": ["socket", "listen_tcp", "token", "cors_origins"],
-    "trust": ["publishers"],
-    "peers": ["bootstrap", "web_seeds", "announce_interval", "have_poll_interval", "max_peers"],
-    "models": ["want", "keep_versions"],
-    "limits": [
-        "upload_bytes_per_s",
-        "download_bytes_per_s",
-        "max_in_flight",
-        "max_connections",
-        "max_request_bytes",
-        "request_timeout",
-    ],
+    f.name: [k.name for k in dataclasses.fields(f.default_factory())]  # type: ignore[misc]
+    for f in dataclasses.fields(Config)
 }
 
 
@@ -116,6 +107,17 @@ def check_usable(cfg: Config) -> None:
     for path in (cfg.node.data_dir, cfg.api.socket):
         assert "\x00" not in path
     assert all(valid_name(n) for n in cfg.models.want)
+    assert isinstance(cfg.peers, PeerTableConfig) and isinstance(cfg.peers, VersionConfig)
+
+
+@settings(deadline=None)
+@given(config_docs())
+def test_an_accepted_config_round_trips_through_to_toml(doc: dict[str, Any]) -> None:
+    try:
+        cfg = parse_config(doc)
+    except InputError:
+        return
+    assert parse_config(tomllib.loads(cfg.to_toml("a comment\nof two lines"))) == cfg
 
 
 @settings(deadline=None)

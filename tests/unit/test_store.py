@@ -17,6 +17,7 @@ def filled_store(tmp_path: Path) -> tuple[Store, str]:
     m, levels = make_manifest()
     signed = seal(m, KEY)
     store = Store(tmp_path / "s")
+    store.make_model_dir(signed.model_id)
     for i, data in enumerate(chunk_data(levels, m.chunk_size)):
         store.write_chunk(signed.model_id, i, data)
     store.put_manifest(signed)

@@ -293,8 +293,8 @@ def test_remove_peer_reschedules_its_chunks() -> None:
     assert s.remove_peer("nobody", 0.7) == []
 
 
-def test_failure_backoff_then_retry_then_drop() -> None:
-    s = make([2], min_in_flight_per_peer=1, max_in_flight_per_peer=1, max_failures=3)
+def test_failure_backoff_then_retry() -> None:
+    s = make([2], min_in_flight_per_peer=1, max_in_flight_per_peer=1)
     s.add_peer("a", None, 0.0)
     (r,) = s.next_requests(0.0)
     s.on_failed("a", r.index, 0.0)
@@ -308,11 +308,12 @@ def test_failure_backoff_then_retry_then_drop() -> None:
     assert s.peer_stats("a").backoff_until == 3.0
     assert s.next_requests(2.9) == []
     (r,) = s.next_requests(3.0)
-    s.on_failed("a", r.index, 3.0)  # third: dropped
-    assert s.peers() == []
-    assert s.next_requests(10.0) == []
-    s.add_peer("a", None, 20.0)  # the shell may bring it back: a fresh start
-    assert s.peer_stats("a").failures == 0
+    s.on_failed("a", r.index, 3.0)
+    assert s.failures("a") == 3  # the peer table's to judge; the scheduler keeps it
+    assert s.peers() == ["a"]
+    s.remove_peer("a", 3.5)  # the shell let it go; later it comes back: a fresh start
+    s.add_peer("a", None, 20.0)
+    assert s.failures("a") == 0
     (r,) = s.next_requests(20.0)
     s.on_chunk("a", r.index, 20.5)
     assert s.have.indices() == [r.index]
@@ -329,27 +330,13 @@ def test_success_resets_the_failure_count() -> None:
 
 
 def test_failures_of_one_episode_count_once() -> None:
-    s = make([8], min_in_flight_per_peer=4, max_in_flight_per_peer=4, max_failures=2)
+    s = make([8], min_in_flight_per_peer=4, max_in_flight_per_peer=4)
     s.add_peer("a", None, 0.0)
     reqs = s.next_requests(0.0)
     assert len(reqs) == 4
     for r in reqs:  # the peer went away: all four fail together
         s.on_failed("a", r.index, 0.2)
-    assert s.peer_stats("a").failures == 1
-    assert s.peers() == ["a"]
-
-
-def test_dropped_peer_requests_expire_at_the_next_timer() -> None:
-    s = make([8], min_in_flight_per_peer=4, max_in_flight_per_peer=4, max_failures=1)
-    s.add_peer("a", None, 0.0)
-    reqs = s.next_requests(0.0)
-    s.on_failed("a", reqs[0].index, 0.3)  # dropped at once
-    assert s.peers() == []
-    assert s.next_deadline() == 0.3
-    assert s.handle_timer(0.3) == reqs[1:]
-    assert s.in_flight() == [] and s.next_deadline() is None
-    with pytest.raises(KeyError):
-        s.peer_stats("a")
+    assert s.peer_stats("a").failures == 1 == s.failures("a")
 
 
 def test_a_peer_that_failed_a_chunk_is_not_asked_again_while_another_holder_is_left() -> None:

@@ -16,9 +16,17 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig
+from peerprog.swarm import (
+    Bitfield,
+    PeerTable,
+    PeerTableConfig,
+    Request,
+    Scheduler,
+    SchedulerConfig,
+)
 
 MAX_STEPS = 20_000
+MODEL = "m"
 
 
 @dataclass
@@ -37,9 +45,15 @@ class Swarm:
     """The shell's side: sends requests to simulated peers, reports outcomes, checks."""
 
     def __init__(
-        self, rng: random.Random, s: Scheduler, levels: list[range], sizes: list[int]
+        self,
+        rng: random.Random,
+        s: Scheduler,
+        levels: list[range],
+        sizes: list[int],
+        table: PeerTable,
     ) -> None:
         self.rng, self.s, self.levels, self.sizes = rng, s, levels, sizes
+        self.table = table
         self.n = len(sizes)
         self.peers: dict[str, SimPeer] = {}
         self.told: dict[str, set[int] | None] = {}  # the have we last gave the scheduler
@@ -60,6 +74,7 @@ class Swarm:
         return bf
 
     def add(self, p: SimPeer) -> None:
+        self.table.source_answered(p.name, MODEL, self.now)
         self.told[p.name] = None if p.have is None else set(p.have)
         self.s.add_peer(p.name, self.bitfield(p.have), self.now)
         self.gone.pop(p.name, None)
@@ -96,6 +111,13 @@ class Swarm:
             self.cancel(self.s.on_bad_chunk(r.peer, r.index, self.now))
         else:
             self.s.on_failed(r.peer, r.index, self.now)
+            self.judge(r.peer)
+
+    def judge(self, peer: str) -> None:
+        """As the fetcher does: the peer table says when a failing peer is let go."""
+        if self.table.fetch_failed(peer, MODEL, self.s.failures(peer), self.now):
+            self.cancel(self.s.remove_peer(peer, self.now))
+            self.gone[peer] = self.now
 
     def churn(self) -> None:
         known = set(self.s.peers())
@@ -189,7 +211,10 @@ class Swarm:
             t_event = self.events[0][0] if self.events else math.inf
             self.now = max(self.now, min(t_timer, t_event, next_churn))
             if t_timer <= self.now:
-                self.cancel(self.s.handle_timer(self.now))
+                expired = self.s.handle_timer(self.now)
+                self.cancel(expired)
+                for peer in sorted({r.peer for r in expired}):
+                    self.judge(peer)
             while self.events and self.events[0][0] <= self.now:
                 _, _, r, outcome = heapq.heappop(self.events)
                 self.deliver(r, outcome)
@@ -258,11 +283,11 @@ def test_random_swarm_completes(
         max_in_flight_per_peer=min_per_peer + extra_per_peer,
         max_in_flight_total=max_total,
         endgame_chunks=endgame,
-        max_failures=max_failures,
     )
     held = [i for i in range(n) if have_some and rng.random() < 0.2]
     s = Scheduler(levels, sizes, held, config, seed=seed)
-    swarm = Swarm(rng, s, levels, sizes)
+    table = PeerTable(PeerTableConfig(fetch_failures=max_failures, revive_after=5.0))
+    swarm = Swarm(rng, s, levels, sizes, table)
     for p in peers:
         swarm.peers[p.name] = p
         if rng.random() < 0.8:

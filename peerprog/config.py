@@ -1,4 +1,4 @@
-"""Node configuration (TOML), validated at start.
+"""Node configuration (TOML), validated at start, and written back by :meth:`Config.to_toml`.
 
 Every section and key is a frozen dataclass field with its docstring; an unknown key or a
 value of the wrong type is refused with an :class:`InputError` that names the key.
@@ -7,6 +7,7 @@ value of the wrong type is refused with an :class:`InputError` that names the ke
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -16,7 +17,8 @@ from typing import Any
 
 from peerprog.errors import InputError
 from peerprog.manifest import parse_public_key, valid_name
-from peerprog.node.protocol import valid_url
+from peerprog.swarm import PeerTableConfig, VersionConfig
+from peerprog.urls import valid_url
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,10 @@ class TrustSection:
 
 
 @dataclass(frozen=True)
-class PeersSection:
+class PeersSection(PeerTableConfig, VersionConfig):
+    """``[peers]``: also the settings of the peer table and of the version policy (their
+    keys are documented in :mod:`peerprog.swarm.peertable` and :mod:`peerprog.swarm.versions`)."""
+
     bootstrap: list[str] = field(default_factory=list)
     """Base URLs of peers to announce to at start (``http://host:port``)."""
     web_seeds: list[str] = field(default_factory=list)
@@ -59,8 +64,6 @@ class PeersSection:
     """Seconds between periodic announcements."""
     have_poll_interval: float = 1.0
     """Seconds between polls of a peer's ``have`` bitfield while fetching from it."""
-    max_peers: int = 64
-    """Most peers remembered; peer exchange beyond it is ignored."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,17 @@ class LimitsSection:
     max_in_flight: int = 64
     """Most chunk requests in flight per model."""
     max_connections: int = 64
-    """Most simultaneous outgoing connections."""
+    """Most simultaneous outgoing connections (0: no limit)."""
+    max_connections_per_peer: int = 32
+    """Most simultaneous outgoing connections to one peer or web seed (0: no limit)."""
     max_request_bytes: int = 1 << 20
     """Largest request body accepted (announce)."""
     request_timeout: float = 30.0
     """Upper bound on any single network wait, in seconds."""
+    name_timeout: float = 10.0
+    """Longest wait for a ``names/<name>`` answer, in seconds (at most ``request_timeout``)."""
+    disk_full_pause: float = 2.0
+    """Seconds without new chunk requests after the store refused a write."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,29 @@ class Config:
     @property
     def base_dir(self) -> Path:
         return Path(self.node.data_dir)
+
+    def to_toml(self, comment: str = "") -> str:
+        """This config as a TOML document that :func:`parse_config` reads back equal."""
+        lines = [f"# {line}" for line in comment.splitlines()]
+        for section in dataclasses.fields(self):
+            lines += ["", f"[{section.name}]"]
+            values = getattr(self, section.name)
+            lines += [
+                f"{f.name} = {_toml(getattr(values, f.name))}" for f in dataclasses.fields(values)
+            ]
+        return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
 
 
 def _check(value: Any, typ: Any, key: str) -> Any:
@@ -139,7 +171,10 @@ def _section(cls: type, raw: Any, name: str) -> Any:
             raise InputError(
                 f"config: unknown key {name}.{key} (known: {', '.join(sorted(known))})"
             )
-    return cls(**{k: _check(v, hints[k], f"{name}.{k}") for k, v in raw.items()})
+    try:
+        return cls(**{k: _check(v, hints[k], f"{name}.{k}") for k, v in raw.items()})
+    except ValueError as e:  # a section's own check
+        raise InputError(f"config: [{name}]: {e}") from None
 
 
 def parse_config(raw: dict[str, Any], base: Path | None = None) -> Config:
@@ -207,6 +242,7 @@ def _validate(cfg: Config) -> Config:
         ("peers.announce_interval", cfg.peers.announce_interval),
         ("peers.have_poll_interval", cfg.peers.have_poll_interval),
         ("limits.request_timeout", cfg.limits.request_timeout),
+        ("limits.name_timeout", cfg.limits.name_timeout),
         ("limits.max_in_flight", cfg.limits.max_in_flight),
     ):
         if value <= 0:

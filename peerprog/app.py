@@ -1,14 +1,20 @@
-"""Run a node as a daemon: start it (and the local API), stop cleanly on SIGTERM/SIGINT."""
+"""The daemon: a node and its local API, run until SIGTERM or SIGINT.
+
+The one place where :mod:`peerprog.node` and :mod:`peerprog.api` meet: the API sees the
+node only through :class:`peerprog.api.view.NodeView`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 
-from peerprog.node.config import Config
-from peerprog.node.daemon import Node
+from peerprog.api.server import ApiServer
+from peerprog.config import Config
+from peerprog.node import Node
 
 log = logging.getLogger("peerprog.node")
 
@@ -23,22 +29,17 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 async def serve(config: Config) -> None:
-    """Run a node until SIGTERM or SIGINT."""
-    node = Node(config)
+    """Run a node and its API until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await node.start()
-    api = None
-    try:
-        from peerprog.api.server import ApiServer
-
-        api = ApiServer(node)
+    node = Node(config)
+    api = ApiServer(node)
+    async with contextlib.AsyncExitStack() as stack:
+        await node.start()
+        stack.push_async_callback(node.stop)
         await api.start()
+        stack.push_async_callback(api.stop)
         await stop.wait()
         log.info("shutting down")
-    finally:
-        if api is not None:
-            await api.stop()
-        await node.stop()

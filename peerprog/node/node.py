@@ -1,0 +1,220 @@
+"""The node: the composition root of the asyncio shell.
+
+It builds the parts and wires them together, and nothing else: the peer table and the
+version policy (pure, in :mod:`peerprog.swarm`) decide; the catalog owns each model's life;
+discovery announces; the resolver looks up wanted names; one fetcher per model pumps the
+scheduler; the peer server serves the store. Each part receives only the narrow
+protocols it needs. ``await start()``, then ``await stop()``; a start that fails undoes
+what it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+
+from peerprog.config import Config, split_host_port
+from peerprog.node.catalog import Catalog
+from peerprog.node.discovery import Discovery
+from peerprog.node.diskguard import DiskGuard, free_bytes
+from peerprog.node.fetcher import Fetcher, FetchSettings
+from peerprog.node.peerclient import PeerClient
+from peerprog.node.protocol import PREFIX, Announce
+from peerprog.node.ratelimit import TokenBucket
+from peerprog.node.resolver import Resolver
+from peerprog.node.server import PeerService, Upload, build_app
+from peerprog.node.state import ModelState
+from peerprog.node.tasks import TaskScope
+from peerprog.store import Store
+from peerprog.swarm import ModelRef, Peer, PeerTable, SchedulerConfig, VersionPolicy
+
+log = logging.getLogger("peerprog.node")
+
+
+class Node:
+    """A peerprog node."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        limits = config.limits
+        self.store = Store(config.base_dir)
+        self.started_at = time.time()
+        self.url = config.node.public_url.rstrip("/")
+        """The URL peers reach this node at (known once started)."""
+        self.port: int | None = None
+        self.disk = DiskGuard(limits.disk_full_pause, lambda: free_bytes(self.store.root))
+        self.upload = Upload(TokenBucket(limits.upload_bytes_per_s))
+        self.client = PeerClient(
+            TokenBucket(limits.download_bytes_per_s),
+            max_connections=limits.max_connections,
+            max_connections_per_peer=limits.max_connections_per_peer,
+            timeout=limits.request_timeout,
+        )
+        self.table = PeerTable(
+            config.peers,
+            bootstrap=config.peers.bootstrap,
+            web_seeds=config.peers.web_seeds,
+            prefix=PREFIX,
+        )
+        self.trusted = frozenset(config.trust.publishers)
+        self.catalog = Catalog(
+            self.store,
+            self.trusted,
+            self.disk,
+            want=config.models.want,
+            keep_versions=config.models.keep_versions,
+            clock=_loop_time,
+        )
+        self._scope = TaskScope(f"node {config.node.name}")
+        self.discovery = Discovery(
+            self.table,
+            self.client,
+            me=self.my_announce,
+            wanted=lambda: self.catalog.wanted,
+            on_wanted_news=self._resolve_soon,
+            interval=config.peers.announce_interval,
+            answer_limit=limits.max_request_bytes,
+            scope=self._scope,
+        )
+        self.resolver = Resolver(
+            VersionPolicy(config.peers),
+            self.client,
+            self.table,
+            self.catalog,
+            trusted=self.trusted,
+            interval=config.peers.announce_interval,
+            name_timeout=min(limits.name_timeout, limits.request_timeout),
+            scope=self._scope,
+        )
+        announce = lambda _state: self.discovery.announce_soon()  # noqa: E731
+        self.catalog.level_listeners.append(announce)
+        self.catalog.take_up_listeners.append(announce)
+        self.catalog.forget_listeners.append(self.table.forget_model)
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the store, serve peers, start announcing, resolving and fetching."""
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.client)
+            stack.push_async_callback(self.catalog.aclose)
+            stack.push_async_callback(self._scope.aclose)
+            await asyncio.to_thread(self.catalog.load_store)
+            host, port = split_host_port(self.config.node.listen, "node.listen")
+            service = PeerService(
+                self.catalog,
+                self.store,
+                self.discovery.on_announce,
+                self.upload,
+                self.config.limits,
+            )
+            runner = web.AppRunner(build_app(service), access_log=None, handler_cancellation=True)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            self.port = int(runner.addresses[0][1])
+            if not self.url:
+                self.url = f"http://{host}:{self.port}"
+            self.table.set_self(self.url)
+            log.info(
+                "node %s serving peers on %s (%d models in store)",
+                self.config.node.name,
+                self.url,
+                len(self.catalog.models),
+            )
+            self.catalog.start(self._fetch)
+            self._scope.spawn(self.discovery.run(), name="announce")
+            self._scope.spawn(self.resolver.run(), name="resolve")
+            self._stack = stack.pop_all()
+
+    async def stop(self) -> None:
+        """Stop serving, fetching, announcing; close connections."""
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = None
+        log.info("node %s stopped", self.config.node.name)
+
+    def background_tasks(self) -> list[asyncio.Task[object]]:
+        """The node's own loops and jobs still running (not the fetches)."""
+        return self._scope.tasks()
+
+    async def _fetch(self, state: ModelState) -> None:
+        """Fetch one model (the catalog runs this in the model's scope)."""
+        limits = self.config.limits
+        fetcher = Fetcher(
+            state,
+            transport=self.client,
+            sink=self.store,
+            sources=self.table,
+            disk=self.disk,
+            on_stored=self.catalog.chunk_stored,
+            settings=FetchSettings(
+                scheduler=SchedulerConfig(max_in_flight_total=limits.max_in_flight),
+                have_poll_interval=self.config.peers.have_poll_interval,
+                request_timeout=limits.request_timeout,
+                seed=hash((self.url, state.model_id)) & 0xFFFFFFFF,
+            ),
+        )
+        unsubscribe = self.discovery.subscribe(fetcher.peers_changed)
+        try:
+            await fetcher.run()
+        finally:
+            unsubscribe()
+
+    def _resolve_soon(self) -> None:
+        self.resolver.resolve_soon()
+
+    def my_announce(self) -> Announce:
+        """What this node announces: every model it holds."""
+        models = tuple(
+            ModelRef(s.manifest.name, s.model_id, s.version, s.complete, s.origin)
+            for s in self.catalog.models.values()
+        )
+        return Announce(self.config.node.name, self.url, models)
+
+    # --- what the local API reads (peerprog.api.view.NodeView) -----------------------------
+
+    @property
+    def models(self) -> Mapping[str, ModelState]:
+        return self.catalog.models
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        return self.catalog.wanted
+
+    @property
+    def peers(self) -> Mapping[str, Peer]:
+        return {p.url: p for p in self.table.peers()}
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return self.upload.bytes
+
+    @property
+    def store_error(self) -> str | None:
+        return self.disk.error
+
+    @property
+    def level_listeners(self) -> list[Callable[[ModelState], None]]:
+        return self.catalog.level_listeners
+
+    def versions(self, name: str) -> list[ModelState]:
+        return self.catalog.versions(name)
+
+    def newest_served(self, name: str) -> ModelState | None:
+        return self.catalog.newest_served(name)
+
+    def want(self, name: str) -> None:
+        """Start fetching ``name`` (and keep it up to date)."""
+        self.catalog.want(name)
+        self.resolver.resolve_soon()
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()

@@ -1,0 +1,317 @@
+"""The peer table: every peer and web seed this node knows, and whether it is healthy.
+Sans-IO: every call takes ``now``; every rule of a peer's health lives in this file.
+
+A **peer** (one base URL) is in one of these states:
+
+- ``KNOWN``: heard of (a bootstrap peer, peer exchange) or heard from; contacted as usual.
+- ``BACKING_OFF``: its last ``failures`` contacts (announces) failed in a row; it is still
+  contacted at the usual interval, and still a source.
+- ``DROPPED``: ``max_failures`` contacts failed in a row: forgotten (removed from the
+  table), so it is neither contacted nor passed on until it is heard of again; a bootstrap
+  peer is never dropped.
+- ``BANNED``: it (or a web seed) sent a chunk that failed its hash: never asked for
+  anything again, never passed on, and news of it from other peers is ignored.
+
+Transitions: :meth:`PeerTable.heard_from` (it announced to us, or answered our announce)
+makes it ``KNOWN`` with no failures; :meth:`~PeerTable.learned_of` (another peer passed it
+on) adds it as ``KNOWN`` if it is new and the table has room; :meth:`~PeerTable.contact_failed`
+makes it ``BACKING_OFF``, then ``DROPPED``; :meth:`~PeerTable.ban` makes it ``BANNED``.
+
+For each model, a peer or web seed that is not dropped or banned is a **source** in one of:
+
+- ``ACTIVE``: its ``have`` is read and the scheduler may ask it for chunks.
+- ``ABSENT``: it did not hold the model (or its ``have`` could not be read): left alone for
+  ``absent_recheck`` seconds, then ``ACTIVE`` again.
+- ``LOST``: ``fetch_failures`` chunk requests in a row failed (the scheduler's count, in
+  which the requests of one bad spell count once); its ``have`` is still read, but it gets
+  no request for ``revive_after`` seconds, then a fresh start (``ACTIVE``) — a bad spell of
+  a link must not lose a source for good.
+
+The scheduler (``scheduler.py``) paces requests within those states: its per-peer backoff
+after a failure and its timeouts are about one request, not about the peer's health.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+SOURCE_KINDS = ("seed", "peer", "web_seed")
+"""Where bytes come from: the origin (a complete holder that published the model), another
+peer, or a plain HTTP web seed."""
+
+WEB_SEED_PREFIX = "webseed:"
+"""Web seeds are named ``webseed:<root URL>`` among sources."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model a node announces: name, id, version, and whether it holds all of it
+    (``complete``) because it published it (``origin``)."""
+
+    name: str
+    model_id: str
+    version: int
+    complete: bool = False
+    origin: bool = False
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where chunks of a model can come from: a peer or a web seed."""
+
+    key: str
+    """Its name among sources (a peer's base URL, or ``webseed:<root>``)."""
+    root: str
+    """URL under which it serves the store layout."""
+    kind: str
+    """One of :data:`SOURCE_KINDS`."""
+
+
+class PeerHealth(enum.Enum):
+    KNOWN = "known"
+    BACKING_OFF = "backing_off"
+    DROPPED = "dropped"
+    BANNED = "banned"
+
+
+class SourceState(enum.Enum):
+    ACTIVE = "active"
+    ABSENT = "absent"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class PeerTableConfig:
+    """Settings of a :class:`PeerTable`; times in seconds."""
+
+    max_peers: int = 64
+    """Most peers remembered; peer exchange beyond it is ignored."""
+    max_failures: int = 5
+    """Failed announces in a row after which a peer (not a bootstrap peer) is forgotten."""
+    fetch_failures: int = 8
+    """Failed chunk requests in a row after which a source gets no requests for a model
+    for ``revive_after`` seconds."""
+    revive_after: float = 30.0
+    """Seconds a source that failed ``fetch_failures`` requests is left alone."""
+    absent_recheck: float = 5.0
+    """Seconds before a source that did not hold a model is asked again."""
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 1 or self.fetch_failures < 1:
+            raise ValueError("max_failures and fetch_failures must be >= 1")
+
+
+@dataclass
+class Peer:
+    """One peer as the table sees it (read it; only the table changes it)."""
+
+    url: str
+    bootstrap: bool = False
+    node: str = ""
+    """The name it gives itself."""
+    models: dict[str, ModelRef] = field(default_factory=dict)
+    """What it announced last, by model id."""
+    state: PeerHealth = PeerHealth.KNOWN
+    failures: int = 0
+    """Contacts that failed in a row."""
+    last_seen: float | None = None
+    """When it was last heard from directly."""
+
+
+@dataclass
+class _Source:
+    state: SourceState = SourceState.ACTIVE
+    until: float = 0.0
+
+
+class PeerTable:
+    """Peers and sources of one node. ``self_url`` is never added; web seeds come from the
+    config and are never contacted, only asked for chunks."""
+
+    def __init__(
+        self,
+        config: PeerTableConfig,
+        *,
+        self_url: str = "",
+        bootstrap: Iterable[str] = (),
+        web_seeds: Iterable[str] = (),
+        prefix: str = "",
+    ) -> None:
+        """``prefix`` is the path under a peer's URL where it serves its store."""
+        self.config = config
+        self.self_url = self_url.rstrip("/")
+        self._prefix = prefix
+        self._peers: dict[str, Peer] = {}
+        self._banned: set[str] = set()
+        self._sources: dict[tuple[str, str], _Source] = {}
+        self._web_seeds = tuple(u.rstrip("/") for u in web_seeds)
+        for url in bootstrap:
+            url = url.rstrip("/")
+            if url != self.self_url:
+                self._peers.setdefault(url, Peer(url, bootstrap=True))
+
+    def set_self(self, url: str) -> None:
+        """This node's own URL (known once it listens): never a peer of its own."""
+        self.self_url = url.rstrip("/")
+        self._peers.pop(self.self_url, None)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def peers(self) -> list[Peer]:
+        """The peers (not dropped or banned), oldest first."""
+        return list(self._peers.values())
+
+    def get(self, url: str) -> Peer | None:
+        """A peer (not dropped or banned), or None."""
+        return self._peers.get(url.rstrip("/"))
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def is_banned(self, key: str) -> bool:
+        return key in self._banned
+
+    def exchange(self, exclude: str = "", limit: int | None = None) -> list[Peer]:
+        """The peers to pass on in peer exchange (``exclude``: the one we answer)."""
+        out = [p for p in self.peers() if p.url != exclude.rstrip("/")]
+        return out if limit is None else out[:limit]
+
+    def announced(self, name: str) -> Iterator[tuple[Peer, ModelRef]]:
+        """Every (peer, model) a usable peer announced under ``name``."""
+        for p in self.peers():
+            for ref in list(p.models.values()):
+                if ref.name == name:
+                    yield p, ref
+
+    def root_of(self, url: str) -> str:
+        """Where a peer serves its store."""
+        return url + self._prefix
+
+    def name_roots(self) -> list[str]:
+        """Where to ask what a name's latest version is: bootstrap peers and web seeds."""
+        boot = [self.root_of(p.url) for p in self.peers() if p.bootstrap]
+        return boot + list(self._web_seeds)
+
+    def sources(self, model_id: str) -> list[Source]:
+        """Every peer and web seed that may hold ``model_id`` and is not banned (whatever
+        its source state: see :meth:`source_state`)."""
+        out = []
+        for p in self.peers()[: self.config.max_peers]:
+            ref = p.models.get(model_id)
+            kind = "seed" if ref is not None and ref.origin else "peer"
+            out.append(Source(p.url, self.root_of(p.url), kind))
+        for root in self._web_seeds:
+            key = WEB_SEED_PREFIX + root
+            if key not in self._banned:
+                out.append(Source(key, root, "web_seed"))
+        return out
+
+    def source_state(self, key: str, model_id: str, now: float) -> SourceState:
+        """A source's state for a model now (``ABSENT``/``LOST`` end when their time is up:
+        ``ABSENT`` becomes ``ACTIVE``; ``LOST`` stays until :meth:`source_answered`)."""
+        s = self._sources.get((key, model_id))
+        if s is None:
+            return SourceState.ACTIVE
+        if s.state is SourceState.ABSENT and s.until <= now:
+            del self._sources[(key, model_id)]
+            return SourceState.ACTIVE
+        return s.state
+
+    def next_expiry(self, model_id: str) -> float | None:
+        """When the next ``ABSENT`` or ``LOST`` state of a source of ``model_id`` ends."""
+        times = [s.until for (_, mid), s in self._sources.items() if mid == model_id]
+        return min(times, default=None)
+
+    # -- peers -----------------------------------------------------------------------------
+
+    def heard_from(
+        self, url: str, node: str, models: Sequence[ModelRef], now: float
+    ) -> Peer | None:
+        """A peer announced to us or answered our announce; returns it if it is new (the
+        shell may look for sources again), else None."""
+        url = url.rstrip("/")
+        if url == self.self_url or url in self._banned:
+            return None
+        p = self._peers.get(url)
+        new = p is None
+        if p is None:
+            if len(self) >= self.config.max_peers:
+                return None
+            p = self._peers[url] = Peer(url)
+        p.node = node or p.node
+        p.models = {m.model_id: m for m in models}
+        p.state = PeerHealth.KNOWN
+        p.failures = 0
+        p.last_seen = now
+        return p if new else None
+
+    def learned_of(self, url: str, node: str, now: float) -> Peer | None:
+        """Another peer passed ``url`` on; returns the peer if it was added."""
+        url = url.rstrip("/")
+        if url == self.self_url or url in self._banned:
+            return None
+        if url in self._peers or len(self) >= self.config.max_peers:
+            return None
+        p = self._peers[url] = Peer(url, node=node)
+        return p
+
+    def contact_failed(self, url: str, now: float) -> PeerHealth | None:
+        """An announce to ``url`` failed; returns the peer's new state."""
+        p = self.get(url)
+        if p is None:
+            return None
+        p.failures += 1
+        p.state = PeerHealth.BACKING_OFF
+        if p.failures >= self.config.max_failures and not p.bootstrap:
+            p.state = PeerHealth.DROPPED
+            del self._peers[p.url]
+            self._forget_sources(p.url)
+        return p.state
+
+    def ban(self, key: str, now: float) -> None:
+        """``key`` (a peer's URL or a web seed's source key) sent a bad chunk: for good."""
+        self._banned.add(key)
+        p = self._peers.pop(key, None)
+        if p is not None:
+            p.state = PeerHealth.BANNED
+        self._forget_sources(key)
+
+    def _forget_sources(self, key: str) -> None:
+        for k in [k for k in self._sources if k[0] == key]:
+            del self._sources[k]
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def source_absent(self, key: str, model_id: str, now: float) -> None:
+        """``key`` does not hold ``model_id`` (or could not say): ask again later."""
+        self._sources[(key, model_id)] = _Source(
+            SourceState.ABSENT, now + self.config.absent_recheck
+        )
+
+    def fetch_failed(self, key: str, model_id: str, failures: int, now: float) -> bool:
+        """A chunk request to ``key`` failed, the ``failures``-th in a row: True if it is
+        now ``LOST`` for ``model_id`` (the shell stops asking it)."""
+        if failures < self.config.fetch_failures:
+            return False
+        if self.source_state(key, model_id, now) is SourceState.LOST:
+            return False
+        self._sources[(key, model_id)] = _Source(SourceState.LOST, now + self.config.revive_after)
+        return True
+
+    def source_answered(self, key: str, model_id: str, now: float) -> SourceState:
+        """``key`` answered a ``have`` request for ``model_id``; returns its state now (a
+        ``LOST`` source whose time is up comes back ``ACTIVE``)."""
+        s = self._sources.get((key, model_id))
+        if s is None:
+            return SourceState.ACTIVE
+        if s.until <= now:
+            del self._sources[(key, model_id)]
+            return SourceState.ACTIVE
+        return s.state
+
+    def forget_model(self, model_id: str) -> None:
+        """Drop every source state of a model the node no longer holds."""
+        for k in [k for k in self._sources if k[1] == model_id]:
+            del self._sources[k]

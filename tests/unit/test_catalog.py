@@ -1,0 +1,102 @@
+"""The catalog owns each model's life: a version taken up is fetched in its own scope, and
+dropping it (once a newer version is exact) stops that fetch, waits for it, and removes its
+files for good. A real store in a temporary folder; fake fetch jobs; no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+from pathlib import Path
+
+import pytest
+
+from peerprog.manifest import SignedManifest, chunk_data, seal
+from peerprog.node.catalog import Catalog
+from peerprog.node.diskguard import DiskGuard
+from peerprog.node.state import ModelState
+from peerprog.store import Store
+from tests.unit.samples import KEY, PUB, make_manifest
+
+
+def version(n: int) -> tuple[SignedManifest, list[bytes]]:
+    m, levels = make_manifest()
+    m = dataclasses.replace(m, version=n, created=1700000000 + n)
+    return seal(m, KEY), chunk_data(levels, m.chunk_size)
+
+
+def catalog(tmp_path: Path) -> tuple[Catalog, Store, DiskGuard]:
+    store = Store(tmp_path / "store")
+    disk = DiskGuard(1.0, lambda: 1 << 40)
+    return Catalog(store, frozenset([PUB]), disk), store, disk
+
+
+async def test_dropping_a_version_stops_its_fetch_and_its_files_stay_gone(tmp_path: Path) -> None:
+    cat, store, _ = catalog(tmp_path)
+    (v1, chunks1), (v2, chunks2) = version(1), version(2)
+    writes_after_drop: list[BaseException] = []
+    dropped = asyncio.Event()
+
+    async def fetch(state: ModelState) -> None:
+        slow = state.model_id == v1.model_id  # still incomplete when v2 is exact
+        chunks = chunks1 if slow else chunks2
+        for i, data in enumerate(chunks):
+            await asyncio.sleep(0.1 if slow else 0)
+            try:
+                await asyncio.to_thread(store.write_chunk, state.model_id, i, data)
+            except OSError as e:
+                writes_after_drop.append(e)
+            cat.chunk_stored(state, i)
+
+    cat.forget_listeners.append(lambda mid: dropped.set())
+    cat.start(fetch)
+    s1 = await cat.take_up(v1, "test")
+    assert s1 is not None
+    await asyncio.sleep(0.25)
+    assert cat.fetching(v1.model_id) and not s1.complete
+    s2 = await cat.take_up(v2, "test")
+    assert s2 is not None
+    await asyncio.wait_for(dropped.wait(), 10)
+    await asyncio.sleep(1.0)  # were v1's fetch still running, it would write meanwhile
+    assert s2.complete and list(cat.models) == [v2.model_id]
+    assert not cat.fetching(v1.model_id)
+    assert not store.model_dir(v1.model_id).exists()
+    assert store.resolve("tiny") == v2.model_id
+    assert writes_after_drop == []
+    await cat.aclose()
+
+
+async def test_a_chunk_write_into_a_dropped_model_fails_rather_than_recreate_it(
+    tmp_path: Path,
+) -> None:
+    cat, store, _ = catalog(tmp_path)
+    v1, chunks = version(1)
+    cat.start(lambda state: asyncio.sleep(0))
+    await cat.take_up(v1, "test")
+    await cat.drop(v1.model_id)
+    with pytest.raises(FileNotFoundError):
+        store.write_chunk(v1.model_id, 0, chunks[0])
+    assert not store.model_dir(v1.model_id).exists()
+
+
+async def test_an_older_version_is_not_taken_up(tmp_path: Path) -> None:
+    cat, _, _ = catalog(tmp_path)
+    cat.start(lambda state: asyncio.sleep(0))
+    (v1, _), (v2, _) = version(1), version(2)
+    assert await cat.take_up(v2, "test") is not None
+    assert await cat.take_up(v1, "test") is None
+    assert await cat.take_up(v2, "test") is None  # known already
+    await cat.aclose()
+
+
+async def test_a_manifest_that_cannot_be_stored_is_a_store_error(tmp_path: Path) -> None:
+    cat, store, disk = catalog(tmp_path)
+    v1, _ = version(1)
+
+    def full(signed: SignedManifest) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store.put_manifest = full  # type: ignore[method-assign]
+    assert await cat.take_up(v1, "test") is None
+    assert disk.error is not None and "No space left on device" in disk.error
+    assert not cat.models

@@ -1,0 +1,133 @@
+"""The peer table's state machine, driven with a fake clock (times are plain floats)."""
+
+from __future__ import annotations
+
+from peerprog.swarm import ModelRef, PeerHealth, PeerTable, PeerTableConfig, SourceState
+
+MID = "a" * 64
+OTHER = "b" * 64
+
+
+def table(**kw: object) -> PeerTable:
+    config = PeerTableConfig(**{"absent_recheck": 5.0, "revive_after": 30.0, **kw})  # type: ignore[arg-type]
+    return PeerTable(
+        config,
+        bootstrap=["http://boot/"],
+        web_seeds=["http://cdn/store/"],
+        prefix="/p2p/v1",
+    )
+
+
+def ref(origin: bool = False, model_id: str = MID) -> ModelRef:
+    return ModelRef("m", model_id, 1, complete=origin, origin=origin)
+
+
+def test_bootstrap_peers_and_web_seeds_are_sources_from_the_start() -> None:
+    t = table()
+    assert [p.url for p in t.peers()] == ["http://boot"]
+    assert t.name_roots() == ["http://boot/p2p/v1", "http://cdn/store"]
+    srcs = t.sources(MID)
+    assert [(s.key, s.root, s.kind) for s in srcs] == [
+        ("http://boot", "http://boot/p2p/v1", "peer"),
+        ("webseed:http://cdn/store", "http://cdn/store", "web_seed"),
+    ]
+
+
+def test_heard_from_adds_a_peer_once_and_records_what_it_holds() -> None:
+    t = table()
+    assert t.heard_from("http://a/", "edge-a", [ref(origin=True)], 1.0) is not None
+    assert t.heard_from("http://a", "edge-a", [ref(origin=True)], 2.0) is None  # known
+    p = t.get("http://a")
+    assert p is not None and p.node == "edge-a" and p.last_seen == 2.0
+    assert {s.key: s.kind for s in t.sources(MID)}["http://a"] == "seed"
+    assert {s.key: s.kind for s in t.sources(OTHER)}["http://a"] == "peer"
+    assert [(q.url, r.model_id) for q, r in t.announced("m")] == [("http://a", MID)]
+
+
+def test_this_node_is_never_its_own_peer() -> None:
+    t = PeerTable(PeerTableConfig(), bootstrap=["http://me"])
+    t.set_self("http://me/")
+    assert t.peers() == []
+    assert t.heard_from("http://me", "me", [], 0.0) is None
+    assert t.learned_of("http://me", "me", 0.0) is None
+
+
+def test_failed_contacts_back_off_then_drop_but_never_a_bootstrap_peer() -> None:
+    t = table(max_failures=3)
+    t.heard_from("http://a", "a", [], 0.0)
+    for n in range(1, 3):
+        assert t.contact_failed("http://a", float(n)) is PeerHealth.BACKING_OFF
+        assert t.get("http://a") is not None
+    assert t.contact_failed("http://a", 3.0) is PeerHealth.DROPPED
+    assert t.get("http://a") is None and "http://a" not in [s.key for s in t.sources(MID)]
+    for n in range(10):
+        t.contact_failed("http://boot", float(n))
+    boot = t.get("http://boot")
+    assert boot is not None and boot.state is PeerHealth.BACKING_OFF and boot.failures == 10
+    t.heard_from("http://boot", "boot", [], 20.0)  # back: the failures are forgiven
+    assert boot.state is PeerHealth.KNOWN and boot.failures == 0
+
+
+def test_a_dropped_peer_can_be_learned_of_again() -> None:
+    t = table(max_failures=1)
+    t.heard_from("http://a", "a", [], 0.0)
+    t.contact_failed("http://a", 1.0)
+    assert t.learned_of("http://a", "a", 2.0) is not None
+
+
+def test_the_table_holds_at_most_max_peers() -> None:
+    t = table(max_peers=3)
+    added = [t.learned_of(f"http://p{i}", "", 0.0) for i in range(5)]
+    assert [p is not None for p in added] == [True, True, False, False, False]
+    assert t.heard_from("http://q", "", [], 0.0) is None
+    assert len(t) == 3
+
+
+def test_peer_exchange_skips_the_asker() -> None:
+    t = table()
+    t.learned_of("http://a", "a", 0.0)
+    t.learned_of("http://b", "b", 0.0)
+    assert [p.url for p in t.exchange("http://a/")] == ["http://boot", "http://b"]
+    assert [p.url for p in t.exchange("", limit=1)] == ["http://boot"]
+
+
+def test_a_banned_source_is_gone_for_good_and_news_of_it_is_ignored() -> None:
+    t = table()
+    t.heard_from("http://bad", "bad", [ref()], 0.0)
+    t.source_absent("http://bad", MID, 0.0)
+    t.ban("http://bad", 1.0)
+    assert t.is_banned("http://bad") and t.get("http://bad") is None
+    assert t.heard_from("http://bad", "bad", [ref()], 2.0) is None
+    assert t.learned_of("http://bad", "bad", 2.0) is None
+    assert t.next_expiry(MID) is None  # its source states went with it
+    t.ban("webseed:http://cdn/store", 3.0)
+    assert [s.kind for s in t.sources(MID)] == ["peer"]
+
+
+def test_an_absent_source_is_asked_again_after_absent_recheck() -> None:
+    t = table()
+    t.source_absent("http://boot", MID, 10.0)
+    assert t.source_state("http://boot", MID, 14.9) is SourceState.ABSENT
+    assert t.source_state("http://boot", OTHER, 11.0) is SourceState.ACTIVE  # per model
+    assert t.next_expiry(MID) == 15.0
+    assert t.source_state("http://boot", MID, 15.0) is SourceState.ACTIVE
+    assert t.next_expiry(MID) is None
+
+
+def test_a_source_failing_requests_is_lost_then_revived_once_it_answers() -> None:
+    t = table(fetch_failures=3)
+    assert not t.fetch_failed("http://boot", MID, 2, 0.0)
+    assert t.fetch_failed("http://boot", MID, 3, 1.0)  # lost: the shell stops asking
+    assert not t.fetch_failed("http://boot", MID, 4, 2.0)  # (once)
+    assert t.source_state("http://boot", MID, 100.0) is SourceState.LOST  # until it answers
+    assert t.source_answered("http://boot", MID, 30.0) is SourceState.LOST
+    assert t.source_answered("http://boot", MID, 31.0) is SourceState.ACTIVE  # a fresh start
+    assert t.source_state("http://boot", MID, 31.0) is SourceState.ACTIVE
+
+
+def test_forget_model_clears_its_source_states() -> None:
+    t = table()
+    t.source_absent("http://boot", MID, 0.0)
+    t.source_absent("http://boot", OTHER, 0.0)
+    t.forget_model(MID)
+    assert t.next_expiry(MID) is None and t.next_expiry(OTHER) == 5.0
