@@ -10,22 +10,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 
 from peerprog.api.server import ApiServer
 from peerprog.config import Config
 from peerprog.node import Node
 
 log = logging.getLogger("peerprog.node")
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def serve(config: Config) -> None:

@@ -21,10 +21,11 @@ import http.client
 import os
 import socket as _socket
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from peerprog.api.errors import ApiError, LevelTimeout
-from peerprog.api.model import BestModel, parse_best
+from peerprog.api.model import PIECE, BestModel, BestSink
 from peerprog.api.wire import (
     Event,
     EventParser,
@@ -65,8 +66,17 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def _read_into(resp: http.client.HTTPResponse) -> bytearray:
-    """The whole body, read straight into one buffer when its length is known."""
+def _read_into(resp: http.client.HTTPResponse, sink: BinaryIO | None = None) -> bytearray:
+    """The whole body, read straight into one buffer when its length is known — or, with
+    ``sink`` and a 200 answer, into that file (the body returned is then empty)."""
+    if sink is not None and resp.status == 200:
+        buf = bytearray(PIECE)
+        view = memoryview(buf)
+        got = 0
+        while n := resp.readinto(view):
+            sink.write(view[:n])
+            got += n
+        return bytearray()
     if resp.length is None:
         return bytearray(resp.read())
     buf = bytearray(resp.length)
@@ -98,6 +108,7 @@ class Client:
         *,
         headers: Mapping[str, str] | None = None,
         wait: float | None = None,
+        sink: BinaryIO | None = None,
     ) -> Answer:
         timeout = self.timeout + (wait or 0.0)
         conn = UnixHTTPConnection(self.socket, timeout)
@@ -108,7 +119,7 @@ class Client:
                 raise not_running(self.socket, e) from None
             conn.request(method, target, headers=dict(headers or {}))
             resp = conn.getresponse()
-            body = _read_into(resp)
+            body = _read_into(resp, sink)
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
         except TimeoutError:
             raise ApiError(
@@ -153,7 +164,8 @@ class Client:
         return doc
 
     def best(self, name: str, min_level: Level = None, wait: float | None = None) -> BestModel:
-        """The best approximation of ``name`` the node has now, as numpy arrays.
+        """The best approximation of ``name`` the node has now, as numpy arrays that map
+        a temporary file (no copy of the model in memory; writable, copy-on-write).
 
         With ``min_level`` (a level or ``"max"``), waits up to ``wait`` seconds for it;
         raises :class:`LevelTimeout` if it is not reached, :class:`UnknownModel` if the
@@ -163,14 +175,33 @@ class Client:
         assert model is not None
         return model
 
+    def best_path(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        min_level: Level = None,
+        wait: float | None = None,
+    ) -> BestModel:
+        """Like :meth:`best`, written to ``path`` (a safetensors file, renamed into place
+        when whole); the arrays map that file."""
+        model = self._best(name, min_level, wait, None, Path(path))
+        assert model is not None
+        return model
+
     def _best(
-        self, name: str, min_level: Level, wait: float | None, etag: str | None
+        self,
+        name: str,
+        min_level: Level,
+        wait: float | None,
+        etag: str | None,
+        path: Path | None = None,
     ) -> BestModel | None:
         headers = {"If-None-Match": etag} if etag else None
-        status, got, body = self._request(
-            "GET", best_path(name, min_level, wait), headers=headers, wait=wait
-        )
-        return _best_answer(status, got, body)
+        with BestSink(path) as sink:
+            status, got, body = self._request(
+                "GET", best_path(name, min_level, wait), headers=headers, wait=wait, sink=sink.file
+            )
+            return _best_answer(status, got, body, sink)
 
     def best_torch(
         self, name: str, min_level: Level = None, wait: float | None = None
@@ -212,12 +243,14 @@ class Client:
                 return
 
 
-def _best_answer(status: int, headers: Mapping[str, str], body: bytearray) -> BestModel | None:
+def _best_answer(
+    status: int, headers: Mapping[str, str], body: bytearray, sink: BestSink
+) -> BestModel | None:
     if status == 304:
         return None
     if status >= 400:
         raise error_of(status, body, headers.get("retry-after"))
-    return parse_best(body, headers)
+    return sink.finish(headers)
 
 
 class AsyncClient:
@@ -256,6 +289,7 @@ class AsyncClient:
         *,
         headers: Mapping[str, str] | None = None,
         wait: float | None = None,
+        sink: BinaryIO | None = None,
     ) -> Answer:
         import aiohttp
 
@@ -269,6 +303,10 @@ class AsyncClient:
                 timeout=aiohttp.ClientTimeout(total=total),
             ) as resp:
                 headers = {k.lower(): v for k, v in resp.headers.items()}
+                if sink is not None and resp.status == 200:
+                    async for piece in resp.content.iter_chunked(PIECE):
+                        sink.write(piece)
+                    return resp.status, headers, bytearray()
                 return resp.status, headers, await _read_all(resp)
         except aiohttp.ClientConnectorError as e:
             raise not_running(self.socket, e.os_error) from None
@@ -320,14 +358,32 @@ class AsyncClient:
         assert model is not None
         return model
 
+    async def best_path(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        min_level: Level = None,
+        wait: float | None = None,
+    ) -> BestModel:
+        """As :meth:`Client.best_path`."""
+        model = await self._best(name, min_level, wait, None, Path(path))
+        assert model is not None
+        return model
+
     async def _best(
-        self, name: str, min_level: Level, wait: float | None, etag: str | None
+        self,
+        name: str,
+        min_level: Level,
+        wait: float | None,
+        etag: str | None,
+        path: Path | None = None,
     ) -> BestModel | None:
         headers = {"If-None-Match": etag} if etag else None
-        status, got, body = await self._request(
-            "GET", best_path(name, min_level, wait), headers=headers, wait=wait
-        )
-        return _best_answer(status, got, body)
+        with BestSink(path) as sink:
+            status, got, body = await self._request(
+                "GET", best_path(name, min_level, wait), headers=headers, wait=wait, sink=sink.file
+            )
+            return _best_answer(status, got, body, sink)
 
     async def best_torch(
         self, name: str, min_level: Level = None, wait: float | None = None

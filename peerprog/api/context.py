@@ -1,16 +1,17 @@
-"""The API's shared state: the node, the snapshot cache, the wake-ups, and the rule of
-what a ``best`` request is answered with (:meth:`ApiContext.resolve_best`)."""
+"""The API's shared state: the node, the wake-ups, and the rule of what a ``best`` request
+is answered with (:meth:`ApiContext.resolve_best`)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 
-from peerprog.api.best import BestCache, Snapshot, SnapshotLagError, etag_of
-from peerprog.api.errors import LevelTimeout, UnknownModel
+from peerprog.api.best import BestFile, etag_of
+from peerprog.api.errors import ApiError, LevelTimeout, UnknownModel
 from peerprog.api.notify import LevelNotifier
 from peerprog.api.query import BestQuery
 from peerprog.api.view import ModelView, NodeView
+from peerprog.errors import InputError
 
 
 @dataclass
@@ -30,13 +31,8 @@ class ApiContext:
     """Everything the request handlers share."""
 
     node: NodeView
-    cache: BestCache
     notifier: LevelNotifier = field(default_factory=LevelNotifier)
     stats: ApiStats = field(default_factory=ApiStats)
-
-    @classmethod
-    def for_node(cls, node: NodeView) -> ApiContext:
-        return cls(node, BestCache(node.store))
 
     @property
     def closing(self) -> bool:
@@ -47,18 +43,13 @@ class ApiContext:
         return name in self.node.wanted or bool(self.node.versions(name))
 
     def on_level(self, state: ModelView) -> None:
-        """The node's level listener: wake the name's waiters, drop stale snapshots."""
+        """The node's level listener: wake the name's waiters."""
         self.notifier.fire(state.manifest.name)
-        self.cache.retain(self._served)
-
-    def _served(self, model_id: str) -> bool:
-        state = self.node.models.get(model_id)
-        return state is not None and self.node.newest_served(state.manifest.name) is state
 
     async def resolve_best(
         self, name: str, query: BestQuery, if_none_match: str | None = None
-    ) -> tuple[Snapshot, bool]:
-        """The snapshot to answer ``best`` with, and whether it matches ``If-None-Match``.
+    ) -> tuple[BestFile, bool]:
+        """The file to answer ``best`` with, and whether it matches ``If-None-Match``.
 
         The model is the newest version of ``name`` with a complete level. It waits up to
         ``query.wait`` seconds for the level asked for (and for its decode); with
@@ -79,15 +70,32 @@ class ApiContext:
                 now = etag_of(state.model_id, state.best_level)
                 if not etag_matches(now, if_none_match) or remaining <= 0:
                     try:
-                        snap = await self.cache.get(state)
-                    except SnapshotLagError:
-                        if self.node.newest_served(name) is state:
-                            raise  # chunks gone from the store under a model still served
-                        continue  # a newer version replaced it (and its files) meanwhile
-                    return snap, etag_matches(snap.etag, if_none_match)
+                        best = await self._decoded(state)
+                    except KeyError:  # a newer version replaced it (and its files) meanwhile
+                        continue
+                    return best, etag_matches(best.etag, if_none_match)
             elif remaining <= 0:
                 raise LevelTimeout(_not_reached(name, state, query), retry_after=1)
             await self.notifier.wait(name, remaining)
+
+    async def _decoded(self, state: ModelView) -> BestFile:
+        try:
+            built = await self.node.decoded(state, state.best_level)
+        except InputError as e:  # chunks damaged or gone under a model still served
+            raise ApiError(f"{state.manifest.name}: cannot decode: {e}", status=503) from None
+        m = state.manifest
+        return BestFile(
+            model_id=state.model_id,
+            name=m.name,
+            version=m.version,
+            codec=m.codec,
+            level=built.level,
+            levels_total=m.levels_total,
+            bytes_received=sum(lv.bytes for lv in m.levels[: built.level + 1]),
+            bytes_total=m.total_bytes,
+            path=built.path,
+            size=built.size,
+        )
 
 
 def etag_matches(etag: str, if_none_match: str | None) -> bool:

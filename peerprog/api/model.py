@@ -1,13 +1,18 @@
 """:class:`BestModel`: what ``Client.best`` returns — one model at one level, as numpy
-arrays that view the received bytes (no copy), with the means to hand it to torch."""
+arrays that map the received file (no copy in memory), with the means to hand it to
+torch."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import mmap
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -41,9 +46,12 @@ class BestModel:
     dtypes: dict[str, str] = field(repr=False)
     """name → peerprog dtype name (``float32``, ``bfloat16``…)."""
     metadata: dict[str, str] = field(repr=False)
-    """The safetensors ``__metadata__`` (the ``peerprog.*`` keys)."""
-    raw: bytearray = field(repr=False)
-    """The safetensors file as received (the arrays are views into it)."""
+    """The safetensors ``__metadata__``: the source file's own keys and the ``peerprog.*``
+    keys."""
+    raw: Any = field(repr=False)
+    """The safetensors file as received, mapped (the arrays are views into it)."""
+    path: Path | None = None
+    """The file it was written to (:meth:`Client.best_path`), if any."""
 
     @property
     def last(self) -> bool:
@@ -55,8 +63,9 @@ class BestModel:
         from peerprog.store.atomic import write_atomic
 
         target = Path(path)
-        write_atomic(target, memoryview(self.raw))
-        return len(self.raw)
+        view = memoryview(self.raw)
+        write_atomic(target, view)
+        return len(view)
 
     def torch_tensors(self) -> dict[str, Any]:
         """The tensors as ``torch.Tensor``s sharing this model's memory where possible."""
@@ -79,7 +88,49 @@ def to_torch(arr: Array, dtype: str) -> Any:
     return torch.from_numpy(arr)
 
 
-def parse_best(body: bytearray, headers: Mapping[str, str]) -> BestModel:
+PIECE = 1 << 20
+"""Bytes read from the socket at a time into a ``best`` file."""
+
+
+class BestSink:
+    """Where a ``best`` answer is written: a new file at ``path`` (renamed into place by
+    :meth:`finish`), or an unnamed temporary file; removed unless finished."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._tmp = None if path is None else path.with_name(f".{path.name}.{os.getpid()}.part")
+        self.file: BinaryIO = (
+            tempfile.TemporaryFile() if self._tmp is None else open(self._tmp, "w+b")  # noqa: SIM115
+        )
+        self._done = False
+
+    def __enter__(self) -> BestSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        if not self._done and self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+
+    def finish(self, headers: Mapping[str, str]) -> BestModel:
+        """The written answer, mapped and parsed (copy-on-write: the arrays are writable
+        and the file stays as received)."""
+        self.file.flush()
+        size = os.fstat(self.file.fileno()).st_size
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) != size:
+            raise ApiError(f"the daemon closed the connection after {size} of {declared} bytes")
+        raw = mmap.mmap(self.file.fileno(), size, access=mmap.ACCESS_COPY) if size else bytearray()
+        model = parse_best(raw, headers)
+        if self._tmp is not None and self._path is not None:
+            os.replace(self._tmp, self._path)
+            model = dataclasses.replace(model, path=self._path)
+        self._done = True
+        return model
+
+
+def parse_best(body: Any, headers: Mapping[str, str]) -> BestModel:
     """Read a ``best`` answer (``headers`` with lower-case names); :class:`ApiError` if it
     is not a peerprog safetensors file."""
     try:

@@ -82,7 +82,7 @@ class ApiServer:
 
     def __init__(self, node: NodeView) -> None:
         self.node = node
-        self.ctx = ApiContext.for_node(node)
+        self.ctx = ApiContext(node)
         self.socket_path = Path(node.config.api.socket)
         self.tcp_port: int | None = None
         """The TCP listener's port once started (None without ``api.listen_tcp``)."""

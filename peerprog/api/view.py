@@ -7,6 +7,7 @@ tests pass small fakes. The API changes the node only through :meth:`NodeView.wa
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from peerprog.config import Config
@@ -51,10 +52,15 @@ class ModelView(Protocol):
     def summary(self) -> dict[str, object]: ...
 
 
-class ChunkSource(Protocol):
-    """Where the assembler reads chunks (:class:`peerprog.store.Store`)."""
+class DecodedView(Protocol):
+    """A decoded level file (:class:`peerprog.node.decoded.Built`)."""
 
-    def read_chunk(self, model_id: str, index: int) -> bytes | None: ...
+    @property
+    def level(self) -> int: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def size(self) -> int: ...
 
 
 class NodeView(Protocol):
@@ -69,8 +75,6 @@ class NodeView(Protocol):
     @property
     def peers(self) -> Mapping[str, Any]: ...
     @property
-    def store(self) -> ChunkSource: ...
-    @property
     def url(self) -> str: ...
     @property
     def started_at(self) -> float: ...
@@ -83,3 +87,10 @@ class NodeView(Protocol):
     def versions(self, name: str) -> Sequence[ModelView]: ...
     def newest_served(self, name: str) -> ModelView | None: ...
     def want(self, name: str) -> None: ...
+    async def decoded(self, state: Any, level: int) -> DecodedView:
+        """A decoded file of ``state`` at ``level`` or better, built if need be.
+        ``KeyError`` if the model is no longer held, :class:`InputError` if it cannot be
+        decoded from the store."""
+        ...
+
+    def decoded_builds(self) -> int: ...

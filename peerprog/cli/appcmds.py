@@ -72,8 +72,16 @@ class Rate:
 class Fetch:
     """A ``best`` request running in a thread while the main thread shows progress."""
 
-    def __init__(self, client: Client, name: str, min_level: Level, wait: float | None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        min_level: Level,
+        wait: float | None,
+        out: str | None = None,
+    ) -> None:
         self.client = client
+        self.out = out
         self.name = name
         self.min_level = min_level
         self.wait = wait
@@ -90,7 +98,12 @@ class Fetch:
             wait = MAX_WAIT if self.wait is None else self.wait
             while True:
                 try:
-                    self.result = self.client.best(self.name, self.min_level, wait)
+                    if self.out:
+                        self.result = self.client.best_path(
+                            self.name, self.out, self.min_level, wait
+                        )
+                    else:
+                        self.result = self.client.best(self.name, self.min_level, wait)
                     return
                 except LevelTimeout:
                     if self.wait is not None:  # else: keep waiting
@@ -178,14 +191,14 @@ def _live(client: Client, fetch: Fetch) -> None:
 def cmd_fetch(args: argparse.Namespace) -> int:
     client = Client(args.socket)
     client.want(args.name)
-    fetch = Fetch(client, args.name, args.min_level, args.wait)
+    fetch = Fetch(client, args.name, args.min_level, args.wait, args.out)
     fetch.start()
     show_progress(client, fetch)
     if fetch.error is not None:
         raise fetch.error
     model = fetch.result
     assert model is not None
-    written = model.save(args.out) if args.out else None
+    written = len(memoryview(model.raw)) if args.out else None
     doc = {
         "name": model.name,
         "model_id": model.model_id,
@@ -206,7 +219,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     )
     line = f"{model.name} v{model.version} level {model.level}/{model.levels_total - 1} ({what})"
     if args.out:
-        line += f": wrote {args.out} ({human_bytes(len(model.raw))})"
+        line += f": wrote {args.out} ({human_bytes(len(memoryview(model.raw)))})"
     print(line)
     return 0
 

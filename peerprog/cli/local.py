@@ -9,9 +9,8 @@ from pathlib import Path
 from peerprog.cli.output import human_bytes, print_json
 from peerprog.codec import DEFAULT_CODEC, exact_at
 from peerprog.errors import InputError
-from peerprog.formats import write_safetensors
 from peerprog.manifest import SignedManifest, generate_key_file, load_key_file, valid_model_id
-from peerprog.store import Assembler, Store, publish_file
+from peerprog.store import Store, Unusable, publish_file
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -81,22 +80,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     signed = open_model(store, args.name)
     m = signed.manifest
     level = parse_level(args.level, m.levels_total)
-    asm = Assembler(m, lambda i: store.read_chunk(signed.model_id, i), verify=True)
-    got = asm.advance(level)
-    if got < level:
-        raise InputError(
-            f"level {level} of {m.name} is not complete in {store.root} (best complete: {got})"
-        )
-    meta = {
-        "peerprog.model_id": signed.model_id,
-        "peerprog.name": m.name,
-        "peerprog.version": str(m.version),
-        "peerprog.level": str(level),
-        "peerprog.levels_total": str(m.levels_total),
-    }
     out = Path(args.out)
     try:
-        nbytes = write_safetensors(out, asm.take_tensors(), meta)
+        nbytes = store.decode(signed, level, out)
+    except Unusable:
+        raise InputError(not_intact(store, signed, level)) from None
     except OSError as e:
         raise InputError(f"{out}: {e.strerror}") from None
     doc = {
@@ -116,11 +104,31 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def not_intact(store: Store, signed: SignedManifest, level: int) -> str:
+    """Why ``level`` of a stored model cannot be decoded: chunks damaged or missing."""
+    m = signed.manifest
+    with store.open_files(signed) as files:
+        held = files.recorded()
+        damaged = sorted(files.damaged)
+    best = -1
+    for lv in m.levels:
+        if not all(i in held for i in lv.chunks):
+            break
+        best = lv.level
+    if damaged:
+        shown = ", ".join(str(i) for i in damaged[:8])
+        return (
+            f"level {level} of {m.name} is not intact in {store.root}: chunk {shown} "
+            f"fails its SHA-256 (damaged on disk; best complete level: {best})"
+        )
+    return f"level {level} of {m.name} is not complete in {store.root} (best complete: {best})"
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     store = Store(Path(args.store), create=False)
     signed = open_model(store, args.name)
     m = signed.manifest
-    held = set(store.scan(signed.model_id, m, verify=True))
+    held = set(store.held(signed).indices())
     levels: list[dict[str, object]] = []
     cum = 0
     for lv in m.levels:

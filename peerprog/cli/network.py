@@ -8,11 +8,10 @@ from pathlib import Path
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from peerprog.app import serve, setup_logging
+    from peerprog.app import serve
     from peerprog.config import load_config
 
     config = load_config(Path(args.config))
-    setup_logging()
     asyncio.run(serve(config))
     return 0
 

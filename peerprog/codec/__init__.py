@@ -8,7 +8,7 @@ gives better quality per byte than both in its early levels.
 
 from __future__ import annotations
 
-from peerprog.codec.base import Codec, Decoder, Encoded, RawTensor
+from peerprog.codec.base import Codec, Decoder, Encoded, EncodedTensor, RawTensor
 from peerprog.codec.bitplane import BitplaneCodec
 from peerprog.codec.dtypes import DTYPES, DType, dtype
 from peerprog.codec.layout import ParamValue, Segment, TensorLayout
@@ -44,6 +44,7 @@ __all__ = [
     "DType",
     "Decoder",
     "Encoded",
+    "EncodedTensor",
     "PaperCodec",
     "ParamValue",
     "RawTensor",

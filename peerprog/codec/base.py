@@ -44,8 +44,22 @@ class Encoded:
     level_quality: tuple[dict[str, int], ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class EncodedTensor:
+    """One tensor's share of every level: its layout params and, per level, its bytes."""
+
+    params: dict[str, ParamValue]
+    pieces: tuple[Sequence[Any], ...]
+    """``pieces[n]``: the bytes-like pieces of the tensor's segment of level ``n``."""
+
+    def sizes(self) -> list[int]:
+        """The segment length of each level."""
+        return [sum(memoryview(b).nbytes for b in level) for level in self.pieces]
+
+
 class Decoder(Protocol):
-    """Incremental decoder: levels are added in order; adding level n costs about its size."""
+    """Incremental decoder of a whole (small) model: levels are added in order; adding
+    level n costs about its size."""
 
     @property
     def levels_done(self) -> int:
@@ -71,7 +85,8 @@ class Decoder(Protocol):
 
 
 class Codec(Protocol):
-    """A registered codec."""
+    """A registered codec. It works per tensor — publish and decode need one tensor in
+    memory at a time — and offers whole-model conveniences on top for small models."""
 
     name: str
     lossless: bool
@@ -81,12 +96,40 @@ class Codec(Protocol):
         """The params used when the publisher gives none."""
         ...
 
+    def check_params(self, params: Mapping[str, ParamValue] | None) -> dict[str, ParamValue]:
+        """``params`` merged over the defaults and validated (:class:`FormatError`)."""
+        ...
+
+    def levels(self, params: Mapping[str, ParamValue]) -> int:
+        """How many levels a model encoded with (checked) ``params`` has."""
+        ...
+
+    def encode_tensor(
+        self, params: Mapping[str, ParamValue], name: str, tensor: RawTensor
+    ) -> EncodedTensor:
+        """One tensor's pieces, one per level (``params`` checked)."""
+        ...
+
+    def decode_tensor(
+        self,
+        params: Mapping[str, ParamValue],
+        layout: TensorLayout,
+        pieces: Sequence[Any],
+        prior: np.ndarray[Any, np.dtype[Any]] | None = None,
+    ) -> np.ndarray[Any, np.dtype[Any]]:
+        """The tensor at level ``len(pieces) - 1`` from its pieces of levels 0..that
+        (bytes-like; only those a codec needs are read), as an array of its storage dtype
+        and shape. ``prior``, if given, is the same tensor decoded at the level before:
+        an incremental codec then does work in proportion to the last piece alone.
+        :class:`FormatError` on malformed pieces."""
+        ...
+
     def encode(
         self, tensors: Mapping[str, RawTensor], params: Mapping[str, ParamValue] | None = None
     ) -> Encoded:
-        """Split ``tensors`` (in the mapping's order) into levels."""
+        """Split a whole (small) model into levels, in the mapping's order."""
         ...
 
     def decoder(self, params: Mapping[str, ParamValue], tensors: Sequence[TensorLayout]) -> Decoder:
-        """A fresh incremental decoder for a model encoded with ``params``."""
+        """A fresh incremental decoder of a whole model encoded with ``params``."""
         ...

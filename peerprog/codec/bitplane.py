@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from peerprog.codec import zstd
-from peerprog.codec.base import Encoded, RawTensor
 from peerprog.codec.bitpack import pack_into, packed_size, uint_dtype, unpack_range
 from peerprog.codec.common import (
     BLOCK,
@@ -39,12 +38,11 @@ from peerprog.codec.common import (
     BaseDecoder,
     Buffers,
     Input,
-    assemble,
-    check_inputs,
+    TensorwiseCodec,
     int_param,
-    merge_params,
+    is_whole,
 )
-from peerprog.codec.dtypes import DTYPES, DType
+from peerprog.codec.dtypes import DType, dtype
 from peerprog.codec.fields import extract, insert
 from peerprog.codec.layout import ParamValue, TensorLayout
 from peerprog.errors import FormatError
@@ -95,7 +93,7 @@ def _plan(params: Mapping[str, ParamValue]) -> tuple[list[int], int]:
     return bits, small
 
 
-class BitplaneCodec:
+class BitplaneCodec(TensorwiseCodec):
     """Lossless float bit-field split; see the module docstring."""
 
     name = "bitplane"
@@ -108,33 +106,59 @@ class BitplaneCodec:
             "small_tensor_elements": DEFAULT_SMALL_TENSOR_ELEMENTS,
         }
 
-    def encode(
-        self, tensors: Mapping[str, RawTensor], params: Mapping[str, ParamValue] | None = None
-    ) -> Encoded:
-        """Split ``tensors`` (in order) into ``len(mantissa_bits)`` levels."""
-        merged = merge_params(self.default_params(), params, self.name)
-        plan, small = _plan(merged)
-        merged["mantissa_bits"] = list(plan)  # a copy: the caller's list may change later
-        inputs = check_inputs(tensors, small)
-        splits = {d.name: split_for(d, plan) for d in DTYPES.values() if d.is_float}
+    def levels(self, params: Mapping[str, ParamValue]) -> int:
+        """``len(mantissa_bits)``."""
+        return len(_plan(params)[0])
 
-        def piece(inp: Input, level: int) -> Buffers:
-            sp = splits[inp.dt.name]
-            if level == 0:
-                frame, packed = _encode_level0(sp, inp.flat)
-                inp.params["exp_len"] = len(frame)
-                return [frame, packed]
-            return [_encode_level(sp, inp.flat, level)]
+    def small(self, params: Mapping[str, ParamValue]) -> int:
+        return _plan(params)[1]
 
-        return assemble(self.name, merged, inputs, len(plan), piece)
+    def _encode_progressive(self, params: Mapping[str, ParamValue], inp: Input) -> list[Buffers]:
+        sp = split_for(inp.dt, _plan(params)[0])
+        frame, packed = _encode_level0(sp, inp.flat)
+        inp.params["exp_len"] = len(frame)
+        return [
+            [frame, packed],
+            *([_encode_level(sp, inp.flat, n)] for n in range(1, len(sp.level_bits))),
+        ]
 
     def decoder(
         self, params: Mapping[str, ParamValue], tensors: Sequence[TensorLayout]
     ) -> BitplaneDecoder:
         """A fresh incremental decoder."""
-        merge_params(self.default_params(), params, self.name)  # rejects unknown keys
-        plan, small = _plan(params)
+        plan, small = _plan(self.check_params(params))
         return BitplaneDecoder(plan, small, tensors)
+
+    def decode_tensor(
+        self,
+        params: Mapping[str, ParamValue],
+        layout: TensorLayout,
+        pieces: Sequence[Any],
+        prior: Array | None = None,
+    ) -> Array:
+        """From ``prior`` (the level before) only the last piece is read: its known bits are
+        those of ``prior`` with the midpoint fill masked off."""
+        plan, small = _plan(params)
+        dt = dtype(layout.dtype)
+        level = len(pieces) - 1
+        if prior is None or level == 0 or is_whole(dt, layout.numel, small):
+            return super().decode_tensor(params, layout, pieces, prior)
+        sp = split_for(dt, plan)
+        if level >= len(sp.level_bits) or prior.dtype != dt.storage or prior.size != layout.numel:
+            raise FormatError(f"tensor {layout.name!r}: prior does not match level {level}")
+        staged = np.frombuffer(pieces[level], np.uint8)
+        want = packed_size(layout.numel, sp.level_bits[level])
+        if staged.size != want:
+            raise FormatError(
+                f"tensor {layout.name!r} level {level}: {staged.size} bytes, expected {want}"
+            )
+        wt = sp.word.type
+        unknown = dt.mantissa_bits - sp.known(level)
+        acc = prior.reshape(-1).view(sp.word) & wt(
+            ~((1 << unknown) - 1) & ((1 << (8 * dt.itemsize)) - 1)
+        )
+        _insert_level(sp, acc, level, staged)
+        return _filled(sp, acc, level + 1, copy=False).reshape(layout.shape)
 
 
 def _encode_level0(sp: Split, flat: Array) -> tuple[bytes, Array]:
@@ -204,40 +228,48 @@ class BitplaneDecoder(BaseDecoder):
     def _apply(self, i: int, dt: DType, level: int, staged: Array) -> None:
         if level == 0:
             self._acc[i] = staged
-            return
-        sp = self._split(dt)
-        bits, shift = sp.level_bits[level], sp.shift(level)
-        acc = self._acc[i]
-        n = acc.size
-        if not bits:
-            return
-        for s in range(0, n, BLOCK):
-            cnt = min(BLOCK, n - s)
-            insert(acc[s : s + cnt], shift, bits, unpack_range(staged, n, bits, s, cnt))
+        else:
+            _insert_level(self._split(dt), self._acc[i], level, staged)
 
     def _release(self, i: int) -> None:
         self._acc.pop(i, None)
 
     def _materialise(self, i: int, dt: DType) -> Array:
-        sp = self._split(dt)
-        acc = self._acc[i]
-        missing = dt.mantissa_bits - sp.known(self.levels_done)
-        if missing == 0:
-            return acc.view(dt.storage) if self._handing_over else acc.view(dt.storage).copy()
-        wt = sp.word.type
-        fill = wt(1 << (missing - 1))
-        exp_mask = wt(((1 << dt.exponent_bits) - 1) << dt.mantissa_bits)
-        man_mask = wt((1 << dt.mantissa_bits) - 1)
-        out = np.empty_like(acc)
-        for s in range(0, acc.size, BLOCK):
-            a, o = acc[s : s + BLOCK], out[s : s + BLOCK]
-            np.bitwise_or(a, fill, out=o)
-            special = (a & exp_mask) == exp_mask
-            if special.any():
-                # Inf/NaN whose known mantissa bits are all zero: zero fill keeps Inf an Inf.
-                keep = special & ((a & man_mask) == 0)
-                o[keep] = a[keep]
-        return out.view(dt.storage)
+        return _filled(self._split(dt), self._acc[i], self.levels_done, copy=not self._handing_over)
+
+
+def _insert_level(sp: Split, acc: Array, level: int, staged: Array) -> None:
+    """Put level ``level``'s packed mantissa bits into the words ``acc`` (in place)."""
+    bits, shift = sp.level_bits[level], sp.shift(level)
+    n = acc.size
+    if not bits:
+        return
+    for s in range(0, n, BLOCK):
+        cnt = min(BLOCK, n - s)
+        insert(acc[s : s + cnt], shift, bits, unpack_range(staged, n, bits, s, cnt))
+
+
+def _filled(sp: Split, acc: Array, levels: int, *, copy: bool) -> Array:
+    """The words known after ``levels`` levels with the missing bits at their midpoint (a
+    new array unless nothing is missing and not ``copy``), as the dtype's storage."""
+    dt = sp.dt
+    missing = dt.mantissa_bits - sp.known(levels)
+    if missing == 0:
+        return acc.view(dt.storage).copy() if copy else acc.view(dt.storage)
+    wt = sp.word.type
+    fill = wt(1 << (missing - 1))
+    exp_mask = wt(((1 << dt.exponent_bits) - 1) << dt.mantissa_bits)
+    man_mask = wt((1 << dt.mantissa_bits) - 1)
+    out = np.empty_like(acc)
+    for s in range(0, acc.size, BLOCK):
+        a, o = acc[s : s + BLOCK], out[s : s + BLOCK]
+        np.bitwise_or(a, fill, out=o)
+        special = (a & exp_mask) == exp_mask
+        if special.any():
+            # Inf/NaN whose known mantissa bits are all zero: zero fill keeps Inf an Inf.
+            keep = special & ((a & man_mask) == 0)
+            o[keep] = a[keep]
+    return out.view(dt.storage)
 
 
 def _decode_level0(sp: Split, layout: TensorLayout, chunk: Array, what: str) -> Array:

@@ -1,5 +1,6 @@
-"""What the codecs share: input and layout validation, params, whole tensors, the level
-assembly of an encode, and the bookkeeping half of an incremental decoder.
+"""What the codecs share: input and layout validation, params, whole tensors, the
+whole-model conveniences over the per-tensor interface, and the bookkeeping half of an
+incremental decoder.
 
 Rules common to every codec here: integer and bool tensors, and float tensors with fewer
 than ``small_tensor_elements`` elements, travel whole in level 0 (raw little-endian bytes,
@@ -10,7 +11,7 @@ concatenation of its segments in tensor order.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from peerprog.codec import zstd
-from peerprog.codec.base import Encoded, RawTensor
+from peerprog.codec.base import Encoded, EncodedTensor, RawTensor
 from peerprog.codec.dtypes import DType, dtype
 from peerprog.codec.layout import ParamValue, Segment, TensorLayout
 from peerprog.errors import FormatError
@@ -97,51 +98,103 @@ class Input:
     params: dict[str, ParamValue] = field(default_factory=dict)
 
 
-def check_inputs(tensors: Mapping[str, RawTensor], small: int) -> list[Input]:
-    """Validate every encoder input (before any work is done)."""
-    out = []
-    for name, tensor in tensors.items():
-        dt, flat = check_input(name, tensor)
-        out.append(Input(name, tensor, dt, flat, is_whole(dt, flat.size, small)))
-    return out
+class TensorwiseCodec(ABC):
+    """What every codec here shares: params, whole tensors, the whole-model conveniences
+    on top of the per-tensor interface, and a from-scratch :meth:`decode_tensor`.
 
-
-def assemble(
-    codec: str,
-    params: dict[str, ParamValue],
-    inputs: Sequence[Input],
-    nlevels: int,
-    piece: Callable[[Input, int], Buffers],
-) -> Encoded:
-    """Build the level streams level by level: ``piece(input, level)`` gives the bytes-like
-    pieces of one tensor's segment (for whole tensors this function supplies them).
-
-    Level by level, so that only one level's pieces exist beside the finished streams
-    (peak memory). ``piece`` may set ``input.params`` (read after the last level).
+    A codec implements :meth:`levels`, :meth:`small`, :meth:`_encode_progressive` and
+    :meth:`decoder`, and may override :meth:`decode_tensor` to use ``prior``.
     """
-    segments: list[list[Segment]] = [[] for _ in inputs]
-    streams = []
-    for lvl in range(nlevels):
-        offset = 0
-        bufs: Buffers = []
-        for i, inp in enumerate(inputs):
-            if not inp.whole:
-                mine = piece(inp, lvl)
-            elif lvl == 0:
-                mine = [encode_whole(inp.flat)]
-            else:
-                mine = []
-            length = sum(memoryview(b).nbytes for b in mine)
-            segments[i].append(Segment(offset, length))
-            offset += length
-            bufs += mine
-        streams.append(b"".join(bufs))
-        del bufs
-    layouts = tuple(
-        TensorLayout(inp.name, inp.dt.name, tuple(inp.tensor.array.shape), tuple(segs), inp.params)
-        for inp, segs in zip(inputs, segments, strict=True)
-    )
-    return Encoded(codec, params, layouts, tuple(streams))
+
+    name: str
+    lossless: bool
+
+    @abstractmethod
+    def default_params(self) -> dict[str, ParamValue]:
+        """The params used when the publisher gives none."""
+
+    @abstractmethod
+    def levels(self, params: Mapping[str, ParamValue]) -> int:
+        """How many levels (``params`` checked); :class:`FormatError` if they are bad."""
+
+    @abstractmethod
+    def small(self, params: Mapping[str, ParamValue]) -> int:
+        """Float tensors with fewer elements travel whole in level 0."""
+
+    @abstractmethod
+    def _encode_progressive(self, params: Mapping[str, ParamValue], inp: Input) -> list[Buffers]:
+        """A progressive tensor's pieces, one list per level (may set ``inp.params``)."""
+
+    @abstractmethod
+    def decoder(self, params: Mapping[str, ParamValue], tensors: Sequence[TensorLayout]) -> Any:
+        """A fresh incremental decoder of a whole model."""
+
+    def check_params(self, params: Mapping[str, ParamValue] | None) -> dict[str, ParamValue]:
+        """``params`` over the defaults, validated (lists copied: the caller's may change)."""
+        merged = merge_params(self.default_params(), params, self.name)
+        merged = {k: list(v) if isinstance(v, list) else v for k, v in merged.items()}
+        self.levels(merged)
+        self.small(merged)
+        return merged
+
+    def encode_tensor(
+        self, params: Mapping[str, ParamValue], name: str, tensor: RawTensor
+    ) -> EncodedTensor:
+        """One tensor's pieces, one per level."""
+        dt, flat = check_input(name, tensor)
+        inp = Input(name, tensor, dt, flat, is_whole(dt, flat.size, self.small(params)))
+        n = self.levels(params)
+        if inp.whole:
+            pieces: list[Buffers] = [[encode_whole(flat)], *([] for _ in range(n - 1))]
+        else:
+            pieces = self._encode_progressive(params, inp)
+        return EncodedTensor(inp.params, tuple(pieces))
+
+    def encode(
+        self, tensors: Mapping[str, RawTensor], params: Mapping[str, ParamValue] | None = None
+    ) -> Encoded:
+        """A whole (small) model: every tensor encoded, each level's pieces joined."""
+        merged = self.check_params(params)
+        for name, tensor in tensors.items():
+            check_input(name, tensor)  # every input checked before any work is done
+        n = self.levels(merged)
+        parts: list[list[Any]] = [[] for _ in range(n)]
+        offsets = [0] * n
+        layouts = []
+        for name, tensor in tensors.items():
+            enc = self.encode_tensor(merged, name, tensor)
+            segments = []
+            for lvl, (pieces, size) in enumerate(zip(enc.pieces, enc.sizes(), strict=True)):
+                segments.append(Segment(offsets[lvl], size))
+                offsets[lvl] += size
+                parts[lvl] += pieces
+            shape = tuple(tensor.array.shape)
+            layouts.append(TensorLayout(name, tensor.dtype, shape, tuple(segments), enc.params))
+        levels = tuple(b"".join(p) for p in parts)
+        return Encoded(self.name, merged, tuple(layouts), levels)
+
+    def decode_tensor(
+        self,
+        params: Mapping[str, ParamValue],
+        layout: TensorLayout,
+        pieces: Sequence[Any],
+        prior: Array | None = None,
+    ) -> Array:
+        """The tensor at level ``len(pieces) - 1``, decoded from all its pieces."""
+        if not 0 < len(pieces) <= len(layout.segments):
+            raise FormatError(f"tensor {layout.name!r}: {len(pieces)} pieces for its levels")
+        alone = TensorLayout(
+            layout.name,
+            layout.dtype,
+            layout.shape,
+            tuple(Segment(0, s.length) for s in layout.segments),
+            layout.params,
+        )
+        dec = self.decoder(params, [alone])
+        for lvl, piece in enumerate(pieces):
+            dec.add_level(lvl, piece)
+        out: Array = dec.take_tensors()[layout.name].array
+        return out
 
 
 def _check_layout(layout: TensorLayout, nlevels: int) -> DType:

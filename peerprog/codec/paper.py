@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from peerprog.codec.base import Encoded, RawTensor
 from peerprog.codec.bitpack import pack_into, packed_size, uint_dtype, unpack_range
 from peerprog.codec.common import (
     BLOCK,
@@ -29,10 +28,8 @@ from peerprog.codec.common import (
     BaseDecoder,
     Buffers,
     Input,
-    assemble,
-    check_inputs,
+    TensorwiseCodec,
     int_param,
-    merge_params,
     to_float64,
 )
 from peerprog.codec.dtypes import DType
@@ -130,7 +127,7 @@ def _settings(params: Mapping[str, ParamValue]) -> tuple[int, int, int]:
     return code_bits, piece_bits, small
 
 
-class PaperCodec:
+class PaperCodec(TensorwiseCodec):
     """Per-tensor min-max 16-bit codes in 2-bit pieces; see the module docstring."""
 
     name = "paper"
@@ -140,31 +137,26 @@ class PaperCodec:
         """``code_bits`` 16, ``piece_bits`` 2, ``small_tensor_elements`` 1024."""
         return {"code_bits": 16, "piece_bits": 2, "small_tensor_elements": 1024}
 
-    def encode(
-        self, tensors: Mapping[str, RawTensor], params: Mapping[str, ParamValue] | None = None
-    ) -> Encoded:
-        """Split ``tensors`` (in order) into ``ceil(code_bits / piece_bits)`` levels."""
-        merged = merge_params(self.default_params(), params, self.name)
-        code_bits, piece_bits, small = _settings(merged)
-        bits = level_bits(code_bits, piece_bits)
-        inputs = check_inputs(tensors, small)
-        # Codes are computed once per tensor, at level 0; the pieces wait here.
-        pending: dict[str, list[Array]] = {}
+    def levels(self, params: Mapping[str, ParamValue]) -> int:
+        """``ceil(code_bits / piece_bits)``."""
+        code_bits, piece_bits, _ = _settings(params)
+        return len(level_bits(code_bits, piece_bits))
 
-        def piece(inp: Input, level: int) -> Buffers:
-            if level == 0:
-                pending[inp.name], inp.params = _encode_float(inp.dt, inp.flat, code_bits, bits)
-            out, pending[inp.name][level] = pending[inp.name][level], _EMPTY
-            return [out]
+    def small(self, params: Mapping[str, ParamValue]) -> int:
+        return _settings(params)[2]
 
-        return assemble(self.name, merged, inputs, len(bits), piece)
+    def _encode_progressive(self, params: Mapping[str, ParamValue], inp: Input) -> list[Buffers]:
+        code_bits, piece_bits, _ = _settings(params)
+        outs, inp.params = _encode_float(
+            inp.dt, inp.flat, code_bits, level_bits(code_bits, piece_bits)
+        )
+        return [[out] for out in outs]
 
     def decoder(
         self, params: Mapping[str, ParamValue], tensors: Sequence[TensorLayout]
     ) -> PaperDecoder:
         """A fresh incremental decoder."""
-        merge_params(self.default_params(), params, self.name)  # rejects unknown keys
-        code_bits, piece_bits, small = _settings(params)
+        code_bits, piece_bits, small = _settings(self.check_params(params))
         return PaperDecoder(code_bits, level_bits(code_bits, piece_bits), small, tensors)
 
 

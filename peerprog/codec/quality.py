@@ -3,13 +3,15 @@
 For each level, decoding that level's prefix is compared with the original float tensors
 (integer and bool tensors are always exact and are left out):
 
-* ``rel_rmse_ppm``: ``sqrt(Σ(approx - x)² / Σx²)`` over every finite element of every float
-  tensor (so tensors weigh by their size), in parts per million;
-* ``max_rel_err_ppm``: the largest, over tensors, of ``max|approx - x| / max|x|``, in parts
-  per million.
+* ``rel_rmse_ppm``: ``sqrt(Σ(approx - x)² / Σx²)`` over every finite element of the float
+  tensors measured (so tensors weigh by their size), in parts per million;
+* ``max_rel_err_ppm``: the largest, over those tensors, of ``max|approx - x| / max|x|``,
+  in parts per million.
 
-Both are rounded up and capped at 10^12. Tensors are decoded one at a time, so the extra
-memory is about twice the largest tensor, not the model.
+Both are rounded up and capped at 10^12. Tensors are measured one at a time as they are
+encoded. A large model is measured on a sample: tensors are taken while the elements
+measured stay within ``budget``'s share of the elements seen, so the sample spreads over
+the whole model and the cost does not grow with its size.
 """
 
 from __future__ import annotations
@@ -19,54 +21,91 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from peerprog.codec.base import Codec, Encoded, RawTensor
+from peerprog.codec.base import Codec, Encoded, EncodedTensor, RawTensor
 from peerprog.codec.common import Array, to_float64
 from peerprog.codec.dtypes import DType, dtype
-from peerprog.codec.layout import Segment, TensorLayout
+from peerprog.codec.layout import ParamValue, Segment, TensorLayout
 
 _CAP = 10**12
 _BLOCK = 1 << 20
+BUDGET = 1 << 25
+"""Elements measured at most per model (about 32 million)."""
+
+
+class QualityMeter:
+    """Accumulates the quality figures of ``nlevels`` levels, tensor by tensor."""
+
+    def __init__(self, nlevels: int, *, total: int | None = None, budget: int = BUDGET) -> None:
+        """``total``: the float elements to come, if known (to spread the sample)."""
+        self._n = nlevels
+        self._share = 1.0 if not total or total <= budget else budget / total
+        self._seen = 0
+        self._measured = 0
+        self._sq_err = [0.0] * nlevels
+        self._max_rel = [0.0] * nlevels
+        self._sq_ref = 0.0
+
+    def add(
+        self,
+        codec: Codec,
+        params: Mapping[str, ParamValue],
+        layout: TensorLayout,
+        original: RawTensor,
+        encoded: EncodedTensor,
+    ) -> None:
+        """Measure one tensor (if it falls in the sample) from its encoding."""
+        dt = dtype(layout.dtype)
+        if not dt.is_float:
+            return
+        self._seen += layout.numel
+        if self._measured + layout.numel > self._share * self._seen and self._measured:
+            return
+        self._measured += layout.numel
+        ref = np.ascontiguousarray(original.array).reshape(-1)
+        ref2, ref_max, finite = _reference(dt, ref)
+        self._sq_ref += ref2
+        pieces = [b"".join(bytes(memoryview(b)) for b in level) for level in encoded.pieces]
+        prior = None
+        for lvl in range(self._n):
+            prior = codec.decode_tensor(params, layout, pieces[: lvl + 1], prior)
+            err2, err_max = _errors(dt, ref, prior.reshape(-1), finite)
+            self._sq_err[lvl] += err2
+            if err_max > 0:
+                rel = err_max / ref_max if ref_max > 0 else math.inf
+                self._max_rel[lvl] = max(self._max_rel[lvl], rel)
+
+    def level(self, n: int) -> dict[str, int]:
+        """The figures of level ``n``."""
+        e, m = self._sq_err[n], self._max_rel[n]
+        rmse = math.sqrt(e / self._sq_ref) if self._sq_ref > 0 else (math.inf if e else 0.0)
+        return {"rel_rmse_ppm": _ppm(rmse), "max_rel_err_ppm": _ppm(m)}
 
 
 def level_errors(
     original: Mapping[str, RawTensor], encoded: Encoded, codec: Codec
 ) -> list[dict[str, int]]:
-    """Quality figures of every level of ``encoded`` (made by ``codec`` from ``original``)."""
+    """Quality figures of every level of a whole-model ``encoded`` (made by ``codec``
+    from ``original``), every tensor measured."""
     nlevels = len(encoded.levels)
-    sq_err = [0.0] * nlevels
-    max_rel = [0.0] * nlevels
-    sq_ref = 0.0
+    meter = QualityMeter(nlevels, budget=1 << 62)
     for layout in encoded.tensors:
-        dt = dtype(layout.dtype)
-        if not dt.is_float:
-            continue
-        ref = np.ascontiguousarray(original[layout.name].array).reshape(-1)
-        alone = TensorLayout(
-            layout.name,
-            layout.dtype,
-            layout.shape,
-            tuple(Segment(0, s.length) for s in layout.segments),
-            layout.params,
+        pieces = tuple(
+            [memoryview(data)[seg.offset : seg.offset + seg.length]]
+            for data, seg in zip(encoded.levels, layout.segments, strict=True)
         )
-        dec = codec.decoder(encoded.params, [alone])
-        ref2, ref_max, finite = _reference(dt, ref)
-        sq_ref += ref2
-        for lvl, data in enumerate(encoded.levels):
-            seg = layout.segments[lvl]
-            dec.add_level(lvl, memoryview(data)[seg.offset : seg.offset + seg.length])
-            approx = dec.tensors()[layout.name].array.reshape(-1)
-            err2, err_max = _errors(dt, ref, approx, finite)
-            sq_err[lvl] += err2
-            if err_max > 0:
-                rel = err_max / ref_max if ref_max > 0 else math.inf
-                max_rel[lvl] = max(max_rel[lvl], rel)
-    return [
-        {
-            "rel_rmse_ppm": _ppm(math.sqrt(e / sq_ref) if sq_ref > 0 else (math.inf if e else 0)),
-            "max_rel_err_ppm": _ppm(m),
-        }
-        for e, m in zip(sq_err, max_rel, strict=True)
-    ]
+        alone = EncodedTensor(layout.params, pieces)
+        meter.add(codec, encoded.params, _alone(layout), original[layout.name], alone)
+    return [meter.level(n) for n in range(nlevels)]
+
+
+def _alone(layout: TensorLayout) -> TensorLayout:
+    return TensorLayout(
+        layout.name,
+        layout.dtype,
+        layout.shape,
+        tuple(Segment(0, s.length) for s in layout.segments),
+        layout.params,
+    )
 
 
 def _reference(dt: DType, ref: Array) -> tuple[float, float, Array | None]:

@@ -74,18 +74,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from peerprog.codec.base import Encoded, RawTensor
 from peerprog.codec.common import (
     Array,
     BaseDecoder,
     Buffers,
     Input,
-    assemble,
-    check_inputs,
+    TensorwiseCodec,
     int_param,
-    merge_params,
 )
-from peerprog.codec.dtypes import DTYPES, DType
+from peerprog.codec.dtypes import DType
 from peerprog.codec.layout import ParamValue, TensorLayout
 from peerprog.codec.rowplane_core import Geometry, geometry
 from peerprog.codec.rowplane_decode import PlaneStep, TensorState
@@ -98,7 +95,6 @@ DEFAULT_SMALL_TENSOR_ELEMENTS = 1024
 MAX_MAGNITUDE_BITS = 24
 MAX_LEVELS = 32
 MAX_ROW_OCTAVES = 4096
-_EMPTY: list[Any] = []
 
 
 def _settings(params: Mapping[str, ParamValue]) -> tuple[list[int], int, int]:
@@ -115,7 +111,7 @@ def _settings(params: Mapping[str, ParamValue]) -> tuple[list[int], int, int]:
     return planes, small, octaves
 
 
-class RowplaneCodec:
+class RowplaneCodec(TensorwiseCodec):
     """Fixed-point bit planes with significance coding and an exact residual; see the
     module docstring."""
 
@@ -132,35 +128,25 @@ class RowplaneCodec:
             "row_octaves": 0,
         }
 
-    def encode(
-        self, tensors: Mapping[str, RawTensor], params: Mapping[str, ParamValue] | None = None
-    ) -> Encoded:
-        """Split ``tensors`` (in order) into ``len(plan) + 1`` levels."""
-        merged = merge_params(self.default_params(), params, self.name)
-        plan, small, octaves = _settings(merged)
-        merged["plan"] = list(plan)  # a copy: the caller's list may change later
-        inputs = check_inputs(tensors, small)
-        geoms = {d.name: geometry(d, plan) for d in DTYPES.values() if d.is_float}
-        # A tensor's levels are all computed at its level 0; the pieces wait here.
-        pending: dict[str, list[list[Any]]] = {}
+    def levels(self, params: Mapping[str, ParamValue]) -> int:
+        """``len(plan) + 1``: the plane levels, then the residual."""
+        return len(_settings(params)[0]) + 1
 
-        def piece(inp: Input, level: int) -> Buffers:
-            if level == 0:
-                shape = tuple(inp.tensor.array.shape)
-                g = geoms[inp.dt.name]
-                pending[inp.name], frames = encode_tensor(g, inp.flat, shape, octaves)
-                inp.params["frame_bytes"] = list(frames)
-            out, pending[inp.name][level] = pending[inp.name][level], _EMPTY
-            return out
+    def small(self, params: Mapping[str, ParamValue]) -> int:
+        return _settings(params)[1]
 
-        return assemble(self.name, merged, inputs, len(plan) + 1, piece)
+    def _encode_progressive(self, params: Mapping[str, ParamValue], inp: Input) -> list[Buffers]:
+        plan, _, octaves = _settings(params)
+        g = geometry(inp.dt, plan)
+        pieces, frames = encode_tensor(g, inp.flat, tuple(inp.tensor.array.shape), octaves)
+        inp.params["frame_bytes"] = list(frames)
+        return pieces
 
     def decoder(
         self, params: Mapping[str, ParamValue], tensors: Sequence[TensorLayout]
     ) -> RowplaneDecoder:
         """A fresh incremental decoder."""
-        merge_params(self.default_params(), params, self.name)  # rejects unknown keys
-        plan, small, octaves = _settings(params)
+        plan, small, octaves = _settings(self.check_params(params))
         return RowplaneDecoder(plan, small, octaves, tensors)
 
 

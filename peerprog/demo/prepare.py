@@ -4,15 +4,17 @@ the quality of every level of it (decoded from the store exactly as an edge woul
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from peerprog.codec import DEFAULT_CODEC
 from peerprog.demo.quality import Judge, Quality, as_float
 from peerprog.errors import InputError
+from peerprog.formats import read_model
 from peerprog.manifest import generate_key_file, load_key_file, public_key_string
 from peerprog.reference import digits
-from peerprog.store import Assembler, Store, publish_file
+from peerprog.store import Store, publish_file
 
 
 @dataclass(frozen=True)
@@ -94,15 +96,17 @@ def publish(
     )
     signed = result.signed
     judge = Judge(source)
-    asm = Assembler(signed.manifest, lambda i: store.read_chunk(signed.model_id, i))
     levels = []
-    for lv in result.levels:
-        if asm.advance(lv.level) < lv.level:
-            raise InputError(f"level {lv.level} of {name} is missing from {store_dir}")
-        tensors = asm.tensors()
-        dtypes = {k: t.dtype for k, t in tensors.items()}
-        quality = judge(as_float({k: t.array for k, t in tensors.items()}, dtypes))
-        levels.append(LevelInfo(lv.level, lv.bytes, lv.cumulative_bytes, quality))
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        prior = None
+        for lv in result.levels:
+            out = Path(tmp) / f"{lv.level}.safetensors"
+            store.decode(signed, lv.level, out, prior=prior)
+            tensors = read_model(out)
+            dtypes = {k: t.dtype for k, t in tensors.items()}
+            quality = judge(as_float({k: t.array for k, t in tensors.items()}, dtypes))
+            levels.append(LevelInfo(lv.level, lv.bytes, lv.cumulative_bytes, quality))
+            prior = out
     return Published(
         name=name,
         model_id=signed.model_id,

@@ -19,7 +19,7 @@ from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import DTYPES
 from peerprog.errors import FormatError
 
-_ST_TO_NAME = {
+ST_TO_NAME = {
     "F16": "float16",
     "BF16": "bfloat16",
     "F32": "float32",
@@ -34,8 +34,8 @@ _ST_TO_NAME = {
     "I64": "int64",
     "U64": "uint64",
 }
-_NAME_TO_ST = {v: k for k, v in _ST_TO_NAME.items()}
-_MAX_HEADER = 100 * 1024 * 1024
+NAME_TO_ST = {v: k for k, v in ST_TO_NAME.items()}
+MAX_HEADER = 100 * 1024 * 1024
 
 
 def encode_safetensors(
@@ -51,12 +51,12 @@ def encode_safetensors(
     buffers: list[bytes | memoryview] = []
     offset = 0
     for name, t in tensors.items():
-        if t.dtype not in _NAME_TO_ST:
+        if t.dtype not in NAME_TO_ST:
             raise FormatError(f"tensor {name!r}: dtype {t.dtype!r} cannot be stored")
         arr = np.ascontiguousarray(t.array)
         data = memoryview(arr.reshape(-1).view(np.uint8).data) if arr.size else memoryview(b"")
         header[name] = {
-            "dtype": _NAME_TO_ST[t.dtype],
+            "dtype": NAME_TO_ST[t.dtype],
             "shape": list(arr.shape),
             "data_offsets": [offset, offset + len(data)],
         }
@@ -90,7 +90,7 @@ def parse_safetensors(
     if len(view) < 8:
         raise FormatError("not a safetensors file: shorter than its 8-byte header length")
     (hlen,) = struct.unpack("<Q", view[:8])
-    if hlen > _MAX_HEADER or 8 + hlen > len(view):
+    if hlen > MAX_HEADER or 8 + hlen > len(view):
         raise FormatError("not a safetensors file: header length out of range (truncated?)")
     try:
         header = json.loads(bytes(view[8 : 8 + hlen]))
@@ -109,25 +109,33 @@ def parse_safetensors(
     return tensors, metadata
 
 
-def _tensor(name: str, info: object, body: memoryview, copy: bool) -> RawTensor:
+def check_entry(name: str, info: object, body_size: int) -> tuple[str, tuple[int, ...], int, int]:
+    """A header entry's (dtype name, shape, start, end) in a data section of
+    ``body_size`` bytes; :class:`FormatError` naming the tensor if it is malformed."""
     if not isinstance(info, dict):
         raise FormatError(f"safetensors tensor {name!r}: entry is not an object")
     st = info.get("dtype")
     shape = info.get("shape")
     offsets = info.get("data_offsets")
-    if st not in _ST_TO_NAME:
+    if st not in ST_TO_NAME:
         raise FormatError(f"safetensors tensor {name!r}: unsupported dtype {st!r}")
     if not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
         raise FormatError(f"safetensors tensor {name!r}: bad shape or data_offsets")
     if not _int_list(shape) or not _int_list(offsets):
         raise FormatError(f"safetensors tensor {name!r}: bad shape or data_offsets")
-    dt = DTYPES[_ST_TO_NAME[st]]
+    dt = DTYPES[ST_TO_NAME[st]]
     start, end = offsets
     numel = 1
     for d in shape:
         numel *= d
-    if not 0 <= start <= end <= len(body) or end - start != numel * dt.itemsize:
+    if not 0 <= start <= end <= body_size or end - start != numel * dt.itemsize:
         raise FormatError(f"safetensors tensor {name!r}: data out of range or wrong size")
+    return dt.name, tuple(shape), start, end
+
+
+def _tensor(name: str, info: object, body: memoryview, copy: bool) -> RawTensor:
+    dname, shape, start, end = check_entry(name, info, len(body))
+    dt = DTYPES[dname]
     arr = np.frombuffer(body[start:end], dtype=dt.storage).reshape(shape)
     return RawTensor(dt.name, arr.copy() if copy else arr)
 

@@ -7,6 +7,19 @@ from collections.abc import Sequence
 
 from peerprog.manifest.model import Chunk, Level
 
+MIN_AUTO_CHUNK = 16 * 1024
+MAX_AUTO_CHUNK = 4 * 1024 * 1024
+
+
+def chunk_size_for(source_bytes: int) -> int:
+    """The chunk size for a model of ``source_bytes``: about 1/512 of it as a power of two,
+    16 KiB to 4 MiB — small models still arrive in several pieces per level, models of a
+    GB and more in pieces large enough that the cost of a request vanishes."""
+    size = MIN_AUTO_CHUNK
+    while size < MAX_AUTO_CHUNK and size * 2 * 512 <= source_bytes:
+        size *= 2
+    return size
+
 
 def cut_levels(
     levels: Sequence[bytes | memoryview],

@@ -2,8 +2,10 @@
 model's life on the node.
 
 A model (one model id) is *taken up* (:meth:`Catalog.take_up`: found in the store at start,
-or a newer version the resolver verified), gets its own task scope in which its fetcher
-runs until it is complete, gains levels (:meth:`Catalog.chunk_stored`), and is *dropped*
+or a newer version the resolver verified): its level files are opened, and it gets its own
+task scope in which its fetcher runs until it is complete and its decoded levels are
+built. It gains chunks (:meth:`Catalog.chunk_stored`; the record of verified chunks is made
+durable soon after, and at once when a level completes) and levels, and is *dropped*
 (:meth:`Catalog.drop`: its scope cancelled and awaited, then its files removed) once a newer
 version is exact. Which version wins, is served and is dropped is the rule of
 :mod:`peerprog.swarm.versions`; the catalog applies it.
@@ -14,23 +16,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from peerprog.errors import PeerprogError
 from peerprog.manifest import SignedManifest
+from peerprog.node.decoded import Built, DecodedLevels
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
-from peerprog.store import Store
+from peerprog.store import ModelFiles, Store
 from peerprog.swarm import Bitfield
 from peerprog.swarm.versions import newest_first, served, superseded
 
 log = logging.getLogger("peerprog.node")
 
-FetchJob = Callable[[ModelState], Coroutine[Any, Any, None]]
+FetchJob = Callable[[ModelState, ModelFiles], Coroutine[Any, Any, None]]
 """Runs a model's fetch until it is complete (the node's fetcher factory)."""
+RECORD_EVERY = 0.5
+"""Seconds between two writes of a model's record of verified chunks while it grows."""
 LevelListener = Callable[[ModelState], None]
 
 
@@ -54,6 +60,10 @@ class Catalog:
         self._clock = clock
         self._models: dict[str, ModelState] = {}
         self._scopes: dict[str, TaskScope] = {}
+        self._files: dict[str, ModelFiles] = {}
+        self._decoded: dict[str, DecodedLevels] = {}
+        self._unrecorded: set[str] = set()
+        self._record_now = asyncio.Event()
         self._wanted: set[str] = set(want)
         self._fetch: FetchJob | None = None
         self._root = TaskScope("catalog")
@@ -86,6 +96,20 @@ class Catalog:
         """The newest version number held of ``name`` (0 for none)."""
         return max((s.version for s in self.versions(name)), default=0)
 
+    def files(self, model_id: str) -> ModelFiles | None:
+        """The open level files of a model held."""
+        return self._files.get(model_id)
+
+    async def decoded(self, state: ModelState, level: int) -> Built:
+        """A decoded file of ``state`` at ``level`` or better (it must have reached it)."""
+        if self._models.get(state.model_id) is not state:
+            raise KeyError(state.model_id)
+        return await self._decoded[state.model_id].get(level)
+
+    def decoded_builds(self) -> int:
+        """Decoded level files built so far (of the models held now)."""
+        return sum(d.builds for d in self._decoded.values())
+
     def fetching(self, model_id: str) -> bool:
         """Whether a fetch of ``model_id`` is running."""
         scope = self._scopes.get(model_id)
@@ -99,6 +123,9 @@ class Catalog:
             return False
         self._wanted.add(name)
         log.info("want %s", name)
+        for state in self.versions(name):
+            self._decoded[state.model_id].ahead = True
+            self._decoded[state.model_id].level_reached()
         return True
 
     def load_store(self) -> list[ModelState]:
@@ -112,15 +139,20 @@ class Catalog:
                 log.warning("store: ignoring model %s…: %s", model_id[:12], e)
                 continue
             m = signed.manifest
-            held = self.store.scan(model_id, m, verify=True)
-            state = self._state(signed, held, origin=len(held) == len(m.chunks))
-            self._models[model_id] = state
+            try:
+                files = self.store.open_files(signed)
+                held = files.recorded()
+            except OSError as e:
+                log.warning("store: ignoring model %s…: %s", model_id[:12], e)
+                continue
+            state = self._state(signed, held, origin=held.count() == len(m.chunks))
+            self._adopt(state, files)
             found.append(state)
             log.info(
                 "store: %s v%d: %d/%d chunks, level %d",
                 m.name,
                 m.version,
-                len(held),
+                held.count(),
                 len(m.chunks),
                 state.best_level,
             )
@@ -132,11 +164,15 @@ class Catalog:
         return found
 
     def start(self, fetch: FetchJob) -> None:
-        """Start fetching every incomplete model; later ones are fetched as taken up."""
+        """Start fetching every incomplete model (later ones are fetched as taken up), and
+        building the decoded levels of the wanted ones."""
         self._fetch = fetch
+        self._root.spawn(self._recorder(), name="record")
         for state in list(self._models.values()):
             if not state.complete:
                 self._start_fetch(state)
+            self._decoded[state.model_id].ahead = state.manifest.name in self._wanted
+            self._decoded[state.model_id].level_reached()
 
     async def take_up(self, signed: SignedManifest, source: str) -> ModelState | None:
         """Store a verified manifest, find chunks already on disk, start fetching. Returns
@@ -144,21 +180,27 @@ class Catalog:
         m = signed.manifest
         if signed.model_id in self._models or m.version <= self.newest_version(m.name):
             return None
+        began = self._clock()
         try:
             await asyncio.to_thread(self.store.put_manifest, signed)
-            # chunks a damaged manifest had left unused: verified now, not fetched again
-            held = await asyncio.to_thread(self.store.scan, signed.model_id, m)
+            files = await asyncio.to_thread(self.store.open_files, signed)
         except OSError as e:
             self._disk.failed(
-                f"cannot store the manifest of {m.name}: {e.strerror or e}",
-                self._clock(),
-                pause=False,
+                "manifest", f"cannot store the manifest of {m.name}: {e.strerror or e}", began
             )
             return None
+        self._disk.succeeded("manifest", began)
+        try:
+            # chunks recorded before a damaged manifest was replaced: not fetched again
+            held = await asyncio.to_thread(files.recorded)
+        except OSError:
+            files.close()
+            raise
         if signed.model_id in self._models or m.version <= self.newest_version(m.name):
+            files.close()
             return None
         state = self._state(signed, held, origin=False)
-        self._models[signed.model_id] = state
+        self._adopt(state, files)
         log.info("found %s v%d (%s…) from %s", m.name, m.version, signed.model_id[:12], source)
         if state.best_level >= 0:
             self._level_reached(state)
@@ -170,7 +212,12 @@ class Catalog:
 
     def chunk_stored(self, state: ModelState, index: int) -> None:
         """A verified chunk of ``state`` reached the disk."""
-        if self._models.get(state.model_id) is state and state.add_chunk(index):
+        if self._models.get(state.model_id) is not state:
+            return
+        state.received(state.manifest.chunks[index].length, self._clock())
+        self._unrecorded.add(state.model_id)
+        if state.add_chunk(index):
+            self._record_now.set()  # a level is durable as soon as it is complete
             self._level_reached(state)
 
     async def drop(self, model_id: str) -> None:
@@ -180,6 +227,11 @@ class Catalog:
     def _forget(self, model_id: str) -> asyncio.Task[None]:
         state = self._models.pop(model_id, None)
         scope = self._scopes.pop(model_id, None)
+        files = self._files.pop(model_id, None)
+        decoded = self._decoded.pop(model_id, None)
+        self._unrecorded.discard(model_id)
+        if decoded is not None:
+            decoded.stop()
         if state is not None:
             for listener in list(self.forget_listeners):
                 listener(model_id)
@@ -187,34 +239,82 @@ class Catalog:
         async def remove() -> None:
             if scope is not None:
                 await scope.aclose()
+            if files is not None:
+                files.close()
+            if decoded is not None:
+                await asyncio.to_thread(decoded.remove)
             if state is not None:
                 await asyncio.to_thread(self.store.remove_model, model_id)
 
         return self._root.spawn(remove(), name=f"drop {model_id[:12]}")
 
     async def aclose(self) -> None:
-        """Stop every fetch (and the drops under way)."""
-        await self._root.aclose()
+        """Stop every fetch and build (and the drops under way); record what is verified;
+        close the level files."""
+        for decoded in self._decoded.values():
+            decoded.stop()
         for scope in list(self._scopes.values()):
             await scope.aclose()
+        await self._root.aclose()
+        await asyncio.to_thread(_write_records, self.store, self._record_jobs())
+        for files in self._files.values():
+            files.close()
+        self._files.clear()
 
     # --- internals -------------------------------------------------------------------------
 
-    def _state(self, signed: SignedManifest, held: list[int], *, origin: bool) -> ModelState:
-        have = Bitfield(len(signed.manifest.chunks))
-        for i in held:
-            have.set(i)
-        state = ModelState(signed, have, origin=origin)
-        state.metrics.chunks_from_disk = len(held)
+    def _state(self, signed: SignedManifest, held: Bitfield, *, origin: bool) -> ModelState:
+        state = ModelState(signed, held.copy(), origin=origin)
+        state.metrics.chunks_from_disk = held.count()
         return state
+
+    def _adopt(self, state: ModelState, files: ModelFiles) -> None:
+        mid = state.model_id
+        self._models[mid] = state
+        self._files[mid] = files
+        scope = self._scopes[mid] = TaskScope(f"model {mid[:12]}")
+        ahead = state.manifest.name in self._wanted
+        folder = self.store.decoded_dir(mid)
+        shutil.rmtree(folder, ignore_errors=True)  # derived data: rebuilt from verified chunks
+        self._decoded[mid] = DecodedLevels(state, files, folder, scope, self._disk, ahead=ahead)
 
     def _start_fetch(self, state: ModelState) -> None:
         if self._fetch is None or self.fetching(state.model_id):
             return
-        scope = self._scopes.get(state.model_id)
-        if scope is None:
-            scope = self._scopes[state.model_id] = TaskScope(f"model {state.model_id[:12]}")
-        scope.spawn(self._fetch(state), name=f"fetch {state.manifest.name}")
+        self._scopes[state.model_id].spawn(
+            self._fetch(state, self._files[state.model_id]), name=f"fetch {state.manifest.name}"
+        )
+
+    async def _recorder(self) -> None:
+        """Make the records of verified chunks durable, every :data:`RECORD_EVERY` seconds
+        while chunks arrive, and at once when a level completes."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._record_now.wait(), RECORD_EVERY)
+            self._record_now.clear()
+            if self._unrecorded:
+                began = self._clock()
+                jobs = self._record_jobs()
+                failed = await asyncio.to_thread(_write_records, self.store, jobs)
+                for what, mid, message in failed:
+                    self._unrecorded.add(mid)  # tried again at the next round
+                    self._disk.failed(what, message, began)
+                kinds = {what for what, _, _ in failed}
+                for what in ("record", "name"):
+                    if what not in kinds:
+                        self._disk.succeeded(what, began)
+
+    def _record_jobs(self) -> list[RecordJob]:
+        """The records to write now, and whether each model's name should point at it: the
+        work is chosen here, on the event loop; :func:`_write_records` does it."""
+        jobs = []
+        for mid in sorted(self._unrecorded):
+            state, files = self._models.get(mid), self._files.get(mid)
+            if state is not None and files is not None:
+                serve = self.newest_served(state.manifest.name) is state
+                jobs.append((state, files, state.have.copy(), serve))
+        self._unrecorded.clear()
+        return jobs
 
     def _level_reached(self, state: ModelState) -> None:
         m = state.manifest
@@ -228,16 +328,35 @@ class Catalog:
             state.bytes_held,
             m.total_bytes,
         )
-        if self.newest_served(m.name) is state:
-            try:
-                self.store.set_name(m.name, state.model_id)
-            except OSError as e:  # set again at the next level, or at the next start
-                self._disk.failed(
-                    f"cannot name {m.name}: {e.strerror or e}", self._clock(), pause=False
-                )
         if state.complete:
             for old in superseded(self.versions(m.name), self._keep):
                 log.info("dropping %s v%d: v%d is exact", m.name, old.version, m.version)
                 self._forget(old.model_id)
+        self._decoded[state.model_id].level_reached()
         for listener in list(self.level_listeners):
             listener(state)
+
+
+RecordJob = tuple[ModelState, ModelFiles, Bitfield, bool]
+
+
+def _write_records(store: Store, jobs: list[RecordJob]) -> list[tuple[str, str, str]]:
+    """Write each record, then, if asked, the name — only once the model's level 0 is
+    durable (blocking). Returns (what, model id, message) of each failure."""
+    failed = []
+    for state, files, have, serve in jobs:
+        m = state.manifest
+        try:
+            files.record(have)
+        except FileNotFoundError:
+            continue  # dropped meanwhile
+        except OSError as e:
+            why = f"cannot record the chunks of {m.name}: {e.strerror or e}"
+            failed.append(("record", state.model_id, why))
+            continue
+        if serve and store.resolve(m.name) != state.model_id:
+            try:
+                store.set_name(m.name, state.model_id)
+            except OSError as e:  # set again at the next record
+                failed.append(("name", state.model_id, f"cannot name {m.name}: {e.strerror or e}"))
+    return failed

@@ -1,10 +1,12 @@
-"""Is the store taking writes? The last write error, and the pause of downloads after it.
+"""Is the store taking writes? The last write errors, and the pause of downloads after one.
 
-A write that fails (the disk is full, the folder read-only) sets :attr:`DiskGuard.error`,
-which the status shows, and pauses new chunk requests for ``pause`` seconds — and beyond,
-while the disk has no room for a chunk: fetching chunks that cannot be stored wastes the
-peers' upload. The error is cleared by a write that *began* after it (a write already under
-way when the disk filled up may still fit, which proves nothing).
+A write that fails (the disk is full, the folder read-only) records an error for what it
+was writing — chunks, the record of verified chunks, a decoded level, a name, a manifest —
+and the status shows the latest one still standing (:attr:`DiskGuard.error`). Each is
+cleared by a write of the same kind that *began* after it (a chunk write already under way
+when the disk filled up may still fit, which proves nothing). A failed chunk write also
+pauses new chunk requests for ``pause`` seconds — and beyond, while the disk has no room
+for a chunk: fetching chunks that cannot be stored wastes the peers' upload.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("peerprog.node")
+CHUNKS = "chunks"
 
 
 def free_bytes(path: Path) -> int:
@@ -30,32 +33,37 @@ class DiskGuard:
         """``room()`` says how many bytes can still be written."""
         self._pause = pause
         self._room = room
-        self.error: str | None = None
-        """The last failure to write the store, e.g. ``cannot store chunk 7 of m: No space
-        left on device``; None once a write begun after it succeeded."""
-        self._failed_at = float("-inf")
+        self._errors: dict[str, tuple[float, str]] = {}  # what failed → (when, message)
         self._until = float("-inf")
 
-    def failed(self, message: str, now: float, *, pause: bool = True) -> None:
-        """A write failed; with ``pause``, new chunk requests wait."""
-        self.error = message
-        self._failed_at = now
-        if pause:
+    @property
+    def error(self) -> str | None:
+        """The latest failure still standing, e.g. ``cannot store chunk 7 of m: No space
+        left on device``; None when every kind of write works again."""
+        if not self._errors:
+            return None
+        return max(self._errors.values())[1]
+
+    def failed(self, what: str, message: str, now: float) -> None:
+        """A write of kind ``what`` failed; a chunk write pauses new chunk requests."""
+        self._errors[what] = (now, message)
+        if what == CHUNKS:
             self._until = now + self._pause
             log.error("%s; pausing downloads", message)
         else:
             log.error("%s", message)
 
-    def succeeded(self, began: float) -> None:
-        """A write begun at ``began`` succeeded."""
-        if began > self._failed_at:
-            self.error = None
+    def succeeded(self, what: str, began: float) -> None:
+        """A write of kind ``what`` begun at ``began`` succeeded."""
+        failure = self._errors.get(what)
+        if failure is not None and began > failure[0]:
+            del self._errors[what]
 
     def paused(self, now: float, need: int) -> bool:
         """Whether new requests (for chunks of up to ``need`` bytes) must wait now."""
         if now < self._until:
             return True
-        if self.error is None or self._until == float("-inf"):
+        if CHUNKS not in self._errors:
             return False
         try:
             full = self._room() < need

@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from peerprog.errors import PeerFault, VerificationError
-from peerprog.manifest import verify_chunk
-from peerprog.node.diskguard import DiskGuard
-from peerprog.node.peerclient import NotFound, TransportError
+from peerprog.node.diskguard import CHUNKS, DiskGuard
+from peerprog.node.peerclient import NotFound, RangeBody, TransportError
 from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
 from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig, Source, SourceState
 
 log = logging.getLogger("peerprog.fetch")
+T = TypeVar("T")
 REFRESH = 1.0
 """Longest time between two looks at the sources (new peers also wake the loop at once)."""
 
@@ -36,15 +39,23 @@ class ChunkTransport(Protocol):
 
     async def get_have(self, root: str, model_id: str, count: int) -> Bitfield: ...
     async def get_manifest(self, root: str, model_id: str) -> bytes: ...
-    async def get_chunk(
-        self, root: str, model_id: str, index: int, length: int, timeout: float
-    ) -> bytes: ...
+    def get_range(
+        self,
+        root: str,
+        model_id: str,
+        level: int,
+        start: int,
+        stop: int,
+        level_size: int,
+        timeout: float,
+    ) -> AbstractAsyncContextManager[RangeBody]: ...
 
 
 class ChunkSink(Protocol):
-    """Where verified chunks go (:class:`~peerprog.store.Store`); blocking."""
+    """Where verified chunks go (:class:`~peerprog.store.ModelFiles`); thread-safe."""
 
-    def write_chunk(self, model_id: str, index: int, data: bytes) -> None: ...
+    def span(self, index: int) -> tuple[int, int, int]: ...
+    def write_chunk(self, index: int, data: Sequence[Any]) -> None: ...
 
 
 class SourceDirectory(Protocol):
@@ -87,7 +98,9 @@ class Fetcher:
         disk: DiskGuard,
         on_stored: Callable[[ModelState, int], None],
         settings: FetchSettings,
+        workers: Executor,
     ) -> None:
+        """``workers`` verify and write chunks (several at once on several cores)."""
         self.state = state
         self._transport = transport
         self._sink = sink
@@ -95,6 +108,10 @@ class Fetcher:
         self._disk = disk
         self._on_stored = on_stored
         self._settings = settings
+        self._workers = workers
+        self._whole: dict[tuple[str, int], asyncio.Task[None]] = {}
+        """(source, level) → the request receiving that whole level from a source that
+        ignores ``Range``: other requests for that level wait for it."""
         m = state.manifest
         self.sched = Scheduler(
             [lv.chunks for lv in m.levels],
@@ -239,52 +256,117 @@ class Fetcher:
             task.cancel()
 
     async def _fetch(self, req: Request) -> None:
+        """One request: a byte range of a level file, streamed; each chunk is verified and
+        written (in a worker) as soon as its bytes are in, and reported at once."""
         loop = asyncio.get_running_loop()
         src = self._sources[req.peer]
-        m = self.state.manifest
-        length = m.chunks[req.index].length
-        # The scheduler's deadline cancels a stalled request; this is only a backstop.
-        hard = self._settings.request_timeout + max(0.0, req.deadline - loop.time())
+        level, offset, length = self._sink.span(req.index)
         try:
-            data = await self._transport.get_chunk(
-                src.root, self.model_id, req.index, length, timeout=hard
-            )
-            # hashlib releases the GIL: hashing in a worker keeps the loop pumping.
-            await asyncio.to_thread(verify_chunk, m, req.index, data)
+            whole = self._whole.get((req.peer, level))
+            if whole is not None:  # this source sends whole levels: one is on its way
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(whole)
+                if req.index not in self.state.have:
+                    raise TransportError(
+                        f"{req.peer}: level {level} arrived without chunk {req.index}"
+                    )
+                return
+            # The scheduler's deadline cancels a stalled request; this is only a backstop.
+            hard = self._settings.request_timeout + max(0.0, req.deadline - loop.time())
+            lv = self.state.manifest.levels[level]
+            async with self._transport.get_range(
+                src.root, self.model_id, level, offset, offset + length, lv.bytes, hard
+            ) as body:
+                if body.whole:
+                    task = asyncio.current_task()
+                    assert task is not None
+                    self._whole[(req.peer, level)] = task
+                await self._take(src, level, body)
+            if req.index not in self.state.have:
+                raise TransportError(f"{req.peer}: no chunk {req.index} in its answer")
         except (VerificationError, PeerFault) as e:
-            self._tasks.pop((req.peer, req.index), None)
             self._on_bad(req, e)
-            return
         except TransportError as e:
-            self._tasks.pop((req.peer, req.index), None)
             log.debug("chunk %d from %s failed: %s", req.index, req.peer, e)
             self.sched.on_failed(req.peer, req.index, loop.time())
             self._judge(req.peer, loop.time())
-            self.wake()
-            return
-        try:
-            if req.index not in self.state.have:
-                write = asyncio.to_thread(self._sink.write_chunk, self.model_id, req.index, data)
-                await _finish(write)
         except OSError as e:
-            self._tasks.pop((req.peer, req.index), None)
             self.sched.release(req.peer, req.index, loop.time())  # not the peer's fault
             if isinstance(e, FileNotFoundError):  # the model was dropped meanwhile
-                log.debug("chunk %d of %s: model folder gone", req.index, m.name)
+                log.debug("chunk %d of %s: model files gone", req.index, self.state.manifest.name)
             else:
                 self._disk.failed(
-                    f"cannot store chunk {req.index} of {m.name}: {e.strerror or e}", loop.time()
+                    CHUNKS,
+                    f"cannot store chunk {req.index} of {self.state.manifest.name}: "
+                    f"{e.strerror or e}",
+                    loop.time(),
                 )
+        finally:
+            if self._whole.get((req.peer, level)) is asyncio.current_task():
+                del self._whole[(req.peer, level)]
+            if self._tasks.get((req.peer, req.index)) is asyncio.current_task():
+                del self._tasks[(req.peer, req.index)]
             self.wake()
-            return
-        self._disk.succeeded(began=req.sent_at)
-        self._tasks.pop((req.peer, req.index), None)
-        for dup in self.sched.on_chunk(req.peer, req.index, loop.time()):
+
+    async def _take(self, src: Source, level: int, body: RangeBody) -> None:
+        """Cut an answer's body into the chunks it covers; land each as it completes."""
+        m = self.state.manifest
+        end = body.start + body.length
+        spans = []
+        for i in m.levels[level].chunks:
+            _, offset, length = self._sink.span(i)
+            if offset >= body.start and offset + length <= end:
+                spans.append((i, offset - body.start, length))
+        landing: list[asyncio.Task[None]] = []  # owned here: awaited before this returns
+        try:
+            k, pos, parts = 0, 0, []  # the chunk being filled, the stream position
+            async for piece in body.pieces():
+                view = memoryview(piece)
+                while view and k < len(spans):
+                    i, start, length = spans[k]
+                    if pos < start:  # bytes before a chunk we take (not the case for 206)
+                        skip = min(len(view), start - pos)
+                        view, pos = view[skip:], pos + skip
+                        continue
+                    take = min(len(view), start + length - pos)
+                    parts.append(view[:take])
+                    view, pos = view[take:], pos + take
+                    if pos == start + length:
+                        if i not in self.state.have:
+                            landing.append(asyncio.create_task(self._land(src, i, parts)))
+                        k, parts = k + 1, []
+            await _gather_first_error(landing)
+        finally:
+            for t in landing:
+                t.cancel()
+            await asyncio.gather(*landing, return_exceptions=True)
+
+    async def _land(self, src: Source, index: int, parts: list[memoryview]) -> None:
+        """Verify a chunk and write it (in a worker: hashing and writing release the GIL);
+        then tell the scheduler and the catalog. Raises what went wrong."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        work = loop.run_in_executor(self._workers, self._verify_write, index, parts)
+        ok = await _finish(work)
+        if not ok:
+            raise VerificationError(f"chunk {index} from {src.key} failed its hash")
+        self._disk.succeeded(CHUNKS, began)
+        for dup in self.sched.on_chunk(src.key, index, loop.time()):
             self._cancel(dup)
-        if req.index not in self.state.have:
-            self._count(src, len(data))
-            self._on_stored(self.state, req.index)
+        if index not in self.state.have:
+            self._count(src, self.state.manifest.chunks[index].length)
+            self._on_stored(self.state, index)
         self.wake()
+
+    def _verify_write(self, index: int, parts: list[memoryview]) -> bool:
+        h = hashlib.sha256()
+        for p in parts:
+            h.update(p)
+        if h.digest() != self.state.manifest.chunks[index].sha256:
+            return False
+        if index not in self.state.have:
+            self._sink.write_chunk(index, parts)
+        return True
 
     def _count(self, src: Source, nbytes: int) -> None:
         metrics = self.state.metrics
@@ -306,13 +388,21 @@ class Fetcher:
         self.wake()
 
 
-async def _finish(work: Coroutine[Any, Any, None]) -> None:
+async def _finish(work: Awaitable[T]) -> T:
     """Await a write to the end even if the caller is cancelled meanwhile (then re-raise
     the cancellation): a write abandoned half-way could land after its model was dropped."""
     fut = asyncio.ensure_future(work)
     try:
-        await asyncio.shield(fut)
+        return await asyncio.shield(fut)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             await fut
         raise
+
+
+async def _gather_first_error(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for every task; raise the first error among them (the others still end)."""
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r

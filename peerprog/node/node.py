@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from peerprog.config import Config, split_host_port
 from peerprog.node.catalog import Catalog
+from peerprog.node.decoded import Built
 from peerprog.node.discovery import Discovery
 from peerprog.node.diskguard import DiskGuard, free_bytes
 from peerprog.node.fetcher import Fetcher, FetchSettings
@@ -30,7 +33,7 @@ from peerprog.node.resolver import Resolver
 from peerprog.node.server import PeerService, Upload, build_app
 from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
-from peerprog.store import Store
+from peerprog.store import ModelFiles, Store
 from peerprog.swarm import ModelRef, Peer, PeerTable, SchedulerConfig, VersionPolicy
 
 log = logging.getLogger("peerprog.node")
@@ -96,6 +99,8 @@ class Node:
         self.catalog.take_up_listeners.append(announce)
         self.catalog.forget_listeners.append(self.table.forget_model)
         self._stack: contextlib.AsyncExitStack | None = None
+        self._workers = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="chunks")
+        """Verify and write received chunks, several at once."""
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -103,13 +108,13 @@ class Node:
         """Load the store, serve peers, start announcing, resolving and fetching."""
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.client)
+            stack.callback(self._workers.shutdown)
             stack.push_async_callback(self.catalog.aclose)
             stack.push_async_callback(self._scope.aclose)
             await asyncio.to_thread(self.catalog.load_store)
             host, port = split_host_port(self.config.node.listen, "node.listen")
             service = PeerService(
                 self.catalog,
-                self.store,
                 self.discovery.on_announce,
                 self.upload,
                 self.config.limits,
@@ -144,13 +149,13 @@ class Node:
         """The node's own loops and jobs still running (not the fetches)."""
         return self._scope.tasks()
 
-    async def _fetch(self, state: ModelState) -> None:
+    async def _fetch(self, state: ModelState, files: ModelFiles) -> None:
         """Fetch one model (the catalog runs this in the model's scope)."""
         limits = self.config.limits
         fetcher = Fetcher(
             state,
             transport=self.client,
-            sink=self.store,
+            sink=files,
             sources=self.table,
             disk=self.disk,
             on_stored=self.catalog.chunk_stored,
@@ -160,6 +165,7 @@ class Node:
                 request_timeout=limits.request_timeout,
                 seed=hash((self.url, state.model_id)) & 0xFFFFFFFF,
             ),
+            workers=self._workers,
         )
         unsubscribe = self.discovery.subscribe(fetcher.peers_changed)
         try:
@@ -209,6 +215,12 @@ class Node:
 
     def newest_served(self, name: str) -> ModelState | None:
         return self.catalog.newest_served(name)
+
+    async def decoded(self, state: ModelState, level: int) -> Built:
+        return await self.catalog.decoded(state, level)
+
+    def decoded_builds(self) -> int:
+        return self.catalog.decoded_builds()
 
     def want(self, name: str) -> None:
         """Start fetching ``name`` (and keep it up to date)."""

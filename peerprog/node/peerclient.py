@@ -29,6 +29,52 @@ class NotFound(TransportError):
     """The source answered 404: it does not hold what was asked for."""
 
 
+class RangeBody:
+    """The streaming body of a ``levels/<n>`` answer: ``length`` bytes from ``start``."""
+
+    def __init__(
+        self, client: PeerClient, resp: aiohttp.ClientResponse, url: str, start: int, length: int
+    ) -> None:
+        self._client = client
+        self._resp = resp
+        self.url = url
+        self.start = start
+        self.length = length
+
+    @property
+    def whole(self) -> bool:
+        """The source sent its whole level (it ignores ``Range``)."""
+        return self._resp.status == 200
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; :class:`PeerFault` past ``length`` bytes,
+        :class:`TransportError` if it ends short."""
+        client = self._client
+        throttled = not client.download.unlimited
+        got = 0
+        while piece := await self._resp.content.readany():
+            got += len(piece)
+            if got > self.length:
+                raise PeerFault(f"{self.url}: more than the {self.length} bytes asked for")
+            if throttled:
+                await throttle(client.download, len(piece))
+            yield piece
+        if got < self.length:
+            raise TransportError(f"{self.url}: the answer ended after {got} of {self.length} bytes")
+
+
+def _content_range(header: str, url: str) -> tuple[int, int]:
+    """``bytes a-b/n`` → (a, b); :class:`PeerFault` if malformed."""
+    unit, _, rest = header.strip().partition(" ")
+    span, _, _ = rest.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (
+        first.isascii() and first.isdigit() and last.isascii() and last.isdigit()
+    ):
+        raise PeerFault(f"{url}: a 206 answer with Content-Range {header[:80]!r}")
+    return int(first), int(last)
+
+
 class PeerClient:
     """Outgoing requests to peers and web seeds, sharing one connection pool."""
 
@@ -52,7 +98,10 @@ class PeerClient:
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=min(5.0, self.timeout), sock_read=self.timeout
             ),
-            auto_decompress=False,
+            # Ask for plain bytes; a server that compresses anyway (gzip, deflate) is
+            # decoded, and size caps apply to what it decodes to.
+            headers={"Accept-Encoding": "identity"},
+            auto_decompress=True,
             read_bufsize=1 << 20,
         )
         return self
@@ -67,12 +116,14 @@ class PeerClient:
         return self._session
 
     @asynccontextmanager
-    async def _transport_errors(self, url: str, timeout: float | None) -> AsyncIterator[None]:
+    async def _transport_errors(
+        self, url: str, timeout: float | None
+    ) -> AsyncIterator[asyncio.Timeout]:
         """Bounds the block by ``timeout`` and turns what the network raises into
         :class:`TransportError`."""
         try:
-            async with asyncio.timeout(timeout or self.timeout):
-                yield
+            async with asyncio.timeout(timeout or self.timeout) as bound:
+                yield bound
         except TimeoutError:
             raise TransportError(f"{url}: timed out") from None
         except (aiohttp.ClientError, OSError, ValueError) as e:
@@ -118,13 +169,45 @@ class PeerClient:
         data = await self._get(f"{root}/models/{model_id}/have", count // 8 + 256)
         return decode_have(data, count)
 
-    async def get_chunk(
-        self, root: str, model_id: str, index: int, length: int, timeout: float
-    ) -> bytes:
-        """A chunk's bytes; :class:`PeerFault` if more than ``length`` arrive."""
-        return await self._get(
-            f"{root}/models/{model_id}/chunks/{index}", length, throttled=True, timeout=timeout
-        )
+    @asynccontextmanager
+    async def get_range(
+        self,
+        root: str,
+        model_id: str,
+        level: int,
+        start: int,
+        stop: int,
+        level_size: int,
+        timeout: float,
+    ) -> AsyncIterator[RangeBody]:
+        """``GET levels/<level>`` with ``Range: bytes=start-(stop-1)``; the body streams
+        in the block. A source that ignores ``Range`` answers the whole level (200):
+        :attr:`RangeBody.start` is then 0. :class:`NotFound` for 404/416,
+        :class:`PeerFault` for an answer that is not the bytes asked for."""
+        url = f"{root}/models/{model_id}/levels/{level}"
+        headers = {"Range": f"bytes={start}-{stop - 1}"}
+        async with (
+            self._transport_errors(url, timeout) as bound,
+            self.session.get(url, headers=headers) as resp,
+        ):
+            coded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+            if resp.status in (404, 416):
+                raise NotFound(f"{url}: {resp.status}")
+            if resp.status == 206:
+                first, last = _content_range(resp.headers.get("Content-Range", ""), url)
+                if (first, last + 1) != (start, stop):
+                    raise PeerFault(f"{url}: answered bytes {first}-{last}, not {start}-{stop - 1}")
+                body = RangeBody(self, resp, url, start, stop - start)
+            elif resp.status == 200:
+                body = RangeBody(self, resp, url, 0, level_size)
+                bound.reschedule(None)  # a whole level: only a stalled read ends it
+            else:
+                raise TransportError(f"{url}: HTTP {resp.status}")
+            if not coded and resp.content_length is not None and resp.content_length != body.length:
+                raise PeerFault(
+                    f"{url}: a body of {resp.content_length} bytes, not the {body.length} asked for"
+                )
+            yield body
 
     async def announce(self, root: str, ann: Announce, limit: int) -> Announce:
         """Announce to the peer serving under ``root``; its answer (peer exchange)."""

@@ -1,13 +1,18 @@
 """The peer-protocol HTTP server: the store, read-only, under ``/p2p/v1/``, plus ``have`` and
 ``announce``.
 
-Only verified chunks ever reach the store, so serving a file is safe. Uploads pass through
-the node's upload token bucket in small pieces, so the cap holds across concurrent peers.
+A chunk, or a run of consecutive chunks, is a byte range of a level file (``Range``,
+answered 206 by ``sendfile``). Only verified chunks are written, and a range is served
+only if every chunk it touches is held and its level file is as the node left it (else
+the chunks are hashed again first: one damaged on disk is never sent — a peer would ban
+us for it). Uploads pass through the node's upload token bucket in small pieces, so the
+cap holds across concurrent peers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,11 +21,13 @@ from typing import Protocol
 from aiohttp import web
 
 from peerprog.config import LimitsSection
-from peerprog.errors import PeerFault, VerificationError
-from peerprog.manifest import Manifest, valid_model_id, valid_name, verify_chunk
+from peerprog.errors import PeerFault
+from peerprog.manifest import valid_model_id, valid_name
 from peerprog.node.protocol import PREFIX, Announce, decode_announce, encode_have
 from peerprog.node.ratelimit import TokenBucket, throttle
 from peerprog.node.state import ModelState
+from peerprog.sendfile import send_range
+from peerprog.store import ModelFiles
 
 log = logging.getLogger("peerprog.server")
 MSGPACK = "application/msgpack"
@@ -33,12 +40,7 @@ class Served(Protocol):
     @property
     def models(self) -> Mapping[str, ModelState]: ...
     def newest_served(self, name: str) -> ModelState | None: ...
-
-
-class ChunkReader(Protocol):
-    """Where stored chunks are read (:class:`~peerprog.store.Store`); blocking."""
-
-    def read_chunk(self, model_id: str, index: int) -> bytes | None: ...
+    def files(self, model_id: str) -> ModelFiles | None: ...
 
 
 @dataclass
@@ -54,7 +56,6 @@ class PeerService:
     """What the peer server needs."""
 
     served: Served
-    chunks: ChunkReader
     on_announce: Callable[[Announce], Announce]
     upload: Upload
     limits: LimitsSection
@@ -95,60 +96,87 @@ async def get_have(request: web.Request) -> web.StreamResponse:
     return web.Response(body=encode_have(_model(request).have), content_type=MSGPACK)
 
 
-async def get_chunk(request: web.Request) -> web.StreamResponse:
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=a-b`` (or ``a-``, ``-n``) of a ``size``-byte file as (start, stop);
+    None without a header; :class:`web.HTTPRequestRangeNotSatisfiable` if it is malformed,
+    several ranges, or outside the file."""
+    if header is None:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    ok = unit.strip().lower() == "bytes" and bool(dash) and "," not in spec
+    ok = ok and all(not x or (x.isascii() and x.isdigit() and len(x) <= 18) for x in (first, last))
+    if not ok or (not first and not last):
+        raise _unsatisfiable(size)
+    if not first:  # the last n bytes
+        start, stop = max(0, size - int(last)), size
+    else:
+        start = int(first)
+        stop = min(size, int(last) + 1) if last else size
+    if start >= stop or start >= size:
+        raise _unsatisfiable(size)
+    return start, stop
+
+
+def _unsatisfiable(size: int) -> web.HTTPRequestRangeNotSatisfiable:
+    return web.HTTPRequestRangeNotSatisfiable(
+        headers={"Content-Range": f"bytes */{size}"}, text="range not held"
+    )
+
+
+async def get_level(request: web.Request) -> web.StreamResponse:
+    """A byte range of a level file (206), or the whole level (200), by ``sendfile``;
+    416 unless every chunk it touches is held, verified and intact."""
     state = _model(request)
     svc = _svc(request)
-    text = request.match_info["index"]
-    if not (text.isascii() and text.isdigit()) or len(text) > 9:
-        raise web.HTTPBadRequest(text="bad chunk index")
-    index = int(text)
-    if index >= len(state.manifest.chunks) or index not in state.have:
-        raise web.HTTPNotFound(text="chunk not held")
-    data = await asyncio.to_thread(
-        _read_verified, svc.chunks, state.manifest, state.model_id, index
-    )
-    if data is None:
-        raise web.HTTPNotFound(text="chunk not held")
-    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    resp.content_length = len(data)
+    text = request.match_info["level"]
+    if not (text.isascii() and text.isdigit()) or len(text) > 4:
+        raise web.HTTPBadRequest(text="bad level")
+    m = state.manifest
+    level = int(text)
+    files = svc.served.files(state.model_id)
+    if level >= m.levels_total or files is None:
+        raise web.HTTPNotFound(text="no such level")
+    lv = m.levels[level]
+    span = parse_range(request.headers.get("Range"), lv.bytes)
+    start, stop = span if span is not None else (0, lv.bytes)
+    chunks = _chunks_in(files, lv.chunks, start, stop)
+    usable = await asyncio.to_thread(files.usable, chunks, state.have)
+    if not usable:
+        for i in chunks:
+            if i in files.damaged:
+                log.error("not serving chunk %d of %s…: damaged on disk", i, state.model_id[:12])
+        if span is None:
+            raise web.HTTPNotFound(text="level not held whole")
+        raise _unsatisfiable(lv.bytes)
+    headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{lv.bytes}"
+    resp = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
+    resp.content_length = stop - start
+    bucket = svc.upload.bucket
+    pace = None if bucket.unlimited else functools.partial(throttle, bucket)
     try:
-        await resp.prepare(request)
-        if request.method == "HEAD":  # headers only: a body would corrupt the connection
-            await resp.write_eof()
-            return resp
-        bucket = svc.upload.bucket
-        if bucket.unlimited:
-            await resp.write(data)
-        else:
-            view = memoryview(data)
-            for start in range(0, len(view), SEND_PIECE):
-                piece = view[start : start + SEND_PIECE]
-                await throttle(bucket, len(piece))
-                await resp.write(piece)
-        await resp.write_eof()
+        with open(files.level_path(level), "rb") as f:
+            await send_range(request, resp, f, start, stop - start, pace=pace, piece=SEND_PIECE)
     except ConnectionResetError:  # the peer left, or gave the request up: not an error
-        log.debug("chunk %d to %s: the peer closed the connection", index, request.remote)
+        log.debug("level %d to %s: the peer closed the connection", level, request.remote)
         return resp
-    state.metrics.bytes_uploaded += len(data)
-    svc.upload.bytes += len(data)
-    state.metrics.chunks_uploaded += 1
+    if request.method != "HEAD":
+        state.metrics.bytes_uploaded += stop - start
+        state.metrics.chunks_uploaded += len(chunks)
+        svc.upload.bytes += stop - start
     return resp
 
 
-def _read_verified(
-    chunks: ChunkReader, manifest: Manifest, model_id: str, index: int
-) -> bytes | None:
-    """A stored chunk, checked again: one damaged on disk since is never sent (a peer
-    would ban us for it); None if absent or damaged."""
-    data = chunks.read_chunk(model_id, index)
-    if data is None:
-        return None
-    try:
-        verify_chunk(manifest, index, data)
-    except VerificationError as e:
-        log.error("not serving chunk %d of %s…: damaged on disk (%s)", index, model_id[:12], e)
-        return None
-    return data
+def _chunks_in(files: ModelFiles, chunks: range, start: int, stop: int) -> list[int]:
+    """The chunks of a level that the byte range [start, stop) touches."""
+    out = []
+    for i in chunks:
+        _, offset, length = files.span(i)
+        if offset < stop and offset + length > start:
+            out.append(i)
+    return out
 
 
 async def post_announce(request: web.Request) -> web.StreamResponse:
@@ -179,6 +207,6 @@ def build_app(service: PeerService) -> web.Application:
     app.router.add_get(PREFIX + "/names/{name}", get_name)
     app.router.add_get(PREFIX + "/models/{model_id}/manifest.msgpack", get_manifest)
     app.router.add_get(PREFIX + "/models/{model_id}/have", get_have)
-    app.router.add_get(PREFIX + "/models/{model_id}/chunks/{index}", get_chunk)
+    app.router.add_get(PREFIX + "/models/{model_id}/levels/{level}", get_level)
     app.router.add_post(PREFIX + "/announce", post_announce)
     return app

@@ -60,6 +60,10 @@ class ModelState:
         ]
         self.best_level = self._compute_best_level()
         self.created = time.time()
+        self.rate: float | None = None
+        """Bytes per second verified lately (None before a second sample)."""
+        self._rate_mark: tuple[float, int] | None = None
+        self._received = 0
 
     @property
     def manifest(self) -> Manifest:
@@ -91,6 +95,18 @@ class ModelState:
                 break
             best = n
         return best
+
+    def received(self, nbytes: int, now: float) -> None:
+        """``nbytes`` were verified at ``now``: update :attr:`rate`."""
+        self._received += nbytes
+        if self._rate_mark is None:
+            self._rate_mark = (now, self._received)
+            return
+        t0, b0 = self._rate_mark
+        if now - t0 >= 0.25:
+            sample = (self._received - b0) / (now - t0)
+            self.rate = sample if self.rate is None else self.rate + 0.5 * (sample - self.rate)
+            self._rate_mark = (now, self._received)
 
     def add_chunk(self, index: int) -> bool:
         """Record a stored chunk; returns True if it completed one or more levels."""

@@ -1,9 +1,22 @@
-"""The crash-safe on-disk store of manifests and chunks, publishing, and the assembler."""
+"""The crash-safe on-disk store (layout 2): manifests, level files, names; publishing;
+decoded levels."""
 
 from __future__ import annotations
 
-from peerprog.store.assemble import Assembler
+from peerprog.store.assemble import DecodedFile, Unusable, build_level, level_metadata
 from peerprog.store.disk import Store
-from peerprog.store.publish import PublishResult, publish_file, publish_tensors
+from peerprog.store.levels import ModelFiles
+from peerprog.store.publish import PublishResult, publish_file, publish_model, publish_tensors
 
-__all__ = ["Assembler", "PublishResult", "Store", "publish_file", "publish_tensors"]
+__all__ = [
+    "DecodedFile",
+    "ModelFiles",
+    "PublishResult",
+    "Store",
+    "Unusable",
+    "build_level",
+    "level_metadata",
+    "publish_file",
+    "publish_model",
+    "publish_tensors",
+]

@@ -1,78 +1,225 @@
-"""The assembler: the best prefix of complete levels, decoded into an approximate model.
+"""Decoded levels: a model at one level, written as a safetensors file tensor by tensor.
 
-Levels are handed to the codec's incremental decoder as they complete, so reaching level n
-costs about the size of level n, not a decode from scratch.
+:func:`build_level` reads each tensor's pieces from the level files, decodes it (from the
+previous level's decoded file when there is one, so that reaching level n costs about the
+size of level n), and writes it at its place in the output, which is renamed into place
+when whole. Two tensors are decoded at a time; memory stays near a few times the largest
+tensor, whatever the model's size. Every chunk read is verified first (see
+:meth:`~peerprog.store.levels.ModelFiles.usable`): nothing unverified is decoded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import json
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
 
-from peerprog.codec import RawTensor, get_codec
-from peerprog.codec.base import Decoder
+import numpy as np
+
+from peerprog.codec import exact_at, get_codec
+from peerprog.codec.dtypes import DTYPES
+from peerprog.codec.layout import TensorLayout
 from peerprog.errors import FormatError, InputError
-from peerprog.manifest import Manifest, verify_chunk
+from peerprog.formats.safetensors import NAME_TO_ST
+from peerprog.manifest import Manifest
+from peerprog.store.atomic import TMP_PREFIX
+from peerprog.store.levels import ModelFiles
+from peerprog.swarm import Bitfield
 
-ChunkReader = Callable[[int], bytes | None]
+DECODE_THREADS = 2
 
 
-class Assembler:
-    """Decodes one model level by level from chunks read through ``read_chunk``.
+class Cancelled(Exception):
+    """A build was stopped before it ended (its partial file is removed)."""
 
-    With ``verify``, every chunk read is checked against the manifest first (for stores
-    whose files may have been tampered with since they were written).
-    """
 
-    def __init__(self, manifest: Manifest, read_chunk: ChunkReader, *, verify: bool = False):
-        self.manifest = manifest
-        self._read = read_chunk
-        self._verify = verify
-        codec = get_codec(manifest.codec)
-        self._decoder: Decoder = codec.decoder(manifest.codec_params, manifest.tensors)
+class Unusable(InputError):
+    """A level cannot be built: a chunk it needs is not held, or is damaged on disk."""
 
-    @property
-    def level(self) -> int:
-        """The best level decoded so far (-1 for none)."""
-        return self._decoder.levels_done - 1
 
-    def level_data(self, n: int) -> bytes | None:
-        """Level ``n``'s stream joined from its chunks, or None if a chunk is missing."""
-        parts = []
-        for i in self.manifest.levels[n].chunks:
-            data = self._read(i)
-            if data is None:
-                return None
-            if self._verify:
-                verify_chunk(self.manifest, i, data)
-            parts.append(data)
-        return b"".join(parts)
+def level_metadata(manifest: Manifest, model_id: str, level: int) -> dict[str, str]:
+    """The ``__metadata__`` of a decoded level: the source file's own keys, then the
+    ``peerprog.*`` keys."""
+    received = sum(lv.bytes for lv in manifest.levels[: level + 1])
+    own = {k: v for k, v in manifest.metadata.items() if not k.startswith("peerprog.")}
+    return {
+        **own,
+        "peerprog.model_id": model_id,
+        "peerprog.name": manifest.name,
+        "peerprog.version": str(manifest.version),
+        "peerprog.codec": manifest.codec,
+        "peerprog.level": str(level),
+        "peerprog.levels_total": str(manifest.levels_total),
+        "peerprog.bytes_received": str(received),
+        "peerprog.bytes_total": str(manifest.total_bytes),
+        "peerprog.exact": "true"
+        if exact_at(manifest.codec, level, manifest.levels_total)
+        else "false",
+    }
 
-    def advance(self, upto: int | None = None) -> int:
-        """Decode every further level whose chunks are all present (up to ``upto``).
 
-        Returns the best level now decoded.
-        """
-        last = len(self.manifest.levels) - 1 if upto is None else upto
-        while self.level < last:
-            n = self.level + 1
-            data = self.level_data(n)
-            if data is None:
-                break
+@dataclass(frozen=True)
+class Layout:
+    """Where each tensor's bytes lie in a decoded safetensors file."""
+
+    header: bytes
+    offsets: dict[str, int]
+    size: int
+
+
+def file_layout(tensors: Sequence[TensorLayout], metadata: Mapping[str, str]) -> Layout:
+    """The safetensors header of ``tensors`` (in order), and their data offsets."""
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    spans = {}
+    for t in tensors:
+        if t.dtype not in NAME_TO_ST:
+            raise FormatError(f"tensor {t.name!r}: dtype {t.dtype!r} cannot be stored")
+        n = t.numel * DTYPES[t.dtype].itemsize
+        header[t.name] = {
+            "dtype": NAME_TO_ST[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
+        spans[t.name] = offset
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-aligned
+    head = struct.pack("<Q", len(raw)) + raw
+    return Layout(head, {k: len(head) + v for k, v in spans.items()}, len(head) + offset)
+
+
+class _Pieces(Sequence[bytes]):
+    """A tensor's segments of levels 0..n, read from the level files when asked for."""
+
+    def __init__(self, files: ModelFiles, layout: TensorLayout, upto: int) -> None:
+        self._files, self._layout, self._n = files, layout, upto + 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
+    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        seg = self._layout.segments[i % self._n]
+        return self._files.read(i % self._n, seg.offset, seg.length)
+
+
+class DecodedFile:
+    """A decoded level file, open for reading its tensors (views of a map)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        try:
+            (hlen,) = struct.unpack("<Q", self._file.read(8))
+            self._header = json.loads(self._file.read(hlen))
+            self._base = 8 + hlen
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def array(self, layout: TensorLayout) -> np.ndarray[Any, Any] | None:
+        info = self._header.get(layout.name)
+        dt = DTYPES[layout.dtype]
+        if not isinstance(info, dict) or info.get("shape") != list(layout.shape):
+            return None
+        start, end = info["data_offsets"]
+        if end - start != layout.numel * dt.itemsize:
+            return None
+        arr = np.frombuffer(self._map, dt.storage, layout.numel, self._base + start)
+        return arr.reshape(layout.shape)
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):
+            self._map.close()
+        self._file.close()
+
+
+def build_level(
+    manifest: Manifest,
+    model_id: str,
+    files: ModelFiles,
+    held: Bitfield,
+    level: int,
+    out: Path,
+    *,
+    prior: Path | None = None,
+    cancel: threading.Event | None = None,
+) -> int:
+    """Write ``manifest`` decoded at ``level`` to ``out`` (atomically); ``prior`` is its
+    decoded file of level ``level - 1``, if there is one. Returns the file's size.
+    :class:`Unusable` if a chunk it needs is missing or damaged, :class:`Cancelled` if
+    ``cancel`` is set meanwhile. Blocking."""
+    needed = [i for lv in manifest.levels[: level + 1] for i in lv.chunks]
+    if not files.usable(needed, held):
+        raise Unusable(f"model {manifest.name}: level {level} is not held whole and intact")
+    codec = get_codec(manifest.codec)
+    params = manifest.codec_params
+    lay = file_layout(manifest.tensors, level_metadata(manifest, model_id, level))
+    tmp = out.parent / f"{TMP_PREFIX}{out.name}.{os.getpid()}.{threading.get_ident()}"
+    before = prior_file = None
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, lay.size)
+        os.pwrite(fd, lay.header, 0)
+        if prior is not None:
+            with contextlib.suppress(OSError, ValueError, struct.error):
+                prior_file = DecodedFile(prior)
+        before = prior_file
+
+        stop = threading.Event()
+
+        def one(t: TensorLayout) -> None:
+            if stop.is_set() or (cancel is not None and cancel.is_set()):
+                raise Cancelled()
+            p = before.array(t) if before is not None else None
             try:
-                self._decoder.add_level(n, data)
+                arr = codec.decode_tensor(params, t, _Pieces(files, t, level), p)
             except FormatError as e:
-                raise FormatError(f"model {self.manifest.name}: level {n}: {e}") from None
-        return self.level
+                raise FormatError(f"model {manifest.name}: level {level}: {e}") from None
+            data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], lay.offsets[t.name] + done)
 
-    def take_tensors(self) -> dict[str, RawTensor]:
-        """The approximation, handing the decoder's memory over: for the last level, when
-        no further level will be added. The assembler is spent afterwards."""
-        if self.level < 0:
-            raise InputError(f"model {self.manifest.name}: level 0 is not complete")
-        return self._decoder.take_tensors()
-
-    def tensors(self) -> dict[str, RawTensor]:
-        """The current approximation (new arrays); :class:`InputError` before level 0."""
-        if self.level < 0:
-            raise InputError(f"model {self.manifest.name}: level 0 is not complete")
-        return self._decoder.tensors()
+        # the pool is left (its workers done) before the file is closed or removed
+        with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool:
+            pending: list[Future[None]] = []
+            try:
+                for t in manifest.tensors:
+                    pending.append(pool.submit(one, t))
+                    if len(pending) > DECODE_THREADS:
+                        pending.pop(0).result()
+                for fut in pending:
+                    fut.result()
+            except BaseException:
+                stop.set()
+                raise
+        if not files.usable(needed, held):  # changed on disk while we read it
+            raise Unusable(f"model {manifest.name}: level {level} changed on disk while decoded")
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
+        if prior_file is not None:
+            prior_file.close()
+    return lay.size

@@ -1,33 +1,51 @@
-"""The on-disk store of manifests and chunks (DESIGN.md "Store layout").
+"""The on-disk store (layout version 2): manifests, level files, names.
 
 ```
 <store>/names/<name>                      latest model id for the name (text)
 <store>/models/<model_id>/manifest.msgpack
-<store>/models/<model_id>/chunks/<index>  one file per verified chunk, as published
+<store>/models/<model_id>/levels/<n>      level n's encoded bytes; chunk k at its offset
+<store>/models/<model_id>/verified        which chunks are verified (node-private)
+<store>/models/<model_id>/decoded/        decoded levels as safetensors (node-private)
 ```
 
-Every path component is validated (names, 64-hex ids, integer indexes), so nothing a peer
-sends can make the store touch a file outside its root. Chunks are written only after the
-caller verified them; writes are atomic (:mod:`peerprog.store.atomic`).
+Every path component is validated (names, 64-hex ids, level numbers), so nothing a peer
+sends can make the store touch a file outside its root. A publish is written into a
+``models/.tmp-*`` folder and renamed into place whole; leftovers of interrupted writes are
+removed when the store is opened. A model folder of the first layout (one ``chunks/<index>``
+file per chunk) is migrated to level files when the store is opened: the chunks that
+verify are copied into place, recorded, and the old files removed, in an order a crash at
+any point can resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
+import os
+import secrets
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
-from peerprog.errors import InputError, VerificationError
+from peerprog.errors import InputError, PeerprogError, VerificationError
 from peerprog.manifest import (
-    Manifest,
     SignedManifest,
     open_envelope,
     valid_model_id,
     valid_name,
     verify_chunk,
 )
-from peerprog.store.atomic import clean_temporaries, write_atomic
+from peerprog.store.assemble import build_level
+from peerprog.store.atomic import TMP_PREFIX, clean_temporaries, fsync_dir, write_atomic
+from peerprog.store.levels import LEVELS, ModelFiles
+from peerprog.swarm import Bitfield
+
+log = logging.getLogger("peerprog.store")
+MANIFEST = "manifest.msgpack"
+LOCK = ".lock"
+DECODED = "decoded"
+V1_CHUNKS = "chunks"
 
 
 class Store:
@@ -44,6 +62,8 @@ class Store:
         elif not (self.root / "models").is_dir():
             raise InputError(f"{self.root}: not a peerprog store (no models/ folder)")
         clean_temporaries(self.root / "names")
+        if create:
+            self._clean_models()
 
     # --- paths -----------------------------------------------------------------------------
 
@@ -53,12 +73,15 @@ class Store:
         return self.root / "models" / model_id
 
     def manifest_path(self, model_id: str) -> Path:
-        return self.model_dir(model_id) / "manifest.msgpack"
+        return self.model_dir(model_id) / MANIFEST
 
-    def chunk_path(self, model_id: str, index: int) -> Path:
-        if not isinstance(index, int) or index < 0:
-            raise InputError(f"{index!r} is not a chunk index")
-        return self.model_dir(model_id) / "chunks" / str(index)
+    def level_path(self, model_id: str, level: int) -> Path:
+        if not isinstance(level, int) or isinstance(level, bool) or level < 0:
+            raise InputError(f"{level!r} is not a level")
+        return self.model_dir(model_id) / LEVELS / str(level)
+
+    def decoded_dir(self, model_id: str) -> Path:
+        return self.model_dir(model_id) / DECODED
 
     def name_path(self, name: str) -> Path:
         if not valid_name(name):
@@ -99,7 +122,7 @@ class Store:
         return sorted(
             p.name
             for p in (self.root / "models").iterdir()
-            if valid_model_id(p.name) and (p / "manifest.msgpack").is_file()
+            if valid_model_id(p.name) and (p / MANIFEST).is_file()
         )
 
     def has_manifest(self, model_id: str) -> bool:
@@ -112,15 +135,11 @@ class Store:
             return None
 
     def put_manifest(self, signed: SignedManifest) -> None:
-        """Store a verified manifest envelope (its chunks folder is created too); a stored
+        """Store a verified manifest envelope (its model folder is created too); a stored
         file that differs (e.g. damaged on disk) is replaced."""
-        self.make_model_dir(signed.model_id)
+        self.model_dir(signed.model_id).mkdir(parents=True, exist_ok=True)
         if self.read_manifest_bytes(signed.model_id) != signed.envelope:
             write_atomic(self.manifest_path(signed.model_id), signed.envelope)
-
-    def make_model_dir(self, model_id: str) -> None:
-        """Create a model's folder (chunks are written only into an existing one)."""
-        (self.model_dir(model_id) / "chunks").mkdir(parents=True, exist_ok=True)
 
     def load_manifest(self, model_id: str, trusted: Collection[str] | None) -> SignedManifest:
         """Read and verify a stored manifest (:class:`VerificationError` if tampered)."""
@@ -133,52 +152,139 @@ class Store:
             raise VerificationError(f"stored manifest of {model_id[:16]}…: {e}") from None
 
     def remove_model(self, model_id: str) -> None:
-        """Delete a model's folder (manifest and chunks)."""
-        shutil.rmtree(self.model_dir(model_id), ignore_errors=True)
-
-    # --- chunks ----------------------------------------------------------------------------
-
-    def has_chunk(self, model_id: str, index: int) -> bool:
-        return self.chunk_path(model_id, index).is_file()
-
-    def read_chunk(self, model_id: str, index: int) -> bytes | None:
+        """Delete a model's folder (manifest, level files, records). It is renamed away
+        first, so that a write still under way cannot bring any of it back."""
+        folder = self.model_dir(model_id)
+        gone = folder.with_name(f"{TMP_PREFIX}removed-{model_id[:16]}-{secrets.token_hex(4)}")
         try:
-            return self.chunk_path(model_id, index).read_bytes()
+            os.rename(folder, gone)
         except FileNotFoundError:
-            return None
+            return
+        shutil.rmtree(gone, ignore_errors=True)
 
-    def write_chunk(self, model_id: str, index: int, data: bytes | memoryview) -> None:
-        """Store a chunk the caller has verified, in the model's folder:
-        :class:`FileNotFoundError` if there is none (the model was removed meanwhile).
+    # --- level files -----------------------------------------------------------------------
 
-        The folder is not fsynced per chunk: a rename lost to a power failure only means the
-        chunk is fetched again (chunks are verified when a store is opened).
-        """
-        write_atomic(self.chunk_path(model_id, index), data, sync_dir=False)
+    def open_files(self, signed: SignedManifest) -> ModelFiles:
+        """The level files of a stored model (created, empty, if missing)."""
+        folder = self.model_dir(signed.model_id)
+        if not (folder / MANIFEST).is_file():
+            raise FileNotFoundError(f"{folder}: no manifest")
+        return ModelFiles(folder, signed.manifest)
 
-    def chunk_indexes(self, model_id: str) -> list[int]:
-        """Indexes of the chunk files present (not verified; see :meth:`scan`)."""
-        folder = self.model_dir(model_id) / "chunks"
-        clean_temporaries(folder)
+    def held(self, signed: SignedManifest) -> Bitfield:
+        """The verified chunks of a stored model (blocking)."""
+        with self.open_files(signed) as files:
+            return files.recorded()
+
+    def decode(
+        self, signed: SignedManifest, level: int, out: Path, *, prior: Path | None = None
+    ) -> int:
+        """Write a stored model decoded at ``level`` to ``out`` as safetensors (from its
+        verified chunks; ``prior``: its decoded file of the level before, if any). Returns
+        the file's size; :class:`~peerprog.store.assemble.Unusable` if a chunk is missing.
+        Blocking."""
+        with self.open_files(signed) as files:
+            held = files.recorded()
+            return build_level(
+                signed.manifest, signed.model_id, files, held, level, out, prior=prior
+            )
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A new folder in which a publish writes a model before it has an id: locked
+        while in use (so that another process opening the store leaves it alone), removed
+        if the block fails (commit it with :meth:`commit` inside the block)."""
+        path = self.root / "models" / f"{TMP_PREFIX}publish-{secrets.token_hex(6)}"
+        path.mkdir()
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            names = [p.name for p in folder.iterdir()]
-        except FileNotFoundError:
-            return []
-        return sorted(int(n) for n in names if n.isascii() and n.isdigit())
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield path
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        finally:
+            os.close(fd)
 
-    def scan(self, model_id: str, manifest: Manifest, *, verify: bool = True) -> list[int]:
-        """The chunks held, each checked against ``manifest``; a bad file is deleted."""
-        held = []
-        for i in self.chunk_indexes(model_id):
-            if i >= len(manifest.chunks):
-                self.chunk_path(model_id, i).unlink(missing_ok=True)
-                continue
-            if verify:
-                data = self.read_chunk(model_id, i)
+    def commit(self, staged: Path, model_id: str) -> None:
+        """Rename a staged model folder into place (durably); if the model is there
+        already, the staged copy is dropped."""
+        target = self.model_dir(model_id)
+        with contextlib.suppress(FileNotFoundError):
+            (staged / LOCK).unlink()
+        try:
+            os.rename(staged, target)
+        except OSError:
+            if not (target / MANIFEST).is_file():
+                raise
+            shutil.rmtree(staged, ignore_errors=True)
+        fsync_dir(self.root / "models")
+
+    # --- at open ---------------------------------------------------------------------------
+
+    def _clean_models(self) -> None:
+        """Remove interrupted publishes and writes, and migrate first-layout models."""
+        models = self.root / "models"
+        for p in models.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                _remove_unless_locked(p)
+            elif valid_model_id(p.name) and p.is_dir():
+                clean_temporaries(p)
+                if (p / V1_CHUNKS).is_dir():
+                    self._migrate(p.name)
+
+    def _migrate(self, model_id: str) -> None:
+        """Layout 1 → 2 for one model (its manifest must read; its signature is checked,
+        not its publisher, which the node checks later)."""
+        folder = self.model_dir(model_id)
+        old = folder / V1_CHUNKS
+        if (folder / LEVELS).is_dir():  # a migration that ended before removing the old files
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        try:
+            signed = self.load_manifest(model_id, None)
+        except PeerprogError as e:
+            log.warning("store: cannot migrate model %s… (%s); left as it is", model_id[:12], e)
+            return
+        m = signed.manifest
+        work = folder / f"{TMP_PREFIX}migrate"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        moved = 0
+        with ModelFiles(work, m) as files:
+            have = Bitfield(len(m.chunks))
+            for i in range(len(m.chunks)):
                 try:
-                    verify_chunk(manifest, i, data or b"")
-                except VerificationError:
-                    self.chunk_path(model_id, i).unlink(missing_ok=True)
+                    data = (old / str(i)).read_bytes()
+                    verify_chunk(m, i, data)
+                except (OSError, VerificationError):
                     continue
-            held.append(i)
-        return held
+                files.write_chunk(i, data)
+                have.set(i)
+                moved += 1
+            files.record(have)
+        fsync_dir(work / LEVELS)
+        os.replace(work / "verified", folder / "verified")
+        os.rename(work / LEVELS, folder / LEVELS)
+        fsync_dir(folder)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("store: migrated %s v%d to layout 2 (%d chunks)", m.name, m.version, moved)
+
+
+def _remove_unless_locked(folder: Path) -> None:
+    """Remove a staging folder, unless a publish still holds its lock."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return  # in use by a publish
+    finally:
+        os.close(fd)
+    shutil.rmtree(folder, ignore_errors=True)

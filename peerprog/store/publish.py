@@ -1,35 +1,46 @@
-"""Publish a model: encode into levels, cut into chunks, sign the manifest, store it all.
+"""Publish a model: encode it tensor by tensor into level files, hash the chunks as the
+bytes go by, sign the manifest, and move the model into the store whole.
 
-Chunks are written first, then the manifest, then the name: a crash part-way leaves no
-name pointing at an incomplete model.
+Memory: a tensor is read (a view of the memory-mapped file), encoded, its pieces appended
+to the level files and hashed, then its pages are released — one tensor or two (encoding
+runs on two threads) in memory whatever the model's size. Crash safety: everything is
+written into a locked staging folder, made durable, and renamed into ``models/<id>``; the
+name is set last, so a crash part-way leaves no name pointing at an incomplete model, and
+the staging folder is removed the next time the store is opened.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from peerprog.codec import DEFAULT_CODEC, RawTensor, get_codec
-from peerprog.codec.layout import ParamValue
+from peerprog.codec import DEFAULT_CODEC, Codec, EncodedTensor, RawTensor, get_codec
+from peerprog.codec.dtypes import DTYPES
+from peerprog.codec.layout import ParamValue, Segment, TensorLayout
+from peerprog.codec.quality import QualityMeter
 from peerprog.errors import InputError
-from peerprog.manifest import (
-    DEFAULT_CHUNK_SIZE,
-    Manifest,
-    SignedManifest,
-    chunk_data,
-    cut_levels,
-    seal,
-    valid_name,
-)
+from peerprog.formats import ModelReader, open_model
+from peerprog.manifest import Chunk, Level, Manifest, SignedManifest, seal, valid_name
+from peerprog.manifest.canonical import pack
+from peerprog.manifest.chunking import chunk_size_for
 from peerprog.manifest.model import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
-from peerprog.store.atomic import fsync_dir
-from peerprog.store.disk import Store
+from peerprog.store.atomic import fsync_dir, write_atomic
+from peerprog.store.disk import MANIFEST, Store
+from peerprog.store.levels import LEVELS, RECORD_VERSION
+from peerprog.swarm import Bitfield
 
 Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: ``("encode", bytes done, source bytes)``."""
+
+ENCODE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,7 @@ class LevelSize:
 
 @dataclass(frozen=True)
 class PublishResult:
-    """What :func:`publish_tensors` stored."""
+    """What a publish stored."""
 
     signed: SignedManifest
     source_bytes: int
@@ -51,7 +62,7 @@ class PublishResult:
     levels: tuple[LevelSize, ...]
 
     def to_json(self) -> dict[str, object]:
-        """The ``publish --json`` document of DESIGN.md."""
+        """The ``publish --json`` document."""
         m = self.signed.manifest
         return {
             "model_id": self.signed.model_id,
@@ -75,68 +86,209 @@ def next_version(store: Store, name: str) -> int:
     return store.load_manifest(current, None).manifest.version + 1
 
 
-def publish_tensors(
-    tensors: Mapping[str, RawTensor],
+class _LevelWriter:
+    """Appends one level's bytes to its file and hashes them chunk by chunk."""
+
+    def __init__(self, path: Path, chunk_size: int) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._chunk_size = chunk_size
+        self._hash = hashlib.sha256()
+        self._fill = 0
+        self.size = 0
+        self.chunks: list[Chunk] = []
+
+    def append(self, pieces: list[Any]) -> None:
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            pos = 0
+            while pos < len(view):
+                take = min(len(view) - pos, self._chunk_size - self._fill)
+                self._hash.update(view[pos : pos + take])
+                self._fill += take
+                pos += take
+                if self._fill == self._chunk_size:
+                    self._cut()
+            done = 0
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+            self.size += len(view)
+
+    def _cut(self) -> None:
+        self.chunks.append(Chunk(self._fill, self._hash.digest()))
+        self._hash = hashlib.sha256()
+        self._fill = 0
+
+    def finish(self) -> None:
+        if self._fill:
+            self._cut()
+        os.fsync(self._fd)
+        os.close(self._fd)
+
+
+def publish_file(
+    source: Path,
     *,
     name: str,
     key: Ed25519PrivateKey,
     store: Store,
     codec: str = DEFAULT_CODEC,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
+    params: Mapping[str, ParamValue] | None = None,
+    quality: bool = True,
+    progress: Progress | None = None,
+) -> PublishResult:
+    """Publish a model file (safetensors, .pt/.pth, .npz), streaming it tensor by tensor."""
+    with open_model(Path(source)) as reader:
+        return publish_model(
+            reader,
+            metadata={"peerprog.source": Path(source).name},
+            name=name,
+            key=key,
+            store=store,
+            codec=codec,
+            chunk_size=chunk_size,
+            params=params,
+            quality=quality,
+            progress=progress,
+        )
+
+
+def publish_tensors(tensors: Mapping[str, RawTensor], **kwargs: Any) -> PublishResult:
+    """Publish tensors held in memory (small models, tests)."""
+    return publish_model(_Tensors(tensors), **kwargs)
+
+
+def publish_model(
+    reader: ModelReader,
+    *,
+    name: str,
+    key: Ed25519PrivateKey,
+    store: Store,
+    codec: str = DEFAULT_CODEC,
+    chunk_size: int | None = None,
     params: Mapping[str, ParamValue] | None = None,
     metadata: Mapping[str, str] | None = None,
     quality: bool = True,
     progress: Progress | None = None,
 ) -> PublishResult:
-    """Encode, chunk, sign and store ``tensors`` as the newest version of ``name``."""
+    """Encode, chunk, sign and store the tensors of ``reader`` as the newest version of
+    ``name``. The manifest's metadata is the source file's own (less ``peerprog.*`` keys)
+    with ``metadata`` over it."""
     if not valid_name(name):
         raise InputError(f"{name!r} is not a valid model name (letters, digits, . _ -)")
+    infos = reader.infos()
+    source_bytes = sum(i.nbytes for i in infos)
+    if chunk_size is None:
+        chunk_size = chunk_size_for(source_bytes)
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise InputError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
     c = get_codec(codec)
-    encoded = c.encode(tensors, params)
-    level_quality: tuple[dict[str, int], ...] = encoded.level_quality
-    if quality and not level_quality:
-        from peerprog.codec.quality import level_errors
-
-        level_quality = tuple(level_errors(tensors, encoded, c))
-    levels, chunks = cut_levels(encoded.levels, chunk_size, level_quality)
-    manifest = Manifest(
-        name=name,
-        version=next_version(store, name),
-        codec=encoded.codec,
-        codec_params=dict(encoded.params),
-        chunk_size=chunk_size,
-        tensors=encoded.tensors,
-        levels=levels,
-        chunks=chunks,
-        source_bytes=sum(t.nbytes for t in tensors.values()),
-        created=int(time.time()),
-        metadata=dict(metadata or {}),
-    )
-    signed = seal(manifest, key)
-    pieces = chunk_data(encoded.levels, chunk_size)
-    store.make_model_dir(signed.model_id)
-    for i, piece in enumerate(pieces):
-        store.write_chunk(signed.model_id, i, piece)
-        if progress:
-            progress("store", i + 1, len(pieces))
-    if pieces:  # the chunks' renames are durable before a manifest names them
-        fsync_dir(store.model_dir(signed.model_id) / "chunks")
-    store.put_manifest(signed)
+    merged = c.check_params(params)
+    nlevels = c.levels(merged)
+    meta = {k: v for k, v in reader.metadata.items() if not k.startswith("peerprog.")}
+    meta.update(metadata or {})
+    version = next_version(store, name)
+    floats = sum(i.nbytes // DTYPES[i.dtype].itemsize for i in infos if DTYPES[i.dtype].is_float)
+    meter = QualityMeter(nlevels, total=floats) if quality else None
+    with store.staging() as staged:
+        (staged / LEVELS).mkdir()
+        writers = [_LevelWriter(staged / LEVELS / str(n), chunk_size) for n in range(nlevels)]
+        layouts = []
+        done = 0
+        for tname, tensor, enc in _encoded(reader, c, merged):
+            segments = []
+            for w, pieces, size in zip(writers, enc.pieces, enc.sizes(), strict=True):
+                segments.append(Segment(w.size, size))
+                w.append(list(pieces))
+            shape = tuple(tensor.array.shape)
+            layout = TensorLayout(tname, tensor.dtype, shape, tuple(segments), enc.params)
+            layouts.append(layout)
+            if meter is not None:
+                meter.add(c, merged, layout, tensor, enc)
+            reader.release(tensor)
+            done += tensor.nbytes
+            if progress:
+                progress("encode", done, source_bytes)
+        levels = []
+        chunks: list[Chunk] = []
+        for n, w in enumerate(writers):
+            w.finish()
+            q = meter.level(n) if meter is not None else {}
+            levels.append(Level(n, len(chunks), len(w.chunks), w.size, q))
+            chunks += w.chunks
+        fsync_dir(staged / LEVELS)
+        manifest = Manifest(
+            name=name,
+            version=version,
+            codec=c.name,
+            codec_params=merged,
+            chunk_size=chunk_size,
+            tensors=tuple(layouts),
+            levels=tuple(levels),
+            chunks=tuple(chunks),
+            source_bytes=source_bytes,
+            created=int(time.time()),
+            metadata=meta,
+        )
+        signed = seal(manifest, key)
+        _write_record(staged, manifest)
+        write_atomic(staged / MANIFEST, signed.envelope)
+        store.commit(staged, signed.model_id)
     store.set_name(name, signed.model_id)
-    sizes = []
-    cum = 0
+    sizes, cum = [], 0
     for lv in levels:
         cum += lv.bytes
         sizes.append(LevelSize(lv.level, lv.bytes, cum))
-    return PublishResult(signed, manifest.source_bytes, cum, tuple(sizes))
+    return PublishResult(signed, source_bytes, cum, tuple(sizes))
 
 
-def publish_file(source: Path, **kwargs: object) -> PublishResult:
-    """Read a model file (safetensors, .pt/.pth, .npz) and publish it."""
-    from peerprog.formats import read_model
+def _encoded(
+    reader: ModelReader, c: Codec, params: Mapping[str, ParamValue]
+) -> Iterator[tuple[str, RawTensor, EncodedTensor]]:
+    """Every tensor with its encoding, in the file's order; up to ``ENCODE_THREADS``
+    tensors are encoded at once (numpy and zstd release the GIL)."""
+    names = [i.name for i in reader.infos()]
+    with ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode") as pool:
+        pending: list[tuple[str, RawTensor, Future[EncodedTensor]]] = []
+        for name in names:
+            tensor = reader.read(name)
+            pending.append((name, tensor, pool.submit(c.encode_tensor, params, name, tensor)))
+            if len(pending) >= ENCODE_THREADS:
+                n, t, fut = pending.pop(0)
+                yield n, t, fut.result()
+        for n, t, fut in pending:
+            yield n, t, fut.result()
 
-    tensors = read_model(Path(source))
-    meta = {"source": Path(source).name}
-    return publish_tensors(tensors, metadata=meta, **kwargs)  # type: ignore[arg-type]
+
+def _write_record(folder: Path, manifest: Manifest) -> None:
+    """The verified record of a just-published model: every chunk (its level files were
+    fsynced when finished)."""
+    stats = []
+    for lv in manifest.levels:
+        st = os.stat(folder / LEVELS / str(lv.level))
+        stats.append([st.st_size, st.st_mtime_ns])
+    doc = {
+        "version": RECORD_VERSION,
+        "chunks": Bitfield.full(len(manifest.chunks)).to_bytes(),
+        "levels": stats,
+    }
+    write_atomic(folder / "verified", pack(doc))
+
+
+class _Tensors(ModelReader):
+    """Tensors held in memory, read as a model file would be."""
+
+    def __init__(self, tensors: Mapping[str, RawTensor]) -> None:
+        super().__init__(Path("<memory>"))
+        from peerprog.formats.reader import TensorInfo
+
+        self._tensors = dict(tensors)
+        self._infos = [
+            TensorInfo(n, t.dtype, tuple(t.array.shape)) for n, t in self._tensors.items()
+        ]
+
+    def read(self, name: str) -> RawTensor:
+        return self._tensors[name]
+
+    def release(self, tensor: RawTensor) -> None:
+        """The caller's own arrays: nothing to release."""

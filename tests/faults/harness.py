@@ -175,17 +175,21 @@ class StoreReport:
     """What :func:`check_store` found."""
 
     chunks: dict[str, set[int]]
-    """model id → the indexes of its chunk files (every one verified)."""
+    """model id → the chunks its record names (every one verified)."""
     temporaries: int
     """``.tmp-*`` leftovers (allowed after a crash; removed when the store is opened)."""
+
+
+MODEL_FILES = {"manifest.msgpack", "levels", "verified", "decoded"}
 
 
 def check_store(
     root: Path, trusted: Collection[str] | None, *, publisher: bool = False
 ) -> StoreReport:
-    """Assert the store at ``root`` is consistent: every manifest verifies, every chunk
-    file verifies, nothing but the layout (and ``.tmp-*`` leftovers) is there, and every
-    name points at a model that holds its level 0 (a ``publisher``'s store: every chunk)."""
+    """Assert the store at ``root`` is consistent: every manifest verifies, every chunk the
+    record names verifies, nothing but the layout (and ``.tmp-*`` leftovers) is there, and
+    every name points at a model that holds its level 0 (a ``publisher``'s store: every
+    chunk)."""
     temporaries = 0
     chunks: dict[str, set[int]] = {}
     for entry in (root / "names").iterdir():
@@ -197,26 +201,24 @@ def check_store(
     if store is None:
         return StoreReport({}, temporaries)
     for folder in (root / "models").iterdir():
+        if folder.name.startswith(TMP_PREFIX):  # a publish cut short: never named or served
+            temporaries += 1
+            continue
         assert valid_model_id(folder.name), folder
         names = {p.name for p in folder.iterdir()}
-        assert names <= {"manifest.msgpack", "chunks"} | {
-            n for n in names if n.startswith(TMP_PREFIX)
-        }, names
-        temporaries += sum(1 for n in names if n.startswith(TMP_PREFIX))
+        extra = {n for n in names if n.startswith(TMP_PREFIX)}
+        assert names - extra <= MODEL_FILES, names
+        temporaries += len(extra)
         if "manifest.msgpack" not in names:
-            continue  # an orphan of a publish killed before its manifest: never served
+            continue  # a model whose manifest write was cut short: never served
         try:
-            m = store.load_manifest(folder.name, trusted).manifest
+            signed = store.load_manifest(folder.name, trusted)
         except PeerprogError as e:
             raise AssertionError(f"stored manifest {folder.name[:12]}… fails: {e}") from None
-        held = set()
-        for p in (folder / "chunks").iterdir() if (folder / "chunks").is_dir() else []:
-            if p.name.startswith(TMP_PREFIX):
-                temporaries += 1
-                continue
-            assert p.name.isdigit(), p
-            verify_chunk(m, int(p.name), p.read_bytes())
-            held.add(int(p.name))
+        held = set(store.held(signed).indices())
+        with store.open_files(signed) as files:
+            for i in held:
+                verify_chunk(signed.manifest, i, files.read_chunk(i))
         chunks[folder.name] = held
     for name, model_id in store.names().items():
         assert model_id in chunks, f"name {name} points at {model_id[:12]}…, which is absent"

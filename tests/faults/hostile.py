@@ -4,8 +4,8 @@
 
 It serves the models of a published store under ``/p2p/v1/`` like an honest peer, except:
 
-* ``corrupt``: every chunk has one bit flipped;
-* ``oversize``: every chunk body is longer than the manifest says;
+* ``corrupt``: every answer has one bit flipped;
+* ``oversize``: every answer is longer than the range asked for;
 * ``drip``: chunks are sent a few bytes at a time, very slowly;
 * ``silent``: accepts connections and never answers;
 * ``liar``: claims (``have``) every chunk but answers 404 for them;
@@ -16,8 +16,8 @@ It serves the models of a published store under ``/p2p/v1/`` like an honest peer
   hash), newer than the real ones; their manifests never come, or come as garbage;
 * ``honest``: serves like a peer should (to count what a victim asks for, with ``--log``).
 
-With ``--log FILE`` every request is appended to FILE as ``METHOD PATH`` (flushed at once,
-so a test can read it while the victim runs).
+With ``--log FILE`` every request is appended to FILE as ``METHOD PATH [RANGE]`` (flushed
+at once, so a test can read it while the victim runs).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from aiohttp import ClientSession, web
 from aiohttp.typedefs import Handler
 
 from peerprog.manifest.canonical import pack
+from peerprog.node.server import parse_range
 from peerprog.store import Store
 from peerprog.swarm import Bitfield
 
@@ -61,7 +62,8 @@ def build(store: Store, mode: str, url: str, log: Path | None = None) -> web.App
     @web.middleware
     async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
         if logfile is not None:
-            logfile.write(f"{request.method} {request.path}\n")
+            rng = request.headers.get("Range", "")
+            logfile.write(f"{request.method} {request.path}{' ' + rng if rng else ''}\n")
         return await handler(request)
 
     app = web.Application(middlewares=[record])
@@ -107,29 +109,35 @@ def build(store: Store, mode: str, url: str, log: Path | None = None) -> web.App
             return web.Response(body=os.urandom(random.randrange(1, 64)))
         return web.Response(body=pack({"count": n, "bitfield": Bitfield.full(n).to_bytes()}))
 
-    async def chunk(request: web.Request) -> web.StreamResponse:
+    async def level(request: web.Request) -> web.StreamResponse:
         mid = model(request)
-        index = int(request.match_info["index"])
-        data = store.read_chunk(mid, index)
-        if data is None or mode == "liar":
+        path = store.level_path(mid, int(request.match_info["level"]))
+        if not path.is_file() or mode == "liar":
             raise web.HTTPNotFound()
+        size = path.stat().st_size
+        span = parse_range(request.headers.get("Range"), size) or (0, size)
+        with open(path, "rb") as f:
+            f.seek(span[0])
+            data = f.read(span[1] - span[0])
         if mode == "silent":
             await silent_wait()
+        status = 206 if "Range" in request.headers else 200
+        headers = {"Content-Range": f"bytes {span[0]}-{span[1] - 1}/{size}"}
         if mode == "corrupt":
             b = bytearray(data)
             b[len(b) // 2] ^= 0x01
-            return web.Response(body=bytes(b))
+            return web.Response(status=status, headers=headers, body=bytes(b))
         if mode == "oversize":
-            return web.Response(body=data + os.urandom(len(data) + 4096))
+            return web.Response(status=status, body=data + os.urandom(len(data) + 4096))
         if mode == "drip":
-            resp = web.StreamResponse()
+            resp = web.StreamResponse(status=status, headers=headers)
             resp.content_length = len(data)
             await resp.prepare(request)
             for i in range(0, len(data), 8):
                 await resp.write(data[i : i + 8])
                 await asyncio.sleep(0.5)
             return resp
-        return web.Response(body=data)
+        return web.Response(status=status, headers=headers, body=data)
 
     async def announce(request: web.Request) -> web.StreamResponse:
         await request.read()
@@ -151,7 +159,7 @@ def build(store: Store, mode: str, url: str, log: Path | None = None) -> web.App
     app.router.add_get("/p2p/v1/names/{name}", name)
     app.router.add_get("/p2p/v1/models/{mid}/manifest.msgpack", manifest)
     app.router.add_get("/p2p/v1/models/{mid}/have", have)
-    app.router.add_get("/p2p/v1/models/{mid}/chunks/{index}", chunk)
+    app.router.add_get("/p2p/v1/models/{mid}/levels/{level}", level)
     app.router.add_post("/p2p/v1/announce", announce)
     return app
 

@@ -35,6 +35,12 @@ class Live:
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.node.port}"
 
+    def store_level(self, level: int) -> bytes:
+        """A level file's bytes, as stored."""
+        return (
+            self.data_dir / "models" / self.signed.model_id / "levels" / str(level)
+        ).read_bytes()
+
 
 @asynccontextmanager
 async def live_node(root: Path, socket_dir: Path) -> AsyncIterator[Live]:

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from peerprog.formats import read_model
+from peerprog.store import Store
+from peerprog.store.levels import chunk_offsets
 from tests.faults.harness import (
     assert_bit_exact,
     check_store,
@@ -40,7 +42,7 @@ from tests.integration.cluster import (
 )
 
 NAME = REFERENCE_NAME
-CHUNK = re.compile(r"^GET /p2p/v1/models/[0-9a-f]{64}/chunks/(\d+)$")
+RANGE = re.compile(r"^GET /p2p/v1/models/[0-9a-f]{64}/levels/(\d+) bytes=(\d+)-(\d+)$")
 
 
 def crash_rng() -> random.Random:
@@ -49,8 +51,19 @@ def crash_rng() -> random.Random:
     return random.Random(seed)
 
 
-def chunks_asked(lines: list[str]) -> set[int]:
-    return {int(m.group(1)) for line in lines if (m := CHUNK.match(line))}
+def chunks_asked(lines: list[str], spans: dict[tuple[int, int], int]) -> set[int]:
+    """The chunks the requests in ``lines`` asked for; ``spans``: (level, offset) → chunk."""
+    out = set()
+    for line in lines:
+        if m := RANGE.match(line):
+            level, start, end = (int(g) for g in m.groups())
+            out |= {i for (lv, off), i in spans.items() if lv == level and start <= off <= end}
+    return out
+
+
+def chunk_spans(store: Path, model_id: str) -> dict[tuple[int, int], int]:
+    m = Store(store, create=False).load_manifest(model_id, None).manifest
+    return {span: i for i, span in enumerate(chunk_offsets(m))}
 
 
 def test_edge_killed_at_random_moments(tmp_path: Path, long_run: bool) -> None:
@@ -59,6 +72,7 @@ def test_edge_killed_at_random_moments(tmp_path: Path, long_run: bool) -> None:
     with Cluster(tmp_path) as c:
         pub = c.publish()
         mid, total = pub["model_id"], pub["total_bytes"]
+        spans = chunk_spans(c.seed_store, mid)
         # about 0.6 s of download per life: the kills land all along the levels
         rate = int(total / (0.6 * kills + 0.5))
         with hostile_peer(c, "honest") as src:
@@ -74,18 +88,26 @@ def test_edge_killed_at_random_moments(tmp_path: Path, long_run: bool) -> None:
                 time.sleep(rng.uniform(0.0, 1.2))
                 c.stop(edge, signal.SIGKILL)
                 time.sleep(0.3)  # requests sent before the kill reach the log
-                again = chunks_asked(src.served()[mark:]) & held
+                again = chunks_asked(src.served()[mark:], spans) & held
                 assert not again, f"life {k}: verified chunks {sorted(again)} fetched again"
                 report = check_store(edge.data_dir, {c.public_key})
                 now = report.chunks.get(mid, set())
                 assert held <= now, f"life {k}: verified chunks lost: {sorted(held - now)}"
                 held = now
-                # a chunk write cut short, as a kill a moment earlier would have left it
-                chunks = edge.data_dir / "models" / mid / "chunks"
-                if chunks.is_dir():
-                    (chunks / f".tmp-{k}.cut").write_bytes(os.urandom(rng.randrange(1, 16384)))
+                # a chunk write cut short, as a kill a moment earlier would have left it:
+                # garbage past the recorded chunks (and a record write cut short)
+                folder = edge.data_dir / "models" / mid
+                if (folder / "levels").is_dir():
+                    unheld = sorted(set(range(len(spans))) - held)
+                    if unheld:
+                        i = rng.choice(unheld)
+                        level, offset = next(s for s, j in spans.items() if j == i)
+                        with open(folder / "levels" / str(level), "r+b") as f:
+                            f.seek(offset)
+                            f.write(os.urandom(rng.randrange(1, 1024)))
+                    (folder / f".tmp-verified.{k}").write_bytes(os.urandom(64))
             wait_complete(edge, NAME, timeout=120)
-            again = chunks_asked(src.served()[mark:]) & held
+            again = chunks_asked(src.served()[mark:], spans) & held
             assert not again, f"last life: verified chunks {sorted(again)} fetched again"
             assert_bit_exact(edge, NAME, mid)
             t = transfer(edge, mid)
@@ -103,8 +125,10 @@ def publish_stage(store: Path, first: str, before: set[str]) -> str:
     if (store / "names" / NAME).read_text().strip() != first:
         return "named"
     if not new:
-        return "before any chunk"
-    return "manifest, not named" if (new[0] / "manifest.msgpack").exists() else "chunks only"
+        return "before staging"
+    if any(p.name.startswith(".tmp-") for p in new):
+        return "staged, not moved into place"
+    return "in place, not named"
 
 
 def test_publish_killed_at_random_moments(tmp_path: Path, long_run: bool) -> None:
@@ -187,6 +211,7 @@ def test_disk_full_mid_download_then_freed(
         c.stop(edge, signal.SIGKILL)
         held = check_store(edge.data_dir, {c.public_key}).chunks[mid]
         assert held
+        assert held
         c.start(edge)
         assert transfer(edge, mid)["chunks_from_disk"] == len(held)
         time.sleep(full_for)  # still full: it keeps trying, and keeps serving what it has
@@ -196,8 +221,9 @@ def test_disk_full_mid_download_then_freed(
         assert_bit_exact(edge, NAME, mid)
         t = transfer(edge, mid)
         assert t["chunks_from_disk"] == len(held)
+        m = Store(edge.data_dir, create=False).load_manifest(mid, None).manifest
         assert sum(t["bytes_by_source"].values()) == pub["total_bytes"] - sum(
-            (edge.data_dir / "models" / mid / "chunks" / str(i)).stat().st_size for i in held
+            m.chunks[i].length for i in held
         )
         assert edge.request("GET", "/v1/status").json()["store_error"] is None
         assert check_store(edge.data_dir, {c.public_key}).temporaries == 0

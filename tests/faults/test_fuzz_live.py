@@ -25,6 +25,7 @@ from yarl import URL
 from peerprog.manifest import verify_chunk
 from peerprog.manifest.canonical import pack
 from tests.faults.live import Live, live_node, loops_alive, tree
+from tests.storetools import chunk_range
 from tests.unit.test_fuzz_inputs import NASTY_TEXT, announce_bodies
 
 SEGMENTS = st.one_of(
@@ -69,11 +70,19 @@ PEER_PATHS = [
     "/p2p/v1/names/{x}",
     "/p2p/v1/models/{x}/manifest.msgpack",
     "/p2p/v1/models/{x}/have",
-    "/p2p/v1/models/{mid}/chunks/{x}",
+    "/p2p/v1/models/{mid}/levels/{x}",
     "/p2p/v1/models/{mid}/{x}",
     "/p2p/v1/{x}",
     "/{x}",
 ]
+
+
+RANGES = st.one_of(
+    st.none(),
+    st.builds(lambda a, b: f"bytes={a}-{b}", st.integers(-5, 1 << 20), st.integers(-5, 1 << 20)),
+    st.builds(lambda t: f"bytes={t}", st.text(max_size=20)),
+    st.text(max_size=30),
+)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -82,16 +91,25 @@ PEER_PATHS = [
     template=st.sampled_from(PEER_PATHS),
     segment=SEGMENTS,
     raw=st.booleans(),
+    byte_range=RANGES,
 )
-async def test_peer_paths(live: Live, method: str, template: str, segment: str, raw: bool) -> None:
+async def test_peer_paths(
+    live: Live, method: str, template: str, segment: str, raw: bool, byte_range: str | None
+) -> None:
     before = tree(live.root)
     path = template.format(x=encode(segment, raw), mid=live.signed.model_id)
+    headers = {"Range": byte_range} if byte_range is not None and byte_range.isprintable() else {}
     async with aiohttp.ClientSession() as s:
-        status, body = await send(s, method, live.peer_url + path)
+        status, body = await send(s, method, live.peer_url + path, headers=headers)
     assert status < 500, (method, path, status, body[:200])
     assert b"Traceback" not in body
-    if status == 200 and "/chunks/" in path and method == "GET":
-        verify_chunk(live.signed.manifest, int(segment), body)
+    if status in (200, 206) and "/levels/" in path and method == "GET":
+        level = int(segment)
+        start = 0 if status == 200 else int(headers["Range"].split("=")[1].split("-")[0] or 0)
+        data = live.store_level(level)
+        if status == 206 and headers["Range"].split("=")[1].startswith("-"):
+            start = len(data) - len(body)
+        assert body == data[start : start + len(body)]
     assert tree(live.root) == before
     assert loops_alive(live.node)
 
@@ -195,9 +213,10 @@ async def test_api_requests(
 async def test_api_and_peer_fuzz_leave_the_node_working(live: Live) -> None:
     """After hostile input, the node still serves its model to peers and apps."""
     mid = live.signed.model_id
+    path, headers = chunk_range(live.data_dir, mid, 0)
     async with aiohttp.ClientSession() as s:
-        status, body = await send(s, "GET", f"{live.peer_url}/p2p/v1/models/{mid}/chunks/0")
-    assert status == 200
+        status, body = await send(s, "GET", f"{live.peer_url}/p2p/v1{path}", headers=headers)
+    assert status == 206
     verify_chunk(live.signed.manifest, 0, body)
     connector = aiohttp.UnixConnector(path=str(live.api.socket_path))
     async with aiohttp.ClientSession(connector=connector) as s:
@@ -228,7 +247,8 @@ async def test_peers_and_apps_that_hang_up_mid_answer(
     import socket
 
     mid = live.signed.model_id
-    chunk = f"GET /p2p/v1/models/{mid}/chunks/0 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    path, _ = chunk_range(live.data_dir, mid, 0)
+    chunk = f"GET /p2p/v1{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     best = b"GET /v1/models/tiny/best HTTP/1.1\r\nHost: x\r\n\r\n"
     for _ in range(40):
         await hang_up(socket.AF_INET, ("127.0.0.1", live.node.port), chunk)
@@ -240,11 +260,12 @@ async def test_peers_and_apps_that_hang_up_mid_answer(
 
 async def test_head_of_a_chunk_has_no_body(live: Live) -> None:
     """A body after a HEAD answer would be read as the next answer on the connection."""
-    url = f"{live.peer_url}/p2p/v1/models/{live.signed.model_id}/chunks/0"
+    path, headers = chunk_range(live.data_dir, live.signed.model_id, 0)
+    url = f"{live.peer_url}/p2p/v1{path}"
     async with aiohttp.ClientSession() as s:
         for _ in range(3):  # one connection, reused
-            async with s.head(url) as resp:
-                assert resp.status == 200 and resp.content_length
-            async with s.get(url) as resp:
-                assert resp.status == 200
+            async with s.head(url, headers=headers) as resp:
+                assert resp.status == 206 and resp.content_length
+            async with s.get(url, headers=headers) as resp:
+                assert resp.status == 206
                 verify_chunk(live.signed.manifest, 0, await resp.read())

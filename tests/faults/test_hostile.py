@@ -87,21 +87,21 @@ def run_victim(swarm: Swarm, bad: list[Hostile], *, seed_first: bool = False) ->
 def test_corrupt_peer_is_banned(swarm: Swarm) -> None:
     with hostile_peer(swarm.cluster, "corrupt") as bad:
         t = run_victim(swarm, [bad])
-        assert any("/chunks/" in r for r in bad.served())
+        assert any("/levels/" in r for r in bad.served())
     assert t["peers_banned"] == [bad.url] and t["chunks_failed"] >= 1
 
 
 def test_oversize_peer_is_banned(swarm: Swarm) -> None:
     with hostile_peer(swarm.cluster, "oversize") as bad:
         t = run_victim(swarm, [bad])
-        assert any("/chunks/" in r for r in bad.served())
+        assert any("/levels/" in r for r in bad.served())
     assert t["peers_banned"] == [bad.url] and t["chunks_failed"] >= 1
 
 
 def test_drip_peer_does_not_hold_chunks_back(swarm: Swarm) -> None:
     with hostile_peer(swarm.cluster, "drip") as bad:
         run_victim(swarm, [bad])
-        assert any("/chunks/" in r for r in bad.served())
+        assert any("/levels/" in r for r in bad.served())
 
 
 def test_silent_peer_is_waited_for_no_longer_than_a_timeout(swarm: Swarm) -> None:
@@ -113,7 +113,7 @@ def test_silent_peer_is_waited_for_no_longer_than_a_timeout(swarm: Swarm) -> Non
 def test_lying_have_is_not_believed_for_long(swarm: Swarm) -> None:
     with hostile_peer(swarm.cluster, "liar") as bad:
         run_victim(swarm, [bad])
-        assert any("/chunks/" in r for r in bad.served())
+        assert any("/levels/" in r for r in bad.served())
 
 
 def test_garbage_messages_are_refused(swarm: Swarm) -> None:

@@ -31,6 +31,7 @@ from tests.faults.harness import (
     wait_complete,
 )
 from tests.integration.cluster import REFERENCE_NAME, Cluster, run_cli, wait_until
+from tests.storetools import chunk_bytes, chunk_range, damage_chunk
 
 NAME = REFERENCE_NAME
 
@@ -114,15 +115,13 @@ def test_damaged_store_is_never_served_and_is_repaired(tmp_path: Path) -> None:
         wait_complete(edge, NAME)
         c.stop(edge)
         c.stop(seed)
+        damaged = chunk_bytes(edge.data_dir, mid, 3)
+        damage_chunk(edge.data_dir, mid, 3)
         folder = edge.data_dir / "models" / mid
         manifest = folder / "manifest.msgpack"
         data = bytearray(manifest.read_bytes())
         data[len(data) // 3] ^= 0x10
         manifest.write_bytes(bytes(data))
-        chunk = folder / "chunks" / "3"
-        damaged = bytearray(chunk.read_bytes())
-        damaged[7] ^= 0x01
-        chunk.write_bytes(bytes(damaged))
 
         c.start(edge)  # no source: the damaged model must not be served at all
         wait_until(lambda: "ignoring model" in c.logs(edge), 10, "the refusal")
@@ -148,10 +147,10 @@ def test_damaged_store_is_never_served_and_is_repaired(tmp_path: Path) -> None:
         assert transfer(edge, mid)["chunks_from_disk"] == 65
         assert c.logs(edge).count("ignoring model") == 1  # only while it was damaged
         # damaged while the node runs: never sent to a peer
-        five = folder / "chunks" / "5"
-        good = five.read_bytes()
-        five.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+        damage_chunk(edge.data_dir, mid, 5, at=-1)
+        path, headers = chunk_range(edge.data_dir, mid, 5)
+        req = urllib.request.Request(f"{edge.url}/p2p/v1{path}", headers=headers)
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(f"{edge.url}/p2p/v1/models/{mid}/chunks/5", timeout=5)
-        assert e.value.code == 404
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 416
         assert "not serving chunk 5" in c.logs(edge)

@@ -17,6 +17,7 @@ import pytest
 
 from peerprog.formats import read_model
 from peerprog.reference import digits
+from peerprog.store import Store
 
 MODEL = digits.model_path()
 
@@ -312,8 +313,8 @@ def reconstruct_fails(store: Path, level: str, out: Path, match: str) -> None:
 
 def test_tampered_chunk_is_detected(published: dict[str, object], tmp_path: Path) -> None:
     store, model = copy_store(published, tmp_path)
-    flip_bit(model / "chunks" / "0", 100, 0x40)
-    reconstruct_fails(store, "0", tmp_path / "o", "chunk 0: SHA-256")
+    flip_bit(model / "levels" / "0", 100, 0x40)
+    reconstruct_fails(store, "0", tmp_path / "o", "chunk 0 fails its SHA-256")
 
 
 def test_tampered_manifest_is_detected(published: dict[str, object], tmp_path: Path) -> None:
@@ -325,8 +326,12 @@ def test_tampered_manifest_is_detected(published: dict[str, object], tmp_path: P
 
 def test_missing_chunk_means_level_absent(published: dict[str, object], tmp_path: Path) -> None:
     store, model = copy_store(published, tmp_path)
-    chunks = sorted((model / "chunks").iterdir(), key=lambda p: int(p.name))
-    chunks[-1].unlink()
+    s = Store(store)
+    signed = s.load_manifest(model.name, None)
+    with s.open_files(signed) as files:  # the last chunk never arrived
+        have = files.recorded()
+        have.clear(len(signed.manifest.chunks) - 1)
+        files.record(have)
     reconstruct_fails(store, "max", tmp_path / "o", "is not complete")
 
 

@@ -22,6 +22,7 @@ from tests.integration.cluster import (
     free_port,
     wait_until,
 )
+from tests.storetools import chunk_length, held
 
 
 def transfer(node: Daemon, model_id: str) -> dict[str, Any]:
@@ -47,8 +48,7 @@ def wait_complete(node: Daemon, timeout: float = 90) -> dict[str, Any]:
 
 def assert_bit_exact(node: Daemon, model_id: str) -> None:
     want = read_model(REFERENCE_MODEL)
-    chunks = node.data_dir / "models" / model_id / "chunks"
-    assert chunks.is_dir()
+    assert (node.data_dir / "models" / model_id / "levels").is_dir()
     answer = node.request("GET", f"/v1/models/{REFERENCE_NAME}/best")
     assert answer.status == 200
     assert answer.headers["Peerprog-Model-Id"] == model_id
@@ -113,8 +113,8 @@ def test_seed_and_three_edges_end_bit_exact_in_level_order(tmp_path: Path) -> No
                     n,
                     t,
                 )
-            assert t["chunks_verified"] + t["chunks_from_disk"] == sum(
-                1 for _ in (e.data_dir / "models" / pub["model_id"] / "chunks").iterdir()
+            assert t["chunks_verified"] + t["chunks_from_disk"] == len(
+                held(e.data_dir, pub["model_id"])
             )
             assert t["chunks_failed"] == 0
         assert "level 0 of" in c.logs(edges[0])
@@ -232,8 +232,7 @@ def test_edge_killed_and_restarted_fetches_nothing_twice(tmp_path: Path) -> None
         )
         wait_until(lambda: status(edge).get("bytes_received", 0) > 300_000, 60, "progress")
         c.stop(edge, signal.SIGKILL)
-        chunks = edge.data_dir / "models" / pub["model_id"] / "chunks"
-        had = {p.name for p in chunks.iterdir() if p.name.isdigit()}
+        had = held(edge.data_dir, pub["model_id"])
         assert had
         c.start(edge)
         wait_complete(edge)
@@ -242,7 +241,7 @@ def test_edge_killed_and_restarted_fetches_nothing_twice(tmp_path: Path) -> None
         assert t["chunks_from_disk"] == len(had)
         total = sum(lv["bytes"] for lv in pub["levels"])
         fetched = sum(t["bytes_by_source"].values())
-        held_bytes = sum((chunks / n).stat().st_size for n in had)
+        held_bytes = sum(chunk_length(edge.data_dir, pub["model_id"], i) for i in had)
         assert fetched == total - held_bytes
 
 
@@ -286,9 +285,10 @@ def test_garbage_and_oversized_requests_are_refused(tmp_path: Path) -> None:
         except urllib.error.HTTPError as e:
             return e.code
 
-    def get(url: str) -> int:
+    def get(url: str, headers: dict[str, str] | None = None) -> int:
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
+            req = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=10) as r:
                 return int(r.status)
         except urllib.error.HTTPError as e:
             return e.code
@@ -301,10 +301,15 @@ def test_garbage_and_oversized_requests_are_refused(tmp_path: Path) -> None:
         assert post(base + "/announce", b"\x92\x01") == 400
         assert post(base + "/announce", b"x" * (2 << 20)) == 413
         mid = pub["model_id"]
-        assert get(f"{base}/models/{mid}/chunks/abc") == 400
-        assert get(f"{base}/models/{mid}/chunks/999999") == 404
+        assert get(f"{base}/models/{mid}/levels/abc") == 400
+        assert get(f"{base}/models/{mid}/levels/999999") == 400
+        assert get(f"{base}/models/{mid}/levels/99") == 404
+        assert get(f"{base}/models/{mid}/levels/0", {"Range": "bytes=junk"}) == 416
+        assert get(f"{base}/models/{mid}/levels/0", {"Range": "bytes=0-1,5-9"}) == 416
+        assert get(f"{base}/models/{mid}/levels/0", {"Range": "bytes=99999999-"}) == 416
         assert get(f"{base}/models/..%2F..%2Fetc/manifest.msgpack") in (400, 404)
         assert get(f"{base}/names/..%2Fx") in (400, 404)
-        assert get(f"{base}/models/{mid}/chunks/0") == 200
+        assert get(f"{base}/models/{mid}/levels/0") == 200
+        assert get(f"{base}/models/{mid}/levels/0", {"Range": "bytes=0-99"}) == 206
         time.sleep(0.2)
         assert seed.running

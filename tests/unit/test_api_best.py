@@ -1,4 +1,5 @@
-"""The snapshot cache and the rule of what ``best`` answers, on a fake node (no sockets)."""
+"""The decoded level files and the rule of what ``best`` answers, on a fake node that
+decodes as a node does (no sockets)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from peerprog.api.best import BestCache, Snapshot, SnapshotLagError
 from peerprog.api.context import ApiContext, etag_matches
-from peerprog.api.errors import BadRequest, LevelTimeout, UnknownModel
+from peerprog.api.errors import ApiError, BadRequest, LevelTimeout, UnknownModel
 from peerprog.api.events import parse_event_id, pending_events
 from peerprog.api.query import BestQuery
-from peerprog.store import Assembler
-from tests.unit.test_api_support import FakeNode, publish_sample
+from peerprog.codec import get_codec
+from tests.unit.test_api_support import FakeNode, publish_sample, sample_tensors
 
 
 @pytest.fixture
@@ -28,35 +28,39 @@ def node(tmp_path: Path) -> FakeNode:
     return node
 
 
-def file_of(snap: Snapshot) -> bytes:
-    return b"".join(bytes(p) for p in snap.pieces(1000))
-
-
 def metadata_of(data: bytes) -> dict[str, str]:
     (n,) = struct.unpack("<Q", data[:8])
     meta: dict[str, str] = json.loads(data[8 : 8 + n])["__metadata__"]
     return meta
 
 
-def reconstruct(node: FakeNode, model_id: str, level: int) -> dict[str, np.ndarray]:
+def whole_model_decode(node: FakeNode, model_id: str, level: int) -> dict[str, np.ndarray]:
+    """The model at ``level`` by the codec's whole-model decoder (another code path)."""
     state = node.models[model_id]
-    asm = Assembler(state.manifest, lambda i: node.store.read_chunk(model_id, i))
-    assert asm.advance(level) == level
-    return {k: t.array for k, t in asm.tensors().items()}
+    m = state.manifest
+    dec = get_codec(m.codec).decoder(m.codec_params, m.tensors)
+    files = node.store.open_files(state.signed)
+    for n in range(level + 1):
+        dec.add_level(n, files.read(n, 0, m.levels[n].bytes))
+    files.close()
+    return {k: t.array for k, t in dec.tensors().items()}
 
 
-async def test_snapshot_is_safetensors_equal_to_reconstruct(node: FakeNode) -> None:
+async def test_each_level_decodes_to_safetensors_equal_to_a_whole_model_decode(
+    node: FakeNode,
+) -> None:
     (state,) = node.models.values()
-    cache = BestCache(node.store)
+    ctx = ApiContext(node)
+    previous = None
     for level in range(state.manifest.levels_total):
         if level:
             node.receive(state, level)
-        snap = await cache.get(state)
-        assert snap.level == level and snap.etag == f'"{state.model_id}.{level}"'
-        data = file_of(snap)
-        assert len(data) == snap.size
+        best, _ = await ctx.resolve_best("tiny", BestQuery())
+        assert best.level == level and best.etag == f'"{state.model_id}.{level}"'
+        data = best.path.read_bytes()
+        assert len(data) == best.size
         loaded = safetensors.numpy.load(data)
-        expect = reconstruct(node, state.model_id, level)
+        expect = whole_model_decode(node, state.model_id, level)
         assert loaded.keys() == expect.keys()
         for k, arr in expect.items():
             assert loaded[k].dtype == arr.dtype and np.array_equal(loaded[k], arr, equal_nan=True)
@@ -73,48 +77,61 @@ async def test_snapshot_is_safetensors_equal_to_reconstruct(node: FakeNode) -> N
             "peerprog.bytes_total": str(m.total_bytes),
             "peerprog.exact": "true" if level == m.levels_total - 1 else "false",
         }
-        assert snap.headers()["Peerprog-Level"] == str(level)
-        assert snap.headers()["Peerprog-Bytes-Received"] == meta["peerprog.bytes_received"]
-    assert cache.builds == state.manifest.levels_total
-    assert snap.exact and snap.last
+        assert best.headers()["Peerprog-Level"] == str(level)
+        assert best.headers()["Peerprog-Bytes-Received"] == meta["peerprog.bytes_received"]
+        if previous is not None:  # the older file is removed once a newer one is in place
+            assert not previous.exists()
+        previous = best.path
+    assert node.decoded_builds() == state.manifest.levels_total
+    assert best.exact and best.last
+    original = sample_tensors()
+    for k, t in original.items():
+        assert np.array_equal(loaded[k].view(np.uint8), t.array.view(np.uint8))
 
 
 async def test_concurrent_requests_share_one_build(node: FakeNode) -> None:
     (state,) = node.models.values()
-    cache = BestCache(node.store)
-    snaps = await asyncio.gather(*(cache.get(state) for _ in range(20)))
-    assert cache.builds == 1 and all(s is snaps[0] for s in snaps)
-    assert await cache.get(state) is snaps[0] and cache.builds == 1
+    built = await asyncio.gather(*(node.decoded(state, 0) for _ in range(20)))
+    assert node.decoded_builds() == 1 and all(b is built[0] for b in built)
+    assert await node.decoded(state, 0) is built[0] and node.decoded_builds() == 1
     node.receive(state, 1)
     node.receive(state, 2)
-    snaps = await asyncio.gather(*(cache.get(state) for _ in range(20)))
-    assert cache.builds == 2 and {s.level for s in snaps} == {2}
+    built = await asyncio.gather(*(node.decoded(state, 2) for _ in range(20)))
+    assert node.decoded_builds() == 2 and {b.level for b in built} == {2}
 
 
 async def test_a_cancelled_request_does_not_cancel_the_build(node: FakeNode) -> None:
     (state,) = node.models.values()
-    cache = BestCache(node.store)
-    first = asyncio.create_task(cache.get(state))
-    second = asyncio.create_task(cache.get(state))
+    first = asyncio.create_task(node.decoded(state, 0))
+    second = asyncio.create_task(node.decoded(state, 0))
     await asyncio.sleep(0)
     first.cancel()
-    snap = await second
-    assert snap.level == 0 and cache.builds == 1
+    built = await second
+    assert built.level == 0 and node.decoded_builds() == 1
 
 
-async def test_retain_forgets_other_models(node: FakeNode) -> None:
+async def test_a_damaged_chunk_is_reported_not_decoded(node: FakeNode) -> None:
     (state,) = node.models.values()
-    cache = BestCache(node.store)
-    await cache.get(state)
-    cache.retain(lambda mid: mid != state.model_id)
-    assert state.model_id not in cache and cache.current(state.model_id) is None
+    ctx = ApiContext(node)
+    await ctx.resolve_best("tiny", BestQuery())
+    files = node.store.open_files(state.signed)
+    level, offset, _ = files.span(state.manifest.levels[1].chunks[0])
+    files.close()
+    path = node.store.level_path(state.model_id, level)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    node.receive(state, 1)
+    with pytest.raises(ApiError, match="cannot decode") as e:
+        await ctx.resolve_best("tiny", BestQuery(min_level=1))
+    assert e.value.status == 503
 
 
 # --- what best answers ---------------------------------------------------------------------
 
 
 async def test_unknown_and_unresolved_names(node: FakeNode) -> None:
-    ctx = ApiContext.for_node(node)
+    ctx = ApiContext(node)
     with pytest.raises(UnknownModel):
         await ctx.resolve_best("nope", BestQuery(wait=5))
     node.want("later")
@@ -124,7 +141,7 @@ async def test_unknown_and_unresolved_names(node: FakeNode) -> None:
 
 async def test_min_level_waits_for_the_level(node: FakeNode) -> None:
     (state,) = node.models.values()
-    ctx = ApiContext.for_node(node)
+    ctx = ApiContext(node)
     node.level_listeners.append(ctx.on_level)
     task = asyncio.create_task(ctx.resolve_best("tiny", BestQuery(min_level=2, wait=10)))
     await asyncio.sleep(0.05)
@@ -142,11 +159,11 @@ async def test_min_level_waits_for_the_level(node: FakeNode) -> None:
 
 async def test_if_none_match_waits_for_something_newer(node: FakeNode) -> None:
     (state,) = node.models.values()
-    ctx = ApiContext.for_node(node)
+    ctx = ApiContext(node)
     node.level_listeners.append(ctx.on_level)
     snap, _ = await ctx.resolve_best("tiny", BestQuery())
     same, not_modified = await ctx.resolve_best("tiny", BestQuery(), snap.etag)
-    assert not_modified and same is snap
+    assert not_modified and same == snap
     _, not_modified = await ctx.resolve_best("tiny", BestQuery(wait=0.05), snap.etag)
     assert not_modified
     task = asyncio.create_task(ctx.resolve_best("tiny", BestQuery(wait=10), snap.etag))
@@ -160,18 +177,18 @@ async def test_a_new_version_is_served_once_it_has_a_level(tmp_path: Path, node:
     (old,) = node.models.values()
     _, signed2 = publish_sample(tmp_path / "store", seed=1)
     assert signed2.manifest.version == 2
-    ctx = ApiContext.for_node(node)
+    ctx = ApiContext(node)
     node.level_listeners.append(ctx.on_level)
     new = node.add(signed2)
     snap, _ = await ctx.resolve_best("tiny", BestQuery())
     assert snap.model_id == old.model_id
     node.receive(new, 0)
     snap, _ = await ctx.resolve_best("tiny", BestQuery())
-    assert snap.model_id == new.model_id and old.model_id not in ctx.cache
+    assert snap.model_id == new.model_id
 
 
 async def test_closing_ends_waits(node: FakeNode) -> None:
-    ctx = ApiContext.for_node(node)
+    ctx = ApiContext(node)
     task = asyncio.create_task(ctx.resolve_best("tiny", BestQuery(max_level=True, wait=30)))
     await asyncio.sleep(0.05)
     ctx.notifier.close()
@@ -212,15 +229,3 @@ def test_pending_events(node: FakeNode) -> None:
     tail = decode(pending_events(state, parse_event_id(f"{state.model_id}.2")))
     assert [e[0] for e in tail] == ["level"] * (last_level - 2) + ["complete"]
     assert decode(pending_events(state, (state.model_id, last_level)))[0][0] == "complete"
-
-
-async def test_missing_chunks_are_reported_not_looped_on(node: FakeNode) -> None:
-    (state,) = node.models.values()
-    cache = BestCache(node.store)
-    await cache.get(state)
-    first = state.manifest.levels[1].chunks[0]
-    node.store.chunk_path(state.model_id, first).unlink()
-    node.receive(state, 1)
-    with pytest.raises(SnapshotLagError, match="only level 0"):
-        await cache.get(state)
-    assert cache.current(state.model_id) is not None  # level 0 is still served

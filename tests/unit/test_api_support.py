@@ -1,6 +1,6 @@
 """Helpers for the API's unit tests: a published model in a store, and a fake node that
-holds real :class:`~peerprog.node.state.ModelState`s (chunks are "received" by calling
-:meth:`FakeNode.receive`)."""
+holds real :class:`~peerprog.node.state.ModelState`s and decodes them as a node does
+(chunks are "received" by calling :meth:`FakeNode.receive`; they are all on disk)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import numpy as np
 from peerprog.codec import RawTensor
 from peerprog.config import Config
 from peerprog.manifest import SignedManifest
+from peerprog.node.decoded import Built, DecodedLevels
+from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
+from peerprog.node.tasks import TaskScope
 from peerprog.store import Store, publish_tensors
 from peerprog.swarm import Bitfield
 from tests.unit.samples import KEY
@@ -52,11 +55,19 @@ class FakeNode:
         self.bytes_uploaded = 0
         self.store_error: str | None = None
         self.level_listeners: list[Callable[[Any], None]] = []
+        self.scope = TaskScope("fake node")
+        self.decoders: dict[str, DecodedLevels] = {}
 
     def add(self, signed: SignedManifest, *, levels: int = 0) -> ModelState:
         """Take up ``signed`` holding its first ``levels`` levels."""
         state = ModelState(signed, Bitfield(len(signed.manifest.chunks)), origin=False)
         self.models[signed.model_id] = state
+        files = self.store.open_files(signed)
+        folder = self.store.decoded_dir(signed.model_id)
+        disk = DiskGuard(1.0, lambda: 1 << 40)
+        self.decoders[signed.model_id] = DecodedLevels(
+            state, files, folder, self.scope, disk, ahead=False
+        )
         for lv in signed.manifest.levels[:levels]:
             for i in lv.chunks:
                 state.add_chunk(i)
@@ -78,3 +89,9 @@ class FakeNode:
 
     def want(self, name: str) -> None:
         self.wanted.add(name)
+
+    async def decoded(self, state: ModelState, level: int) -> Built:
+        return await self.decoders[state.model_id].get(level)
+
+    def decoded_builds(self) -> int:
+        return sum(d.builds for d in self.decoders.values())

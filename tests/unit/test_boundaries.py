@@ -26,6 +26,7 @@ RANKS = {
     "peerprog._version": 0,
     "peerprog.errors": 0,
     "peerprog.urls": 0,
+    "peerprog.sendfile": 0,
     "peerprog.codec": 1,
     "peerprog.swarm": 1,
     "peerprog.manifest": 2,

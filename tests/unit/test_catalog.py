@@ -15,7 +15,7 @@ from peerprog.manifest import SignedManifest, chunk_data, seal
 from peerprog.node.catalog import Catalog
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
-from peerprog.store import Store
+from peerprog.store import ModelFiles, Store
 from tests.unit.samples import KEY, PUB, make_manifest
 
 
@@ -37,13 +37,13 @@ async def test_dropping_a_version_stops_its_fetch_and_its_files_stay_gone(tmp_pa
     writes_after_drop: list[BaseException] = []
     dropped = asyncio.Event()
 
-    async def fetch(state: ModelState) -> None:
+    async def fetch(state: ModelState, files: ModelFiles) -> None:
         slow = state.model_id == v1.model_id  # still incomplete when v2 is exact
         chunks = chunks1 if slow else chunks2
         for i, data in enumerate(chunks):
             await asyncio.sleep(0.1 if slow else 0)
             try:
-                await asyncio.to_thread(store.write_chunk, state.model_id, i, data)
+                await asyncio.to_thread(files.write_chunk, i, data)
             except OSError as e:
                 writes_after_drop.append(e)
             cat.chunk_stored(state, i)
@@ -71,17 +71,19 @@ async def test_a_chunk_write_into_a_dropped_model_fails_rather_than_recreate_it(
 ) -> None:
     cat, store, _ = catalog(tmp_path)
     v1, chunks = version(1)
-    cat.start(lambda state: asyncio.sleep(0))
+    cat.start(lambda state, files: asyncio.sleep(0))
     await cat.take_up(v1, "test")
+    files = cat.files(v1.model_id)
+    assert files is not None
     await cat.drop(v1.model_id)
     with pytest.raises(FileNotFoundError):
-        store.write_chunk(v1.model_id, 0, chunks[0])
+        files.write_chunk(0, chunks[0])
     assert not store.model_dir(v1.model_id).exists()
 
 
 async def test_an_older_version_is_not_taken_up(tmp_path: Path) -> None:
     cat, _, _ = catalog(tmp_path)
-    cat.start(lambda state: asyncio.sleep(0))
+    cat.start(lambda state, files: asyncio.sleep(0))
     (v1, _), (v2, _) = version(1), version(2)
     assert await cat.take_up(v2, "test") is not None
     assert await cat.take_up(v1, "test") is None

@@ -9,54 +9,86 @@ import contextlib
 import errno
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
-from peerprog.manifest import SignedManifest, chunk_data
+from peerprog.manifest import Manifest, SignedManifest, chunk_data
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.fetcher import Fetcher, FetchSettings
 from peerprog.node.peerclient import TransportError
 from peerprog.node.state import ModelState
+from peerprog.store.levels import chunk_offsets
 from peerprog.swarm import Bitfield, PeerTable, PeerTableConfig, SchedulerConfig
 from tests.unit.samples import KEY, make_manifest
 
 PEER = "http://peer"
+WORKERS = ThreadPoolExecutor(2)
+
+
+class FakeBody:
+    def __init__(self, data: bytes, start: int) -> None:
+        self.data, self.start, self.length, self.whole = data, start, len(data), False
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        for k in range(0, len(self.data), 700):  # pieces that straddle chunk boundaries
+            await asyncio.sleep(0)
+            yield self.data[k : k + 700]
 
 
 class FakeClient:
-    """Serves every chunk of a model, failing the first ``fail_chunks`` requests."""
+    """Serves every level of a model, failing the first ``fail_chunks`` requests."""
 
-    def __init__(self, chunks: list[bytes], fail_chunks: int = 0) -> None:
-        self.chunks = chunks
+    def __init__(self, levels: list[bytes], fail_chunks: int = 0) -> None:
+        self.levels = levels
         self.fail_chunks = fail_chunks
         self.requests = 0
 
     async def get_have(self, root: str, model_id: str, count: int) -> Bitfield:
         return Bitfield.full(count)
 
-    async def get_chunk(
-        self, root: str, model_id: str, index: int, length: int, timeout: float
-    ) -> bytes:
+    async def get_manifest(self, root: str, model_id: str) -> bytes:
+        raise AssertionError("not a web seed")
+
+    @contextlib.asynccontextmanager
+    async def get_range(
+        self,
+        root: str,
+        model_id: str,
+        level: int,
+        start: int,
+        stop: int,
+        level_size: int,
+        timeout: float,
+    ) -> AsyncIterator[FakeBody]:
         self.requests += 1
         await asyncio.sleep(0)
         if self.fail_chunks > 0:
             self.fail_chunks -= 1
             raise TransportError("connection reset")
-        return self.chunks[index]
+        yield FakeBody(self.levels[level][start:stop], start)
 
 
 class FakeStore:
     """Refuses the first ``full`` writes with ENOSPC."""
 
-    def __init__(self, full: int = 0) -> None:
+    def __init__(self, manifest: Manifest, full: int = 0) -> None:
+        self.spans = chunk_offsets(manifest)
+        self.manifest = manifest
         self.full = full
         self.written: dict[int, bytes] = {}
 
-    def write_chunk(self, model_id: str, index: int, data: bytes) -> None:
+    def span(self, index: int) -> tuple[int, int, int]:
+        level, offset = self.spans[index]
+        return level, offset, self.manifest.chunks[index].length
+
+    def write_chunk(self, index: int, data: Sequence[Any]) -> None:
         if self.full > 0:
             self.full -= 1
             raise OSError(errno.ENOSPC, "No space left on device")
-        self.written[index] = data
+        self.written[index] = b"".join(bytes(p) for p in data)
 
 
 def fetcher(
@@ -82,15 +114,17 @@ def fetcher(
             request_timeout=5.0,
             seed=1,
         ),
+        workers=WORKERS,
     )
     return f, disk, table
 
 
-def model() -> tuple[SignedManifest, list[bytes]]:
+def model() -> tuple[SignedManifest, list[bytes], list[bytes]]:
+    """A signed manifest, its levels' bytes and its chunks' bytes."""
     from peerprog.manifest import seal
 
     m, levels = make_manifest()
-    return seal(m, KEY), chunk_data(levels, m.chunk_size)
+    return seal(m, KEY), levels, [bytes(c) for c in chunk_data(levels, m.chunk_size)]
 
 
 async def fetch(
@@ -103,10 +137,10 @@ async def fetch(
 
 
 async def test_a_full_disk_is_not_the_peers_fault(caplog: pytest.LogCaptureFixture) -> None:
-    signed, chunks = model()
-    store = FakeStore(full=40)
+    signed, levels, chunks = model()
+    store = FakeStore(signed.manifest, full=40)
     # were the failures held against the peer, it would be lost for good
-    state, f, disk = await fetch(signed, FakeClient(chunks), store, revive_after=1e9)
+    state, f, disk = await fetch(signed, FakeClient(levels), store, revive_after=1e9)
     assert state.complete
     assert store.written == dict(enumerate(chunks))
     assert "No space left on device; pausing downloads" in caplog.text
@@ -115,27 +149,27 @@ async def test_a_full_disk_is_not_the_peers_fault(caplog: pytest.LogCaptureFixtu
 
 
 async def test_a_source_lost_after_a_bad_spell_is_asked_again() -> None:
-    signed, chunks = model()
-    client = FakeClient(chunks, fail_chunks=30)
-    state, _, _ = await fetch(signed, client, FakeStore(), revive_after=0.05)
+    signed, levels, _ = model()
+    client = FakeClient(levels, fail_chunks=30)
+    state, _, _ = await fetch(signed, client, FakeStore(signed.manifest), revive_after=0.05)
     assert state.complete and client.requests > 30
 
 
 async def test_a_write_under_way_when_the_fetch_is_cancelled_is_awaited() -> None:
     """Cancelling a fetch (its model dropped) waits for the write in progress: nothing
     lands on disk after the fetch has ended."""
-    signed, chunks = model()
+    signed, levels, _ = model()
 
     class SlowStore(FakeStore):
-        def write_chunk(self, model_id: str, index: int, data: bytes) -> None:
+        def write_chunk(self, index: int, data: Sequence[Any]) -> None:
             started.set()
             time.sleep(0.3)
-            super().write_chunk(model_id, index, data)
+            super().write_chunk(index, data)
 
     started = threading.Event()
-    store = SlowStore()
+    store = SlowStore(signed.manifest)
     state = ModelState(signed, Bitfield(len(signed.manifest.chunks)), origin=False)
-    f, _, _ = fetcher(state, FakeClient(chunks), store, revive_after=1.0)
+    f, _, _ = fetcher(state, FakeClient(levels), store, revive_after=1.0)
     task = asyncio.create_task(f.run())
     await asyncio.to_thread(started.wait, 10)
     task.cancel()
@@ -144,3 +178,24 @@ async def test_a_write_under_way_when_the_fetch_is_cancelled_is_awaited() -> Non
     written = dict(store.written)
     await asyncio.sleep(0.5)
     assert store.written == written and written
+
+
+async def test_a_chunk_that_fails_its_hash_bans_its_sender_and_is_not_written() -> None:
+    signed, levels, chunks = model()
+    bad = [bytearray(lv) for lv in levels]
+    bad[1][10] ^= 1
+    store = FakeStore(signed.manifest)
+    state = ModelState(signed, Bitfield(len(signed.manifest.chunks)), origin=False)
+    f, _, table = fetcher(state, FakeClient([bytes(b) for b in bad]), store, revive_after=1.0)
+    task = asyncio.create_task(f.run())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if table.is_banned(PEER):
+            break
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert table.is_banned(PEER) and PEER in state.metrics.peers_banned
+    first_of_level1 = signed.manifest.levels[1].first_chunk
+    assert first_of_level1 not in store.written
+    assert all(store.written[i] == chunks[i] for i in store.written)

@@ -356,8 +356,8 @@ def test_store_paths_never_leave_the_store(tmp_path: Path, name: str, index: int
     for make in (
         lambda: store.name_path(name),
         lambda: store.model_dir(name),
-        lambda: store.chunk_path(name, index),
-        lambda: store.chunk_path("a" * 64, index),
+        lambda: store.level_path(name, index),
+        lambda: store.level_path("a" * 64, index),
     ):
         try:
             path = make()
@@ -386,8 +386,13 @@ def test_digits_that_int_refuses_or_that_are_not_ascii(text: str, tmp_path: Path
     assert parse_event_id(f"{'a' * 64}.{text}") is None
     with pytest.raises(InputError, match=r"node\.listen"):
         parse_config({"node": {"listen": f"127.0.0.1:{text}"}})
+    # a first-layout chunk file named so is not a chunk: the migration leaves it out
     store = Store(tmp_path / "s")
-    folder = store.model_dir("a" * 64) / "chunks"
-    folder.mkdir(parents=True)
+    m, _ = make_manifest()
+    signed = seal(m, KEY)
+    store.put_manifest(signed)
+    folder = store.model_dir(signed.model_id) / "chunks"
+    folder.mkdir()
     (folder / text.strip()).write_bytes(b"x")
-    assert store.chunk_indexes("a" * 64) == []
+    Store(tmp_path / "s")
+    assert store.held(signed).count() == 0

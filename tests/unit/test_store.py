@@ -1,40 +1,56 @@
-"""The on-disk store: layout, atomic writes, verification on load, path safety."""
+"""The on-disk store (layout 2): level files, the record of verified chunks (durable after
+the data, checked against tampering), atomic writes, the migration of a first-layout
+store, and path safety."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from peerprog.errors import InputError, VerificationError
-from peerprog.manifest import chunk_data, seal
+from peerprog.manifest import SignedManifest, chunk_data, seal
 from peerprog.store import Store
 from peerprog.store.atomic import write_atomic
+from peerprog.swarm import Bitfield
 from tests.unit.samples import KEY, PUB, make_manifest
 
 
-def filled_store(tmp_path: Path) -> tuple[Store, str]:
+def filled_store(tmp_path: Path, *, record: bool = True) -> tuple[Store, SignedManifest]:
     m, levels = make_manifest()
     signed = seal(m, KEY)
     store = Store(tmp_path / "s")
-    store.make_model_dir(signed.model_id)
-    for i, data in enumerate(chunk_data(levels, m.chunk_size)):
-        store.write_chunk(signed.model_id, i, data)
     store.put_manifest(signed)
+    with store.open_files(signed) as files:
+        have = Bitfield(len(m.chunks))
+        for i, data in enumerate(chunk_data(levels, m.chunk_size)):
+            files.write_chunk(i, data)
+            have.set(i)
+        if record:
+            files.record(have)
     store.set_name(m.name, signed.model_id)
-    return store, signed.model_id
+    return store, signed
 
 
 def test_layout_matches_design(tmp_path: Path) -> None:
-    store, mid = filled_store(tmp_path)
+    store, signed = filled_store(tmp_path)
+    mid, m = signed.model_id, signed.manifest
     root = tmp_path / "s"
     assert (root / "names" / "tiny").read_text().strip() == mid
     assert (root / "models" / mid / "manifest.msgpack").is_file()
-    assert sorted(p.name for p in (root / "models" / mid / "chunks").iterdir()) == [
-        str(i) for i in range(7)
+    levels = root / "models" / mid / "levels"
+    assert sorted(p.name for p in levels.iterdir()) == [str(lv.level) for lv in m.levels]
+    assert [(levels / str(lv.level)).stat().st_size for lv in m.levels] == [
+        lv.bytes for lv in m.levels
     ]
+    _, level_bytes = make_manifest()
+    assert (levels / "1").read_bytes() == level_bytes[1]  # chunk k at its offset
     assert store.resolve("tiny") == mid and store.names() == {"tiny": mid}
     assert store.load_manifest(mid, {PUB}).manifest.name == "tiny"
+    assert store.held(signed) == Bitfield.full(len(m.chunks))
+    # a few files per model, whatever its chunk count
+    assert len(list((root / "models" / mid).rglob("*"))) == 3 + len(m.levels)
 
 
 def test_interrupted_write_leaves_no_partial_file(tmp_path: Path) -> None:
@@ -49,28 +65,107 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path: Path) -> None:
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_scan_drops_tampered_and_truncated_chunks(tmp_path: Path) -> None:
-    store, mid = filled_store(tmp_path)
-    m = store.load_manifest(mid, None).manifest
-    p = store.chunk_path(mid, 1)
-    data = bytearray(p.read_bytes())
-    data[0] ^= 1
-    p.write_bytes(bytes(data))
-    store.chunk_path(mid, 4).write_bytes(b"short")
-    (store.chunk_path(mid, 0).parent / ".tmp-0.dead").write_bytes(b"partial")
-    assert store.scan(mid, m) == [0, 2, 3, 5, 6]
-    assert not store.has_chunk(mid, 1)
-    assert not (store.chunk_path(mid, 0).parent / ".tmp-0.dead").exists()
+def test_a_crash_between_the_data_and_the_record_loses_only_unrecorded_chunks(
+    tmp_path: Path,
+) -> None:
+    store, signed = filled_store(tmp_path, record=False)
+    assert store.held(signed).count() == 0  # written, never recorded: fetched again
+    m = signed.manifest
+    with store.open_files(signed) as files:
+        half = Bitfield(len(m.chunks))
+        for i in range(3):
+            half.set(i)
+        files.record(half)
+    assert store.held(signed) == half
+
+
+def test_chunks_changed_on_disk_while_down_are_checked_again(tmp_path: Path) -> None:
+    store, signed = filled_store(tmp_path)
+    m = signed.manifest
+    with store.open_files(signed) as files:
+        level, offset, _ = files.span(4)
+    path = store.level_path(signed.model_id, level)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+    held = store.held(signed)
+    assert 4 not in held and held.count() == len(m.chunks) - 1
+
+
+def test_a_chunk_damaged_while_open_is_never_usable(tmp_path: Path) -> None:
+    store, signed = filled_store(tmp_path)
+    with store.open_files(signed) as files:
+        held = files.recorded()
+        level, offset, _ = files.span(2)
+        assert files.usable([2, 3], held)
+        fd = os.open(files.level_path(level), os.O_RDWR)
+        os.pwrite(fd, b"\xff", offset)
+        os.close(fd)
+        assert not files.usable([2], held) and 2 in files.damaged
+        files.record(held)
+    assert 2 not in store.held(signed)  # left out of the next record: fetched again
 
 
 def test_tampered_manifest_is_refused(tmp_path: Path) -> None:
-    store, mid = filled_store(tmp_path)
-    p = store.manifest_path(mid)
+    store, signed = filled_store(tmp_path)
+    p = store.manifest_path(signed.model_id)
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 4
     p.write_bytes(bytes(data))
     with pytest.raises(VerificationError, match="stored manifest"):
-        store.load_manifest(mid, None)
+        store.load_manifest(signed.model_id, None)
+
+
+def first_layout(tmp_path: Path) -> tuple[Path, SignedManifest, list[bytes]]:
+    """A store of the first layout: a ``chunks/<index>`` file per chunk."""
+    m, levels = make_manifest()
+    signed = seal(m, KEY)
+    root = tmp_path / "old"
+    folder = root / "models" / signed.model_id
+    (folder / "chunks").mkdir(parents=True)
+    (root / "names").mkdir()
+    (folder / "manifest.msgpack").write_bytes(signed.envelope)
+    chunks = [bytes(c) for c in chunk_data(levels, m.chunk_size)]
+    for i, data in enumerate(chunks):
+        (folder / "chunks" / str(i)).write_bytes(data)
+    (root / "names" / "tiny").write_text(signed.model_id + "\n")
+    return root, signed, chunks
+
+
+def test_a_first_layout_store_is_migrated_on_open(tmp_path: Path) -> None:
+    root, signed, chunks = first_layout(tmp_path)
+    folder = root / "models" / signed.model_id
+    (folder / "chunks" / "2").write_bytes(b"damaged")  # not verified: left out
+    (folder / "chunks" / "5").unlink()  # never fetched
+    store = Store(root)
+    assert not (folder / "chunks").exists()
+    held = store.held(signed)
+    assert held.indices() == [i for i in range(len(chunks)) if i not in (2, 5)]
+    with store.open_files(signed) as files:
+        assert all(files.read_chunk(i) == chunks[i] for i in held.indices())
+    assert store.resolve("tiny") == signed.model_id
+
+
+def test_a_migration_interrupted_part_way_resumes(tmp_path: Path) -> None:
+    root, signed, chunks = first_layout(tmp_path)
+    folder = root / "models" / signed.model_id
+    (folder / ".tmp-migrate" / "levels").mkdir(parents=True)  # a crash while copying
+    (folder / ".tmp-migrate" / "levels" / "0").write_bytes(b"partial")
+    store = Store(root)
+    assert store.held(signed).count() == len(chunks)
+    assert not (folder / ".tmp-migrate").exists()
+
+
+def test_an_interrupted_publish_is_removed_but_one_in_progress_is_not(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    dead = store.root / "models" / ".tmp-publish-dead"
+    (dead / "levels").mkdir(parents=True)
+    with store.staging() as live:
+        Store(tmp_path / "s")  # another process opens the store meanwhile
+        assert live.is_dir() and not dead.exists()
+    assert live.is_dir()  # not committed, but the block ended without error
+    Store(tmp_path / "s")
+    assert not live.exists()
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "", ".hidden", "x" * 200, "a\0b", ".."])
@@ -81,4 +176,4 @@ def test_path_components_are_validated(tmp_path: Path, bad: str) -> None:
     with pytest.raises(InputError):
         store.model_dir(bad)
     with pytest.raises(InputError):
-        store.chunk_path("0" * 64, -1)
+        store.level_path("0" * 64, -1)

@@ -1,0 +1,193 @@
+"""A model's decoded levels on disk: what ``best`` serves.
+
+Each level reached is written as a safetensors file, ``decoded/<level>.safetensors``,
+tensor by tensor from the previous level's file and the new level's bytes
+(:func:`peerprog.store.build_level`, in a worker thread). The newest file is kept and older
+ones are removed: an answer still sending one holds it open, so removing it is safe. While
+the store's disk is full, the file is written in the system's temporary directory instead,
+so that apps are still served.
+
+For a model the node wants, levels are built as they complete — except one that would be
+superseded before it is built (the next level is due sooner than a build takes): on a fast
+link the node then decodes the levels that matter, not every level. For any other model
+(e.g. the origin's own), a level is built when an app asks for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from peerprog.node.diskguard import DiskGuard
+from peerprog.node.state import ModelState
+from peerprog.node.tasks import TaskScope
+from peerprog.store import ModelFiles, Unusable, build_level
+
+log = logging.getLogger("peerprog.node")
+DECODE_BYTES_PER_S = 500e6
+"""A first guess of how fast a level is decoded (source bytes per second), until one is
+measured."""
+
+
+@dataclass(frozen=True)
+class Built:
+    """A decoded level file."""
+
+    level: int
+    path: Path
+    size: int
+
+
+class DecodedLevels:
+    """The decoded levels of one model."""
+
+    def __init__(
+        self,
+        state: ModelState,
+        files: ModelFiles,
+        folder: Path,
+        scope: TaskScope,
+        disk: DiskGuard,
+        *,
+        ahead: bool,
+    ) -> None:
+        """``ahead``: build levels as they complete (else only when asked for). Files go
+        into ``folder``, or, while its disk is full, into a folder of the system's
+        temporary directory."""
+        self._state = state
+        self._files = files
+        self._folder = folder
+        self._disk = disk
+        self._spare = (
+            Path(tempfile.gettempdir()) / f"peerprog-decoded-{state.model_id[:16]}-{os.getpid()}"
+        )
+        self._scope = scope
+        self.ahead = ahead
+        self.built: Built | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._cancel = threading.Event()
+        self._speed = DECODE_BYTES_PER_S
+        self.builds = 0
+        """Level files built so far."""
+        self.error: str | None = None
+
+    def level_reached(self) -> None:
+        """The model gained a level."""
+        if self.ahead and self._worth_building():
+            self._start()
+
+    async def get(self, level: int) -> Built:
+        """A decoded file of at least ``level`` (which the model has reached), built now
+        if need be. :class:`Unusable` if the level cannot be built from the store."""
+        while self.built is None or self.built.level < level:
+            self._start()
+            waiter = asyncio.ensure_future(self._changed.wait())
+            try:
+                await waiter
+            finally:
+                waiter.cancel()
+            if self.error is not None and (self.built is None or self.built.level < level):
+                raise Unusable(self.error)
+        return self.built
+
+    def stop(self) -> None:
+        """Stop a build under way (the model is dropped)."""
+        self._cancel.set()
+
+    def _worth_building(self) -> bool:
+        s = self._state
+        m = s.manifest
+        if s.complete or s.best_level < 0:
+            return True
+        rate = s.rate
+        nxt = m.levels[s.best_level + 1] if s.best_level + 1 < m.levels_total else None
+        if rate is None or nxt is None:
+            return True
+        missing = sum(m.chunks[i].length for i in nxt.chunks if i not in s.have)
+        return missing / rate > m.source_bytes / self._speed
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = self._scope.spawn(
+                self._build(), name=f"decode {self._state.manifest.name}"
+            )
+
+    async def _build(self) -> None:
+        s = self._state
+        folder = self._folder
+        try:
+            while s.best_level >= 0 and (self.built is None or self.built.level < s.best_level):
+                level = s.best_level
+                old = self.built
+                prior = old.path if old is not None and old.level == level - 1 else None
+                path = folder / f"{level}.safetensors"
+                folder.mkdir(exist_ok=True)
+                t0 = time.monotonic()
+                began = asyncio.get_running_loop().time()
+                try:
+                    size = await asyncio.to_thread(
+                        build_level,
+                        s.manifest,
+                        s.model_id,
+                        self._files,
+                        s.have.copy(),
+                        level,
+                        path,
+                        prior=prior,
+                        cancel=self._cancel,
+                    )
+                except OSError as e:
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT) or folder != self._folder:
+                        self._failed(level, e)
+                        return
+                    self._disk.failed(
+                        "decode",
+                        f"cannot decode {s.manifest.name} level {level} into the store: "
+                        f"{e.strerror or e}; using {self._spare}",
+                        began,
+                    )
+                    folder = self._spare  # apps are served while the store's disk is full
+                    continue
+                except Unusable as e:
+                    self._failed(level, e)
+                    return
+                took = time.monotonic() - t0
+                if took > 0:
+                    self._speed = s.manifest.source_bytes / took
+                if folder == self._folder:
+                    self._disk.succeeded("decode", began)
+                self.built = Built(level, path, size)
+                self.builds += 1
+                self.error = None
+                log.info(
+                    "%s v%d: level %d decoded in %.2f s", s.manifest.name, s.version, level, took
+                )
+                if old is not None and old.path != path:
+                    with contextlib.suppress(OSError):
+                        old.path.unlink()
+                self._wake()
+        finally:
+            self._wake()
+
+    def _failed(self, level: int, e: Exception) -> None:
+        self.error = str(e)
+        log.error("cannot decode %s level %d: %s", self._state.manifest.name, level, e)
+
+    def remove(self) -> None:
+        """Remove the decoded files (the model is dropped; blocking)."""
+        shutil.rmtree(self._folder, ignore_errors=True)
+        shutil.rmtree(self._spare, ignore_errors=True)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()

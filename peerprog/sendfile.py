@@ -1,0 +1,58 @@
+"""Send a byte range of a file as an aiohttp response body: by ``sendfile`` (no copy
+through Python) when the event loop can, else in pieces; optionally paced by a token
+bucket (see :mod:`peerprog.node.ratelimit`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import BinaryIO
+
+from aiohttp import web
+
+PIECE = 1 << 20
+"""Bytes sent at a time when paced or when ``sendfile`` is not available."""
+
+
+async def send_range(
+    request: web.Request,
+    resp: web.StreamResponse,
+    f: BinaryIO,
+    offset: int,
+    count: int,
+    *,
+    pace: Callable[[int], Awaitable[None]] | None = None,
+    piece: int = PIECE,
+) -> None:
+    """Write ``count`` bytes of ``f`` from ``offset`` as the body of ``resp`` (prepared
+    here, with its headers set by the caller) and end it. ``pace(n)`` is awaited before
+    each piece of ``n`` bytes. ``ConnectionResetError`` if the peer leaves."""
+    await resp.prepare(request)
+    if request.method == "HEAD":  # headers only: a body would corrupt the connection
+        await resp.write_eof()
+        return
+    loop = asyncio.get_running_loop()
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("connection lost")
+    use_sendfile = True
+    end = offset + count
+    while offset < end:
+        n = min(end - offset, piece) if pace is not None or not use_sendfile else end - offset
+        if pace is not None:
+            await pace(n)
+        if use_sendfile:
+            try:
+                await loop.sendfile(transport, f, offset, n)
+                offset += n
+                continue
+            except NotImplementedError:  # e.g. uvloop, or a transport that cannot
+                use_sendfile = False
+                n = min(n, piece)
+        data = await asyncio.to_thread(os.pread, f.fileno(), n, offset)
+        if not data:
+            raise ConnectionResetError("the file is shorter than its answer")
+        await resp.write(data)
+        offset += len(data)
+    await resp.write_eof()
