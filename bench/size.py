@@ -1,8 +1,8 @@
 """Size benchmark: a synthetic LLM-shaped bf16 model of a few GiB, one seed and one edge on
 loopback, against a plain static download of the same file in the same run.
 
-The model: ``--tensors`` tensors of 8192×2048 bfloat16 weights (128 → 2 GiB), each row with
-its own scale (log-normal, σ = 1), as trained weight matrices have. Measured:
+The model: ``--gib`` GiB (default 2) of 8192×2048 bfloat16 weight matrices (32 MiB each),
+each row with its own scale (log-normal, σ = 1), as trained weight matrices have. Measured:
 
 * ``peerprog publish``: seconds, MB/s of source, peak RSS (the process's own, from wait4);
 * the plain download: ``curl`` of the file from ``python -m http.server``, to a file;
@@ -14,7 +14,7 @@ Prints JSON; ``--write`` also updates the size section of BENCHMARKS.md. Everyth
 in a temporary folder (``--dir``) that is removed at the end.
 
     .venv/bin/python -m bench.size --write            # 2 GiB
-    .venv/bin/python -m bench.size --tensors 896      # 14 GiB
+    .venv/bin/python -m bench.size --gib 14 --write   # 14 GiB
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def markdown(doc: dict[str, Any], args: argparse.Namespace) -> str:
         ],
         ["delivered bit-exact", str(r["bit_exact"]), "", ""],
     ]
-    cmd = "python -m bench.size" + (f" --tensors {args.tensors}" if args.tensors != 128 else "")
+    cmd = "python -m bench.size" + (f" --gib {args.gib:g}" if args.gib != 2 else "")
     return (
         f"## Model size: a {gib:.1f} GiB bf16 model, one seed and one edge on loopback\n\n"
         f"`{cmd} --write` — {r['tensors']} tensors of {ROWS}×{COLS} bf16 with per-row scales; "
@@ -254,18 +254,21 @@ def markdown(doc: dict[str, Any], args: argparse.Namespace) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tensors", type=int, default=128, help="8192×2048 bf16 tensors (128: 2 GiB)")
+    ap.add_argument("--gib", type=float, default=2.0, help="model size in GiB (default 2)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (to look at logs)")
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="pp-size-", dir=args.dir))
     try:
-        doc = {"machine": machine(), "result": run(root, args.tensors)}
+        tensors = max(1, round(args.gib * GIB / (ROWS * COLS * 2)))
+        doc = {"machine": machine(), "result": run(root, tensors)}
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(doc, indent=2))
     if args.write:
-        section = "size" if args.tensors == 128 else f"size-{args.tensors}"
+        section = "size" if args.gib == 2 else f"size-{args.gib:g}"
         write_section(section, markdown(doc, args))
 
 

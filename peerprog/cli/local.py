@@ -194,7 +194,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--key", required=True, help="private key file from keygen")
     p.add_argument("--store", required=True, help="store folder")
     p.add_argument("--codec", default=DEFAULT_CODEC)
-    p.add_argument("--chunk-size", type=int, default=256 * 1024)
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="bytes per chunk (default: by the model's size, 16 KiB to 4 MiB)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_publish)
 

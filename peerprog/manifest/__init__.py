@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from peerprog.manifest.chunking import chunk_data, cut_levels
+from peerprog.manifest.chunking import chunk_data, chunk_size_for, cut_levels
 from peerprog.manifest.envelope import SignedManifest, open_envelope, seal, verify_chunk
 from peerprog.manifest.model import (
-    DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION,
     Chunk,
     Level,
@@ -23,13 +22,13 @@ from peerprog.manifest.signing import (
 )
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE",
     "FORMAT_VERSION",
     "Chunk",
     "Level",
     "Manifest",
     "SignedManifest",
     "chunk_data",
+    "chunk_size_for",
     "cut_levels",
     "generate_key_file",
     "load_key_file",

@@ -19,7 +19,6 @@ from peerprog.errors import VerificationError
 from peerprog.manifest.canonical import pack, unpack
 
 FORMAT_VERSION = 1
-DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
 MIN_CHUNK_SIZE = 1024
 MAX_CHUNKS = 1 << 20

@@ -110,6 +110,8 @@ class Fetcher:
         self._settings = settings
         self._workers = workers
         self._whole: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._no_range: set[str] = set()
+        """Sources that answered a range with their whole level."""
         """(source, level) → the request receiving that whole level from a source that
         ignores ``Range``: other requests for that level wait for it."""
         m = state.manifest
@@ -271,6 +273,10 @@ class Fetcher:
                         f"{req.peer}: level {level} arrived without chunk {req.index}"
                     )
                 return
+            me = asyncio.current_task()
+            assert me is not None
+            if req.peer in self._no_range:  # the level will come whole: others wait for it
+                self._whole[(req.peer, level)] = me
             # The scheduler's deadline cancels a stalled request; this is only a backstop.
             hard = self._settings.request_timeout + max(0.0, req.deadline - loop.time())
             lv = self.state.manifest.levels[level]
@@ -278,9 +284,8 @@ class Fetcher:
                 src.root, self.model_id, level, offset, offset + length, lv.bytes, hard
             ) as body:
                 if body.whole:
-                    task = asyncio.current_task()
-                    assert task is not None
-                    self._whole[(req.peer, level)] = task
+                    self._no_range.add(req.peer)
+                    self._whole.setdefault((req.peer, level), me)
                 await self._take(src, level, body)
             if req.index not in self.state.have:
                 raise TransportError(f"{req.peer}: no chunk {req.index} in its answer")

@@ -5,11 +5,11 @@
 <model>/verified       which chunks are verified (node-private, never served)
 ```
 
-Level files are created at their full size as sparse files; a chunk is written at its
-offset only after the caller verified it. The record is made durable *after* the data it
-names: :meth:`ModelFiles.record` first fsyncs the level files written since the last
-record, then replaces the record atomically. A chunk not in the record is fetched again;
-a chunk in it was on disk when the record was written.
+Level files are created at their full size (their blocks reserved where the file system
+can); a chunk is written at its offset only after the caller verified it. The record is
+made durable *after* the data it names: :meth:`ModelFiles.record` first fsyncs the level
+files written since the last record, then replaces the record atomically. A chunk not in
+the record is fetched again; a chunk in it was on disk when the record was written.
 
 The record also keeps each level file's size and modification time as they were then. A
 level file found changed (a write that was not ours, while the node ran or was down) has
@@ -21,6 +21,7 @@ Chunks that fail are *damaged*: never served or decoded, and left out of the nex
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -74,7 +75,7 @@ class ModelFiles:
                 self._fds.append(fd)
                 st = os.fstat(fd)
                 if st.st_size != lv.bytes:
-                    os.ftruncate(fd, lv.bytes)  # sparse: holes until chunks arrive
+                    _allocate(fd, lv.bytes, path)
                     st = os.fstat(fd)
                 self._known.append((st.st_size, st.st_mtime_ns))
         except BaseException:
@@ -241,6 +242,21 @@ class ModelFiles:
     def sync_created(self) -> None:
         """Make the level files' creation durable (after a model folder is made)."""
         fsync_dir(self.folder / LEVELS)
+
+
+def _allocate(fd: int, size: int, path: Path) -> None:
+    """Give a level file its full size, with its blocks reserved where the file system can
+    (writes into reserved blocks are several times faster than into a sparse file); a
+    disk without the room gets a sparse file, so what fits is still fetched and served."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            log.warning("%s: no room to reserve %d bytes; the file stays sparse", path, size)
+        elif e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    os.ftruncate(fd, size)
 
 
 def _skip(pieces: Sequence[Any], n: int) -> list[memoryview]:
