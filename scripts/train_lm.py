@@ -12,7 +12,7 @@ Writes into the cache folder (``$PEERPROG_BENCH_CACHE``, default
   ``split_sha256``, final train and held-out loss;
 * ``byte_gpt_split.json`` — the held-out split (file names, sizes, SHA-256).
 
-Usage (about 18 minutes on 2 cores): ``nice -n 10 python scripts/train_lm.py [--steps N]``
+Usage (about 20 minutes on one core): ``nice -n 10 python scripts/train_lm.py [--steps N]``
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import lm  # noqa: E402
+from bench import lm
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=900)
-    ap.add_argument("--batch", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=lm.CACHE)
     args = ap.parse_args()
 
@@ -78,7 +78,9 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         logits = model(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, lm.VOCAB), batch[:, 1:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, lm.VOCAB), batch[:, 1:].reshape(-1)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

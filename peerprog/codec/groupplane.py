@@ -62,6 +62,7 @@ to its maximum planes, and the remainder makes it exact. No level is empty.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,10 +102,12 @@ PLANE_DTYPES = ("float32", "bfloat16", "float16")
 MAX_LEVELS = 32
 MAX_GROUP = 1 << 16
 SAMPLE_ELEMENTS = 1 << 16
+MAX_STEP = 7  # planes per symbol: 2**(r+1) - 1 values fit in a byte
 _DEFAULTS: dict[str, ParamValue] = {
     "group": 64,
     "max_planes": 12,
     "small_tensor_elements": 1024,
+    "vector_elements": 1 << 16,
     "targets_mbpw": [2000, 3000, 4000, 5000, 6000, 8000],
     "weighting": "relative",
 }
@@ -121,6 +124,7 @@ class Settings:
     group: int
     max_planes: int
     small: int
+    vector: int
     targets: tuple[int, ...]
     weighting: str
     levels: int | None
@@ -143,6 +147,7 @@ def settings(params: Mapping[str, ParamValue] | None) -> Settings:
         _int(p, "group", 1, MAX_GROUP),
         _int(p, "max_planes", 1, 23),
         _int(p, "small_tensor_elements", 0, 1 << 62),
+        _int(p, "vector_elements", 0, 1 << 62),
         tuple(_int({"t": t}, "t", 1, 1 << 20) for t in targets),
         str(p["weighting"]),
         None if levels is None else _int(p, "levels", 1, MAX_LEVELS),
@@ -159,9 +164,17 @@ def _int(p: Mapping[str, ParamValue], key: str, lo: int, hi: int) -> int:
 # ---------------------------------------------------------------------------- shapes
 
 
-def is_whole(dt: DType, numel: int, small: int) -> bool:
-    """Whether a tensor travels whole in level 0."""
-    return dt.name not in PLANE_DTYPES or numel == 0 or numel < small
+def is_whole(dt: DType, shape: Sequence[int], s: Settings) -> bool:
+    """Whether a tensor travels whole in level 0: not a float of :data:`PLANE_DTYPES`, empty,
+    smaller than ``small_tensor_elements``, or a vector (fewer than two dimensions) smaller
+    than ``vector_elements`` (biases and norm statistics: few bytes, much sensitivity)."""
+    numel = math.prod(shape)
+    return (
+        dt.name not in PLANE_DTYPES
+        or numel == 0
+        or numel < s.small
+        or (len(shape) < 2 and numel < s.vector)
+    )
 
 
 def group_size(shape: Sequence[int], group: int) -> int:
@@ -200,13 +213,14 @@ class TensorStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def analyse(name: str, tensor: RawTensor, params: Mapping[str, ParamValue] | None = None
-            ) -> TensorStats:
+def analyse(
+    name: str, tensor: RawTensor, params: Mapping[str, ParamValue] | None = None
+) -> TensorStats:
     """Estimate a tensor's bytes and errors per plane from a sample of its groups."""
     s = settings(params)
     dt = dtype(tensor.dtype)
     flat = _flat(name, dt, tensor)
-    if is_whole(dt, flat.size, s.small):
+    if is_whole(dt, tensor.array.shape, s):
         return TensorStats(name, dt.name, flat.size, True, whole_bytes=flat.size * dt.itemsize)
     geo = _geometry(dt, s)
     gsize = group_size(tensor.array.shape, s.group)
@@ -359,8 +373,7 @@ def _tensor_settings(
     nlevels = s.levels
     if nlevels is None:
         raise FormatError(f"{NAME}: codec params lack 'levels'")
-    numel = math.prod(shape)
-    if is_whole(dt, numel, s.small):
+    if is_whole(dt, shape, s):
         if dict(tp) != {"whole": True}:
             raise FormatError(f"tensor {name!r}: params must be {{'whole': True}}")
         return True, 0, []
@@ -376,7 +389,7 @@ def _tensor_settings(
     ):
         raise FormatError(f"tensor {name!r}: 'planes' must be {nlevels - 1} integers")
     ks = [int(k) for k in planes]  # type: ignore[arg-type]
-    if ks and (ks[0] < 1 or ks[-1] > kmax or any(a > b for a, b in zip(ks, ks[1:], strict=False))):
+    if ks and (ks[0] < 1 or ks[-1] > kmax or any(a > b for a, b in itertools.pairwise(ks))):
         raise FormatError(f"tensor {name!r}: 'planes' must rise from ≥ 1 to ≤ {kmax}")
     if nlevels < 2:
         raise FormatError(f"tensor {name!r}: a planed tensor needs at least 2 levels")
@@ -410,17 +423,33 @@ def encode_tensor(
     pieces: list[Any] = []
     prev = 0
     for n, k in enumerate(ks):
-        if k == prev:
-            pieces.append(b"")
-            continue
-        level = encode_plane_level(q, neg, top, prev, k)
-        if n == 0:
-            level = with_u32(encode_scales(geo, exps), *level)
-        pieces.append(b"".join(level))
+        parts: list[Any] = [encode_scales(geo, exps)] if n == 0 else []
+        for a, b in _substeps(prev, k):
+            parts.append(b"".join(encode_plane_level(q, neg, top, a, b)))
+        pieces.append(b"".join(b"".join(with_u32(p)) for p in parts))
         prev = k
     prior = from_f32(geo, midpoints(geo, q.reshape(v.shape), neg.reshape(v.shape), exps, top))
-    pieces.append(b"".join(encode_remainder(geo, words, prior.reshape(-1).view(dt.word))))
+    rem = b"".join(encode_remainder(geo, words, prior.reshape(-1).view(dt.word)))
+    pieces.append(b"".join(with_u32(rem)))
     return {"group": gsize, "planes": list(ks)}, pieces
+
+
+def _substeps(k0: int, k1: int) -> list[tuple[int, int]]:
+    """A level's planes ``k0 .. k1`` in steps of at most :data:`MAX_STEP` (a step's
+    symbols must fit in a byte)."""
+    return [(a, min(a + MAX_STEP, k1)) for a in range(k0, k1, MAX_STEP)]
+
+
+def _parts(piece: Buffer, count: int, what: str) -> list[memoryview]:
+    """A piece made of ``count`` ``[u32 length][part]`` parts, and nothing else."""
+    out = []
+    rest: Buffer = piece
+    for _ in range(count):
+        part, rest = split_u32(rest, what)
+        out.append(part)
+    if len(memoryview(rest)):
+        raise FormatError(f"{what}: {len(memoryview(rest))} bytes of junk after the data")
+    return out
 
 
 # ---------------------------------------------------------------------------- decode
@@ -468,8 +497,8 @@ def decode_tensor(
     for m in range(n + 1):
         wm = f"tensor {name!r} level {m}"
         if out is None:
-            out = _first(geo, ks, gsize, ngroups, pieces[0], wm)[1]
-            out = out.reshape(-1)[:numel].reshape(shape)
+            v0 = _first(geo, ks, gsize, ngroups, pieces[0], wm)[1]
+            out = from_f32(geo, v0.reshape(-1)[:numel]).reshape(shape)
         else:
             out = _next_level(geo, ks, gsize, ngroups, numel, shape, pieces[: m + 1], m, out, wm)
     assert out is not None
@@ -479,14 +508,18 @@ def decode_tensor(
 def _first(
     geo: Geometry, ks: list[int], gsize: int, ngroups: int, piece: Buffer, what: str
 ) -> tuple[Array, Array]:
-    """(group exponents, level-0 values in the storage dtype, padded (ngroups, gsize))."""
-    scales, rest = split_u32(piece, what)
-    exps = decode_scales(geo, scales, ngroups, what)
-    frame, refine = split_u32(rest, what)
+    """(group exponents, level-0 values as float32, padded (ngroups, gsize))."""
+    steps = _substeps(0, ks[0])
+    parts = _parts(piece, 1 + len(steps), what)
+    exps = decode_scales(geo, parts[0], ngroups, what)
+    (a, b), *more = steps
+    frame, refine = split_u32(parts[1], what)
     if len(refine):
         raise FormatError(f"{what}: junk after level 0's symbols")
-    v = decode_first_level(geo, exps, gsize, ks[0], frame, what)
-    return exps, from_f32(geo, v)
+    v = decode_first_level(geo, exps, gsize, b, frame, what)
+    for (a, b), part in zip(more, parts[2:], strict=True):
+        v = decode_plane_level(geo, v, exps, a, b, part, what)
+    return exps, v
 
 
 def _next_level(
@@ -513,8 +546,11 @@ def _next_level(
     exps = decode_scales(geo, scales, ngroups, f"{what} (level 0)")
     words = padded(np.ascontiguousarray(prior).reshape(-1).view(geo.word), ngroups * gsize)
     if last:
-        exact = decode_remainder(geo, words, piece, what)
+        (part,) = _parts(piece, 1, what)
+        exact = decode_remainder(geo, words, part, what)
         return exact[:numel].view(geo.dt.storage).reshape(shape)
     v = to_f32(geo, words).reshape(ngroups, gsize)
-    out = decode_plane_level(geo, v, exps, k0, k1, piece, what)
-    return from_f32(geo, out.reshape(-1)[:numel]).reshape(shape)
+    steps = _substeps(k0, k1)
+    for (a, b), part in zip(steps, _parts(piece, len(steps), what), strict=True):
+        v = decode_plane_level(geo, v, exps, a, b, part, what)
+    return from_f32(geo, v.reshape(-1)[:numel]).reshape(shape)

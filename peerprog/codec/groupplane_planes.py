@@ -103,10 +103,11 @@ def half_steps(exps: Array, k: int) -> Array:
 
 def magnitudes(v: Array, exps: Array, k: int) -> Array:
     """``floor(|x| / 2**(E - k))`` per element (0 for NaN and ±Inf), uint32: k planes."""
-    a = np.abs(v.astype(np.float64))
+    with np.errstate(invalid="ignore"):  # signalling NaNs warn when widened
+        a = np.abs(v.astype(np.float64))
     a[~np.isfinite(a)] = 0
-    q = np.floor(np.ldexp(a, (k - exps)[:, None]))
-    return q.astype(np.uint32)
+    q: Array = np.floor(np.ldexp(a, (k - exps)[:, None])).astype(np.uint32)
+    return q
 
 
 # ---------------------------------------------------------------------------- symbols
@@ -206,7 +207,8 @@ def midpoints(g: Geometry, q: Array, neg: Array, exps: Array, k: int) -> Array:
     """The decoded float32 values of magnitudes ``q`` after ``k`` planes (0 where q is 0)."""
     odd = (2 * q.astype(np.float32) + 1) * (q != 0)
     val = odd * half_steps(exps, k)
-    return np.where(neg & (q != 0), -val, val)
+    out: Array = np.where(neg & (q != 0), -val, val)
+    return out
 
 
 def encode_remainder(g: Geometry, words: Array, prior_words: Array) -> list[Any]:
@@ -253,8 +255,10 @@ def decode_plane_level(
     nsig = int(np.count_nonzero(sig))
     frame, refine = split_u32(piece, what)
     if len(refine) != bitpack.packed_size(nsig, r):
-        raise FormatError(f"{what}: refinement bits of {len(refine)} bytes, expected "
-                          f"{bitpack.packed_size(nsig, r)}")
+        raise FormatError(
+            f"{what}: refinement bits of {len(refine)} bytes, expected "
+            f"{bitpack.packed_size(nsig, r)}"
+        )
     sym = unpack_symbols(frame, v.size - nsig, r, what)
     step = np.empty(v.shape, np.float32)
     step[~sig] = 2 * sym + np.sign(sym)
@@ -266,8 +270,9 @@ def decode_plane_level(
     return out
 
 
-def decode_first_level(g: Geometry, exps: Array, gsize: int, k: int, piece: Buffer,
-                       what: str) -> Array:
+def decode_first_level(
+    g: Geometry, exps: Array, gsize: int, k: int, piece: Buffer, what: str
+) -> Array:
     """Level 0's plane symbols (every weight unknown) → float32 (ngroups, gsize)."""
     sym = unpack_symbols(piece, exps.size * gsize, k, what).reshape(exps.size, gsize)
     out: Array = (2 * sym + np.sign(sym)).astype(np.float32) * half_steps(exps, k)

@@ -40,7 +40,11 @@ def pack(values: Array, widths: Array) -> bytes:
     # Each field, left-aligned in a 128-bit pair of words (word, word + 1).
     end_bit = bit + w  # 1..120: where the field ends, from the word's top
     fits = end_bit <= 64
-    hi = np.where(fits, v << (64 - end_bit).clip(0, 63).astype(_U64), v >> (end_bit - 64).clip(0, 63).astype(_U64))
+    hi = np.where(
+        fits,
+        v << (64 - end_bit).clip(0, 63).astype(_U64),
+        v >> (end_bit - 64).clip(0, 63).astype(_U64),
+    )
     hi = np.where(w == 0, _U64(0), hi)
     lo = np.where(fits, _U64(0), v << (128 - end_bit).clip(0, 63).astype(_U64))
     out = np.zeros(nwords, _U64)
