@@ -105,7 +105,14 @@ class Model:
     ) -> None:
         self.name, self.dtype, self.tensors = name, dtype, tensors
         self._module, self._run, self._extra = module, run, extra
-        self.full_logits = self._logits(tensors)
+        self._full: torch.Tensor | None = None
+
+    @property
+    def full_logits(self) -> torch.Tensor:
+        """The full model's outputs (computed on first use)."""
+        if self._full is None:
+            self._full = self._logits(self.tensors)
+        return self._full
 
     def _logits(self, tensors: Mapping[str, RawTensor]) -> torch.Tensor:
         state = {k: torch.from_numpy(np.array(to_float32(t))) for k, t in tensors.items()}
