@@ -23,32 +23,39 @@ API (pure functions; the store/publish side wires them in)::
   the tensor's own size (known from the manifest) and the lengths the pieces must have.
 
 Format of a float tensor (float32, bfloat16, float16) with at least
-``small_tensor_elements`` elements; any other tensor travels whole in level 0 (raw bytes,
-zstd) with ``{"whole": True}``:
+``small_tensor_elements`` elements, and, if it has fewer than two dimensions, at least
+``vector_elements`` (biases and norm statistics are few bytes and sensitive: on
+EfficientNet-Lite1, BatchNorm vectors given planes cost more quality than they saved bytes);
+any other tensor travels whole in level 0 (raw bytes, zstd) with ``{"whole": True}``:
 
 * Groups: the flat tensor cut into groups of ``g`` consecutive weights (the last one
   zero-padded), ``g`` the largest divisor of the row length (the last axes) in ``G/2+1..G``
   (``G`` = codec param ``group``) so that groups do not cross rows, else the row length if
   it is at most ``G``, else ``G``. Tensor param ``group``.
+* Framing: every piece is a sequence of parts, each ``[u32 little-endian length][part]``,
+  and nothing else. Level 0: the scales, then one part per plane step; a plane level: one
+  part per plane step (a level's planes are cut into steps of at most 7, so that a step's
+  symbols fit in a byte); the last level: one part, the remainder.
 * Scale: group exponent ``E``, the smallest with every finite |x| < 2**E, clamped to
   ``e_floor..e_ceil`` of the dtype (:func:`~peerprog.codec.groupplane_planes.geometry`);
-  level 0 starts with ``[u32 length][zstd frame of E - e_floor, one byte per group]``.
+  level 0's first part is a zstd frame of ``E - e_floor``, one byte per group.
 * Magnitudes ``q = floor(|x| / 2**(E - k))`` after k planes: exact bit fields, nothing is
   rounded. Tensor param ``planes`` lists the planes known after each level but the last
   (non-decreasing, at least 1, at most ``max_planes`` and the dtype's mantissa bits).
-* A plane level (k0 → k1 planes, r = k1 - k0): ``[u32 length][zstd frame of the symbols of
-  the weights with q = 0 so far]`` then the raw r-bit refinement fields of the others, both
-  in index order. A symbol is the weight's r new bits with its sign (sent once, when the
-  weight first becomes non-zero), packed base ``2**(r+1) - 1`` as many per byte as fit, so
-  that zstd's Huffman stage codes several sparse symbols per byte.
+* A plane step (k0 → k1 planes, r = k1 - k0 ≤ 7): ``[u32 length][zstd frame of the
+  symbols of the weights with q = 0 so far]`` then the raw r-bit refinement fields of the
+  others, both in index order. A symbol is the weight's r new bits with its sign (sent once,
+  when the weight first becomes non-zero), packed base ``2**(r+1) - 1`` as many per byte as
+  fit, so that zstd's Huffman stage codes several sparse symbols per byte.
 * Decoded value: ``±(2q + 1) * 2**(E - k - 1)``, the midpoint of the interval left open
   (0 for q = 0, whose sign is unknown). With a power-of-two scale and k ≤ mantissa bits
   these have at most k+1 significant bits and sit at or above the smallest subnormal, so
   they are exact in the dtype: the decoder recovers q and the sign from the prior alone.
-* The last level: ``[u32 length][zstd frame of the byte planes of the words whose prior is
-  0]`` (tiny weights, ±0, NaN, ±Inf, subnormals below the scale) then, for widths w = 1, 2,
-  ..., the low w bits (the midpoint marker, the prior's lowest set bit, and below) of the
-  other words with that width, packed, in index order: the exact float bits' remainder.
+* The remainder: ``[u32 length][zstd frame of the byte planes of the words whose prior is
+  0]`` (tiny weights, ±0, NaN, ±Inf, subnormals below the scale) then the low bits of the
+  other words (the midpoint marker, the prior's lowest set bit, and below: its width varies
+  per weight and is known from the prior), packed MSB first by :mod:`varbits`, in index
+  order: the exact float bits' remainder.
 
 Rate allocation (:func:`plan`): every tensor starts with 1 plane; then plane steps are taken
 greedily by estimated error reduction per byte, the error of a tensor being its squared
