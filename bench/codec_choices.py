@@ -137,7 +137,7 @@ def scale(model: models.Model, groups: list[int], kmax: int = 8) -> list[dict[st
             sse = np.zeros(kmax + 1)
             ref = 0.0
             n_all = 0
-            for name, t in model.tensors.items():
+            for t in model.tensors.values():
                 dt = dtype_of(t.dtype)
                 if gp.is_whole(dt, t.array.shape, gp.settings(None)):
                     continue

@@ -2,8 +2,10 @@
 significant bit first, vectorised: no sort and no loop over widths.
 
 Field i sits at bit offset ``sum(widths[:i])``; the stream is ``ceil(sum(widths) / 8)``
-bytes, the last one zero-padded. Unpacking reads each field from the big-endian 64-bit
-window that starts at its first byte, so every field of up to 56 bits lies in one window.
+bytes, the last one zero-padded. A field lies in at most two aligned big-endian 64-bit
+words: packing sums each field's share of each word (fields do not overlap, so a sum is an
+OR; ``bincount`` sums exactly in float64 per 32-bit half), unpacking gathers the two words
+and shifts.
 """
 
 from __future__ import annotations
@@ -35,23 +37,21 @@ def pack(values: Array, widths: Array) -> bytes:
     starts = ends - w
     nwords = (total + 63) // 64 + 1
     word = starts >> 6
-    bit = starts & 63
+    end_bit = (starts & 63) + w  # where the field ends, counted from its word's top bit
     v = values.astype(_U64)
-    # Each field, left-aligned in a 128-bit pair of words (word, word + 1).
-    end_bit = bit + w  # 1..120: where the field ends, from the word's top
     fits = end_bit <= 64
-    hi = np.where(
-        fits,
-        v << (64 - end_bit).clip(0, 63).astype(_U64),
-        v >> (end_bit - 64).clip(0, 63).astype(_U64),
-    )
-    hi = np.where(w == 0, _U64(0), hi)
-    lo = np.where(fits, _U64(0), v << (128 - end_bit).clip(0, 63).astype(_U64))
+    left = np.where(fits, 64 - end_bit, 0).astype(_U64)
+    right = np.where(fits, 0, end_bit - 64).astype(_U64)
+    hi = (v << left) >> right  # the part in ``word``
+    # The part spilling into ``word + 1``: its low (end_bit - 64) bits, left-aligned.
+    lo = np.where(fits, _U64(0), (v << (np.maximum(128 - end_bit, 1) - 1).astype(_U64)) << _U64(1))
     out = np.zeros(nwords, _U64)
-    change = np.flatnonzero(np.diff(word, prepend=-1))
-    out[word[change]] = np.bitwise_or.reduceat(hi, change)
-    spill = np.flatnonzero(~fits)
-    out[word[spill] + 1] |= lo[spill]
+    # Fields do not overlap, so OR is a sum; bincount sums exactly in float64 per 32-bit half.
+    for part, where in ((hi, word), (lo, word + 1)):
+        for shift in (32, 0):
+            half = ((part >> _U64(shift)) & _U64(0xFFFFFFFF)).astype(np.float64)
+            summed = np.bincount(where, weights=half, minlength=nwords)[:nwords]
+            out |= summed.astype(_U64) << _U64(shift)
     raw = out.astype(">u8").view(np.uint8)[: (total + 7) // 8]
     return raw.tobytes()
 
@@ -68,13 +68,15 @@ def unpack(data: Any, widths: Array, what: str) -> Array:
         return np.zeros(0, _U64)
     if int(widths.max()) > MAX_WIDTH:
         raise FormatError(f"{what}: field wider than {MAX_WIDTH} bits")
-    buf = np.zeros(size + 8, np.uint8)
+    nwords = size // 8 + 2
+    buf = np.zeros(nwords * 8, np.uint8)
     buf[:size] = raw
-    windows = np.ndarray((size + 1,), ">u8", buf, 0, (1,))
+    words = buf.view(">u8").astype(_U64)
     w = widths.astype(np.int64)
     starts = np.cumsum(w) - w
-    win = windows[starts >> 3].astype(_U64)
-    shift = (64 - (starts & 7) - w).astype(_U64)
-    mask = (_U64(1) << w.astype(_U64)) - _U64(1)
-    out: Array = (win >> shift) & mask
+    at = starts >> 6
+    s = (starts & 63).astype(_U64)
+    one = _U64(1)
+    top = (words[at] << s) | ((words[at + 1] >> one) >> (_U64(63) - s))
+    out: Array = (top >> one) >> (_U64(63) - w.astype(_U64))
     return out
