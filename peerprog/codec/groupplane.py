@@ -26,7 +26,8 @@ Format of a float tensor (float32, bfloat16, float16) with at least
 ``small_tensor_elements`` elements, and, if it has fewer than two dimensions, at least
 ``vector_elements`` (biases and norm statistics are few bytes and sensitive: on
 EfficientNet-Lite1, BatchNorm vectors given planes cost more quality than they saved bytes);
-any other tensor travels whole in level 0 (raw bytes, zstd) with ``{"whole": True}``:
+any other tensor travels whole in level 0 (raw bytes, zstd; float words byte-shuffled first, most significant bytes together: 5% smaller on
+EfficientNet-Lite1 bf16's whole tensors) with ``{"whole": True}``:
 
 * Groups: the flat tensor cut into groups of ``g`` consecutive weights (the last one
   zero-padded), ``g`` the largest divisor of the row length (the last axes) in ``G/2+1..G``
@@ -84,6 +85,7 @@ from peerprog.codec.groupplane_planes import (
     Array,
     Buffer,
     Geometry,
+    compress_dense,
     decode_first_level,
     decode_plane_level,
     decode_remainder,
@@ -97,8 +99,10 @@ from peerprog.codec.groupplane_planes import (
     magnitudes,
     midpoints,
     padded,
+    shuffle,
     split_u32,
     to_f32,
+    unshuffle,
     with_u32,
 )
 from peerprog.codec.layout import ParamValue
@@ -418,7 +422,8 @@ def encode_tensor(
     nlevels = s.levels or 1
     whole, gsize, ks = _tensor_settings(s, dt, shape, tensor_params, name)
     if whole:
-        return {"whole": True}, [zstd.compress(flat.data), *([b""] * (nlevels - 1))]
+        data = shuffle(flat.view(dt.word)) if dt.is_float else flat.view(np.uint8)
+        return {"whole": True}, [compress_dense(data.data), *([b""] * (nlevels - 1))]
     geo = _geometry(dt, s)
     ngroups = -(-flat.size // gsize)
     words = padded(flat.view(dt.word), ngroups * gsize)
@@ -490,6 +495,8 @@ def decode_tensor(
             return prior
         numel = math.prod(shape)
         raw = zstd.decompress_exact(pieces[0], numel * dt.itemsize, what)
+        if dt.is_float:
+            return unshuffle(raw, numel, dt.word).view(dt.storage).reshape(shape)
         return raw.view(dt.storage).reshape(shape).copy()
     geo = _geometry(dt, s)
     numel = math.prod(shape)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import zstandard
 
 from peerprog.codec import bitpack, varbits, zstd
 from peerprog.codec.dtypes import DType
@@ -23,6 +24,15 @@ Array = npt.NDArray[Any]
 Buffer = bytes | bytearray | memoryview
 
 _U32 = struct.Struct("<I")
+# Dense byte planes (whole tensors, the remainder's unknown words): zstd level 9 measured
+# 0.07 points of the source smaller than level 3 on EfficientNet-Lite1 bf16 (level 19 no
+# better); only the encoder's choice, any frame decodes.
+_DENSE = zstandard.ZstdCompressor(level=9)
+
+
+def compress_dense(data: Any) -> bytes:
+    out: bytes = _DENSE.compress(data)
+    return out
 
 
 @dataclass(frozen=True)
@@ -216,7 +226,7 @@ def encode_remainder(g: Geometry, words: Array, prior_words: Array) -> list[Any]
     bits of the others (the midpoint marker and below: its width varies), packed."""
     sig = prior_words != 0
     rest = words[~sig]
-    frame = zstd.compress(_shuffle(rest).data, symbols=False)
+    frame = compress_dense(shuffle(rest).data)
     pw = prior_words[sig]
     low_mask, widths = _markers(g, pw)
     low = words[sig] & low_mask
@@ -230,13 +240,13 @@ def _markers(g: Geometry, pw: Array) -> tuple[Array, Array]:
     return (m << np.asarray(1, pw.dtype)) - np.asarray(1, pw.dtype), widths.astype(np.uint8)
 
 
-def _shuffle(words: Array) -> Array:
+def shuffle(words: Array) -> Array:
     """Byte planes of ``words``, most significant first."""
     b = words.view(np.uint8).reshape(-1, words.dtype.itemsize)
     return np.ascontiguousarray(b[:, ::-1].T).reshape(-1)
 
 
-def _unshuffle(raw: Array, n: int, dtype: np.dtype[Any]) -> Array:
+def unshuffle(raw: Array, n: int, dtype: np.dtype[Any]) -> Array:
     size = dtype.itemsize
     b = raw.reshape(size, n)[::-1].T
     return np.ascontiguousarray(b).reshape(-1).view(dtype)
@@ -288,7 +298,7 @@ def decode_remainder(g: Geometry, prior_words: Array, piece: Buffer, what: str) 
     nrest = prior_words.size - nsig
     raw = zstd.decompress_exact(frame, nrest * size, what)
     out = np.empty_like(prior_words)
-    out[~sig] = _unshuffle(raw, nrest, g.word)
+    out[~sig] = unshuffle(raw, nrest, g.word)
     pw = prior_words[sig]
     low_mask, widths = _markers(g, pw)
     if nsig and (int(widths.min()) < 1 or int(widths.max()) > g.dt.mantissa_bits + 1):
