@@ -26,8 +26,9 @@ Format of a float tensor (float32, bfloat16, float16) with at least
 ``small_tensor_elements`` elements, and, if it has fewer than two dimensions, at least
 ``vector_elements`` (biases and norm statistics are few bytes and sensitive: on
 EfficientNet-Lite1, BatchNorm vectors given planes cost more quality than they saved bytes);
-any other tensor travels whole in level 0 (raw bytes, zstd; float words byte-shuffled first, most significant bytes together: 5% smaller on
-EfficientNet-Lite1 bf16's whole tensors) with ``{"whole": True}``:
+any other tensor travels whole in level 0 (raw bytes, zstd; float words byte-shuffled first,
+most significant bytes together: 5% smaller on EfficientNet-Lite1 bf16's whole tensors)
+with ``{"whole": True}``:
 
 * Groups: the flat tensor cut into groups of ``g`` consecutive weights (the last one
   zero-padded), ``g`` the largest divisor of the row length (the last axes) in ``G/2+1..G``
