@@ -36,7 +36,9 @@ NAME = "bench-model"
 
 async def http_download(path: Path, clients: int, upload_cap: int) -> float:
     """Seconds for ``clients`` concurrent plain HTTP downloads of ``path``; a shared
-    ``upload_cap`` (bytes/s, 0 = none) on the server, like the seed's."""
+    ``upload_cap`` (bytes/s, 0 = none) on the server, like the seed's. One uncapped
+    download is ``curl`` writing the file (as peerprog writes and verifies what it gets);
+    several are read by clients in this process."""
     bucket = TokenBucket(upload_cap)
 
     async def serve(request: web.Request) -> web.StreamResponse:
@@ -67,10 +69,21 @@ async def http_download(path: Path, clients: int, upload_cap: int) -> float:
         return n
 
     try:
-        async with aiohttp.ClientSession() as session:
+        if clients == 1 and bucket.unlimited:  # what a user does: curl it to a file
+            out = path.with_suffix(".curl")
             t0 = time.perf_counter()
-            sizes = await asyncio.gather(*(one(session) for _ in range(clients)))
+            curl = await asyncio.create_subprocess_exec(
+                "curl", "-sf", "-o", str(out), f"http://127.0.0.1:{port}/model"
+            )
+            assert await curl.wait() == 0
             elapsed = time.perf_counter() - t0
+            sizes = [out.stat().st_size]
+            out.unlink()
+        else:
+            async with aiohttp.ClientSession() as session:
+                t0 = time.perf_counter()
+                sizes = await asyncio.gather(*(one(session) for _ in range(clients)))
+                elapsed = time.perf_counter() - t0
     finally:
         await runner.cleanup()
     assert all(s == path.stat().st_size for s in sizes)

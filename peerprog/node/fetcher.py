@@ -30,6 +30,8 @@ from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig, Source
 
 log = logging.getLogger("peerprog.fetch")
 T = TypeVar("T")
+RUN_BYTES = 16 << 20
+"""Most bytes asked of a peer in one request (a run of consecutive chunks)."""
 REFRESH = 1.0
 """Longest time between two looks at the sources (new peers also wake the loop at once)."""
 
@@ -229,8 +231,7 @@ class Fetcher:
                 for key in {r.peer for r in expired}:
                     self._judge(key, now)
                 if not self._disk.paused(now, self._largest):
-                    for req in self.sched.next_requests(now):
-                        self._start(req)
+                    self._start(self.sched.next_requests(now))
                 deadline = self.sched.next_deadline()
                 wait = next_refresh if deadline is None else min(deadline, next_refresh)
                 if not self._wake.is_set():
@@ -242,75 +243,85 @@ class Fetcher:
             await self._scope.aclose()
         log.info("%s v%d complete", m.name, m.version)
 
-    def _start(self, req: Request) -> None:
-        metrics = self.state.metrics
-        level = self.state.manifest.level_of_chunk(req.index)
-        metrics.requests += 1
-        metrics.requests_by_level[level] = metrics.requests_by_level.get(level, 0) + 1
-        metrics.first_request_at.setdefault(level, time.time())
-        self._tasks[(req.peer, req.index)] = self._scope.spawn(
-            self._fetch(req), name=f"chunk {req.index} from {req.peer}"
-        )
+    def _start(self, reqs: list[Request]) -> None:
+        """Send the new requests, consecutive chunks of one level to one peer together."""
+        for run in _runs(reqs, self._sink, RUN_BYTES):
+            metrics = self.state.metrics
+            level = self._sink.span(run[0].index)[0]
+            metrics.requests += len(run)
+            metrics.requests_by_level[level] = metrics.requests_by_level.get(level, 0) + len(run)
+            metrics.first_request_at.setdefault(level, time.time())
+            first, last = run[0].index, run[-1].index
+            task = self._scope.spawn(
+                self._fetch(run), name=f"chunks {first}-{last} from {run[0].peer}"
+            )
+            for req in run:
+                self._tasks[(req.peer, req.index)] = task
 
     def _cancel(self, req: Request) -> None:
+        """Give up a request; its answer is stopped once no request of its run is left."""
         task = self._tasks.pop((req.peer, req.index), None)
-        if task is not None:
+        if task is not None and task not in self._tasks.values():
             task.cancel()
 
-    async def _fetch(self, req: Request) -> None:
-        """One request: a byte range of a level file, streamed; each chunk is verified and
-        written (in a worker) as soon as its bytes are in, and reported at once."""
+    async def _fetch(self, run: list[Request]) -> None:
+        """One request for a run of consecutive chunks: a byte range of a level file,
+        streamed; each chunk is verified and written (in a worker) as soon as its bytes are
+        in, and reported at once."""
         loop = asyncio.get_running_loop()
-        src = self._sources[req.peer]
-        level, offset, length = self._sink.span(req.index)
+        peer = run[0].peer
+        src = self._sources[peer]
+        level, offset, _ = self._sink.span(run[0].index)
+        _, last_offset, last_length = self._sink.span(run[-1].index)
+        me = asyncio.current_task()
+        assert me is not None
         try:
-            whole = self._whole.get((req.peer, level))
+            whole = self._whole.get((peer, level))
             if whole is not None:  # this source sends whole levels: one is on its way
                 with contextlib.suppress(Exception):
                     await asyncio.shield(whole)
-                if req.index not in self.state.have:
-                    raise TransportError(
-                        f"{req.peer}: level {level} arrived without chunk {req.index}"
-                    )
-                return
-            me = asyncio.current_task()
-            assert me is not None
-            if req.peer in self._no_range:  # the level will come whole: others wait for it
-                self._whole[(req.peer, level)] = me
-            # The scheduler's deadline cancels a stalled request; this is only a backstop.
-            hard = self._settings.request_timeout + max(0.0, req.deadline - loop.time())
-            lv = self.state.manifest.levels[level]
-            async with self._transport.get_range(
-                src.root, self.model_id, level, offset, offset + length, lv.bytes, hard
-            ) as body:
-                if body.whole:
-                    self._no_range.add(req.peer)
-                    self._whole.setdefault((req.peer, level), me)
-                await self._take(src, level, body)
-            if req.index not in self.state.have:
-                raise TransportError(f"{req.peer}: no chunk {req.index} in its answer")
+            else:
+                if peer in self._no_range:  # the level will come whole: others wait for it
+                    self._whole[(peer, level)] = me
+                # The scheduler's deadline cancels a stalled request; this is a backstop.
+                hard = self._settings.request_timeout + max(0.0, run[-1].deadline - loop.time())
+                lv = self.state.manifest.levels[level]
+                stop = last_offset + last_length
+                async with self._transport.get_range(
+                    src.root, self.model_id, level, offset, stop, lv.bytes, hard
+                ) as body:
+                    if body.whole:
+                        self._no_range.add(peer)
+                        self._whole.setdefault((peer, level), me)
+                    await self._take(src, level, body)
+            missing = [r.index for r in run if r.index not in self.state.have]
+            if missing:
+                raise TransportError(f"{peer}: no chunk {missing[0]} in its answer")
         except (VerificationError, PeerFault) as e:
-            self._on_bad(req, e)
+            self._on_bad(run[0], e)
         except TransportError as e:
-            log.debug("chunk %d from %s failed: %s", req.index, req.peer, e)
-            self.sched.on_failed(req.peer, req.index, loop.time())
-            self._judge(req.peer, loop.time())
+            log.debug("chunks %d-%d from %s failed: %s", run[0].index, run[-1].index, peer, e)
+            for r in run:
+                if r.index not in self.state.have:
+                    self.sched.on_failed(peer, r.index, loop.time())
+            self._judge(peer, loop.time())
         except OSError as e:
-            self.sched.release(req.peer, req.index, loop.time())  # not the peer's fault
+            for r in run:  # not the peer's fault
+                self.sched.release(peer, r.index, loop.time())
             if isinstance(e, FileNotFoundError):  # the model was dropped meanwhile
-                log.debug("chunk %d of %s: model files gone", req.index, self.state.manifest.name)
+                log.debug("%s: model files gone", self.state.manifest.name)
             else:
                 self._disk.failed(
                     CHUNKS,
-                    f"cannot store chunk {req.index} of {self.state.manifest.name}: "
-                    f"{e.strerror or e}",
+                    f"cannot store chunks of {self.state.manifest.name}: {e.strerror or e}",
                     loop.time(),
                 )
         finally:
-            if self._whole.get((req.peer, level)) is asyncio.current_task():
-                del self._whole[(req.peer, level)]
-            if self._tasks.get((req.peer, req.index)) is asyncio.current_task():
-                del self._tasks[(req.peer, req.index)]
+            if self._whole.get((peer, level)) is me:
+                del self._whole[(peer, level)]
+            for r in run:
+                if self._tasks.get((peer, r.index)) is me:
+                    del self._tasks[(peer, r.index)]
             self.wake()
 
     async def _take(self, src: Source, level: int, body: RangeBody) -> None:
@@ -411,3 +422,26 @@ async def _gather_first_error(tasks: list[asyncio.Task[None]]) -> None:
     for r in results:
         if isinstance(r, BaseException):
             raise r
+
+
+def _runs(reqs: list[Request], sink: ChunkSink, limit: int) -> list[list[Request]]:
+    """``reqs`` grouped into runs of consecutive chunks of one level to one peer, each of
+    at most ``limit`` bytes (a chunk alone may be more)."""
+    runs: list[list[Request]] = []
+    size = 0
+    for req in sorted(reqs, key=lambda r: (r.peer, r.index)):
+        level, _, length = sink.span(req.index)
+        prev = runs[-1][-1] if runs else None
+        if (
+            prev is not None
+            and prev.peer == req.peer
+            and prev.index + 1 == req.index
+            and sink.span(prev.index)[0] == level
+            and size + length <= limit
+        ):
+            runs[-1].append(req)
+            size += length
+        else:
+            runs.append([req])
+            size = length
+    return runs

@@ -61,8 +61,8 @@ class ModelState:
         self.best_level = self._compute_best_level()
         self.created = time.time()
         self.rate: float | None = None
-        """Bytes per second verified lately (None before a second sample)."""
-        self._rate_mark: tuple[float, int] | None = None
+        """Bytes per second verified since the first chunk came (None before a second)."""
+        self._rate_start: float | None = None
         self._received = 0
 
     @property
@@ -97,16 +97,13 @@ class ModelState:
         return best
 
     def received(self, nbytes: int, now: float) -> None:
-        """``nbytes`` were verified at ``now``: update :attr:`rate`."""
+        """``nbytes`` were verified at ``now``: update :attr:`rate` (the average since
+        the first chunk arrived)."""
+        if self._rate_start is None:
+            self._rate_start = now
         self._received += nbytes
-        if self._rate_mark is None:
-            self._rate_mark = (now, self._received)
-            return
-        t0, b0 = self._rate_mark
-        if now - t0 >= 0.25:
-            sample = (self._received - b0) / (now - t0)
-            self.rate = sample if self.rate is None else self.rate + 0.5 * (sample - self.rate)
-            self._rate_mark = (now, self._received)
+        if now > self._rate_start:
+            self.rate = self._received / (now - self._rate_start)
 
     def add_chunk(self, index: int) -> bool:
         """Record a stored chunk; returns True if it completed one or more levels."""

@@ -14,6 +14,9 @@ from collections.abc import Iterable, Sequence
 
 from peerprog.swarm.bitfield import Bitfield
 
+RUN = 8
+"""Most consecutive chunks that share a tie-break key (see :attr:`ChunkTable.tiebreak`)."""
+
 
 class ChunkTable:
     """Held chunks, levels, availability (holder counts), per-chunk failure memory."""
@@ -54,10 +57,19 @@ class ChunkTable:
         """Per level: bumped whenever the availability of one of its chunks changes."""
         self.failed_by: dict[int, set[str]] = {}
         """Per chunk: peers whose request for it failed (see the picker's rule 5)."""
-        # A random but seeded key per chunk, to break rarity ties differently on each node.
+        # A random but seeded key per run of consecutive chunks, then the chunk's place in
+        # its run: rarity ties are broken differently on each node, while chunks of equal
+        # rarity come in runs that one request can fetch (see picker.py, rule 2). A level
+        # has runs of up to RUN chunks, and at least 16 runs, so nodes still start apart.
         rng = random.Random(seed)
         width = struct.calcsize("I")
-        self.tiebreak = memoryview(rng.randbytes(width * n)).cast("I")
+        keys = memoryview(rng.randbytes(width * n)).cast("I") if n else memoryview(b"")
+        self.tiebreak = [0] * n
+        for r in levels:
+            run = max(1, min(RUN, len(r) // 16))
+            for i in r:
+                start = r.start + (i - r.start) // run * run
+                self.tiebreak[i] = (keys[start] >> 3) * RUN + (i - start)
         for i in have:
             if not 0 <= i < n:
                 raise ValueError(f"held chunk {i} out of range for {n} chunks")
