@@ -24,9 +24,10 @@ off and has fewer requests in flight than its budget (see ``peers.py``).
 2. **Rarest first.** Inside the active level, chunks not in flight are taken in increasing
    order of *rarity* (how many known peers hold it; a seed counts for every chunk), ties
    broken by a random key per run of consecutive chunks (up to 8, and at least 16 runs per
-   level) drawn from the scheduler's ``seed``, then by place in the run: deterministic for a given seed, different from node
-   to node so that nodes fetch different chunks first and can trade them, and in runs of
-   adjacent chunks that the shell can ask of a peer in one request.
+   level) drawn from the scheduler's ``seed``, then by place in the run: deterministic for a
+   given seed, different from node to node so that nodes fetch different chunks first and
+   can trade them, and in runs of adjacent chunks that the shell can ask of a peer in one
+   request.
 
 3. **Whom to ask.** Each chunk, in that order, goes to a free peer that holds it: first
    to peers still fetching the model themselves, and only when none of them is free to a
