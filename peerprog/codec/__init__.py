@@ -11,6 +11,7 @@ from __future__ import annotations
 from peerprog.codec.base import Codec, Decoder, Encoded, EncodedTensor, RawTensor
 from peerprog.codec.bitplane import BitplaneCodec
 from peerprog.codec.dtypes import DTYPES, DType, dtype
+from peerprog.codec.groupplane_codec import GroupplaneCodec
 from peerprog.codec.layout import ParamValue, Segment, TensorLayout
 from peerprog.codec.paper import PaperCodec
 from peerprog.codec.rowplane import RowplaneCodec
@@ -18,7 +19,9 @@ from peerprog.errors import InputError
 
 DEFAULT_CODEC = "bitplane"
 
-CODECS: dict[str, Codec] = {c.name: c for c in (BitplaneCodec(), PaperCodec(), RowplaneCodec())}
+CODECS: dict[str, Codec] = {
+    c.name: c for c in (GroupplaneCodec(), BitplaneCodec(), PaperCodec(), RowplaneCodec())
+}
 
 
 def get_codec(name: str) -> Codec:

@@ -57,6 +57,18 @@ class EncodedTensor:
         return [sum(memoryview(b).nbytes for b in level) for level in self.pieces]
 
 
+class Planner(Protocol):
+    """A first pass over a model's tensors (e.g. rate allocation)."""
+
+    def add(self, name: str, tensor: RawTensor) -> None:
+        """Look at one tensor (cheap: a sample is enough)."""
+        ...
+
+    def finish(self) -> tuple[dict[str, ParamValue], dict[str, dict[str, ParamValue]]]:
+        """The codec params to publish with, and each tensor's plan (by name)."""
+        ...
+
+
 class Decoder(Protocol):
     """Incremental decoder of a whole (small) model: levels are added in order; adding
     level n costs about its size."""
@@ -104,10 +116,20 @@ class Codec(Protocol):
         """How many levels a model encoded with (checked) ``params`` has."""
         ...
 
+    def planner(self, params: Mapping[str, ParamValue]) -> Planner | None:
+        """For a codec that allocates its rate over the whole model: a planner to show
+        every tensor to first (None: no such pass)."""
+        ...
+
     def encode_tensor(
-        self, params: Mapping[str, ParamValue], name: str, tensor: RawTensor
+        self,
+        params: Mapping[str, ParamValue],
+        name: str,
+        tensor: RawTensor,
+        plan: Mapping[str, ParamValue] | None = None,
     ) -> EncodedTensor:
-        """One tensor's pieces, one per level (``params`` checked)."""
+        """One tensor's pieces, one per level (``params`` checked; ``plan``: what the
+        planner decided for this tensor)."""
         ...
 
     def decode_tensor(

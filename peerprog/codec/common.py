@@ -137,8 +137,16 @@ class TensorwiseCodec(ABC):
         self.small(merged)
         return merged
 
+    def planner(self, params: Mapping[str, ParamValue]) -> None:
+        """No first pass: every tensor is encoded the same way."""
+        return None
+
     def encode_tensor(
-        self, params: Mapping[str, ParamValue], name: str, tensor: RawTensor
+        self,
+        params: Mapping[str, ParamValue],
+        name: str,
+        tensor: RawTensor,
+        plan: Mapping[str, ParamValue] | None = None,
     ) -> EncodedTensor:
         """One tensor's pieces, one per level."""
         dt, flat = check_input(name, tensor)
@@ -157,21 +165,8 @@ class TensorwiseCodec(ABC):
         merged = self.check_params(params)
         for name, tensor in tensors.items():
             check_input(name, tensor)  # every input checked before any work is done
-        n = self.levels(merged)
-        parts: list[list[Any]] = [[] for _ in range(n)]
-        offsets = [0] * n
-        layouts = []
-        for name, tensor in tensors.items():
-            enc = self.encode_tensor(merged, name, tensor)
-            segments = []
-            for lvl, (pieces, size) in enumerate(zip(enc.pieces, enc.sizes(), strict=True)):
-                segments.append(Segment(offsets[lvl], size))
-                offsets[lvl] += size
-                parts[lvl] += pieces
-            shape = tuple(tensor.array.shape)
-            layouts.append(TensorLayout(name, tensor.dtype, shape, tuple(segments), enc.params))
-        levels = tuple(b"".join(p) for p in parts)
-        return Encoded(self.name, merged, tuple(layouts), levels)
+        encoded = [(n, t, self.encode_tensor(merged, n, t)) for n, t in tensors.items()]
+        return join_levels(self.name, merged, self.levels(merged), encoded)
 
     def decode_tensor(
         self,
@@ -220,6 +215,113 @@ def _check_layout(layout: TensorLayout, nlevels: int) -> DType:
     return dt
 
 
+def join_levels(
+    codec: str,
+    params: dict[str, ParamValue],
+    nlevels: int,
+    encoded: Sequence[tuple[str, RawTensor, EncodedTensor]],
+) -> Encoded:
+    """A whole model's levels from its tensors' pieces, in order, with their layouts."""
+    parts: list[list[Any]] = [[] for _ in range(nlevels)]
+    offsets = [0] * nlevels
+    layouts = []
+    for name, tensor, enc in encoded:
+        segments = []
+        for lvl, (pieces, size) in enumerate(zip(enc.pieces, enc.sizes(), strict=True)):
+            segments.append(Segment(offsets[lvl], size))
+            offsets[lvl] += size
+            parts[lvl] += pieces
+        shape = tuple(tensor.array.shape)
+        layouts.append(TensorLayout(name, tensor.dtype, shape, tuple(segments), enc.params))
+    return Encoded(codec, params, tuple(layouts), tuple(b"".join(p) for p in parts))
+
+
+def level_sizes(layouts: Sequence[TensorLayout], nlevels: int) -> list[int]:
+    """Each level's size as the layouts describe it, their segments checked to follow on
+    one another in tensor order; :class:`FormatError` if they do not."""
+    sizes = [0] * nlevels
+    seen: set[str] = set()
+    for layout in layouts:
+        if not isinstance(layout, TensorLayout):
+            raise FormatError(f"not a tensor layout: {layout!r}")
+        _check_layout(layout, nlevels)
+        if layout.name in seen:
+            raise FormatError(f"tensor {layout.name!r} appears twice")
+        seen.add(layout.name)
+        for lvl, seg in enumerate(layout.segments):
+            ok = isinstance(seg, Segment) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for v in (seg.offset, seg.length)
+            )
+            if not ok or seg.offset != sizes[lvl]:
+                raise FormatError(
+                    f"tensor {layout.name!r} level {lvl}: segment {seg!r} is not the "
+                    f"next range of the level (expected offset {sizes[lvl]})"
+                )
+            sizes[lvl] += seg.length
+    return sizes
+
+
+class PriorDecoder:
+    """A whole-model incremental decoder over a codec's ``decode_tensor``: each tensor's
+    decoded array is its prior for the next level. For small models (tests, benchmarks);
+    the store decodes tensor by tensor from disk instead."""
+
+    def __init__(
+        self, codec: Any, params: Mapping[str, ParamValue], layouts: Sequence[TensorLayout]
+    ) -> None:
+        self._codec = codec
+        self._params = params
+        self._layouts = tuple(layouts)
+        self._nlevels = codec.levels(params)
+        self._sizes = level_sizes(self._layouts, self._nlevels)
+        self._pieces: list[list[Any]] = [[] for _ in self._layouts]
+        self._arrays: list[Array | None] = [None] * len(self._layouts)
+        self._done = 0
+
+    @property
+    def levels_done(self) -> int:
+        return self._done
+
+    def add_level(self, level: int, data: bytes | memoryview) -> None:
+        """Merge level ``level`` (must equal :attr:`levels_done`); FormatError if malformed
+        (the decoder is then as it was)."""
+        if level != self._done or level >= self._nlevels:
+            raise FormatError(f"level {level} out of order: expected level {self._done}")
+        view = memoryview(data).cast("B")
+        if len(view) != self._sizes[level]:
+            raise FormatError(
+                f"level {level}: {len(view)} bytes, the layouts describe {self._sizes[level]}"
+            )
+        new = []
+        for i, layout in enumerate(self._layouts):
+            seg = layout.segments[level]
+            piece = bytes(view[seg.offset : seg.offset + seg.length])
+            pieces = [*self._pieces[i], piece]
+            new.append(
+                (piece, self._codec.decode_tensor(self._params, layout, pieces, self._arrays[i]))
+            )
+        for i, (piece, arr) in enumerate(new):
+            self._pieces[i].append(piece)
+            self._arrays[i] = arr
+        self._done += 1
+
+    def tensors(self) -> dict[str, RawTensor]:
+        if self._done <= 0:
+            raise ValueError("no level has been added yet")
+        out = {}
+        for layout, arr in zip(self._layouts, self._arrays, strict=True):
+            assert arr is not None
+            out[layout.name] = RawTensor(layout.dtype, arr.copy().reshape(layout.shape))
+        return out
+
+    def take_tensors(self) -> dict[str, RawTensor]:
+        out = self.tensors()
+        self._arrays = [None] * len(self._layouts)
+        self._done = -1
+        return out
+
+
 class BaseDecoder(ABC):
     """Level ordering, level-size and segment checks, and whole tensors; subclasses decode
     the progressive tensors (``_stage``, ``_apply`` and ``_materialise``)."""
@@ -231,26 +333,9 @@ class BaseDecoder(ABC):
         self._whole: dict[int, Array] = {}
         self._dtypes: list[DType] = []
         self._is_whole: list[bool] = []
-        self._level_sizes = [0] * nlevels
-        seen: set[str] = set()
+        self._level_sizes = level_sizes(self._layouts, nlevels)
         for layout in self._layouts:
-            if not isinstance(layout, TensorLayout):
-                raise FormatError(f"not a tensor layout: {layout!r}")
-            dt = _check_layout(layout, nlevels)
-            if layout.name in seen:
-                raise FormatError(f"tensor {layout.name!r} appears twice")
-            seen.add(layout.name)
-            for lvl, seg in enumerate(layout.segments):
-                ok = isinstance(seg, Segment) and all(
-                    isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                    for v in (seg.offset, seg.length)
-                )
-                if not ok or seg.offset != self._level_sizes[lvl]:
-                    raise FormatError(
-                        f"tensor {layout.name!r} level {lvl}: segment {seg!r} is not the "
-                        f"next range of the level (expected offset {self._level_sizes[lvl]})"
-                    )
-                self._level_sizes[lvl] += seg.length
+            dt = dtype(layout.dtype)
             whole = is_whole(dt, layout.numel, small)
             if whole:
                 if layout.params:

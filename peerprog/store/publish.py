@@ -184,6 +184,14 @@ def publish_model(
         raise InputError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
     c = get_codec(codec)
     merged = c.check_params(params)
+    plans: dict[str, dict[str, ParamValue]] = {}
+    planner = c.planner(merged)
+    if planner is not None:  # a first, cheap pass: the codec allocates its rate
+        for tname, tensor in reader.tensors():
+            planner.add(tname, tensor)
+            if progress:
+                progress("plan", 0, source_bytes)
+        merged, plans = planner.finish()
     nlevels = c.levels(merged)
     meta = {k: v for k, v in reader.metadata.items() if not k.startswith("peerprog.")}
     meta.update(metadata or {})
@@ -195,7 +203,7 @@ def publish_model(
         writers = [_LevelWriter(staged / LEVELS / str(n), chunk_size) for n in range(nlevels)]
         layouts = []
         done = 0
-        for tname, tensor, enc in _encoded(reader, c, merged):
+        for tname, tensor, enc in _encoded(reader, c, merged, plans):
             segments = []
             for w, pieces, size in zip(writers, enc.pieces, enc.sizes(), strict=True):
                 segments.append(Segment(w.size, size))
@@ -243,7 +251,10 @@ def publish_model(
 
 
 def _encoded(
-    reader: ModelReader, c: Codec, params: Mapping[str, ParamValue]
+    reader: ModelReader,
+    c: Codec,
+    params: Mapping[str, ParamValue],
+    plans: Mapping[str, Mapping[str, ParamValue]],
 ) -> Iterator[tuple[str, RawTensor, EncodedTensor]]:
     """Every tensor with its encoding, in the file's order; up to ``ENCODE_THREADS``
     tensors are encoded at once (numpy and zstd release the GIL)."""
@@ -252,7 +263,8 @@ def _encoded(
         pending: list[tuple[str, RawTensor, Future[EncodedTensor]]] = []
         for name in names:
             tensor = reader.read(name)
-            pending.append((name, tensor, pool.submit(c.encode_tensor, params, name, tensor)))
+            plan = plans.get(name)
+            pending.append((name, tensor, pool.submit(c.encode_tensor, params, name, tensor, plan)))
             if len(pending) >= ENCODE_THREADS:
                 n, t, fut = pending.pop(0)
                 yield n, t, fut.result()

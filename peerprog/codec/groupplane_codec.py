@@ -1,0 +1,97 @@
+"""The ``groupplane`` codec behind the :class:`~peerprog.codec.base.Codec` interface.
+
+The format and the choices are :mod:`peerprog.codec.groupplane`'s; this adds the two-pass
+protocol publish needs (every tensor is shown to a :class:`GroupplanePlanner` first, which
+allocates the rate over the whole model) and the whole-model conveniences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from peerprog.codec import groupplane as gp
+from peerprog.codec.base import Encoded, EncodedTensor, RawTensor
+from peerprog.codec.common import Array, PriorDecoder, join_levels
+from peerprog.codec.layout import ParamValue, TensorLayout
+from peerprog.errors import FormatError
+
+
+class GroupplanePlanner:
+    """Collects every tensor's statistics, then allocates the rate (:func:`gp.plan`)."""
+
+    def __init__(self, params: Mapping[str, ParamValue]) -> None:
+        self._params = dict(params)
+        self._stats: list[gp.TensorStats] = []
+
+    def add(self, name: str, tensor: RawTensor) -> None:
+        self._stats.append(gp.analyse(name, tensor, self._params))
+
+    def finish(self) -> tuple[dict[str, ParamValue], dict[str, dict[str, ParamValue]]]:
+        planned = gp.plan(self._params, self._stats)
+        return planned.params, planned.tensors
+
+
+class GroupplaneCodec:
+    """Per-group power-of-two scales, entropy-coded bit planes, a rate-allocated ladder,
+    the exact bits last (lossless)."""
+
+    name = gp.NAME
+    lossless = True
+
+    def default_params(self) -> dict[str, ParamValue]:
+        """The settings of :func:`gp.default_params` (``levels`` is added by the plan)."""
+        return gp.default_params()
+
+    def check_params(self, params: Mapping[str, ParamValue] | None) -> dict[str, ParamValue]:
+        merged = {**gp.default_params(), **dict(params or {})}
+        gp.settings(merged)
+        return {k: list(v) if isinstance(v, list) else v for k, v in merged.items()}
+
+    def levels(self, params: Mapping[str, ParamValue]) -> int:
+        levels = gp.settings(params).levels
+        if levels is None:
+            raise FormatError("groupplane: codec params lack 'levels' (the plan sets them)")
+        return levels
+
+    def planner(self, params: Mapping[str, ParamValue]) -> GroupplanePlanner:
+        return GroupplanePlanner(params)
+
+    def encode_tensor(
+        self,
+        params: Mapping[str, ParamValue],
+        name: str,
+        tensor: RawTensor,
+        plan: Mapping[str, ParamValue] | None = None,
+    ) -> EncodedTensor:
+        if plan is None:
+            raise FormatError(f"groupplane: tensor {name!r} has no plan")
+        tparams, pieces = gp.encode_tensor(tensor, plan, params, name)
+        return EncodedTensor(tparams, tuple([p] for p in pieces))
+
+    def decode_tensor(
+        self,
+        params: Mapping[str, ParamValue],
+        layout: TensorLayout,
+        pieces: Sequence[Any],
+        prior: Array | None = None,
+    ) -> Array:
+        return gp.decode_tensor(
+            params, layout.dtype, layout.shape, layout.params, pieces, prior, layout.name
+        )
+
+    def encode(
+        self, tensors: Mapping[str, RawTensor], params: Mapping[str, ParamValue] | None = None
+    ) -> Encoded:
+        """A whole (small) model: planned, then every tensor encoded."""
+        planner = self.planner(self.check_params(params))
+        for name, tensor in tensors.items():
+            planner.add(name, tensor)
+        merged, plans = planner.finish()
+        encoded = [(n, t, self.encode_tensor(merged, n, t, plans[n])) for n, t in tensors.items()]
+        return join_levels(self.name, merged, self.levels(merged), encoded)
+
+    def decoder(
+        self, params: Mapping[str, ParamValue], tensors: Sequence[TensorLayout]
+    ) -> PriorDecoder:
+        return PriorDecoder(self, params, tensors)
