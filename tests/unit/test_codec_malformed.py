@@ -135,22 +135,18 @@ def test_garbage_zstd() -> None:
 def test_bomb_frame_is_refused_before_allocating(name: str) -> None:
     """A whole tensor whose frame declares (and holds) far more than its shape."""
     codec = CODECS[name]
-    layout = TensorLayout(
-        "n",
-        "int64",
-        (4,),
-        tuple(Segment(0, 0) for _ in range(len(codec.encode({}).levels))),
-    )
+    enc = codec.encode({"n": RawTensor("int64", np.arange(4, dtype="<i8"))})
+    (layout,) = enc.tensors
     bomb = zstandard.ZstdCompressor().compress(b"\0" * 10_000_000)
-    segs = (Segment(0, len(bomb)), *layout.segments[1:])
-    dec = codec.decoder(codec.default_params(), [dataclasses.replace(layout, segments=segs)])
+    segs = (Segment(0, len(bomb)), *(Segment(0, 0) for _ in layout.segments[1:]))
+    dec = codec.decoder(enc.params, [dataclasses.replace(layout, segments=segs)])
     with pytest.raises(FormatError, match="declares 10000000 bytes, expected 32"):
         dec.add_level(0, bomb)
     # No content size in the header at all.
     cobj = zstandard.ZstdCompressor(write_content_size=False).compressobj()
     stream = cobj.compress(b"\0" * 32) + cobj.flush()
-    segs = (Segment(0, len(stream)), *layout.segments[1:])
-    dec = codec.decoder(codec.default_params(), [dataclasses.replace(layout, segments=segs)])
+    segs = (Segment(0, len(stream)), *(Segment(0, 0) for _ in layout.segments[1:]))
+    dec = codec.decoder(enc.params, [dataclasses.replace(layout, segments=segs)])
     with pytest.raises(FormatError):
         dec.add_level(0, stream)
 
