@@ -36,6 +36,7 @@ from peerprog.api.wire import (
     json_body,
     model_path,
     not_running,
+    remove_path,
 )
 
 if TYPE_CHECKING:
@@ -161,6 +162,12 @@ class Client:
     def want(self, name: str) -> dict[str, Any]:
         """Ask the node to fetch ``name`` (and keep it up to date); returns its status."""
         doc: dict[str, Any] = self._json("PUT", model_path(name))
+        return doc
+
+    def remove(self, name: str, *, keep_data: bool = False) -> dict[str, Any]:
+        """Stop fetching ``name`` and delete it from the node's store (with ``keep_data``:
+        only stop fetching). Returns ``{"name", "removed": [model ids], "kept_data"}``."""
+        doc: dict[str, Any] = self._json("DELETE", remove_path(name, keep_data))
         return doc
 
     def best(self, name: str, min_level: Level = None, wait: float | None = None) -> BestModel:
@@ -348,6 +355,11 @@ class AsyncClient:
     async def want(self, name: str) -> dict[str, Any]:
         """As :meth:`Client.want`."""
         doc: dict[str, Any] = await self._json("PUT", model_path(name))
+        return doc
+
+    async def remove(self, name: str, *, keep_data: bool = False) -> dict[str, Any]:
+        """As :meth:`Client.remove`."""
+        doc: dict[str, Any] = await self._json("DELETE", remove_path(name, keep_data))
         return doc
 
     async def best(

@@ -4,6 +4,7 @@
 | --- | --- |
 | ``GET /v1/models`` | JSON list: every model the node holds, and wanted names not found yet |
 | ``PUT /v1/models/<name>`` | start fetching the model (202, its status) |
+| ``DELETE /v1/models/<name>`` | stop fetching it and delete it (``?keep_data=true``: keep it) |
 | ``GET /v1/models/<name>`` | the status JSON of the newest version |
 | ``GET /v1/models/<name>/best`` | the best approximation as safetensors (:mod:`.best`) |
 | ``GET /v1/models/<name>/events`` | server-sent events as levels complete (:mod:`.events`) |
@@ -39,6 +40,7 @@ def add_routes(app: web.Application) -> None:
     """Register every endpoint on ``app`` (whose ``app[CTX]`` is the API context)."""
     app.router.add_get("/v1/models", list_models)
     app.router.add_put("/v1/models/{name}", put_model)
+    app.router.add_delete("/v1/models/{name}", delete_model)
     app.router.add_get("/v1/models/{name}", get_model)
     app.router.add_get("/v1/models/{name}/best", get_best)
     app.router.add_get("/v1/models/{name}/events", get_events, allow_head=False)
@@ -54,7 +56,7 @@ def model_name(request: web.Request) -> str:
     return name
 
 
-def wanted_placeholder(name: str) -> dict[str, object]:
+def wanted_placeholder(name: str, problem: str | None) -> dict[str, object]:
     """The status of a wanted name no source has offered yet."""
     return {
         "name": name,
@@ -67,6 +69,7 @@ def wanted_placeholder(name: str) -> dict[str, object]:
         "bytes_total": None,
         "complete": False,
         "peers": 0,
+        "problem": problem,
     }
 
 
@@ -75,9 +78,9 @@ def models_json(ctx: ApiContext) -> list[dict[str, object]]:
     names not found yet."""
     node = ctx.node
     states = sorted(node.models.values(), key=lambda s: (s.manifest.name, -s.manifest.version))
-    docs = [s.summary() for s in states]
+    docs = [{**s.summary(), "problem": node.problem(s.manifest.name)} for s in states]
     held = {s.manifest.name for s in states}
-    docs += [wanted_placeholder(n) for n in sorted(node.wanted) if n not in held]
+    docs += [wanted_placeholder(n, node.problem(n)) for n in sorted(node.wanted) if n not in held]
     return docs
 
 
@@ -85,9 +88,9 @@ def model_json(ctx: ApiContext, name: str) -> dict[str, object]:
     """The status of the newest version of ``name``; :class:`UnknownModel` if none."""
     versions = ctx.node.versions(name)
     if versions:
-        return versions[0].summary()
+        return {**versions[0].summary(), "problem": ctx.node.problem(name)}
     if name in ctx.node.wanted:
-        return wanted_placeholder(name)
+        return wanted_placeholder(name, ctx.node.problem(name))
     raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
 
 
@@ -100,6 +103,25 @@ async def put_model(request: web.Request) -> web.Response:
     name = model_name(request)
     ctx.node.want(name)
     return web.json_response(model_json(ctx, name), status=202)
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    """Stop fetching ``name``; with ``keep_data=true`` keep what is held, else delete it
+    from the store too."""
+    ctx = request.app[CTX]
+    name = model_name(request)
+    keep = request.query.get("keep_data", "false").lower()
+    if keep not in ("true", "false", "1", "0"):
+        raise BadRequest("keep_data must be true or false")
+    if name not in ctx.node.wanted and not ctx.node.versions(name):
+        raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
+    if keep in ("true", "1"):
+        ctx.node.unwant(name)
+        removed: list[str] = []
+    else:
+        removed = await ctx.node.remove(name)
+        ctx.notifier.fire(name)
+    return web.json_response({"name": name, "removed": removed, "kept_data": keep in ("true", "1")})
 
 
 async def get_model(request: web.Request) -> web.Response:

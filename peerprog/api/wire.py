@@ -31,6 +31,11 @@ def model_path(name: str, tail: str = "") -> str:
     return f"/v1/models/{quote(name, safe='')}" + (f"/{tail}" if tail else "")
 
 
+def remove_path(name: str, keep_data: bool) -> str:
+    """The path and query of a ``DELETE`` of a model."""
+    return model_path(name) + ("?keep_data=true" if keep_data else "")
+
+
 def best_path(name: str, min_level: Level = None, wait: float | None = None) -> str:
     """The path and query of a ``best`` request."""
     query: dict[str, str] = {}

@@ -1,9 +1,13 @@
-"""The commands that talk to a running daemon's local API: ``fetch`` and ``status``.
+"""The commands that talk to a running daemon's local API: ``fetch``, ``status``, ``remove``.
 
-``fetch`` asks the daemon for a model (``PUT``), shows the download live (a progress bar on
-a terminal, a plain line per level otherwise), and when the level asked for is reached,
-writes the daemon's ``best`` answer with ``--out``. ``status`` shows the node as a table,
-or its status JSON with ``--json``.
+``fetch`` asks the daemon for a model (``PUT``), shows the download live (a line redrawn
+in place on a terminal, a plain line per level otherwise), and when the level asked for
+is reached, writes the daemon's ``best`` answer with ``--out``. A name no source knows is
+given up on after ``--find-timeout`` (and not left wanted). ``status`` shows the node as a
+table, or its status JSON with ``--json``; ``remove`` stops fetching a model and deletes it.
+
+Levels are shown as a count, ``3/5 levels`` (levels 0, 1 and 2 of five), the API's
+``level`` being the index of the best complete one.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from peerprog.api.client import BestModel, Client
 from peerprog.api.errors import LevelTimeout
 from peerprog.api.query import MAX_WAIT
 from peerprog.api.wire import Level
-from peerprog.cli.output import human_bytes, print_json
+from peerprog.cli.output import human_bytes, human_seconds, print_json
+from peerprog.errors import InputError
 
 POLL = 0.25  # seconds between status polls of the progress display
 PLAIN_EVERY = 5.0  # seconds between plain progress lines when nothing else changes
+FIND_TIMEOUT = 30.0  # seconds before a name no source knows is given up on
 
 
 def level_arg(text: str) -> int | str:
@@ -49,6 +55,11 @@ def seconds_arg(text: str) -> float:
 def plural(n: int, word: str) -> str:
     """``1 peer``, ``2 peers``."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def levels_text(doc: dict[str, Any]) -> str:
+    """``3/5 levels`` from a model's status JSON."""
+    return f"{int(doc['level']) + 1}/{int(doc['levels_total'])} levels"
 
 
 # --- fetch -----------------------------------------------------------------------------------
@@ -115,85 +126,71 @@ class Fetch:
 
 
 def progress_line(doc: dict[str, Any], rate: float) -> str:
-    """One line of progress from a model's status JSON."""
+    """One line of progress from a model's status JSON (with the rate and an ETA)."""
     name = doc["name"]
+    problem = doc.get("problem")
     if doc.get("model_id") is None:
-        return f"{name}: looking for sources…"
+        return f"{name}: {problem}" if problem else f"{name}: looking for sources…"
     total = int(doc["bytes_total"] or 0)
     got = int(doc["bytes_received"])
     frac = got / total if total else 0.0
-    return (
-        f"{name} v{doc['version']}: level {doc['level']}/{int(doc['levels_total']) - 1}, "
-        f"{human_bytes(got)} of {human_bytes(total)} ({frac:.0%}), "
-        f"{human_bytes(rate)}/s, {plural(int(doc['peers']), 'peer')}"
-    )
-
-
-def show_progress(client: Client, fetch: Fetch) -> None:
-    """Follow the model's status until ``fetch`` is done (a bar on a terminal)."""
-    if sys.stderr.isatty():
-        _live(client, fetch)
+    if doc.get("complete"):
+        eta = "complete"
+    elif rate > 0:
+        eta = f"ETA {human_seconds((total - got) / rate)}"
     else:
-        _plain(client, fetch)
+        eta = "ETA ?"
+    line = (
+        f"{name} v{doc['version']}: {levels_text(doc)}, "
+        f"{human_bytes(got)} of {human_bytes(total)} ({frac:.0%}), "
+        f"{human_bytes(rate)}/s, {eta}, {plural(int(doc['peers']), 'peer')}"
+    )
+    return f"{line} — {problem}" if problem else line
 
 
-def _plain(client: Client, fetch: Fetch) -> None:
+def follow(client: Client, fetch: Fetch, out: TextIO, find_timeout: float) -> None:
+    """Show the model's progress until ``fetch`` is done: redrawn in place on a terminal,
+    a line per level (and every few seconds) otherwise. Gives up — raises
+    :class:`InputError` — when no source knows the name after ``find_timeout`` s."""
+    live = out.isatty()
     rate = Rate()
     last_level: object = None
     last_print = 0.0
+    started = time.monotonic()
+    width = 0
     while not fetch.done.wait(POLL):
         doc = client.status(fetch.name)
         now = time.monotonic()
-        r = rate.add(now, int(doc["bytes_received"]))
-        if doc["level"] != last_level or now - last_print >= PLAIN_EVERY:
-            sys.stderr.write(progress_line(doc, r) + "\n")
-            sys.stderr.flush()
+        if doc.get("model_id") is None and doc.get("problem") and now - started > find_timeout:
+            if live:
+                out.write("\n")
+            raise InputError(f"{fetch.name}: {doc['problem']}")
+        line = progress_line(doc, rate.add(now, int(doc["bytes_received"])))
+        if live:
+            out.write("\r" + line.ljust(width))
+            width = len(line)
+        elif doc["level"] != last_level or now - last_print >= PLAIN_EVERY:
+            out.write(line + "\n")
             last_level, last_print = doc["level"], now
-
-
-def _live(client: Client, fetch: Fetch) -> None:
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TextColumn("{task.fields[peers]}"),
-        TimeElapsedColumn(),
-    )
-    from rich.console import Console
-
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(fetch.name, total=None, peers="")
-        while not fetch.done.wait(POLL):
-            doc = client.status(fetch.name)
-            if doc.get("model_id") is None:
-                bar.update(task, description=f"{fetch.name}: looking for sources…")
-                continue
-            last = int(doc["levels_total"]) - 1
-            bar.update(
-                task,
-                description=f"{doc['name']} v{doc['version']} level {doc['level']}/{last}",
-                completed=int(doc["bytes_received"]),
-                total=int(doc["bytes_total"]),
-                peers=plural(int(doc["peers"]), "peer"),
-            )
+        out.flush()
+    if live:  # the last state, then the line ends
+        doc = client.status(fetch.name)
+        out.write("\r" + progress_line(doc, 0.0).ljust(width) + "\n")
+        out.flush()
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     client = Client(args.socket)
+    known = {m["name"] for m in client.models()}
     client.want(args.name)
     fetch = Fetch(client, args.name, args.min_level, args.wait, args.out)
     fetch.start()
-    show_progress(client, fetch)
+    try:
+        follow(client, fetch, sys.stderr, args.find_timeout)
+    except InputError:
+        if args.name not in known:  # asked for by this command alone: not left wanted
+            client.remove(args.name, keep_data=True)
+        raise
     if fetch.error is not None:
         raise fetch.error
     model = fetch.result
@@ -217,58 +214,79 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     what = (
         "exact" if model.exact else f"{model.bytes_received / model.bytes_total:.0%} of the bytes"
     )
-    line = f"{model.name} v{model.version} level {model.level}/{model.levels_total - 1} ({what})"
+    line = f"{model.name} v{model.version}: {model.level + 1}/{model.levels_total} levels ({what})"
     if args.out:
         line += f": wrote {args.out} ({human_bytes(len(memoryview(model.raw)))})"
     print(line)
     return 0
 
 
-# --- status ----------------------------------------------------------------------------------
+# --- status and remove -------------------------------------------------------------------------
+
+
+def status_table(doc: dict[str, Any]) -> list[str]:
+    """The node's status as lines of text: a header line, then a table of models."""
+    lines = [
+        f"node {doc['node']} at {doc['url']}, up {human_seconds(doc['uptime_s'])}, "
+        f"{plural(doc['peers'], 'peer')}, uploaded {human_bytes(doc['bytes_uploaded'])}"
+    ]
+    if doc.get("store_error"):
+        lines.append(f"store: {doc['store_error']}")
+    if not doc["models"]:
+        return [*lines, "no models"]
+    rows = [["model", "version", "levels", "received", "", "peers", "id"]]
+    notes = []
+    for m in doc["models"]:
+        if m.get("problem"):
+            notes.append(f"  {m['name']}: {m['problem']}")
+        if m["model_id"] is None:
+            rows.append([m["name"], "-", "-", "looking for sources", "", "0", ""])
+            continue
+        total, got = int(m["bytes_total"]), int(m["bytes_received"])
+        state = "complete" if m["complete"] else f"{got / total:.0%}" if total else "-"
+        rows.append(
+            [
+                m["name"],
+                str(m["version"]),
+                f"{int(m['level']) + 1}/{m['levels_total']}",
+                f"{human_bytes(got)} / {human_bytes(total)}",
+                state,
+                str(m["peers"]),
+                str(m["model_id"])[:12],
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [
+            c.ljust(w) if i in (0, 6) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return [*lines, *notes]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     doc = Client(args.socket).node_status()
     if args.json:
         print_json(doc)
-        return 0
-    from rich.console import Console
-    from rich.table import Table
+    else:
+        print("\n".join(status_table(doc)))
+    return 0
 
-    console = Console(width=None if sys.stdout.isatty() else 120)
-    console.print(
-        f"node [bold]{doc['node']}[/] at {doc['url']}, up {doc['uptime_s']:.0f} s, "
-        f"{plural(doc['peers'], 'peer')}, uploaded {human_bytes(doc['bytes_uploaded'])}",
-        highlight=False,
-    )
-    if not doc["models"]:
-        console.print("no models")
-        return 0
-    table = Table(box=None)
-    for col in ("model", "version", "level", "received", "", "peers", "id"):
-        table.add_column(col, justify="left" if col in ("model", "id") else "right")
-    for m in doc["models"]:
-        if m["model_id"] is None:
-            table.add_row(m["name"], "-", "-", "looking for sources", "", "0", "")
-            continue
-        total = int(m["bytes_total"])
-        got = int(m["bytes_received"])
-        state = "complete" if m["complete"] else f"{got / total:.0%}" if total else "-"
-        table.add_row(
-            m["name"],
-            str(m["version"]),
-            f"{m['level']}/{int(m['levels_total']) - 1}",
-            f"{human_bytes(got)} / {human_bytes(total)}",
-            state,
-            str(m["peers"]),
-            str(m["model_id"])[:12],
-        )
-    console.print(table)
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    doc = Client(args.socket).remove(args.name, keep_data=args.keep_data)
+    if args.json:
+        print_json(doc)
+    elif doc["kept_data"]:
+        print(f"{args.name}: no longer fetched; what is held stays")
+    else:
+        print(f"{args.name}: removed ({plural(len(doc['removed']), 'version')} deleted)")
     return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``fetch`` and ``status`` to the ``peerprog`` command."""
+    """Add ``fetch``, ``status`` and ``remove`` to the ``peerprog`` command."""
     socket_help = "the daemon's api.socket (default: $PEERPROG_SOCKET, else /run/peerprog/api.sock)"
     p = sub.add_parser("fetch", help="get a model from the local daemon, showing progress")
     p.add_argument("name", help="model name")
@@ -282,6 +300,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--wait", type=seconds_arg, default=None, help="give up after S seconds (default: never)"
     )
+    p.add_argument(
+        "--find-timeout",
+        type=seconds_arg,
+        default=FIND_TIMEOUT,
+        help=f"give up after S seconds if no source knows the name (default {FIND_TIMEOUT:g})",
+    )
     p.add_argument("--out", help="write the model there (safetensors)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_fetch)
@@ -290,3 +314,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--socket", default=None, help=socket_help)
     p.add_argument("--json", action="store_true", help="print the node's status JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("remove", help="stop fetching a model and delete it from the store")
+    p.add_argument("name", help="model name")
+    p.add_argument("--socket", default=None, help=socket_help)
+    p.add_argument("--keep-data", action="store_true", help="only stop fetching: keep what is held")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=cmd_remove)

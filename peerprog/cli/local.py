@@ -1,15 +1,17 @@
-"""The offline commands: ``keygen``, ``publish``, ``reconstruct``, ``inspect``."""
+"""The offline commands: ``keygen``, ``publish``, ``reconstruct``, ``inspect``, ``ls``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from peerprog.cli.output import human_bytes, print_json
-from peerprog.codec import DEFAULT_CODEC, exact_at
-from peerprog.errors import InputError
-from peerprog.manifest import SignedManifest, generate_key_file, load_key_file, valid_model_id
+from peerprog.cli.output import human_bytes, human_seconds, print_json
+from peerprog.codec import CODECS, DEFAULT_CODEC, exact_at
+from peerprog.errors import InputError, PeerprogError
+from peerprog.manifest import SignedManifest, generate_key_file, load_key_file, valid_name
 from peerprog.store import Store, Unusable, publish_file
 
 
@@ -24,11 +26,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
     key = load_key_file(Path(args.key))
     store = Store(Path(args.store))
 
+    started = time.monotonic()
+
     def progress(stage: str, done: int, total: int) -> None:
-        if not args.json and sys.stderr.isatty():
-            sys.stderr.write(f"\r{stage}: {done}/{total} chunks")
-            if done == total:
-                sys.stderr.write("\n")
+        if args.json or not sys.stderr.isatty() or stage != "encode":
+            return
+        elapsed = time.monotonic() - started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = human_seconds((total - done) / rate) if rate > 0 else "?"
+        sys.stderr.write(
+            f"\rencoding: {done / max(1, total):4.0%} of {human_bytes(total)}, "
+            f"{human_bytes(rate)}/s, ETA {eta}   "
+        )
+        if done == total:
+            sys.stderr.write("\n")
 
     result = publish_file(
         Path(args.source),
@@ -51,13 +62,40 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_ref(store: Store, ref: str) -> list[str]:
+    """The model ids ``ref`` names in ``store``: every stored version of a name (newest
+    first; the one ``names/`` points at first of equals), or the one model whose id is
+    ``ref`` or starts with it (at least 4 hex digits)."""
+    ids = store.model_ids()
+    pointed = store.resolve(ref) if valid_name(ref) else None
+    named = {i: m for i in ids if (m := _manifest_of(store, i)) and m.manifest.name == ref}
+    if named or pointed:
+        order = sorted(named, key=lambda i: (named[i].manifest.version, i == pointed), reverse=True)
+        if pointed and pointed not in named:  # its manifest does not read: say why
+            store.load_manifest(pointed, None)
+        return order
+    text = ref.lower()
+    if len(text) >= 4 and all(c in "0123456789abcdef" for c in text):
+        matches = [i for i in ids if i.startswith(text)]
+        if len(matches) > 1:
+            shown = ", ".join(m[:12] for m in matches[:5])
+            raise InputError(f"{ref!r} is the start of several model ids in {store.root}: {shown}")
+        if matches:
+            return matches
+    known = ", ".join(sorted(store.names())) or "none"
+    raise InputError(f"no model {ref!r} in {store.root} (names: {known})")
+
+
+def _manifest_of(store: Store, model_id: str) -> SignedManifest | None:
+    try:
+        return store.load_manifest(model_id, None)
+    except PeerprogError:
+        return None
+
+
 def open_model(store: Store, ref: str) -> SignedManifest:
-    """Resolve a name (or a model id) in ``store`` and verify its manifest."""
-    model_id = ref if valid_model_id(ref) else store.resolve(ref)
-    if model_id is None or not store.has_manifest(model_id):
-        known = ", ".join(sorted(store.names())) or "none"
-        raise InputError(f"no model {ref!r} in {store.root} (names: {known})")
-    return store.load_manifest(model_id, None)
+    """The newest stored version a name (or an id, or its start) names, verified."""
+    return store.load_manifest(resolve_ref(store, ref)[0], None)
 
 
 def parse_level(text: str, levels_total: int) -> int:
@@ -124,11 +162,11 @@ def not_intact(store: Store, signed: SignedManifest, level: int) -> str:
     return f"level {level} of {m.name} is not complete in {store.root} (best complete: {best})"
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    store = Store(Path(args.store), create=False)
-    signed = open_model(store, args.name)
+def inspect_doc(store: Store, signed: SignedManifest) -> dict[str, object]:
+    """What ``inspect --json`` prints of one stored model."""
     m = signed.manifest
     held = set(store.held(signed).indices())
+    weights = sum(t.numel for t in m.tensors)
     levels: list[dict[str, object]] = []
     cum = 0
     for lv in m.levels:
@@ -138,15 +176,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 "level": lv.level,
                 "bytes": lv.bytes,
                 "cumulative_bytes": cum,
+                "bits_per_weight": round(cum * 8 / max(1, weights), 3),
                 "chunks": lv.chunk_count,
                 "chunks_held": sum(1 for i in lv.chunks if i in held),
                 "quality": lv.quality,
             }
         )
-    doc = {
+    return {
         "model_id": signed.model_id,
         "name": m.name,
         "version": m.version,
+        "named": store.resolve(m.name) == signed.model_id,
         "codec": m.codec,
         "codec_params": m.codec_params,
         "publisher": signed.publisher,
@@ -154,32 +194,101 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "chunk_size": m.chunk_size,
         "source_bytes": m.source_bytes,
         "total_bytes": m.total_bytes,
+        "weights": weights,
         "tensors": len(m.tensors),
         "chunks": len(m.chunks),
         "chunks_held": len(held),
         "complete": len(held) == len(m.chunks),
+        "metadata": m.metadata,
         "levels": levels,
     }
+
+
+def inspect_lines(doc: dict[str, Any]) -> list[str]:
+    """``inspect``'s text for one model."""
+    params = "  ".join(f"{k}={v}" for k, v in doc["codec_params"].items())
+    created = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(int(doc["created"])))
+    held = "complete" if doc["complete"] else f"held {doc['chunks_held']}/{doc['chunks']} chunks"
+    lines = [
+        f"{doc['name']} version {doc['version']}"
+        + ("  (the name points here)" if doc["named"] else ""),
+        f"  id         {doc['model_id']}",
+        f"  codec      {doc['codec']}  {params}",
+        f"  publisher  {doc['publisher']}",
+        f"  created    {created}",
+        f"  source     {human_bytes(doc['source_bytes'])}: {doc['weights']:,} weights in "
+        f"{doc['tensors']} tensors",
+        f"  encoded    {human_bytes(doc['total_bytes'])} in {doc['chunks']} chunks of "
+        f"{human_bytes(doc['chunk_size'])}; {held}",
+        "  level  bytes       bits/weight  of source  chunks held  rel. error",
+    ]
+    for lv in doc["levels"]:
+        err = lv["quality"].get("rel_rmse_ppm")
+        rel = "" if err is None else f"{err / 1e6:.2e}" if err else "exact"
+        lines.append(
+            f"  {lv['level']:>5}  {human_bytes(lv['bytes']):>10}  {lv['bits_per_weight']:>11.2f}"
+            f"  {lv['cumulative_bytes'] / max(1, doc['source_bytes']):>9.1%}"
+            f"  {lv['chunks_held']:>5}/{lv['chunks']:<5}  {rel}"
+        )
+    return lines
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    store = Store(Path(args.store), create=False)
+    docs = [inspect_doc(store, store.load_manifest(i, None)) for i in resolve_ref(store, args.name)]
     if args.json:
+        doc = dict(docs[0])
+        doc["other_versions"] = [
+            {"model_id": d["model_id"], "version": d["version"], "complete": d["complete"]}
+            for d in docs[1:]
+        ]
         print_json(doc)
         return 0
-    print(f"{m.name} version {m.version}  id {signed.model_id}")
-    print(f"  codec {m.codec} {m.codec_params}")
-    print(f"  publisher {signed.publisher}")
-    print(
-        f"  {len(m.tensors)} tensors, source {human_bytes(m.source_bytes)}, "
-        f"encoded {human_bytes(m.total_bytes)} in {len(m.chunks)} chunks of "
-        f"{human_bytes(m.chunk_size)}; held {len(held)}/{len(m.chunks)}"
-    )
-    cum = 0
-    for lv in m.levels:
-        cum += lv.bytes
-        held_here = sum(1 for i in lv.chunks if i in held)
-        print(
-            f"  level {lv.level}: {human_bytes(lv.bytes):>10}"
-            f"  cumulative {cum / max(1, m.source_bytes):6.1%}"
-            f"  chunks {held_here}/{lv.chunk_count}  {lv.quality}"
+    out: list[str] = []
+    for doc in docs:
+        out += [*inspect_lines(doc), ""]
+    sys.stdout.write("\n".join(out))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    store = Store(Path(args.store), create=False)
+    rows = [["name", "version", "id", "levels", "size", "state"]]
+    docs = []
+    for model_id in store.model_ids():
+        try:
+            signed = store.load_manifest(model_id, None)
+        except PeerprogError as e:
+            rows.append(["?", "?", model_id[:12], "", "", f"unreadable: {e}"])
+            continue
+        docs.append(inspect_doc(store, signed))
+    docs.sort(key=lambda d: (str(d["name"]), -int(d["version"])))  # type: ignore[call-overload]
+    for d in docs:
+        lv = d["levels"]
+        assert isinstance(lv, list)
+        full = sum(1 for x in lv if x["chunks_held"] == x["chunks"])
+        state = "complete" if d["complete"] else f"{d['chunks_held']}/{d['chunks']} chunks"
+        if not d["named"]:
+            state += " (older version)"
+        rows.append(
+            [
+                str(d["name"]),
+                str(d["version"]),
+                str(d["model_id"])[:12],
+                f"{full}/{len(lv)}",
+                human_bytes(int(d["total_bytes"])),  # type: ignore[call-overload]
+                state,
+            ]
         )
+    if args.json:
+        print_json(docs)
+        return 0
+    if len(rows) == 1:
+        print(f"no models in {store.root}")
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
@@ -190,10 +299,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser("publish", help="encode, sign and store a model")
     p.add_argument("source", help=".safetensors, .pt/.pth state dict or .npz")
-    p.add_argument("--name", required=True)
+    p.add_argument(
+        "--name",
+        required=True,
+        help="the model's name (letters, digits, . _ -); publishing a name again makes a "
+        "new version",
+    )
     p.add_argument("--key", required=True, help="private key file from keygen")
-    p.add_argument("--store", required=True, help="store folder")
-    p.add_argument("--codec", default=DEFAULT_CODEC)
+    p.add_argument("--store", required=True, help="store folder (created if missing)")
+    p.add_argument(
+        "--codec",
+        default=DEFAULT_CODEC,
+        choices=sorted(CODECS),
+        help=f"how weights are cut into levels (default {DEFAULT_CODEC}; 'paper' is lossy)",
+    )
     p.add_argument(
         "--chunk-size",
         type=int,
@@ -201,11 +320,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="BYTES",
         help="bytes per chunk (default: by the model's size, 16 KiB to 4 MiB)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("reconstruct", help="write a level's approximation as safetensors")
-    p.add_argument("name", help="model name or id")
+    p.add_argument("name", help="model name, id, or the start of an id")
     p.add_argument("--store", required=True)
     p.add_argument("--level", required=True, help="a level number or 'max'")
     p.add_argument("--out", required=True)
@@ -213,7 +332,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("inspect", help="show a stored model's manifest and what is held")
-    p.add_argument("name", help="model name or id")
+    p.add_argument("name", help="model name (every version), id, or the start of an id")
     p.add_argument("--store", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("ls", help="list the models of a store")
+    p.add_argument("--store", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ls)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -62,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PeerprogError as e:
         sys.stderr.write(f"peerprog: error: {e}\n")
         return 1
+    except BrokenPipeError:  # e.g. `peerprog inspect … | head`: the reader is done
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when stdout is flushed
+        return 0
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         sys.stderr.write(f"peerprog: error: {where}{e.strerror or e}\n")
@@ -69,8 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("peerprog: interrupted\n")
         return 130
-    except BrokenPipeError:
-        return 1
 
 
 if __name__ == "__main__":

@@ -92,15 +92,20 @@ def load_key_file(path: Path, *, check_mode: bool = True) -> Ed25519PrivateKey:
         raise InputError(f"{path}: no such key file") from None
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        hint = (
+            " (it is a public key: use the private key file keygen wrote)"
+            if (data.lstrip().startswith((b"ed25519:", b"-----BEGIN PUBLIC KEY")))
+            else ""
+        )
+        raise InputError(f"{path}: not a PEM private key{hint}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InputError(f"{path}: not an Ed25519 private key")
     if check_mode and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise InputError(
             f"{path}: key file is accessible by others (mode {stat.S_IMODE(st.st_mode):o}); "
             f"run: chmod 600 {path}"
         )
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        raise InputError(f"{path}: not a PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise InputError(f"{path}: not an Ed25519 private key")
     return key

@@ -60,11 +60,14 @@ class Catalog:
         self._clock = clock
         self._models: dict[str, ModelState] = {}
         self._scopes: dict[str, TaskScope] = {}
+        self._fetches: dict[str, asyncio.Task[None]] = {}
         self._files: dict[str, ModelFiles] = {}
         self._decoded: dict[str, DecodedLevels] = {}
         self._unrecorded: set[str] = set()
         self._record_now = asyncio.Event()
-        self._wanted: set[str] = set(want)
+        self._asked: set[str] = set(store.wanted())
+        """Names an app asked for (persisted); with the config's ``want``, the wanted."""
+        self._wanted: set[str] = set(want) | self._asked
         self._fetch: FetchJob | None = None
         self._root = TaskScope("catalog")
         self.level_listeners: list[LevelListener] = []
@@ -112,21 +115,61 @@ class Catalog:
 
     def fetching(self, model_id: str) -> bool:
         """Whether a fetch of ``model_id`` is running."""
-        scope = self._scopes.get(model_id)
-        return scope is not None and bool(scope.tasks())
+        task = self._fetches.get(model_id)
+        return task is not None and not task.done()
 
     # --- life cycle ------------------------------------------------------------------------
 
     def want(self, name: str) -> bool:
-        """Keep ``name`` up to date from now on; True if it was not wanted yet."""
+        """Keep ``name`` up to date from now on (remembered across restarts); True if it
+        was not wanted yet."""
         if name in self._wanted:
             return False
         self._wanted.add(name)
+        self._asked.add(name)
+        self._save_wanted()
         log.info("want %s", name)
         for state in self.versions(name):
             self._decoded[state.model_id].ahead = True
             self._decoded[state.model_id].level_reached()
+            if not state.complete:
+                self._start_fetch(state)
         return True
+
+    def unwant(self, name: str) -> bool:
+        """Stop keeping ``name`` up to date: its fetches stop, what is held stays (and is
+        served). True if it was wanted."""
+        if name not in self._wanted:
+            return False
+        self._wanted.discard(name)
+        self._asked.discard(name)
+        self._save_wanted()
+        log.info("no longer want %s", name)
+        for state in self.versions(name):
+            self._decoded[state.model_id].ahead = False
+            task = self._fetches.pop(state.model_id, None)
+            if task is not None:
+                task.cancel()  # awaited by the model's scope when it closes
+        return True
+
+    async def remove(self, name: str) -> list[str]:
+        """Unwant ``name`` and delete every version of it from the store (waiting for
+        their fetches to stop); returns their ids."""
+        self.unwant(name)
+        ids = [s.model_id for s in self.versions(name)]
+        await asyncio.gather(*(self._forget(mid) for mid in ids))
+        if ids and self.store.resolve(name) in ids:
+            await asyncio.to_thread(self.store.clear_name, name)
+        log.info("removed %s (%d versions)", name, len(ids))
+        return ids
+
+    def _save_wanted(self) -> None:
+        try:
+            self.store.set_wanted(self._asked)
+        except OSError as e:
+            self._disk.failed(
+                "wanted", f"cannot record the wanted names: {e.strerror or e}", self._clock()
+            )
 
     def load_store(self) -> list[ModelState]:
         """Take up every trusted, verified model of the store (blocking: run in a thread;
@@ -169,7 +212,7 @@ class Catalog:
         self._fetch = fetch
         self._root.spawn(self._recorder(), name="record")
         for state in list(self._models.values()):
-            if not state.complete:
+            if not state.complete and state.manifest.name in self._wanted:
                 self._start_fetch(state)
             self._decoded[state.model_id].ahead = state.manifest.name in self._wanted
             self._decoded[state.model_id].level_reached()
@@ -227,6 +270,7 @@ class Catalog:
     def _forget(self, model_id: str) -> asyncio.Task[None]:
         state = self._models.pop(model_id, None)
         scope = self._scopes.pop(model_id, None)
+        self._fetches.pop(model_id, None)
         files = self._files.pop(model_id, None)
         decoded = self._decoded.pop(model_id, None)
         self._unrecorded.discard(model_id)
@@ -281,7 +325,7 @@ class Catalog:
     def _start_fetch(self, state: ModelState) -> None:
         if self._fetch is None or self.fetching(state.model_id):
             return
-        self._scopes[state.model_id].spawn(
+        self._fetches[state.model_id] = self._scopes[state.model_id].spawn(
             self._fetch(state, self._files[state.model_id]), name=f"fetch {state.manifest.name}"
         )
 

@@ -227,6 +227,32 @@ class Node:
         self.catalog.want(name)
         self.resolver.resolve_soon()
 
+    def unwant(self, name: str) -> bool:
+        """Stop keeping ``name`` up to date (what is held stays)."""
+        self.resolver.forget(name)
+        return self.catalog.unwant(name)
+
+    async def remove(self, name: str) -> list[str]:
+        """Unwant ``name`` and delete its versions from the store; their ids."""
+        self.resolver.forget(name)
+        return await self.catalog.remove(name)
+
+    def problem(self, name: str) -> str | None:
+        """Why ``name`` is not making progress, in a sentence (None if nothing is known to
+        be wrong): a refused manifest, no source, a full disk, no source of its chunks."""
+        versions = self.catalog.versions(name)
+        if not versions:
+            return self.resolver.problem(name) if name in self.catalog.wanted else None
+        newest = versions[0]
+        if newest.complete or name not in self.catalog.wanted:
+            return None
+        if self.disk.error is not None:
+            return self.disk.error
+        if not newest.sources and self.catalog.fetching(newest.model_id):
+            known = len(self.table)
+            return f"no peer or web seed that holds it answers (peers known: {known})"
+        return self.resolver.problem(name)
+
 
 def _loop_time() -> float:
     return asyncio.get_running_loop().time()

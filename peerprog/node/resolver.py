@@ -16,7 +16,7 @@ from typing import Protocol
 
 from peerprog.errors import PeerFault, UntrustedPublisher, VerificationError
 from peerprog.manifest import SignedManifest, open_envelope, valid_model_id
-from peerprog.node.peerclient import TransportError
+from peerprog.node.peerclient import NotFound, TransportError
 from peerprog.node.tasks import TaskScope
 from peerprog.swarm import Lookup, PeerTable, VersionPolicy
 
@@ -65,6 +65,18 @@ class Resolver:
         self._name_timeout = name_timeout
         self._scope = scope
         self._now = asyncio.Event()
+        self._problems: dict[str, str] = {}
+        self._answers: dict[str, dict[str, str]] = {}  # name → root → how it answered
+        self._warned: set[tuple[str, str]] = set()
+
+    def problem(self, name: str) -> str | None:
+        """Why no version of ``name`` is being fetched, if something says so."""
+        return self._problems.get(name)
+
+    def forget(self, name: str) -> None:
+        """``name`` is no longer wanted."""
+        self._problems.pop(name, None)
+        self._answers.pop(name, None)
 
     def resolve_soon(self) -> None:
         self._now.set()
@@ -108,11 +120,35 @@ class Resolver:
         (root,) = lookup.roots
         try:
             model_id = await self._transport.get_name(root, lookup.name, timeout=self._name_timeout)
-        except (TransportError, PeerFault):
+        except NotFound:
+            self._answered(lookup.name, root, "does not know it")
+            return None
+        except (TransportError, PeerFault) as e:
+            self._answered(lookup.name, root, f"unreachable ({e})")
             return None
         if not valid_model_id(model_id):
+            if (root, lookup.name) not in self._warned:
+                self._warned.add((root, lookup.name))
+                log.warning(
+                    "%s answered names/%s with %r, which is not a model id: is it a peerprog "
+                    "store?",
+                    root,
+                    lookup.name,
+                    model_id[:40],
+                )
+            self._answered(lookup.name, root, "answered something that is not a model id")
             return None
         return await self._manifest(lookup.name, model_id, lookup.roots)
+
+    def _answered(self, name: str, root: str, how: str) -> None:
+        """A name look-up of ``root`` found nothing; once every source has said so (and no
+        peer announces the name), that is the name's problem."""
+        answers = self._answers.setdefault(name, {})
+        answers[root] = how
+        roots = self._table.name_roots()
+        if all(r in answers for r in roots) and not any(True for _ in self._table.announced(name)):
+            said = "; ".join(f"{r} {answers[r]}" for r in roots) or "no source is configured"
+            self._problems.setdefault(name, f"no source knows it ({said})")
 
     async def _manifest(
         self, name: str, model_id: str, roots: tuple[str, ...]
@@ -135,8 +171,13 @@ class Resolver:
                     # this source's (bytes that are not the id's): refuse it only there.
                     if isinstance(e, UntrustedPublisher):
                         self.policy.refused(model_id, loop.time())
+                        self._problems[name] = (
+                            f"refused version {model_id[:12]}… from {root}: {e} "
+                            "(add its key to trust.publishers to accept it)"
+                        )
                     else:
                         self.policy.refused_from(root, model_id, loop.time())
+                        self._problems[name] = f"refused version {model_id[:12]}… from {root}: {e}"
                 continue
             if signed.manifest.name != name:
                 log.warning(
@@ -158,4 +199,6 @@ class Resolver:
         if not self.policy.takes(m.version, self._catalog.newest_version(m.name)):
             self.policy.refused(signed.model_id, asyncio.get_running_loop().time())
             return
-        await self._catalog.take_up(signed, root)
+        if await self._catalog.take_up(signed, root) is not None:
+            self._problems.pop(m.name, None)
+            self._answers.pop(m.name, None)

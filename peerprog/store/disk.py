@@ -2,6 +2,7 @@
 
 ```
 <store>/names/<name>                      latest model id for the name (text)
+<store>/wanted                            names an app asked the node to fetch (node-private)
 <store>/models/<model_id>/manifest.msgpack
 <store>/models/<model_id>/levels/<n>      level n's encoded bytes; chunk k at its offset
 <store>/models/<model_id>/verified        which chunks are verified (node-private)
@@ -43,6 +44,7 @@ from peerprog.swarm import Bitfield
 
 log = logging.getLogger("peerprog.store")
 MANIFEST = "manifest.msgpack"
+WANTED = "wanted"
 LOCK = ".lock"
 DECODED = "decoded"
 V1_CHUNKS = "chunks"
@@ -114,6 +116,20 @@ class Store:
             if valid_name(p.name) and (mid := self.resolve(p.name)):
                 out[p.name] = mid
         return out
+
+    # --- wanted names (node-private) --------------------------------------------------------
+
+    def wanted(self) -> list[str]:
+        """The names the node was asked to keep up to date (``wanted``, one per line)."""
+        try:
+            lines = (self.root / WANTED).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [n for n in (line.strip() for line in lines) if valid_name(n)]
+
+    def set_wanted(self, names: Collection[str]) -> None:
+        """Replace the list of wanted names (atomically)."""
+        write_atomic(self.root / WANTED, "".join(f"{n}\n" for n in sorted(names)).encode())
 
     # --- manifests -------------------------------------------------------------------------
 

@@ -97,9 +97,10 @@ def test_fetch_shows_progress_and_writes_the_exact_model(
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) >= 2 and all(line.startswith(NAME) for line in lines), lines
-    assert any(f"level 0/{last}" in ln and "peer" in ln and "/s" in ln for ln in lines), lines
+    n = last + 1  # levels: "3/5 levels" counts complete levels, as levels_total does
+    assert any("/5 levels" in ln and "peer" in ln and "/s" in ln and "ETA" in ln for ln in lines)
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr  # plain lines, not a bar
-    assert f"{NAME} v1 level {last}/{last} (exact): wrote {out}" in proc.stdout
+    assert f"{NAME} v1: {n}/{n} levels (exact): wrote {out}" in proc.stdout
     tensors, meta = read_safetensors(out)
     assert meta["peerprog.exact"] == "true" and meta["peerprog.level"] == str(last)
     for k, t in read_model(digits.model_path()).items():
@@ -120,8 +121,9 @@ def test_fetch_json_and_min_level(edge: Daemon, tmp_path: Path) -> None:
 def test_fetch_on_a_terminal_draws_a_bar(edge: Daemon, last: int) -> None:
     proc = peerprog("fetch", NAME, "--socket", str(edge.socket), stderr_tty=True)
     assert proc.returncode == 0, proc.stderr
-    assert f"level {last}/{last} (exact)" in proc.stdout
-    assert NAME in proc.stderr
+    assert f"{last + 1}/{last + 1} levels (exact)" in proc.stdout
+    assert NAME in proc.stderr and "\r" in proc.stderr  # a line redrawn in place
+    assert f"{NAME} v1: {last + 1}/{last + 1} levels" in proc.stderr  # the last state drawn
 
 
 def test_status_table_and_json(edge: Daemon) -> None:

@@ -35,10 +35,10 @@ def fails(*args: str, match: str, code: int = 1) -> None:
     proc = run(*args, ok=False)
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
     if code == 1:
-        lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, proc.stderr
-        assert match in lines[0], lines[0]
+    assert match in lines[-1], lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,25 @@ def test_inspect_json(published: dict[str, object]) -> None:
     assert doc["complete"] is True and doc["publisher"] == published["public"]
     assert doc["chunks_held"] == doc["chunks"] == sum(lv["chunks"] for lv in doc["levels"])
     text = run("inspect", "--store", str(published["store"]), "digits-cnn").stdout
-    assert "level 0" in text
+    assert text.startswith("digits-cnn version 1  (the name points here)\n")
+    assert f"  id         {doc['model_id']}\n" in text and "bits/weight" in text
+    assert doc["other_versions"] == []
+    # the start of the id names the model too; one that fits no model is an error
+    prefix = run("inspect", "--store", str(published["store"]), doc["model_id"][:12]).stdout
+    assert prefix == text
+    fails("inspect", "--store", str(published["store"]), "ffffffffffff", match="no model")
+    listing = run("ls", "--store", str(published["store"])).stdout.splitlines()
+    assert listing[0].split() == ["name", "version", "id", "levels", "size", "state"]
+    assert listing[1].split()[:3] == ["digits-cnn", "1", doc["model_id"][:12]]
+    assert listing[1].endswith("complete")
+
+
+def test_inspect_into_a_closed_pipe_is_not_an_error(published: dict[str, object]) -> None:
+    cmd = [sys.executable, "-m", "peerprog", "inspect", "--store", str(published["store"])]
+    proc = subprocess.run(
+        " ".join([*cmd, "digits-cnn", "|", "head", "-1"]), shell=True, capture_output=True
+    )
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
 
 
 def test_bad_inputs_exit_1_with_one_line(published: dict[str, object], tmp_path: Path) -> None:
@@ -225,7 +243,8 @@ def test_bad_inputs_exit_1_with_one_line(published: dict[str, object], tmp_path:
         store,
         "--codec",
         "nope",
-        match="unknown codec",
+        match="invalid choice: 'nope'",
+        code=2,  # the codecs are the option's choices: a usage error
     )
     fails(
         "reconstruct",

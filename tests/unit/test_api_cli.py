@@ -34,6 +34,11 @@ def test_progress_line() -> None:
         "bytes_received": 512 * 1024, "bytes_total": 1024 * 1024, "peers": 1,
     }  # fmt: skip
     line = progress_line(doc, 2048.0)
-    assert line == "m v2: level 1/3, 512.0 KiB of 1.0 MiB (50%), 2.0 KiB/s, 1 peer"
+    assert line == "m v2: 2/4 levels, 512.0 KiB of 1.0 MiB (50%), 2.0 KiB/s, ETA 4 min 16 s, 1 peer"
+    assert "ETA ?" in progress_line(doc, 0.0)
+    assert "complete" in progress_line({**doc, "complete": True}, 0.0)
     assert "looking for sources" in progress_line({"name": "m", "model_id": None}, 0.0)
+    stuck = {"name": "m", "model_id": None, "problem": "no source knows it (a does not know it)"}
+    assert progress_line(stuck, 0.0) == "m: no source knows it (a does not know it)"
+    assert progress_line({**doc, "problem": "disk full"}, 1.0).endswith(" — disk full")
     assert plural(2, "peer") == "2 peers" and plural(1, "peer") == "1 peer"
