@@ -72,10 +72,16 @@ class Slot:
     budget: int
     rate: float
 
-    def holds(self, index: int) -> bool:
-        return self.have is None or index in self.have
-
     complete: bool = False
+
+    mask: int = -1
+    """``have`` as an integer (``Bitfield.mask``; -1: every chunk), set by the picker."""
+
+    top: int = 0
+    """The bit of chunk 0 in ``mask``."""
+
+    def holds(self, index: int) -> bool:
+        return bool((self.mask >> (self.top - index)) & 1)
 
     def load_key(self) -> tuple[bool, float, float, str]:
         return (self.complete, (self.in_flight + 1) / self.budget, -self.rate, self.peer)
@@ -115,10 +121,18 @@ class Picker:
         free = [s for s in slots if s.in_flight < s.budget]
         if level is None or room <= 0 or not free:
             return picks
+        top = 8 * ((self._table.n + 7) >> 3) - 1
+        union = 0
+        for slot in free:
+            slot.mask, slot.top = (-1, top) if slot.have is None else (slot.have.mask(), top)
+            union |= slot.mask
         fresh: dict[int, set[str]] = {}
         pool_left = False
         for index in self._rarest_first(level):
             if index in flying:
+                continue
+            if not (union >> (top - index)) & 1:  # no free peer holds it: skip at once
+                pool_left = True
                 continue
             slot = self._choose(index, free, holders, exclude=frozenset())
             if slot is None:
