@@ -123,9 +123,10 @@ class Picker:
             return picks
         top = 8 * ((self._table.n + 7) >> 3) - 1
         union = 0
-        for slot in free:
-            slot.mask, slot.top = (-1, top) if slot.have is None else (slot.have.mask(), top)
-            union |= slot.mask
+        for free_slot in free:
+            have = free_slot.have
+            free_slot.mask, free_slot.top = -1 if have is None else have.mask(), top
+            union |= free_slot.mask
         fresh: dict[int, set[str]] = {}
         pool_left = False
         for index in self._rarest_first(level):
