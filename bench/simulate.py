@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.simnet import FlowNetwork
 from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig
+from peerprog.swarm.seeding import SeedingConfig, SuperSeeder
 
 MB = 1e6
 MIB = 1 << 20
@@ -103,7 +104,13 @@ class Sim:
         self.level0 = float(sum(self.sizes[i] for i in self.levels[0]))
         self.dt = args.tick
         self.push = args.have == "push"
-        self.config = SchedulerConfig(max_in_flight_total=args.max_in_flight)
+        self.config = SchedulerConfig(
+            max_in_flight_total=args.max_in_flight,
+            lookahead_levels=args.lookahead,
+            min_in_flight_per_peer=args.min_in_flight,
+            min_queue_bytes=int(args.min_queue_mib * MIB),
+            max_in_flight_per_peer=max(args.min_in_flight, 16),
+        )
         classes = json.loads(args.classes) if args.classes else CLASSES
         seed = Node(0, "seed", args.seed_up * MB, args.seed_up * MB, 0.005, 0.0)
         self.nodes: list[Node] = [seed]
@@ -128,6 +135,14 @@ class Sim:
         self.dirty: set[int] = set()
         self.touched: set[int] = set()
         self.alive_edges: list[int] = []
+        self.seeder: SuperSeeder | None = None
+        self.seed_dirty = False
+        if args.superseed:
+            self.seeder = SuperSeeder(
+                self.levels,
+                SeedingConfig(depth=args.offer_depth, ahead=args.lookahead),
+                seed=args.seed,
+            )
         self.events = 0
         self.now = 0.0
         for node in self.nodes[1:]:
@@ -164,6 +179,8 @@ class Sim:
                 self.now = t
                 self.apply_push(target, sender, index)
             self.now = t_end
+            if self.seeder is not None:
+                self.seed_offers()
             for nid in self.dirty:
                 self.pump(self.nodes[nid], t_end)
             self.dirty.clear()
@@ -201,6 +218,9 @@ class Sim:
             return
         a.neighbors.add(b.nid)
         b.neighbors.add(a.nid)
+        if b.nid == 0 and self.seeder is not None and a.have is not None:
+            self.seeder.add_peer(a.name, a.have, self.now)
+            self.seed_offers()
         for x, y in ((a, b), (b, a)):
             if x.sched is None or x.sched.complete:
                 continue
@@ -211,10 +231,23 @@ class Sim:
             self.at(self.now + self.args.poll + self.lat(x, y), self.poll_answer, x, y)
 
     def have_of(self, y: Node, asker: Node) -> Bitfield:
-        """What ``asker`` is told ``y`` holds."""
+        """What ``asker`` is told ``y`` holds (a super-seeding seed: what it offers)."""
         if y.have is None:
+            if self.seeder is not None:
+                return self.seeder.view(asker.name)
             return Bitfield.full(self.nchunks)
         return y.have.copy()
+
+    def seed_offers(self) -> None:
+        """The seed pushes its new offers (have deltas) to the edges."""
+        assert self.seeder is not None
+        seed = self.nodes[0]
+        if not seed.alive:
+            return
+        for peer, index in self.seeder.offers(self.now):
+            e = self.nodes[int(peer)]
+            tick = math.ceil((self.now + self.lat(seed, e)) / self.dt)
+            self.pushes.setdefault(tick, []).append((e, seed, index))
 
     def poll_answer(self, x: Node, y: Node) -> None:
         """``y`` answers ``x``'s ``GET have`` (sent one latency ago); it arrives one latency
@@ -257,12 +290,16 @@ class Sim:
         dt = self.dt
         for nid in x.neighbors:
             y = self.nodes[nid]
-            if y.sched is None or y.sched.complete:
+            if (y.sched is None or y.sched.complete) and not (nid == 0 and self.seeder):
                 continue
             tick = math.ceil((self.now + self.lat(x, y)) / dt)
             self.pushes.setdefault(tick, []).append((y, x, index))
 
     def apply_push(self, y: Node, x: Node, index: int) -> None:
+        if y.nid == 0:
+            if y.alive and self.seeder is not None and x.nid in y.neighbors:
+                self.seeder.add_have(x.name, index, self.now)
+            return
         if not y.alive or y.sched is None or y.sched.complete or x.nid not in y.neighbors:
             return
         y.sched.add_have(x.name, index, self.now)
@@ -291,6 +328,8 @@ class Sim:
 
     def gone(self, y: Node, x: Node) -> None:
         y.neighbors.discard(x.nid)
+        if y.nid == 0 and self.seeder is not None:
+            self.seeder.remove_peer(x.name, self.now)
         if y.alive and y.sched is not None and not y.sched.complete:
             self.cancel(y, y.sched.remove_peer(x.name, self.now))
             self.dirty.add(y.nid)
@@ -319,6 +358,10 @@ class Sim:
         if e.armed != d or not e.alive or e.sched is None or e.sched.complete:
             return
         e.armed = None
+        if self.args.progress:  # the shell reports bytes as they arrive
+            for (pid, index), (_, fid) in e.live.items():
+                if fid >= 0 and self.net.rate[fid] > 0:
+                    e.sched.on_progress(str(pid), index, self.now)
         expired = e.sched.handle_timer(self.now)
         e.timeouts += len(expired)
         self.cancel(e, expired)
@@ -348,6 +391,8 @@ class Sim:
         if not p.alive or (p.have is not None and r.index not in p.have):
             self.at(self.now + self.lat(e, p), self.failed, e, p, r)
             return
+        if p.nid == 0 and self.seeder is not None:
+            self.seeder.on_request(e.name, r.index, self.now)
         fid = self.net.add(p.nid, e.nid, self.sizes[r.index])
         self.owner[fid] = (e, p, r)
         p.serving.add(fid)
@@ -459,6 +504,11 @@ class Sim:
             "uploaded_over_needed": round(
                 float(self.net.uploaded.sum()) / (self.total * max(1, len(done))), 3
             ),
+            "edge_upload_busy": round(
+                float(self.net.uploaded[1:].sum())
+                / sum(x.up * (min(x.leave, self.end) - x.join) for x in edges),
+                3,
+            ),
             "timeouts": sum(x.timeouts for x in edges),
             "requests": sum(x.requests for x in edges),
             "events": self.events,
@@ -517,6 +567,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--lat-min", type=float, default=0.005, help="one-way access latency, s")
     ap.add_argument("--lat-max", type=float, default=0.05)
     ap.add_argument("--max-in-flight", type=int, default=64, help="limits.max_in_flight")
+    ap.add_argument("--min-in-flight", type=int, default=2, help="min_in_flight_per_peer")
+    ap.add_argument(
+        "--min-queue-mib", type=float, default=2.0, help="min_queue_bytes (8: as before it)"
+    )
+    ap.add_argument("--lookahead", type=int, default=0, help="lookahead_levels (soft barrier)")
+    ap.add_argument("--progress", action="store_true", help="the shell calls on_progress")
+    ap.add_argument("--superseed", action="store_true", help="the seed super-seeds")
+    ap.add_argument("--offer-depth", type=int, default=4, help="SeedingConfig.depth")
     ap.add_argument("--tick", type=float, default=0.01, help="network and shell quantum, s")
     ap.add_argument("--max-time", type=float, default=3600.0)
     ap.add_argument("--seed", type=int, default=1, help="random seed")

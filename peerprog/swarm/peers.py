@@ -63,6 +63,12 @@ class PeerStats:
     """Dropped after too many failures; only its last requests in flight remain."""
 
 
+def min_budget(config: SchedulerConfig, mean_chunk: float) -> int:
+    """The least number of requests a peer may have in flight (``min_queue_bytes``)."""
+    want = math.ceil(config.min_queue_bytes / max(1.0, mean_chunk))
+    return max(1, min(config.min_in_flight_per_peer, want))
+
+
 @dataclass
 class Flight:
     """A request in flight, with what the rate estimate needs when it completes."""
@@ -71,6 +77,8 @@ class Flight:
     size: int
     delivered: int
     since: float
+    deadline: float = 0.0
+    """When it times out: ``request.deadline``, pushed back by progress (``on_progress``)."""
 
 
 class PeerState:
@@ -107,10 +115,11 @@ class PeerState:
 
     def budget(self, config: SchedulerConfig, mean_chunk: float) -> int:
         """How many requests it may have in flight: about ``target_queue_seconds`` of work."""
+        floor = min_budget(config, mean_chunk)
         if self.rate is None:
-            return config.min_in_flight_per_peer
+            return floor
         want = math.ceil(self.rate * config.target_queue_seconds / mean_chunk)
-        return max(config.min_in_flight_per_peer, min(config.max_in_flight_per_peer, want))
+        return max(floor, min(config.max_in_flight_per_peer, want))
 
     def timeout(self, config: SchedulerConfig, queued_bytes: int) -> float:
         """How long to wait for a request that has ``queued_bytes`` (itself included) ahead."""
@@ -123,8 +132,8 @@ class PeerState:
     def deadline_of(self, flight: Flight) -> float:
         """When a request gives up: its deadline, or at once once the peer is dropped."""
         if self.dropped_at is None:
-            return flight.request.deadline
-        return min(flight.request.deadline, self.dropped_at)
+            return flight.deadline
+        return min(flight.deadline, self.dropped_at)
 
     def stats(self, config: SchedulerConfig, mean_chunk: float) -> PeerStats:
         return PeerStats(
@@ -150,7 +159,7 @@ class PeerState:
         self.queued_bytes += size
         deadline = now + self.timeout(config, self.queued_bytes)
         request = Request(peer=self.name, index=index, sent_at=now, deadline=deadline)
-        self.in_flight[index] = Flight(request, size, self.bytes_received, self._since)
+        self.in_flight[index] = Flight(request, size, self.bytes_received, self._since, deadline)
         return request
 
     def finish(self, index: int) -> Flight | None:

@@ -8,6 +8,7 @@ that a call returns, and arms a timer for :meth:`Scheduler.next_deadline`::
     for request in scheduler.next_requests(loop.time()):
         start_get(request)          # GET /p2p/v1/models/<id>/chunks/<index> from request.peer
     ...
+    # while its body arrives: on_progress (a moving transfer does not time out)
     # when a GET ends: on_chunk (verified) / on_bad_chunk (hash mismatch) / on_failed
     # (the peer's fault) / release (ours, e.g. the disk is full)
     # when the timer fires: cancel(scheduler.handle_timer(loop.time()))
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from peerprog.swarm.bitfield import Bitfield
 from peerprog.swarm.chunks import ChunkTable
 from peerprog.swarm.config import SchedulerConfig
-from peerprog.swarm.peers import Flight, PeerState, PeerStats
+from peerprog.swarm.peers import Flight, PeerState, PeerStats, min_budget
 from peerprog.swarm.picker import Picker, Slot
 from peerprog.swarm.request import Request
 
@@ -54,7 +55,9 @@ class Scheduler:
         """
         self._config = config if config is not None else SchedulerConfig()
         self._table = ChunkTable(level_ranges, chunk_sizes, have, seed)
-        self._picker = Picker(self._table, self._config.endgame_chunks)
+        self._picker = Picker(
+            self._table, self._config.endgame_chunks, self._config.lookahead_levels
+        )
         self._peers: dict[str, PeerState] = {}
         self._banned: set[str] = set()
         self._flying: dict[int, dict[str, Request]] = {}
@@ -156,6 +159,20 @@ class Scheduler:
         self._table.replace_holder(st.have, new)
         st.have = new
 
+    def add_have(self, peer: str, index: int, now: float) -> None:
+        """A known peer told us (a pushed ``have`` delta) that it now holds chunk ``index``.
+        Ignored for unknown, dropped or banned peers, for a peer that holds every chunk,
+        and if we knew it already."""
+        st = self._peers.get(peer)
+        if st is None or st.dropped or st.have is None:
+            return
+        if not 0 <= index < self._table.n:
+            raise ValueError(f"chunk {index} out of range for {self._table.n} chunks")
+        if index in st.have:
+            return
+        st.have.set(index)
+        self._table.add_chunk_holder(index)
+
     def remove_peer(self, peer: str, now: float) -> list[Request]:
         """Forget a peer (gone, disconnected). Returns its requests in flight, for the shell
         to cancel; their chunks go back to the pool."""
@@ -191,7 +208,7 @@ class Scheduler:
         for st in usable:
             budget = st.budget(self._config, mean)
             if swarm and complete[st.name]:
-                budget = min(budget, self._config.min_in_flight_per_peer)
+                budget = min(budget, min_budget(self._config, mean))
             if len(st.in_flight) < budget:
                 slots.append(
                     Slot(
@@ -230,6 +247,15 @@ class Scheduler:
             st.delivered(flight, now)
             self._purge(st)
         return self.mark_have(index, now)
+
+    def on_progress(self, peer: str, index: int, now: float) -> None:
+        """Bytes of chunk ``index`` arrived from ``peer`` just now (the shell calls it as it
+        reads the body, e.g. every 64 KiB): the request stalls only ``stall_timeout`` after
+        the last progress, whatever its first deadline was."""
+        st = self._peers.get(peer)
+        flight = st.in_flight.get(index) if st is not None else None
+        if flight is not None:
+            flight.deadline = max(flight.deadline, now + self._config.stall_timeout)
 
     def mark_have(self, index: int, now: float) -> list[Request]:
         """We hold chunk ``index`` now (e.g. found on disk). Returns the requests in flight
