@@ -21,6 +21,7 @@ import json
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,7 @@ class Node:
     neighbors: set[int] = field(default_factory=set)
     live: dict[tuple[int, int], list[Any]] = field(default_factory=dict)  # [Request, fid]
     serving: set[int] = field(default_factory=set)  # fids it sends
+    queue: deque[tuple[Node, Request]] = field(default_factory=deque)  # waiting for a slot
     armed: float | None = None
     told: dict[int, int] = field(default_factory=dict)  # peer -> have mask last polled
     dropped: dict[int, float] = field(default_factory=dict)  # peer -> seen dropped since
@@ -133,6 +135,7 @@ class Sim:
         self.seq = 0
         self.pushes: dict[int, list[tuple[Node, Node, int]]] = {}
         self.dirty: set[int] = set()
+        self.refill: set[int] = set()  # nodes with a free upload slot and a queue
         self.touched: set[int] = set()
         self.alive_edges: list[int] = []
         self.seeder: SuperSeeder | None = None
@@ -140,7 +143,12 @@ class Sim:
         if args.superseed:
             self.seeder = SuperSeeder(
                 self.levels,
-                SeedingConfig(depth=args.offer_depth, ahead=args.lookahead),
+                SeedingConfig(
+                    depth=args.offer_depth,
+                    slots=args.seed_slots,
+                    ahead=args.lookahead,
+                    starve_after=args.starve_after,
+                ),
                 seed=args.seed,
             )
         self.events = 0
@@ -170,6 +178,9 @@ class Sim:
             t_end = t + dt
             for fid, tf in self.net.step(t, dt):
                 self.flow_ended(fid, tf)
+            for nid in self.refill:
+                self.next_in_queue(self.nodes[nid])
+            self.refill.clear()
             while self.heap and self.heap[0][0] < t_end:
                 te, _, fn, a = heapq.heappop(self.heap)
                 self.now = max(te, t)
@@ -322,6 +333,9 @@ class Sim:
             e, p, r = self.owner[fid]
             self.drop_flow(fid)
             self.at(self.now + self.lat(e, p), self.failed, e, p, r)
+        for e, r in x.queue:
+            self.at(self.now + self.lat(e, x), self.failed, e, x, r)
+        x.queue.clear()
         for nid in x.neighbors:
             y = self.nodes[nid]
             self.at(self.now + self.lat(x, y), self.gone, y, x)
@@ -375,9 +389,10 @@ class Sim:
                 self.drop_flow(entry[1])
 
     def drop_flow(self, fid: int) -> None:
-        _, p, _ = self.owner.pop(fid)
+        e, p, r = self.owner.pop(fid)
         p.serving.discard(fid)
         self.net.remove(fid)
+        self.upload_ended(e, p, r)
 
     def current(self, e: Node, p: Node, r: Request) -> list[Any] | None:
         entry = e.live.get((p.nid, r.index))
@@ -393,14 +408,36 @@ class Sim:
             return
         if p.nid == 0 and self.seeder is not None:
             self.seeder.on_request(e.name, r.index, self.now)
+        slots = self.args.upload_slots
+        if slots and len(p.serving) >= slots:
+            p.queue.append((e, r))  # served in turn (HTTP: the handler waits for a slot)
+            return
+        self.start_flow(e, p, r, entry)
+
+    def start_flow(self, e: Node, p: Node, r: Request, entry: list[Any]) -> None:
         fid = self.net.add(p.nid, e.nid, self.sizes[r.index])
         self.owner[fid] = (e, p, r)
         p.serving.add(fid)
         entry[1] = fid
 
+    def next_in_queue(self, p: Node) -> None:
+        slots = self.args.upload_slots
+        while p.alive and p.queue and len(p.serving) < slots:
+            e, r = p.queue.popleft()
+            entry = self.current(e, p, r)
+            if entry is not None and e.alive:
+                self.start_flow(e, p, r, entry)
+
+    def upload_ended(self, e: Node, p: Node, r: Request) -> None:
+        if p.nid == 0 and self.seeder is not None:
+            self.seeder.on_sent(e.name, r.index, self.now)
+        if p.queue:
+            self.refill.add(p.nid)
+
     def flow_ended(self, fid: int, tf: float) -> None:
         e, p, r = self.owner.pop(fid)
         p.serving.discard(fid)
+        self.upload_ended(e, p, r)
         entry = self.current(e, p, r)
         if entry is not None:
             entry[1] = -1
@@ -573,8 +610,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--lookahead", type=int, default=0, help="lookahead_levels (soft barrier)")
     ap.add_argument("--progress", action="store_true", help="the shell calls on_progress")
+    ap.add_argument(
+        "--upload-slots", type=int, default=0, help="uploads a node serves at once (0: all)"
+    )
     ap.add_argument("--superseed", action="store_true", help="the seed super-seeds")
     ap.add_argument("--offer-depth", type=int, default=4, help="SeedingConfig.depth")
+    ap.add_argument("--seed-slots", type=int, default=8, help="SeedingConfig.slots")
+    ap.add_argument("--starve-after", type=float, default=5.0, help="SeedingConfig.starve_after")
     ap.add_argument("--tick", type=float, default=0.01, help="network and shell quantum, s")
     ap.add_argument("--max-time", type=float, default=3600.0)
     ap.add_argument("--seed", type=int, default=1, help="random seed")

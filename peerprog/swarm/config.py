@@ -81,9 +81,9 @@ class SchedulerConfig:
 
     lookahead_levels: int = 0
     """
-    Soft level barrier (the picker's rule 1): once every fetchable missing chunk of the
-    active level is in flight, this many following levels may be requested too, from peers
-    with no request of the active level in flight. 0: a strict barrier.
+    Soft level barrier (the picker's rule 1): a free peer with nothing of the active level
+    to give and no active-level request in flight is asked for chunks of this many
+    following levels. 0: a strict barrier.
     """
 
     failure_backoff: float = 1.0

@@ -19,13 +19,15 @@ flight than its budget (see ``peers.py``).
      known, the active level drops back to it (requests already in flight for the higher
      level run to completion).
 
-   **Soft barrier.** Once every fetchable missing chunk of the active level is in flight
-   (and rule 4 has placed its extra copies), the pipe must not drain while the last of them
-   arrive: the next ``lookahead_levels`` levels (in order) get requests too, rarest first as
-   in rule 2, but only from free peers that have *no* request of the active level in flight
-   — a link that carries an active-level chunk is never shared with a later level, so the
-   active level arrives no later than with a strict barrier (``lookahead_levels = 0``: level
-   n+1 starts only when the last chunk of level n has arrived).
+   **Soft barrier.** The pipe must not drain while the last chunks of the active level
+   arrive, nor idle while the active level waits for busy holders: a free peer that is left
+   with nothing of the active level to give (every active-level chunk it holds is held or
+   in flight) and has *no* request of the active level in flight gets requests of the next
+   ``lookahead_levels`` levels, in order, rarest first as in rule 2. A link that carries an
+   active-level chunk is never shared with a later level, so the active level arrives no
+   later than with a strict barrier; when the active level is all in flight, this starts
+   the next level's rarest chunks (``lookahead_levels = 0``: a strict barrier, level n+1
+   starts only when the last chunk of level n has arrived or no free peer holds level n).
 
 2. **Rarest first.** Inside the active level, chunks not in flight are taken in increasing
    order of *rarity* (how many known peers hold it; a seed counts for every chunk), ties
@@ -152,8 +154,8 @@ class Picker:
                 return picks
         if not pool_left:
             room = self._end_game(level, free, flying, fresh, holders, room, picks)
-            if room > 0 and free and self._lookahead:
-                self._look_ahead(level, free, flying, holders, room, picks)
+        if room > 0 and free and self._lookahead:
+            self._look_ahead(level, free, flying, holders, room, picks)
         return picks
 
     # -- rule 1, soft barrier --------------------------------------------------------------

@@ -10,25 +10,30 @@ the live offers of it (offered, not yet held, and either requested or offered le
 ``offer_ttl`` ago). An edge is *interested* while it misses a chunk. Its *level* is the
 lowest level in which it misses a chunk.
 
-1. **First pass.** Each interested edge has up to ``depth`` live offers. A free place is
-   filled with a chunk that has no copy, of the edge's level or, if it has none left, of
-   the next ``ahead`` levels (level order, then a random but seeded order): until every
-   chunk has left the seed once, each goes to one edge only, and the seed's upload is never
-   spent on a chunk that an edge could get from another edge.
-2. **Alone.** An edge that is the only interested one is shown every chunk: nobody can
-   trade with it, so it fetches from the seed as from any complete holder.
-3. **Starving.** An edge whose ``have`` has not grown for ``starve_after`` seconds is
-   offered, in the free places, the missing chunks of its level that the seed has not shown
-   it yet, fewest copies first: nobody stalls because its peers lack what it needs (they
-   left, or never got it).
-4. **Expiry and loss.** An offer not requested within ``offer_ttl`` seconds stops counting
+1. **Few at a time.** The seed has at most ``slots`` live offers in all (the transfers
+   its upload is split among), and each edge at most ``depth``: a chunk leaves the seed at
+   full speed and its first holder can pass it on at once, rather than every chunk
+   leaving slowly together.
+2. **First pass.** A free place goes to a chunk with no copy, of the edge's level or, if
+   it has none left, of the next ``ahead`` levels (level order, then a random but seeded
+   order): until every chunk has left the seed once, each goes to one edge only, and the
+   seed's upload is never spent on a chunk that an edge could get from another edge.
+3. **Alone.** An edge that is the only interested one is offered its missing chunks in
+   level order, ``depth`` at a time, whatever their copies and the slots: nobody can trade
+   with it, so it fetches from the seed as from any complete holder.
+4. **Starving.** An edge whose ``have`` has not grown for ``starve_after`` seconds is
+   offered, in free places (when rule 2 has nothing for it; rule 1 keeps these few),
+   the missing chunks of its level that the seed has not shown it yet, fewest copies first:
+   nobody stalls because its peers lack what it needs (they left, or never got it).
+5. **Expiry and loss.** An offer not requested within ``offer_ttl`` seconds stops counting
    as a copy (the edge may still fetch it: a shown chunk is never taken back); an edge that
-   goes away takes its copies with it. Either can give a chunk no copy again: rule 1 then
+   goes away takes its copies with it. Either can give a chunk no copy again: rule 2 then
    offers it to another edge.
 
 The shell pushes the offers that :meth:`SuperSeeder.offers` returns (as ``have`` deltas of
 the seed, to that edge), reports each edge's ``have`` (it must receive every edge's pushed
-deltas, as any interested peer does), each request it serves (:meth:`on_request`), and
+deltas, as any interested peer does), each request it serves (:meth:`on_request`) and
+the end of each upload (:meth:`on_sent`), and
 calls :meth:`offers` after each of those and at least every ``scan_interval`` seconds.
 """
 
@@ -49,13 +54,16 @@ class SeedingConfig:
     depth: int = 4
     """Live offers per edge: enough to keep one edge's link to the seed busy."""
 
+    slots: int = 8
+    """Live offers in all (rule 1), except to a lone edge."""
+
     ahead: int = 1
     """Levels above an edge's level that rule 1 may offer it (the edges' soft barrier)."""
 
     offer_ttl: float = 5.0
     """Seconds an offer counts as a copy before the edge asks for it."""
 
-    starve_after: float = 3.0
+    starve_after: float = 5.0
     """An edge whose ``have`` has not grown for this long is starving (rule 3)."""
 
     scan_interval: float = 1.0
@@ -64,6 +72,8 @@ class SeedingConfig:
     def __post_init__(self) -> None:
         if self.ahead < 0:
             raise ValueError("ahead must be >= 0")
+        if self.slots < 1:
+            raise ValueError("slots must be >= 1")
         if self.depth < 1:
             raise ValueError("depth must be >= 1")
         if self.offer_ttl <= 0 or self.starve_after <= 0 or self.scan_interval <= 0:
@@ -111,7 +121,9 @@ class SuperSeeder:
         """Per level: chunks with no copy."""
         self._edges: dict[str, _Edge] = {}
         self._interested = 0
+        self._live = 0  # live offers in all
         self._dirty: set[str] = set()
+        self._waiting: set[str] = set()  # edges with room, refused for want of a slot
         self._next_scan = -float("inf")
 
     # -- queries ---------------------------------------------------------------------------
@@ -150,12 +162,15 @@ class SuperSeeder:
     def remove_peer(self, peer: str, now: float) -> None:
         """An edge went away: its copies and live offers no longer count."""
         edge = self._edges.pop(peer, None)
+        self._waiting.discard(peer)
         if edge is None:
             return
         for i in edge.have.indices():
             self._count(i, -1)
         for i in edge.live:
             self._count(i, -1)
+        self._live -= len(edge.live)
+        self._dirty.update(self._waiting)
         if edge.level() is not None:
             self._interest(-1)
 
@@ -169,6 +184,8 @@ class SuperSeeder:
         edge.progress_at = now
         if edge.live.pop(index, None) is not None:
             edge.requested.discard(index)  # the offer became a copy: the count stays
+            self._live -= 1
+            self._dirty.update(self._waiting)  # a slot is free
         else:
             self._count(index, +1)
         self._dirty.add(peer)
@@ -184,8 +201,17 @@ class SuperSeeder:
             return
         if index not in edge.live:
             edge.live[index] = now
+            self._live += 1
             self._count(index, +1)
         edge.requested.add(index)
+
+    def on_sent(self, peer: str, index: int, now: float) -> None:
+        """The seed's upload of chunk ``index`` to ``peer`` ended (sent, or cut off): the
+        offer stays live ``offer_ttl`` more, for the edge's ``have`` to say it arrived."""
+        edge = self._edges.get(peer)
+        if edge is not None and index in edge.live:
+            edge.requested.discard(index)
+            edge.live[index] = now
 
     def offers(self, now: float) -> list[tuple[str, int]]:
         """New offers, as (edge, chunk): the shell pushes each to its edge as a ``have``
@@ -201,7 +227,7 @@ class SuperSeeder:
             edge = self._edges.get(peer)
             if edge is None:
                 continue
-            for index in self._fill(edge, now, alone=self._interested == 1):
+            for index in self._fill(edge, peer, now, alone=self._interested == 1):
                 out.append((peer, index))
         self._dirty.clear()
         return out
@@ -233,26 +259,39 @@ class SuperSeeder:
             for i, at in list(edge.live.items()):
                 if i not in edge.requested and now - at >= ttl:
                     del edge.live[i]
+                    self._live -= 1
                     self._count(i, -1)
 
     def _offer(self, edge: _Edge, index: int, now: float) -> None:
         edge.shown.set(index)
         edge.live[index] = now
+        self._live += 1
         self._count(index, +1)
 
-    def _fill(self, edge: _Edge, now: float, *, alone: bool) -> list[int]:
+    def _fill(self, edge: _Edge, peer: str, now: float, *, alone: bool) -> list[int]:
         level = edge.level()
         if level is None:
             return []
-        if alone:  # rule 2
-            new = [i for i in range(self._n) if i not in edge.shown and i not in edge.have]
-            for i in new:
-                edge.shown.set(i)
-            return new
         room = self._config.depth - len(edge.live)
+        if alone:  # rule 3
+            new = []
+            for i in range(self._levels[level].start, self._n):
+                if room <= 0:
+                    break
+                if i not in edge.have and i not in edge.shown:
+                    self._offer(edge, i, now)
+                    new.append(i)
+                    room -= 1
+            return new
+        room = min(room, self._config.slots - self._live)  # rule 1
+        if room <= 0:
+            if len(edge.live) < self._config.depth:
+                self._waiting.add(peer)
+            return []
+        self._waiting.discard(peer)
         new = []
         last = min(len(self._levels), level + 1 + self._config.ahead)
-        for lv in range(level, last):  # rule 1
+        for lv in range(level, last):  # rule 2
             if room <= 0:
                 break
             pool = [i for i in self._uncopied[lv] if i not in edge.have and i not in edge.shown]
@@ -261,7 +300,9 @@ class SuperSeeder:
                 self._offer(edge, i, now)
                 new.append(i)
             room -= min(room, len(pool))
-        if room > 0 and now - edge.progress_at >= self._config.starve_after:  # rule 3
+        if new:
+            return new
+        if room > 0 and now - edge.progress_at >= self._config.starve_after:  # rule 4
             pool = [i for i in self._levels[level] if i not in edge.have and i not in edge.shown]
             pool.sort(key=lambda i: (self._copies[i], self._key[i]))
             for i in pool[:room]:

@@ -127,6 +127,21 @@ def test_soft_barrier_starts_next_level_on_idle_peers() -> None:
     assert len(ahead) == 2 and all(p == "b" and i in (2, 3, 4) for p, i in ahead)
 
 
+def test_soft_barrier_uses_a_peer_with_nothing_of_the_active_level() -> None:
+    s = make(
+        [3, 2],
+        min_in_flight_per_peer=1,
+        max_in_flight_per_peer=1,
+        endgame_chunks=0,
+        lookahead_levels=1,
+    )
+    s.add_peer("a", bits(5, [0, 1, 2]), 0.0)  # one request at a time: 2 of level 0 wait
+    s.add_peer("b", bits(5, [3, 4]), 0.0)  # nothing of level 0
+    got = pairs(s.next_requests(0.0))
+    assert {p for p, _ in got} == {"a", "b"}
+    assert all(i < 3 for p, i in got if p == "a") and all(i >= 3 for p, i in got if p == "b")
+
+
 def test_strict_barrier_without_lookahead() -> None:
     s = soft(0)
     assert pairs(s.next_requests(0.0)) == {("a", 0), ("a", 1)}

@@ -28,15 +28,27 @@ def by_edge(offers: list[tuple[str, int]]) -> dict[str, list[int]]:
     return out
 
 
-def test_a_lone_edge_is_shown_everything() -> None:
-    s = seeder(depth=2)
+def test_a_lone_edge_never_waits() -> None:
+    s = seeder(depth=2, slots=1, offer_ttl=100.0, starve_after=100.0)
     s.add_peer("e1", empty(), 0.0)
-    assert sorted(i for _, i in s.offers(0.0)) == list(range(N))
+    got: list[int] = []
+    now = 0.0
+    while True:
+        new = [i for _, i in s.offers(now)]
+        if not new:
+            break
+        assert len(new) <= 2  # depth at a time, beyond the slots: rule 3
+        got += new
+        for i in new:
+            now += 0.1
+            s.on_request("e1", i, now)
+            s.add_have("e1", i, now)
+    assert got == list(range(N))  # every chunk, in level order
     assert s.view("e1") == Bitfield.full(N)
 
 
 def test_many_edges_get_distinct_chunks_until_each_left_once() -> None:
-    s = seeder(depth=2, ahead=2, offer_ttl=100.0, starve_after=100.0)
+    s = seeder(depth=2, slots=16, ahead=2, offer_ttl=100.0, starve_after=100.0)
     for k in range(8):
         s.add_peer(f"e{k}", empty(), 0.0)
     offers = s.offers(0.0)
@@ -52,6 +64,19 @@ def test_many_edges_get_distinct_chunks_until_each_left_once() -> None:
         s.on_request(peer, index, 1.0)
         s.add_have(peer, index, 2.0)
     assert s.offers(2.0) == []
+
+
+def test_slots_bound_the_live_offers() -> None:
+    s = seeder(depth=2, slots=3, ahead=2, offer_ttl=100.0, starve_after=100.0)
+    for k in range(8):
+        s.add_peer(f"e{k}", empty(), 0.0)
+    first = s.offers(0.0)
+    assert len(first) == 3 and s.offers(0.5) == []
+    peer, index = first[0]
+    s.on_request(peer, index, 1.0)
+    s.add_have(peer, index, 1.5)  # one arrived: one slot free
+    again = s.offers(1.5)
+    assert len(again) == 1 and again[0][1] not in {i for _, i in first}
 
 
 def test_first_pass_follows_the_edges_level() -> None:
@@ -83,6 +108,18 @@ def test_unrequested_offer_expires_and_goes_elsewhere() -> None:
     late = s.offers(6.0)  # the lazy edge's offer expired: another edge gets that chunk
     assert [i for _, i in late] == [lazy_chunk] and late[0][0] != lazy
     assert lazy_chunk in s.view(lazy)  # a shown chunk is never taken back
+
+
+def test_a_cut_off_upload_frees_its_offer() -> None:
+    s = seeder(depth=1, slots=1, ahead=0, offer_ttl=5.0, starve_after=100.0)
+    s.add_peer("a", empty(), 0.0)
+    s.add_peer("b", empty(), 0.0)
+    ((peer, index),) = s.offers(0.0)
+    s.on_request(peer, index, 0.5)
+    assert s.offers(10.0) == []  # requested: no expiry while the upload runs
+    s.on_sent(peer, index, 11.0)  # cut off: the edge never says it has it
+    assert s.offers(15.0) == []
+    assert len(s.offers(16.5)) == 1  # five seconds after: the slot is free again
 
 
 def test_starving_edge_gets_copied_chunks() -> None:
