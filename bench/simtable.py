@@ -1,6 +1,6 @@
 """Markdown tables of ``bench/simulate.py`` results (its ``--json`` files), for SIM_NOTES.md.
 
-    .venv/bin/python -m bench.simtable bench/results/sim-*.json
+.venv/bin/python -m bench.simtable bench/results/sim-*.json
 """
 
 from __future__ import annotations

@@ -86,6 +86,7 @@ class Node:
     done_at: float | None = None
     from_seed: float = 0.0
     timeouts: int = 0
+    busy: int = 0
     requests: int = 0
 
     @property
@@ -410,6 +411,9 @@ class Sim:
             self.seeder.on_request(e.name, r.index, self.now)
         slots = self.args.upload_slots
         if slots and len(p.serving) >= slots:
+            if self.args.busy:  # declined at once: 503, try another holder
+                self.at(self.now + self.lat(e, p), self.declined, e, p, r)
+                return
             p.queue.append((e, r))  # served in turn (HTTP: the handler waits for a slot)
             return
         self.start_flow(e, p, r, entry)
@@ -467,6 +471,15 @@ class Sim:
                 self.cancel(e, [req])
             if self.args.linger < math.inf:
                 self.at(self.now + self.args.linger, self.on_leave, e)
+
+    def declined(self, e: Node, p: Node, r: Request) -> None:
+        if self.current(e, p, r) is None or e.sched is None:
+            return
+        del e.live[(p.nid, r.index)]
+        e.sched.on_busy(p.name, r.index, self.now)
+        e.busy += 1
+        self.dirty.add(e.nid)
+        self.touched.add(e.nid)
 
     def failed(self, e: Node, p: Node, r: Request) -> None:
         if self.current(e, p, r) is None or e.sched is None:
@@ -547,6 +560,7 @@ class Sim:
                 3,
             ),
             "timeouts": sum(x.timeouts for x in edges),
+            "declined_busy": sum(x.busy for x in edges),
             "requests": sum(x.requests for x in edges),
             "events": self.events,
             "samples": {
@@ -613,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--upload-slots", type=int, default=0, help="uploads a node serves at once (0: all)"
     )
+    ap.add_argument("--busy", action="store_true", help="full upload slots answer 503")
     ap.add_argument("--superseed", action="store_true", help="the seed super-seeds")
     ap.add_argument("--offer-depth", type=int, default=4, help="SeedingConfig.depth")
     ap.add_argument("--seed-slots", type=int, default=8, help="SeedingConfig.slots")

@@ -86,6 +86,12 @@ class SchedulerConfig:
     following levels. 0: a strict barrier.
     """
 
+    busy_backoff: float = 0.5
+    """
+    After a peer declined a request because its upload slots are full (``on_busy``), no
+    request to it for this long. Not a failure.
+    """
+
     failure_backoff: float = 1.0
     """
     Backoff after a transient failure: no request to the peer for
@@ -124,6 +130,8 @@ class SchedulerConfig:
             raise ValueError("endgame_chunks must be >= 0")
         if self.lookahead_levels < 0:
             raise ValueError("lookahead_levels must be >= 0")
+        if self.busy_backoff < 0:
+            raise ValueError("busy_backoff must be >= 0")
         if self.failure_backoff < 0 or self.failure_backoff_max < self.failure_backoff:
             raise ValueError("need 0 <= failure_backoff <= failure_backoff_max")
         if self.max_failures < 1:

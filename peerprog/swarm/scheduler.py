@@ -9,7 +9,8 @@ that a call returns, and arms a timer for :meth:`Scheduler.next_deadline`::
         start_get(request)          # GET /p2p/v1/models/<id>/chunks/<index> from request.peer
     ...
     # while its body arrives: on_progress (a moving transfer does not time out)
-    # when a GET ends: on_chunk (verified) / on_bad_chunk (hash mismatch) / on_failed
+    # when a GET ends: on_chunk (verified) / on_bad_chunk (hash mismatch) / on_busy (503:
+    # its upload slots are taken) / on_failed
     # (the peer's fault) / release (ours, e.g. the disk is full)
     # when the timer fires: cancel(scheduler.handle_timer(loop.time()))
     # after any of these: next_requests again, re-arm the timer at next_deadline()
@@ -294,6 +295,20 @@ class Scheduler:
             return
         self._forget(flight)
         self._fail(st, flight, now, timed_out=False)
+        self._purge(st)
+
+    def on_busy(self, peer: str, index: int, now: float) -> None:
+        """``peer`` declined the request for chunk ``index`` because all its upload slots
+        are taken (``503`` with ``Retry-After``): the chunk goes back to the pool for
+        another holder, and the peer, not judged, gets no request for ``busy_backoff``
+        seconds (or ``retry_after`` if it said, whichever is longer)."""
+        st = self._peers.get(peer)
+        flight = st.finish(index) if st is not None else None
+        if st is None or flight is None:
+            return
+        self._forget(flight)
+        until = now + self._config.busy_backoff
+        st.backoff_until = max(st.backoff_until or until, until)
         self._purge(st)
 
     def release(self, peer: str, index: int, now: float) -> None:

@@ -207,3 +207,17 @@ def test_budget_floor_by_chunk_size(size: int, floor: int) -> None:
     s.add_peer("a", bits(8, range(8)), 0.0)
     assert len(s.next_requests(0.0)) == floor
     assert s.peer_stats("a").budget == floor
+
+
+# -- a peer whose upload slots are full declines ---------------------------------------------
+
+
+def test_busy_peer_is_not_judged_and_the_chunk_goes_elsewhere() -> None:
+    s = make([2], min_in_flight_per_peer=1, max_in_flight_per_peer=1, busy_backoff=0.5)
+    s.add_peer("a", bits(2, [0, 1]), 0.0)
+    (r,) = s.next_requests(0.0)
+    s.on_busy("a", r.index, 0.1)
+    assert s.peer_stats("a").failures == 0 and s.next_requests(0.2) == []  # backing off
+    s.add_peer("b", bits(2, [0, 1]), 0.3)
+    assert {q.peer for q in s.next_requests(0.3)} == {"b"}
+    assert any(q.peer == "a" for q in s.next_requests(0.6))  # a is asked again
