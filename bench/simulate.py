@@ -412,7 +412,16 @@ class Sim:
         slots = self.args.upload_slots
         if slots and len(p.serving) >= slots:
             if self.args.busy:  # declined at once: 503, try another holder
-                self.at(self.now + self.lat(e, p), self.declined, e, p, r)
+                # Retry-After: when its first upload in progress should end
+                after = min(
+                    (
+                        self.net.remaining[f] / self.net.rate[f]
+                        for f in p.serving
+                        if self.net.rate[f] > 0
+                    ),
+                    default=0.0,
+                )
+                self.at(self.now + self.lat(e, p), self.declined, e, p, r, after)
                 return
             p.queue.append((e, r))  # served in turn (HTTP: the handler waits for a slot)
             return
@@ -472,11 +481,11 @@ class Sim:
             if self.args.linger < math.inf:
                 self.at(self.now + self.args.linger, self.on_leave, e)
 
-    def declined(self, e: Node, p: Node, r: Request) -> None:
+    def declined(self, e: Node, p: Node, r: Request, retry_after: float) -> None:
         if self.current(e, p, r) is None or e.sched is None:
             return
         del e.live[(p.nid, r.index)]
-        e.sched.on_busy(p.name, r.index, self.now)
+        e.sched.on_busy(p.name, r.index, self.now, retry_after)
         e.busy += 1
         self.dirty.add(e.nid)
         self.touched.add(e.nid)

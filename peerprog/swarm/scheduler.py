@@ -297,7 +297,7 @@ class Scheduler:
         self._fail(st, flight, now, timed_out=False)
         self._purge(st)
 
-    def on_busy(self, peer: str, index: int, now: float) -> None:
+    def on_busy(self, peer: str, index: int, now: float, retry_after: float | None = None) -> None:
         """``peer`` declined the request for chunk ``index`` because all its upload slots
         are taken (``503`` with ``Retry-After``): the chunk goes back to the pool for
         another holder, and the peer, not judged, gets no request for ``busy_backoff``
@@ -307,7 +307,7 @@ class Scheduler:
         if st is None or flight is None:
             return
         self._forget(flight)
-        until = now + self._config.busy_backoff
+        until = now + max(self._config.busy_backoff, retry_after or 0.0)
         st.backoff_until = max(st.backoff_until or until, until)
         self._purge(st)
 

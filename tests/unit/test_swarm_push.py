@@ -221,3 +221,11 @@ def test_busy_peer_is_not_judged_and_the_chunk_goes_elsewhere() -> None:
     s.add_peer("b", bits(2, [0, 1]), 0.3)
     assert {q.peer for q in s.next_requests(0.3)} == {"b"}
     assert any(q.peer == "a" for q in s.next_requests(0.6))  # a is asked again
+
+
+def test_busy_peer_retry_after_is_honoured() -> None:
+    s = make([2], min_in_flight_per_peer=1, max_in_flight_per_peer=1, busy_backoff=0.5)
+    s.add_peer("a", bits(2, [0, 1]), 0.0)
+    (r,) = s.next_requests(0.0)
+    s.on_busy("a", r.index, 0.0, retry_after=3.0)
+    assert s.next_requests(2.9) == [] and len(s.next_requests(3.0)) == 1
