@@ -154,6 +154,8 @@ class Sim:
             )
         self.events = 0
         self.now = 0.0
+        self.started = time.perf_counter()
+        self.cut_short = False
         for node in self.nodes[1:]:
             self.at(node.join, self.on_join, node)
             if node.leave < math.inf:
@@ -200,6 +202,10 @@ class Sim:
                 self.arm(self.nodes[nid])
             self.touched.clear()
             k += 1
+            if k % 1000 == 0 and time.perf_counter() - self.started > self.args.wall_limit:
+                self.end = t_end
+                self.cut_short = True
+                return
             if t_end > self.args.max_time or all(
                 x.done_at is not None or (not x.alive and x.join <= t_end) for x in edges
             ):
@@ -548,6 +554,7 @@ class Sim:
             "completed": len(done),
             "left_early": sum(1 for x in edges if x.done_at is None and x.leave < math.inf),
             "sim_seconds": round(self.end, 2),
+            "stopped_by_wall_limit": self.cut_short,
             "lower_bound_s": round(lb, 2),
             "lower_bound_level0_s": round(lb0, 2),
             "level0_s": pct(lvl0),
@@ -642,7 +649,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed-slots", type=int, default=8, help="SeedingConfig.slots")
     ap.add_argument("--starve-after", type=float, default=5.0, help="SeedingConfig.starve_after")
     ap.add_argument("--tick", type=float, default=0.01, help="network and shell quantum, s")
-    ap.add_argument("--max-time", type=float, default=3600.0)
+    ap.add_argument("--max-time", type=float, default=3600.0, help="stop at this simulated time")
+    ap.add_argument(
+        "--wall-limit", type=float, default=math.inf, help="stop after this many real seconds"
+    )
     ap.add_argument("--seed", type=int, default=1, help="random seed")
     ap.add_argument("--label", default="", help="name of this variant in the output")
     ap.add_argument("--png", default="", help="write the CDFs here")
