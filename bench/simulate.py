@@ -417,7 +417,7 @@ class Sim:
             self.seeder.on_request(e.name, r.index, self.now)
         slots = self.args.upload_slots
         if slots and len(p.serving) >= slots:
-            if self.args.busy:  # declined at once: 503, try another holder
+            if self.args.busy and len(p.queue) >= self.args.upload_queue:  # 503 at once
                 # Retry-After: when its first upload in progress should end
                 after = min(
                     (
@@ -644,6 +644,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--upload-slots", type=int, default=0, help="uploads a node serves at once (0: all)"
     )
     ap.add_argument("--busy", action="store_true", help="full upload slots answer 503")
+    ap.add_argument(
+        "--upload-queue", type=int, default=0, help="with --busy: requests that may wait"
+    )
     ap.add_argument("--superseed", action="store_true", help="the seed super-seeds")
     ap.add_argument("--offer-depth", type=int, default=4, help="SeedingConfig.depth")
     ap.add_argument("--seed-slots", type=int, default=8, help="SeedingConfig.slots")

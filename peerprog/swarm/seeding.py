@@ -19,8 +19,8 @@ lowest level in which it misses a chunk.
    order): until every chunk has left the seed once, each goes to one edge only, and the
    seed's upload is never spent on a chunk that an edge could get from another edge.
 3. **Alone.** An edge that is the only interested one is offered its missing chunks in
-   level order, ``depth`` at a time, whatever their copies and the slots: nobody can trade
-   with it, so it fetches from the seed as from any complete holder.
+   level order, ``max(depth, slots)`` live at a time, whatever their copies: nobody can
+   trade with it, so it has all the seed's slots and fetches as from any complete holder.
 4. **Starving.** An edge whose ``have`` has not grown for ``starve_after`` seconds is
    offered, in free places (when rule 2 has nothing for it; rule 1 keeps these few),
    the missing chunks of its level that the seed has not shown it yet, fewest copies first:
@@ -274,6 +274,7 @@ class SuperSeeder:
             return []
         room = self._config.depth - len(edge.live)
         if alone:  # rule 3
+            room = max(self._config.depth, self._config.slots) - len(edge.live)
             new = []
             for i in range(self._levels[level].start, self._n):
                 if room <= 0:
