@@ -101,7 +101,7 @@ class Sim:
         self.args = args
         self.rng = random.Random(args.seed * 1_000_003 + n)
         cum = [float(x) for x in args.levels_mb.split(",")]
-        self.levels, self.sizes = layout(cum, args.chunk_mib * MIB)
+        self.levels, self.sizes = layout(cum, round(args.chunk_mib * MIB))
         self.nchunks = len(self.sizes)
         self.total = float(sum(self.sizes))
         self.level0 = float(sum(self.sizes[i] for i in self.levels[0]))
@@ -620,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--nodes", default="10,100,1000", help="edge counts, comma separated")
     ap.add_argument("--levels-mb", default=DEFAULT_LEVELS_MB, help="cumulative level sizes, MB")
-    ap.add_argument("--chunk-mib", type=int, default=4, help="chunk size, MiB")
+    ap.add_argument("--chunk-mib", type=float, default=4, help="chunk size, MiB")
     ap.add_argument("--seed-up", type=float, default=20.0, help="seed upload, MB/s")
     ap.add_argument("--classes", default="", help="JSON [[name, share, up B/s, down B/s], ...]")
     ap.add_argument("--degree", type=int, default=16, help="edges each joining edge connects to")

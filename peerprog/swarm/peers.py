@@ -96,6 +96,8 @@ class PeerState:
         self.chunks = 0
         self.failures = 0
         self.backoff_until: float | None = None
+        self.slot_cap: int | None = None
+        """Most requests it takes at once, learnt from its 503s (``Scheduler.on_busy``)."""
         self.dropped_at: float | None = None
         self._since = -math.inf  # start of the current delivery-rate measurement
         self._penalised_at = -math.inf
@@ -117,9 +119,11 @@ class PeerState:
         """How many requests it may have in flight: about ``target_queue_seconds`` of work."""
         floor = min_budget(config, mean_chunk)
         if self.rate is None:
-            return floor
-        want = math.ceil(self.rate * config.target_queue_seconds / mean_chunk)
-        return max(floor, min(config.max_in_flight_per_peer, want))
+            want = floor
+        else:
+            want = math.ceil(self.rate * config.target_queue_seconds / mean_chunk)
+            want = max(floor, min(config.max_in_flight_per_peer, want))
+        return want if self.slot_cap is None else max(1, min(want, self.slot_cap))
 
     def timeout(self, config: SchedulerConfig, queued_bytes: int) -> float:
         """How long to wait for a request that has ``queued_bytes`` (itself included) ahead."""
@@ -174,6 +178,8 @@ class PeerState:
         self.bytes_received += flight.size
         self.chunks += 1
         self.failures = 0
+        if self.slot_cap is not None:
+            self.slot_cap += 1  # probe for a free slot again, one request at a time
         elapsed = now - flight.since
         if elapsed > 0:
             sample = (self.bytes_received - flight.delivered) / elapsed

@@ -298,17 +298,23 @@ class Scheduler:
         self._purge(st)
 
     def on_busy(self, peer: str, index: int, now: float, retry_after: float | None = None) -> None:
-        """``peer`` declined the request for chunk ``index`` because all its upload slots
-        are taken (``503`` with ``Retry-After``): the chunk goes back to the pool for
-        another holder, and the peer, not judged, gets no request for ``busy_backoff``
-        seconds (or ``retry_after`` if it said, whichever is longer)."""
+        """``peer`` declined the request for chunk ``index`` because its upload slots are
+        taken (``503``, maybe with ``Retry-After``). The chunk goes back to the pool for
+        another holder; the peer is not judged. If requests of ours are still in flight
+        there, the peer takes no more than those at once from now on (one more after each
+        chunk it delivers); if none is, it gets no request for ``busy_backoff`` seconds, or
+        ``retry_after``, whichever is longer."""
         st = self._peers.get(peer)
         flight = st.finish(index) if st is not None else None
         if st is None or flight is None:
             return
         self._forget(flight)
-        until = now + max(self._config.busy_backoff, retry_after or 0.0)
-        st.backoff_until = max(st.backoff_until or until, until)
+        if st.in_flight:
+            st.slot_cap = len(st.in_flight)
+        else:
+            st.slot_cap = 1
+            until = now + max(self._config.busy_backoff, retry_after or 0.0)
+            st.backoff_until = max(st.backoff_until or until, until)
         self._purge(st)
 
     def release(self, peer: str, index: int, now: float) -> None:

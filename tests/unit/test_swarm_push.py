@@ -229,3 +229,15 @@ def test_busy_peer_retry_after_is_honoured() -> None:
     (r,) = s.next_requests(0.0)
     s.on_busy("a", r.index, 0.0, retry_after=3.0)
     assert s.next_requests(2.9) == [] and len(s.next_requests(3.0)) == 1
+
+
+def test_busy_peer_with_our_requests_in_flight_is_capped_not_shunned() -> None:
+    s = make([8], min_in_flight_per_peer=4, max_in_flight_per_peer=4)
+    s.add_peer("a", bits(8, range(8)), 0.0)
+    reqs = s.next_requests(0.0)
+    assert len(reqs) == 4
+    s.on_busy("a", reqs[3].index, 0.1, retry_after=5.0)  # it takes three at once
+    assert s.peer_stats("a").backoff_until is None
+    assert s.next_requests(0.1) == []  # three in flight: the cap
+    s.on_chunk("a", reqs[0].index, 0.2)
+    assert len(s.next_requests(0.2)) == 2  # one more than before: probing for a slot
