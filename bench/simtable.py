@@ -56,7 +56,55 @@ HEADER = [
 ]
 
 
+def run(path: str, n: int) -> dict[str, Any]:
+    with open(path) as f:
+        runs: list[dict[str, Any]] = json.load(f)["runs"]
+    return next(r for r in runs if r["nodes"] == n)
+
+
+def targets(big: str, small: str, base: str, bench_base: str, bench_final: str) -> None:
+    """Issue 12's targets, each with the measured value and whether it is met."""
+    r = run(big, 1000)
+    one_now, one_new = run(base, 1), run(small, 1)
+    b1, b8 = run(bench_base, 1), run(bench_final, 8)
+    b1_new = run(bench_final, 1)
+    checks = [
+        ("N=1000 p50 exact / bound", r["exact_over_lb"]["p50"], 1.3),
+        ("N=1000 p99 exact / bound", r["exact_over_lb"]["p99"], 2.0),
+        ("N=1000 p50 exact / own bound", r["exact_over_node_lb"]["p50"], 1.3),
+        ("N=1000 p99 exact / own bound", r["exact_over_node_lb"]["p99"], 2.0),
+        ("N=1000 seed upload / stream", r["seed_upload_over_stream"], 1.2),
+        ("N=1000 p50 level 0 / p50 exact", r["level0_p50_over_exact_p50"], 0.3),
+        (
+            "1 GB, one edge: level 0 (s), today's as target",
+            one_new["level0_s"]["p50"],
+            one_now["level0_s"]["p50"],
+        ),
+        (
+            "bench setup, one edge: level 0 (s), today's as target",
+            b1_new["level0_s"]["p50"],
+            b1["level0_s"]["p50"],
+        ),
+        ("bench setup N=8: seed upload / stream", b8["seed_upload_over_stream"], 1.2),
+        (
+            "bench setup N=8: last exact / one edge today",
+            None
+            if b8["exact_s"]["p99"] is None
+            else round(b8["exact_s"]["p99"] / b1["exact_s"]["p50"], 3),
+            2.0,
+        ),
+    ]
+    print("| target | measured | at most | met |")
+    print("| --- | --- | --- | --- |")
+    for name, value, limit in checks:
+        met = "—" if value is None else ("yes" if value <= limit else "**no**")
+        print(f"| {name} | {cell(value)} | {cell(limit)} | {met} |")
+
+
 def main(paths: list[str]) -> None:
+    if paths and paths[0] == "--targets":
+        targets(*paths[1:6])
+        return
     table = [HEADER, ["---"] * len(HEADER)]
     for path in paths:
         with open(path) as f:
