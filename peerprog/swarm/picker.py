@@ -1,4 +1,5 @@
-"""Which chunk next, and from whom. Every rule of that choice lives in this file.
+"""Which chunk next, and from whom. Every rule of that choice lives in this file (what a
+super-seeding seed shows each edge, and so lets it ask for, is its side: ``seeding.py``).
 
 Words: a peer is *known* once added, until it is removed, banned or dropped (after
 ``max_failures``). A known peer *holds* a chunk if its ``have`` has it (``have=None``: a
@@ -21,13 +22,14 @@ flight than its budget (see ``peers.py``).
 
    **Soft barrier.** The pipe must not drain while the last chunks of the active level
    arrive, nor idle while the active level waits for busy holders: a free peer that is left
-   with nothing of the active level to give (every active-level chunk it holds is held or
-   in flight) and has *no* request of the active level in flight gets requests of the next
-   ``lookahead_levels`` levels, in order, rarest first as in rule 2. A link that carries an
-   active-level chunk is never shared with a later level, so the active level arrives no
-   later than with a strict barrier; when the active level is all in flight, this starts
-   the next level's rarest chunks (``lookahead_levels = 0``: a strict barrier, level n+1
-   starts only when the last chunk of level n has arrived or no free peer holds level n).
+   with nothing of the active level to give (we hold, or have in flight, every
+   active-level chunk it holds) and has *no* request of the active level in flight gets
+   requests of the next ``lookahead_levels`` levels, in order, rarest first as in rule 2.
+   A link that carries an active-level chunk is never shared with a later level, so the
+   active level arrives no later than with a strict barrier; when the active level is all
+   in flight, this starts the next level's rarest chunks (``lookahead_levels = 0``: a
+   strict barrier, level n+1 starts only when the last chunk of level n has arrived or no
+   free peer holds level n).
 
 2. **Rarest first.** Inside the active level, chunks not in flight are taken in increasing
    order of *rarity* (how many known peers hold it; a seed counts for every chunk), ties

@@ -14,6 +14,8 @@ that a call returns, and arms a timer for :meth:`Scheduler.next_deadline`::
     # (the peer's fault) / release (ours, e.g. the disk is full)
     # when the timer fires: cancel(scheduler.handle_timer(loop.time()))
     # after any of these: next_requests again, re-arm the timer at next_deadline()
+    # a peer's have: add_peer / set_have (a whole bitfield), add_have (a pushed delta;
+    # havelog.apply hands over one answer of its resumable have stream)
 
 The choice of chunks is in ``picker.py`` (one file, the whole rule); per-peer rate,
 budget, timeout and backoff are in ``peers.py``; holder counts in ``chunks.py``.
