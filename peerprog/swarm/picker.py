@@ -28,8 +28,7 @@ flight than its budget (see ``peers.py``).
    A link that carries an active-level chunk is never shared with a later level, so the
    active level arrives no later than with a strict barrier; when the active level is all
    in flight, this starts the next level's rarest chunks (``lookahead_levels = 0``: a
-   strict barrier, level n+1 starts only when the last chunk of level n has arrived or no
-   free peer holds level n).
+   strict barrier, level n+1 starts only when level n has no fetchable missing chunk).
 
 2. **Rarest first.** Inside the active level, chunks not in flight are taken in increasing
    order of *rarity* (how many known peers hold it; a seed counts for every chunk), ties
