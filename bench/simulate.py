@@ -567,8 +567,10 @@ class Sim:
                 round(median(lvl0) / median(exact), 3) if median(exact) < math.inf else None
             ),
             "seed_upload_over_stream": round(seed_up / self.total, 3),
-            "uploaded_over_needed": round(
-                float(self.net.uploaded.sum()) / (self.total * max(1, len(done))), 3
+            "uploaded_over_needed": (
+                round(float(self.net.uploaded.sum()) / (self.total * len(done)), 3)
+                if done
+                else None
             ),
             "edge_upload_busy": round(
                 float(self.net.uploaded[1:].sum())
