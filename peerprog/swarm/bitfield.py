@@ -112,6 +112,11 @@ class Bitfield:
         x = int.from_bytes(self._bits, "big") ^ int.from_bytes(other._bits, "big")
         return _set_bits(x.to_bytes(len(self._bits), "big"))
 
+    def mask(self) -> int:
+        """The set as one integer: chunk ``i`` is bit ``8 * ceil(n / 8) - 1 - i`` (the wire
+        form read big-endian), for fast membership tests of many indices at once."""
+        return int.from_bytes(self._bits, "big")
+
     def to_bytes(self) -> bytes:
         """The wire form: ``ceil(n / 8)`` bytes, MSB of byte 0 is index 0, zero padding."""
         return bytes(self._bits)

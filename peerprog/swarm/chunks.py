@@ -118,6 +118,10 @@ class ChunkTable:
         else:
             self._bump(have.indices(), -1)
 
+    def add_chunk_holder(self, index: int) -> None:
+        """A usable peer with a bitfield announced one more chunk."""
+        self._bump([index], +1)
+
     def replace_holder(self, old: Bitfield | None, new: Bitfield | None) -> None:
         """A usable peer's ``have`` changed from ``old`` to ``new``."""
         if old is None or new is None:

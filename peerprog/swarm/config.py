@@ -15,6 +15,16 @@ class SchedulerConfig:
     afterwards.
     """
 
+    min_queue_bytes: int = 2 * 1024 * 1024
+    """
+    Lowers the floor above for big chunks: the least a peer gets is
+    ``ceil(min_queue_bytes / mean chunk size)`` requests, at most ``min_in_flight_per_peer``
+    and at least 1. With chunks up to 1 MiB the floor is ``min_in_flight_per_peer`` (2);
+    with chunks of a few MiB it is 1, so that a peer whose upload is shared by many
+    requesters sends each of them one chunk at a time (the first arrives in half the time)
+    instead of two at half speed.
+    """
+
     max_in_flight_per_peer: int = 16
     """
     Most requests in flight to one peer, however fast it is.
@@ -29,7 +39,7 @@ class SchedulerConfig:
     """
     How much work to queue at a peer: its budget of requests in flight is
     ``ceil(rate × target_queue_seconds / mean chunk size)``, clamped to
-    ``[min_in_flight_per_peer, max_in_flight_per_peer]``.
+    ``[floor, max_in_flight_per_peer]`` (the floor: see ``min_queue_bytes``).
     """
 
     request_timeout_min: float = 2.0
@@ -50,6 +60,13 @@ class SchedulerConfig:
     shortest request it has served.
     """
 
+    stall_timeout: float = 5.0
+    """
+    A request whose bytes are arriving (``Scheduler.on_progress``) times out only once no
+    byte has arrived for this long (or at its first deadline, whichever is later): a slow
+    but moving transfer is not thrown away, a stalled one is.
+    """
+
     initial_timeout: float = 15.0
     """
     Timeout of requests to a peer whose rate has not been measured yet (clamped to the two
@@ -60,6 +77,19 @@ class SchedulerConfig:
     """
     End game: once every fetchable missing chunk of the current level is in flight and at
     most this many are, each may also be requested from a second, different peer.
+    """
+
+    lookahead_levels: int = 0
+    """
+    Soft level barrier (the picker's rule 1): a free peer with nothing of the active level
+    to give and no active-level request in flight is asked for chunks of this many
+    following levels. 0: a strict barrier.
+    """
+
+    busy_backoff: float = 0.5
+    """
+    After a peer declined a request because its upload slots are full (``on_busy``), no
+    request to it for this long. Not a failure.
     """
 
     failure_backoff: float = 1.0
@@ -77,15 +107,23 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.min_in_flight_per_peer <= self.max_in_flight_per_peer:
             raise ValueError("need 1 <= min_in_flight_per_peer <= max_in_flight_per_peer")
+        if self.min_queue_bytes < 0:
+            raise ValueError("min_queue_bytes must be >= 0")
         if self.max_in_flight_total < 1:
             raise ValueError("max_in_flight_total must be >= 1")
         if not 0 < self.request_timeout_min <= self.request_timeout_max:
             raise ValueError("need 0 < request_timeout_min <= request_timeout_max")
         if self.target_queue_seconds <= 0 or self.timeout_factor <= 0:
             raise ValueError("target_queue_seconds and timeout_factor must be > 0")
+        if self.stall_timeout <= 0:
+            raise ValueError("stall_timeout must be > 0")
         if self.initial_timeout <= 0:
             raise ValueError("initial_timeout must be > 0")
         if self.endgame_chunks < 0:
             raise ValueError("endgame_chunks must be >= 0")
+        if self.lookahead_levels < 0:
+            raise ValueError("lookahead_levels must be >= 0")
+        if self.busy_backoff < 0:
+            raise ValueError("busy_backoff must be >= 0")
         if self.failure_backoff < 0 or self.failure_backoff_max < self.failure_backoff:
             raise ValueError("need 0 <= failure_backoff <= failure_backoff_max")

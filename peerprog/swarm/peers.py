@@ -61,6 +61,12 @@ class PeerStats:
     """No new request to it before this time (after a failure); ``None`` if not backing off."""
 
 
+def min_budget(config: SchedulerConfig, mean_chunk: float) -> int:
+    """The least number of requests a peer may have in flight (``min_queue_bytes``)."""
+    want = math.ceil(config.min_queue_bytes / max(1.0, mean_chunk))
+    return max(1, min(config.min_in_flight_per_peer, want))
+
+
 @dataclass
 class Flight:
     """A request in flight, with what the rate estimate needs when it completes."""
@@ -69,6 +75,8 @@ class Flight:
     size: int
     delivered: int
     since: float
+    deadline: float = 0.0
+    """When it times out: ``request.deadline``, pushed back by progress (``on_progress``)."""
 
 
 class PeerState:
@@ -86,6 +94,8 @@ class PeerState:
         self.chunks = 0
         self.failures = 0
         self.backoff_until: float | None = None
+        self.slot_cap: int | None = None
+        """Most requests it takes at once, learnt from its 503s (``Scheduler.on_busy``)."""
         self._since = -math.inf  # start of the current delivery-rate measurement
         self._penalised_at = -math.inf
 
@@ -100,10 +110,13 @@ class PeerState:
 
     def budget(self, config: SchedulerConfig, mean_chunk: float) -> int:
         """How many requests it may have in flight: about ``target_queue_seconds`` of work."""
+        floor = min_budget(config, mean_chunk)
         if self.rate is None:
-            return config.min_in_flight_per_peer
-        want = math.ceil(self.rate * config.target_queue_seconds / mean_chunk)
-        return max(config.min_in_flight_per_peer, min(config.max_in_flight_per_peer, want))
+            want = floor
+        else:
+            want = math.ceil(self.rate * config.target_queue_seconds / mean_chunk)
+            want = max(floor, min(config.max_in_flight_per_peer, want))
+        return want if self.slot_cap is None else max(1, min(want, self.slot_cap))
 
     def timeout(self, config: SchedulerConfig, queued_bytes: int) -> float:
         """How long to wait for a request that has ``queued_bytes`` (itself included) ahead."""
@@ -136,7 +149,7 @@ class PeerState:
         self.queued_bytes += size
         deadline = now + self.timeout(config, self.queued_bytes)
         request = Request(peer=self.name, index=index, sent_at=now, deadline=deadline)
-        self.in_flight[index] = Flight(request, size, self.bytes_received, self._since)
+        self.in_flight[index] = Flight(request, size, self.bytes_received, self._since, deadline)
         return request
 
     def finish(self, index: int) -> Flight | None:
@@ -151,6 +164,8 @@ class PeerState:
         self.bytes_received += flight.size
         self.chunks += 1
         self.failures = 0
+        if self.slot_cap is not None:
+            self.slot_cap += 1  # probe for a free slot again, one request at a time
         elapsed = now - flight.since
         if elapsed > 0:
             sample = (self.bytes_received - flight.delivered) / elapsed

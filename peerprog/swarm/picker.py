@@ -1,4 +1,5 @@
-"""Which chunk next, and from whom. Every rule of that choice lives in this file.
+"""Which chunk next, and from whom. Every rule of that choice lives in this file (what a
+super-seeding seed shows each edge, and so lets it ask for, is its side: ``seeding.py``).
 
 Words: a peer is *known* once added, until it is removed or banned (the shell removes
 the peers its peer table judges unhealthy). A known peer *holds* a chunk if its ``have``
@@ -8,18 +9,26 @@ after a failure or has failed this very chunk. A peer is *free* if it is known, 
 off and has fewer requests in flight than its budget (see ``peers.py``).
 
 1. **Level order.** The *active level* is the lowest level with a fetchable chunk. Chunks
-   are only requested from the active level. Hence:
+   are requested from the active level first. Hence:
 
-   - no chunk of level n+1 is requested while a chunk of level n is missing and fetchable,
-     even if all its holders are busy, backing off or failed it: waiting is right, they will
-     be asked again;
-   - a chunk in flight is missing and fetchable, so level n+1 starts only when the last
-     chunk of level n has arrived (rule 4 shortens that wait);
+   - no chunk of level n+1 is requested while a chunk of level n is missing, fetchable and
+     not yet requested, even if all its holders are busy, backing off or failed it: waiting
+     is right, they will be asked again;
    - missing chunks that NO known peer holds do not hold the node back: the active level
      moves past them to the first level with a fetchable chunk, so the node keeps making
      progress and can serve what it gets. As soon as a peer holding a lower-level chunk is
      known, the active level drops back to it (requests already in flight for the higher
      level run to completion).
+
+   **Soft barrier.** The pipe must not drain while the last chunks of the active level
+   arrive, nor idle while the active level waits for busy holders: a free peer that is left
+   with nothing of the active level to give (we hold, or have in flight, every
+   active-level chunk it holds) and has *no* request of the active level in flight gets
+   requests of the next ``lookahead_levels`` levels, in order, rarest first as in rule 2.
+   A link that carries an active-level chunk is never shared with a later level, so the
+   active level arrives no later than with a strict barrier; when the active level is all
+   in flight, this starts the next level's rarest chunks (``lookahead_levels = 0``: a
+   strict barrier, level n+1 starts only when level n has no fetchable missing chunk).
 
 2. **Rarest first.** Inside the active level, chunks not in flight are taken in increasing
    order of *rarity* (how many known peers hold it; a seed counts for every chunk), ties
@@ -74,10 +83,16 @@ class Slot:
     budget: int
     rate: float
 
-    def holds(self, index: int) -> bool:
-        return self.have is None or index in self.have
-
     complete: bool = False
+
+    mask: int = -1
+    """``have`` as an integer (``Bitfield.mask``; -1: every chunk), set by the picker."""
+
+    top: int = 0
+    """The bit of chunk 0 in ``mask``."""
+
+    def holds(self, index: int) -> bool:
+        return bool((self.mask >> (self.top - index)) & 1)
 
     def load_key(self) -> tuple[bool, float, float, str]:
         return (self.complete, (self.in_flight + 1) / self.budget, -self.rate, self.peer)
@@ -86,12 +101,12 @@ class Slot:
 class Picker:
     """Applies the rules above to a :class:`ChunkTable`; caches the rarest-first order."""
 
-    def __init__(self, table: ChunkTable, endgame_chunks: int) -> None:
+    def __init__(self, table: ChunkTable, endgame_chunks: int, lookahead_levels: int = 0) -> None:
         self._table = table
         self._endgame_chunks = endgame_chunks
-        self._order_key: tuple[int, int] | None = None
-        self._order: list[int] = []
-        self._cursor = 0
+        self._lookahead = lookahead_levels
+        self._orders: dict[int, tuple[int, list[int], int]] = {}
+        """Per level: (availability version, rarest-first order, cursor past held chunks)."""
 
     def active_level(self) -> int | None:
         """Rule 1: the lowest level with a fetchable chunk; ``None`` if there is none."""
@@ -117,10 +132,19 @@ class Picker:
         free = [s for s in slots if s.in_flight < s.budget]
         if level is None or room <= 0 or not free:
             return picks
+        top = 8 * ((self._table.n + 7) >> 3) - 1
+        union = 0
+        for free_slot in free:
+            have = free_slot.have
+            free_slot.mask, free_slot.top = -1 if have is None else have.mask(), top
+            union |= free_slot.mask
         fresh: dict[int, set[str]] = {}
         pool_left = False
         for index in self._rarest_first(level):
             if index in flying:
+                continue
+            if not (union >> (top - index)) & 1:  # no free peer holds it: skip at once
+                pool_left = True
                 continue
             slot = self._choose(index, free, holders, exclude=frozenset())
             if slot is None:
@@ -132,25 +156,61 @@ class Picker:
             if room == 0 or not free:
                 return picks
         if not pool_left:
-            self._end_game(level, free, flying, fresh, holders, room, picks)
+            room = self._end_game(level, free, flying, fresh, holders, room, picks)
+        if room > 0 and free and self._lookahead:
+            self._look_ahead(level, free, flying, holders, room, picks)
         return picks
+
+    # -- rule 1, soft barrier --------------------------------------------------------------
+
+    def _look_ahead(
+        self,
+        level: int,
+        free: list[Slot],
+        flying: Mapping[int, Mapping[str, Request]],
+        holders: Callable[[int], Iterable[str]],
+        room: int,
+        picks: list[tuple[str, int]],
+    ) -> None:
+        """The next levels' rarest chunks, from free peers idle for the active level."""
+        span = self._table.levels[level]
+        busy = {peer for i, by_peer in flying.items() if i in span for peer in by_peer}
+        busy.update(peer for peer, i in picks if i in span)
+        idle = [s for s in free if s.peer not in busy]
+        last = min(len(self._table.levels), level + 1 + self._lookahead)
+        for ahead in range(level + 1, last):
+            if not idle:
+                return
+            for index in self._rarest_first(ahead):
+                if index in flying:
+                    continue
+                slot = self._choose(index, idle, holders, exclude=frozenset())
+                if slot is None:
+                    continue
+                if slot.in_flight >= slot.budget and slot in free:
+                    free.remove(slot)
+                picks.append((slot.peer, index))
+                room -= 1
+                if room == 0 or not idle:
+                    return
 
     # -- rule 2 ----------------------------------------------------------------------------
 
     def _rarest_first(self, level: int) -> Iterator[int]:
         """The missing, fetchable chunks of ``level``, rarest first (rule 2)."""
         table = self._table
-        key = (level, table.version[level])
-        if key != self._order_key:
+        version, order, cursor = self._orders.get(level, (-1, [], 0))
+        if version != table.version[level]:
             avail, held, tiebreak = table.avail, table.held, table.tiebreak
             order = [i for i in table.levels[level] if i not in held and table.rarity(i) > 0]
             # Seeds add the same count to every chunk: sorting by ``avail`` is by rarity.
             order.sort(key=lambda i: (avail[i], tiebreak[i]))
-            self._order, self._order_key, self._cursor = order, key, 0
-        order, held = self._order, table.held
-        while self._cursor < len(order) and order[self._cursor] in held:
-            self._cursor += 1
-        for pos in range(self._cursor, len(order)):
+            version, cursor = table.version[level], 0
+        held = table.held
+        while cursor < len(order) and order[cursor] in held:
+            cursor += 1
+        self._orders[level] = (version, order, cursor)
+        for pos in range(cursor, len(order)):
             index = order[pos]
             if index not in held:
                 yield index
@@ -195,7 +255,8 @@ class Picker:
         holders: Callable[[int], Iterable[str]],
         room: int,
         picks: list[tuple[str, int]],
-    ) -> None:
+    ) -> int:
+        """Rule 4; returns the room left."""
         table = self._table
         span = table.levels[level]
         asked: dict[int, set[str]] = {
@@ -204,7 +265,7 @@ class Picker:
         for i, peers in fresh.items():
             asked.setdefault(i, set()).update(peers)
         if not asked or len(asked) > self._endgame_chunks:
-            return
+            return room
 
         def first_sent(i: int) -> float:
             by_peer = flying.get(i)
@@ -220,4 +281,5 @@ class Picker:
             picks.append((slot.peer, index))
             room -= 1
             if room == 0 or not free:
-                return
+                return room
+        return room

@@ -8,10 +8,14 @@ that a call returns, and arms a timer for :meth:`Scheduler.next_deadline`::
     for request in scheduler.next_requests(loop.time()):
         start_get(request)          # GET /p2p/v1/models/<id>/chunks/<index> from request.peer
     ...
-    # when a GET ends: on_chunk (verified) / on_bad_chunk (hash mismatch) / on_failed
+    # while its body arrives: on_progress (a moving transfer does not time out)
+    # when a GET ends: on_chunk (verified) / on_bad_chunk (hash mismatch) / on_busy (503:
+    # its upload slots are taken) / on_failed
     # (the peer's fault) / release (ours, e.g. the disk is full)
     # when the timer fires: cancel(scheduler.handle_timer(loop.time()))
     # after any of these: next_requests again, re-arm the timer at next_deadline()
+    # a peer's have: add_peer / set_have (a whole bitfield), add_have (a pushed delta;
+    # havelog.apply hands over one answer of its resumable have stream)
 
 The choice of chunks is in ``picker.py`` (one file, the whole rule); per-peer rate,
 budget, timeout and backoff are in ``peers.py``; holder counts in ``chunks.py``.
@@ -24,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from peerprog.swarm.bitfield import Bitfield
 from peerprog.swarm.chunks import ChunkTable
 from peerprog.swarm.config import SchedulerConfig
-from peerprog.swarm.peers import Flight, PeerState, PeerStats
+from peerprog.swarm.peers import Flight, PeerState, PeerStats, min_budget
 from peerprog.swarm.picker import Picker, Slot
 from peerprog.swarm.request import Request
 
@@ -53,7 +57,9 @@ class Scheduler:
         """
         self._config = config if config is not None else SchedulerConfig()
         self._table = ChunkTable(level_ranges, chunk_sizes, have, seed)
-        self._picker = Picker(self._table, self._config.endgame_chunks)
+        self._picker = Picker(
+            self._table, self._config.endgame_chunks, self._config.lookahead_levels
+        )
         self._peers: dict[str, PeerState] = {}
         self._banned: set[str] = set()
         self._flying: dict[int, dict[str, Request]] = {}
@@ -120,7 +126,7 @@ class Scheduler:
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` has something to do: the earliest request deadline or
         end of a peer's backoff; ``None`` if nothing is pending. May be in the past."""
-        times = [f.request.deadline for st in self._peers.values() for f in st.in_flight.values()]
+        times = [f.deadline for st in self._peers.values() for f in st.in_flight.values()]
         times.extend(st.backoff_until for st in self._peers.values() if st.backoff_until)
         return min(times, default=None)
 
@@ -149,6 +155,20 @@ class Scheduler:
         new = self._checked(have)
         self._table.replace_holder(st.have, new)
         st.have = new
+
+    def add_have(self, peer: str, index: int, now: float) -> None:
+        """A known peer told us (a pushed ``have`` delta) that it now holds chunk ``index``.
+        Ignored for unknown or banned peers, for a peer that holds every chunk,
+        and if we knew it already."""
+        st = self._peers.get(peer)
+        if st is None or st.have is None:
+            return
+        if not 0 <= index < self._table.n:
+            raise ValueError(f"chunk {index} out of range for {self._table.n} chunks")
+        if index in st.have:
+            return
+        st.have.set(index)
+        self._table.add_chunk_holder(index)
 
     def remove_peer(self, peer: str, now: float) -> list[Request]:
         """Forget a peer (gone, disconnected). Returns its requests in flight, for the shell
@@ -184,7 +204,7 @@ class Scheduler:
         for st in usable:
             budget = st.budget(self._config, mean)
             if swarm and complete[st.name]:
-                budget = min(budget, self._config.min_in_flight_per_peer)
+                budget = min(budget, min_budget(self._config, mean))
             if len(st.in_flight) < budget:
                 slots.append(
                     Slot(
@@ -222,6 +242,15 @@ class Scheduler:
             self._forget(flight)
             st.delivered(flight, now)
         return self.mark_have(index, now)
+
+    def on_progress(self, peer: str, index: int, now: float) -> None:
+        """Bytes of chunk ``index`` arrived from ``peer`` just now (the shell calls it as it
+        reads the body, e.g. every 64 KiB): the request stalls only ``stall_timeout`` after
+        the last progress, whatever its first deadline was."""
+        st = self._peers.get(peer)
+        flight = st.in_flight.get(index) if st is not None else None
+        if flight is not None:
+            flight.deadline = max(flight.deadline, now + self._config.stall_timeout)
 
     def mark_have(self, index: int, now: float) -> list[Request]:
         """We hold chunk ``index`` now (e.g. found on disk). Returns the requests in flight
@@ -265,6 +294,25 @@ class Scheduler:
         st = self._peers.get(peer)
         return st.failures if st is not None else 0
 
+    def on_busy(self, peer: str, index: int, now: float, retry_after: float | None = None) -> None:
+        """``peer`` declined the request for chunk ``index`` because its upload slots are
+        taken (``503``, maybe with ``Retry-After``). The chunk goes back to the pool for
+        another holder; the peer is not judged. If requests of ours are still in flight
+        there, the peer takes no more than those at once from now on (one more after each
+        chunk it delivers); if none is, it gets no request for ``busy_backoff`` seconds, or
+        ``retry_after``, whichever is longer."""
+        st = self._peers.get(peer)
+        flight = st.finish(index) if st is not None else None
+        if st is None or flight is None:
+            return
+        self._forget(flight)
+        if st.in_flight:
+            st.slot_cap = len(st.in_flight)
+        else:
+            st.slot_cap = 1
+            until = now + max(self._config.busy_backoff, retry_after or 0.0)
+            st.backoff_until = max(st.backoff_until or until, until)
+
     def release(self, peer: str, index: int, now: float) -> None:
         """The shell gave up the request for chunk ``index`` to ``peer`` for a reason of its
         own (e.g. it could not store the chunk): the chunk goes back to the pool and the
@@ -280,10 +328,10 @@ class Scheduler:
         its rate estimate lowered)."""
         self._end_backoffs(now)
         due = [
-            (f.request.deadline, st, f)
+            (f.deadline, st, f)
             for st in self._peers.values()
             for f in st.in_flight.values()
-            if f.request.deadline <= now
+            if f.deadline <= now
         ]
         due.sort(key=lambda item: (item[0], item[2].request.sent_at, item[1].name))
         for _, st, flight in due:
