@@ -72,6 +72,9 @@ class ModelsSection:
     """Names of models to fetch at start."""
     keep_versions: int = 0
     """Older versions of a name kept once a newer one is exact (0: drop them)."""
+    rescan_interval: float = 5.0
+    """Seconds between looks into the store for models published there while the node
+    runs (0: only when told, by ``peerprog publish --socket``)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,14 @@ class LimitsSection:
     """Longest wait for a ``names/<name>`` answer, in seconds (at most ``request_timeout``)."""
     disk_full_pause: float = 2.0
     """Seconds without new chunk requests after the store refused a write."""
+    header_timeout: float = 10.0
+    """Seconds a client may take to send a request's header, on the peer port and the
+    API's TCP address; slower connections are closed."""
+    keepalive_timeout: float = 75.0
+    """Seconds an idle keep-alive connection to the peer port or API's TCP address stays open."""
+    max_connections_per_address: int = 128
+    """Most connections one remote address may hold open to the peer port or the API's TCP
+    address (0: no limit); more are answered 503 and closed."""
 
 
 @dataclass(frozen=True)
@@ -244,9 +255,15 @@ def _validate(cfg: Config) -> Config:
         ("limits.request_timeout", cfg.limits.request_timeout),
         ("limits.name_timeout", cfg.limits.name_timeout),
         ("limits.max_in_flight", cfg.limits.max_in_flight),
+        ("limits.header_timeout", cfg.limits.header_timeout),
+        ("limits.keepalive_timeout", cfg.limits.keepalive_timeout),
     ):
         if value <= 0:
             raise InputError(f"config: {key} must be positive")
+    if cfg.models.rescan_interval < 0:
+        raise InputError("config: models.rescan_interval must be 0 (never) or more")
+    if cfg.limits.max_connections_per_address < 0:
+        raise InputError("config: limits.max_connections_per_address must be 0 (no limit) or more")
     return cfg
 
 

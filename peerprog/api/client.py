@@ -170,6 +170,11 @@ class Client:
         doc: dict[str, Any] = self._json("DELETE", remove_path(name, keep_data))
         return doc
 
+    def rescan(self) -> list[str]:
+        """Tell the node to take up what was published into its store; the new model ids."""
+        found: list[str] = self._json("POST", "/v1/store/rescan")["found"]
+        return found
+
     def best(self, name: str, min_level: Level = None, wait: float | None = None) -> BestModel:
         """The best approximation of ``name`` the node has now, as numpy arrays that map
         a temporary file (no copy of the model in memory; writable, copy-on-write).
@@ -361,6 +366,11 @@ class AsyncClient:
         """As :meth:`Client.remove`."""
         doc: dict[str, Any] = await self._json("DELETE", remove_path(name, keep_data))
         return doc
+
+    async def rescan(self) -> list[str]:
+        """As :meth:`Client.rescan`."""
+        found: list[str] = (await self._json("POST", "/v1/store/rescan"))["found"]
+        return found
 
     async def best(
         self, name: str, min_level: Level = None, wait: float | None = None

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -28,7 +29,7 @@ from peerprog.api.metrics import CONTENT_TYPE, render_metrics
 from peerprog.api.query import parse_best_query
 from peerprog.manifest import valid_name
 from peerprog.sendfile import send_range
-from peerprog.swarm import SOURCE_KINDS
+from peerprog.swarm import SOURCE_KINDS, Peer
 
 CTX = web.AppKey("peerprog_api", ApiContext)
 SEND_BUFFER = 1 << 20
@@ -44,6 +45,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models/{name}", get_model)
     app.router.add_get("/v1/models/{name}/best", get_best)
     app.router.add_get("/v1/models/{name}/events", get_events, allow_head=False)
+    app.router.add_post("/v1/store/rescan", post_rescan)
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/metrics", get_metrics)
 
@@ -185,6 +187,12 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     return await stream_events(request, request.app[CTX], model_name(request))
 
 
+async def post_rescan(request: web.Request) -> web.Response:
+    """Take up what was published into the node's store meanwhile (``publish --socket``)."""
+    found = await request.app[CTX].node.rescan()
+    return web.json_response({"found": found})
+
+
 async def get_status(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     node = ctx.node
@@ -193,6 +201,7 @@ async def get_status(request: web.Request) -> web.Response:
         for kind, n in s.metrics.bytes_by_source.items():
             received[kind] = received.get(kind, 0) + n
     now = time.time()
+    loop_now = asyncio.get_running_loop().time()
     doc = {
         "node": node.config.node.name,
         "peerprog_version": __version__,
@@ -200,6 +209,7 @@ async def get_status(request: web.Request) -> web.Response:
         "started_at": node.started_at,
         "uptime_s": round(max(0.0, now - node.started_at), 3),
         "peers": len(node.peers),
+        "peer_list": [peer_json(p, loop_now) for p in node.peers.values()],
         "wanted": sorted(node.wanted),
         "bytes_uploaded": node.bytes_uploaded,
         "store_error": node.store_error,
@@ -216,6 +226,19 @@ async def get_status(request: web.Request) -> web.Response:
         },
     }
     return web.json_response(doc)
+
+
+def peer_json(peer: Peer, now: float) -> dict[str, object]:
+    """A peer of the table as ``/v1/status`` lists it."""
+    seen = None if peer.last_seen is None else round(now - peer.last_seen, 1)
+    return {
+        "url": peer.url,
+        "node": peer.node,
+        "state": peer.state.value,
+        "bootstrap": peer.bootstrap,
+        "failures": peer.failures,
+        "last_seen_s_ago": seen,
+    }
 
 
 async def get_metrics(request: web.Request) -> web.Response:

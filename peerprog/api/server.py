@@ -23,6 +23,7 @@ from peerprog.api.routes import CTX, add_routes
 from peerprog.api.socketfile import bind_unix_socket, remove_socket
 from peerprog.api.view import NodeView
 from peerprog.config import split_host_port
+from peerprog.listen import GuardedSite, listen_limits
 
 log = logging.getLogger("peerprog.api")
 SHUTDOWN_TIMEOUT = 2.0
@@ -96,9 +97,11 @@ class ApiServer:
         """
         sock, self._inode = await asyncio.to_thread(bind_unix_socket, self.socket_path)
         self.node.level_listeners.append(self.ctx.on_level)
+        served = False
         try:
             runner = await self._runner(build_app(self.ctx))
             await web.SockSite(runner, sock).start()
+            served = True  # from here on the runner closes the socket
             log.info("local API on unix:%s (mode 0600)", self.socket_path)
             api = self.node.config.api
             if api.listen_tcp:
@@ -106,12 +109,14 @@ class ApiServer:
                 runner = await self._runner(
                     build_app(self.ctx, token=api.token, cors_origins=list(api.cors_origins))
                 )
-                site = web.TCPSite(runner, host, port, reuse_address=True)
+                limits = listen_limits(self.node.config.limits)
+                site = GuardedSite(runner, host, port, limits, key="api.listen_tcp")
                 await site.start()
-                self.tcp_port = int(runner.addresses[0][1])
+                self.tcp_port = site.port
                 log.info("local API on http://%s:%d (bearer token required)", host, self.tcp_port)
         except BaseException:
-            sock.close()
+            if not served:
+                sock.close()
             await self.stop()
             raise
 

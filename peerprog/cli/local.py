@@ -50,8 +50,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         progress=progress,
     )
+    told = tell_node(args.socket) if args.socket else None
     if args.json:
-        print_json(result.to_json())
+        doc = result.to_json()
+        if told is not None:
+            doc["node_told"] = told
+        print_json(doc)
         return 0
     m = result.signed.manifest
     print(f"published {m.name} version {m.version} ({m.codec}) as {result.signed.model_id}")
@@ -59,7 +63,25 @@ def cmd_publish(args: argparse.Namespace) -> int:
     for lv in result.levels:
         frac = lv.cumulative_bytes / max(1, result.source_bytes)
         print(f"  level {lv.level}: {human_bytes(lv.bytes):>10}  cumulative {frac:6.1%}")
+    if told:
+        print(f"  the node at {args.socket} serves it now")
     return 0
+
+
+def tell_node(socket: str) -> bool:
+    """Ask the node serving the store to take up the new model; False (with a warning)
+    if it cannot be reached — it finds the model at its next look into the store anyway."""
+    from peerprog.api.client import Client
+
+    try:
+        Client(socket, timeout=30).rescan()
+    except (PeerprogError, OSError) as e:
+        sys.stderr.write(
+            f"peerprog: warning: could not tell the node at {socket} ({e}); it takes the "
+            "model up at its next look into the store (models.rescan_interval)\n"
+        )
+        return False
+    return True
 
 
 def resolve_ref(store: Store, ref: str) -> list[str]:
@@ -319,6 +341,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         metavar="BYTES",
         help="bytes per chunk (default: by the model's size, 16 KiB to 4 MiB)",
+    )
+    p.add_argument(
+        "--socket",
+        help="API socket of a node running on this store: tell it to serve the new "
+        "version now (else it notices within its models.rescan_interval)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_publish)

@@ -64,6 +64,10 @@ class Catalog:
         self._files: dict[str, ModelFiles] = {}
         self._decoded: dict[str, DecodedLevels] = {}
         self._unrecorded: set[str] = set()
+        self._busy: set[str] = set()
+        """Ids being taken up, rescanned or removed: a rescan leaves their folders alone."""
+        self._ignored: set[str] = set()
+        """Ids in the store that did not verify (logged once; read again at a restart)."""
         self._record_now = asyncio.Event()
         self._asked: set[str] = set(store.wanted())
         """Names an app asked for (persisted); with the config's ``want``, the wanted."""
@@ -174,37 +178,84 @@ class Catalog:
     def load_store(self) -> list[ModelState]:
         """Take up every trusted, verified model of the store (blocking: run in a thread;
         before :meth:`start`). A model that does not verify is skipped and logged."""
-        found = []
-        for model_id in self.store.model_ids():
-            try:
-                signed = self.store.load_manifest(model_id, self._trusted)
-            except PeerprogError as e:
-                log.warning("store: ignoring model %s…: %s", model_id[:12], e)
-                continue
-            m = signed.manifest
-            try:
-                files = self.store.open_files(signed)
-                held = files.recorded()
-            except OSError as e:
-                log.warning("store: ignoring model %s…: %s", model_id[:12], e)
-                continue
-            state = self._state(signed, held, origin=held.count() == len(m.chunks))
-            self._adopt(state, files)
-            found.append(state)
-            log.info(
-                "store: %s v%d: %d/%d chunks, level %d",
-                m.name,
-                m.version,
-                held.count(),
-                len(m.chunks),
-                state.best_level,
-            )
+        found = [self._load(mid) for mid in self.store.model_ids()]
         for name in {s.manifest.name for s in self._models.values()}:
             newest = self.newest_served(name)
             if newest is not None and self.store.resolve(name) != newest.model_id:
                 with contextlib.suppress(OSError):  # a name write lost to a full disk
                     self.store.set_name(name, newest.model_id)
+        return [s for s in found if s is not None]
+
+    async def rescan(self) -> list[ModelState]:
+        """Take up the models published into the store since it was loaded (by
+        ``peerprog publish`` beside the running node); returns them."""
+        ids = await asyncio.to_thread(self.store.model_ids)
+        skip = self._models.keys() | self._busy | self._ignored
+        new = [mid for mid in ids if mid not in skip]
+        if not new:
+            return []
+        self._busy.update(new)
+        try:
+            loaded = [await asyncio.to_thread(self._read, mid) for mid in new]
+        finally:
+            self._busy.difference_update(new)
+        found = []
+        for got in loaded:
+            if got is None or got[0].model_id in self._models:
+                continue
+            state = self._adopt_loaded(*got, where="published")
+            found.append(state)
+            if state.best_level >= 0:
+                self._level_reached(state)
+            if not state.complete and state.manifest.name in self._wanted:
+                self._start_fetch(state)
+            for listener in list(self.take_up_listeners):
+                listener(state)
         return found
+
+    def _load(self, model_id: str) -> ModelState | None:
+        got = self._read(model_id)
+        return None if got is None else self._adopt_loaded(*got, where="store")
+
+    def _adopt_loaded(
+        self, signed: SignedManifest, files: ModelFiles, held: Bitfield, *, where: str
+    ) -> ModelState:
+        m = signed.manifest
+        state = self._state(signed, held, origin=held.count() == len(m.chunks))
+        self._adopt(state, files)
+        log.info(
+            "%s: %s v%d: %d/%d chunks, level %d",
+            where,
+            m.name,
+            m.version,
+            held.count(),
+            len(m.chunks),
+            state.best_level,
+        )
+        return state
+
+    def _read(self, model_id: str) -> tuple[SignedManifest, ModelFiles, Bitfield] | None:
+        """A stored model's manifest, open files and record (blocking); None (logged) if
+        it does not verify or cannot be opened."""
+        self._ignored.add(model_id)  # until it is read whole
+        try:
+            signed = self.store.load_manifest(model_id, self._trusted)
+        except PeerprogError as e:
+            log.warning("store: ignoring model %s…: %s", model_id[:12], e)
+            return None
+        try:
+            files = self.store.open_files(signed)
+        except OSError as e:
+            log.warning("store: ignoring model %s…: %s", model_id[:12], e)
+            return None
+        try:
+            held = files.recorded()
+        except OSError as e:
+            files.close()
+            log.warning("store: ignoring model %s…: %s", model_id[:12], e)
+            return None
+        self._ignored.discard(model_id)
+        return signed, files, held
 
     def start(self, fetch: FetchJob) -> None:
         """Start fetching every incomplete model (later ones are fetched as taken up), and
@@ -223,6 +274,16 @@ class Catalog:
         m = signed.manifest
         if signed.model_id in self._models or m.version <= self.newest_version(m.name):
             return None
+        if signed.model_id in self._busy:
+            return None
+        self._busy.add(signed.model_id)
+        try:
+            return await self._take_up(signed, source)
+        finally:
+            self._busy.discard(signed.model_id)
+
+    async def _take_up(self, signed: SignedManifest, source: str) -> ModelState | None:
+        m = signed.manifest
         began = self._clock()
         try:
             await asyncio.to_thread(self.store.put_manifest, signed)
@@ -280,7 +341,15 @@ class Catalog:
             for listener in list(self.forget_listeners):
                 listener(model_id)
 
+        self._busy.add(model_id)
+
         async def remove() -> None:
+            try:
+                await _remove()
+            finally:
+                self._busy.discard(model_id)
+
+        async def _remove() -> None:
             if scope is not None:
                 await scope.aclose()
             if files is not None:

@@ -75,7 +75,7 @@ class Discovery:
             self._added(self.table.heard_from(ann.url, ann.node, ann.models, now))
         self._news(ann)
         peers = tuple(
-            PeerRef(p.node, p.url) for p in self.table.exchange(ann.url, MAX_EXCHANGED_PEERS)
+            PeerRef(p.node, p.url) for p in self.table.exchange(now, ann.url, MAX_EXCHANGED_PEERS)
         )
         mine = self._me()
         return Announce(mine.node, mine.url, mine.models, peers)

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from peerprog.config import Config, split_host_port
+from peerprog.listen import GuardedSite, listen_limits
 from peerprog.node.catalog import Catalog
 from peerprog.node.decoded import Built
 from peerprog.node.discovery import Discovery
@@ -122,8 +123,10 @@ class Node:
             runner = web.AppRunner(build_app(service), access_log=None, handler_cancellation=True)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
-            self.port = int(runner.addresses[0][1])
+            limits = listen_limits(self.config.limits)
+            site = GuardedSite(runner, host, port, limits, key="node.listen")
+            await site.start()
+            self.port = site.port
             if not self.url:
                 self.url = f"http://{host}:{self.port}"
             self.table.set_self(self.url)
@@ -133,9 +136,18 @@ class Node:
                 self.url,
                 len(self.catalog.models),
             )
+            if not self.catalog.models and not self.catalog.wanted:
+                log.warning(
+                    "node.data_dir %s holds no models and models.want is empty: this node "
+                    "has nothing to serve until something is published there or an app "
+                    "asks for a model (is node.data_dir right?)",
+                    self.store.root,
+                )
             self.catalog.start(self._fetch)
             self._scope.spawn(self.discovery.run(), name="announce")
             self._scope.spawn(self.resolver.run(), name="resolve")
+            if self.config.models.rescan_interval > 0:
+                self._scope.spawn(self._rescan_loop(), name="rescan")
             self._stack = stack.pop_all()
 
     async def stop(self) -> None:
@@ -144,6 +156,15 @@ class Node:
             await self._stack.aclose()
             self._stack = None
         log.info("node %s stopped", self.config.node.name)
+
+    async def rescan(self) -> list[str]:
+        """Take up the models published into the store while the node runs; their ids."""
+        return [s.model_id for s in await self.catalog.rescan()]
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.models.rescan_interval)
+            await self.rescan()
 
     def background_tasks(self) -> list[asyncio.Task[object]]:
         """The node's own loops and jobs still running (not the fetches)."""

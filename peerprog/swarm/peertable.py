@@ -7,8 +7,9 @@ A **peer** (one base URL) is in one of these states:
 - ``BACKING_OFF``: its last ``failures`` contacts (announces) failed in a row; it is still
   contacted at the usual interval, and still a source.
 - ``DROPPED``: ``max_failures`` contacts failed in a row: forgotten (removed from the
-  table), so it is neither contacted nor passed on until it is heard of again; a bootstrap
-  peer is never dropped.
+  table), so it is neither contacted nor passed on; news of it from other peers is ignored
+  for ``forget_for`` seconds (dead entries must not circulate by peer exchange), but it
+  comes back at once when it announces to us itself. A bootstrap peer is never dropped.
 - ``BANNED``: it (or a web seed) sent a chunk that failed its hash: never asked for
   anything again, never passed on, and news of it from other peers is ignored.
 
@@ -16,6 +17,9 @@ Transitions: :meth:`PeerTable.heard_from` (it announced to us, or answered our a
 makes it ``KNOWN`` with no failures; :meth:`~PeerTable.learned_of` (another peer passed it
 on) adds it as ``KNOWN`` if it is new and the table has room; :meth:`~PeerTable.contact_failed`
 makes it ``BACKING_OFF``, then ``DROPPED``; :meth:`~PeerTable.ban` makes it ``BANNED``.
+
+Peer exchange (:meth:`~PeerTable.exchange`) passes on only peers heard from directly within
+``pex_fresh`` seconds and not failing: what a node passes on it has seen alive itself.
 
 For each model, a peer or web seed that is not dropped or banned is a **source** in one of:
 
@@ -97,6 +101,10 @@ class PeerTableConfig:
     """Seconds a source that failed ``fetch_failures`` requests is left alone."""
     absent_recheck: float = 5.0
     """Seconds before a source that did not hold a model is asked again."""
+    pex_fresh: float = 60.0
+    """Peer exchange passes on only peers heard from directly within this many seconds."""
+    forget_for: float = 600.0
+    """Seconds during which other peers' news of a dropped peer is ignored."""
 
     def __post_init__(self) -> None:
         if self.max_failures < 1 or self.fetch_failures < 1:
@@ -145,6 +153,8 @@ class PeerTable:
         self._prefix = prefix
         self._peers: dict[str, Peer] = {}
         self._banned: set[str] = set()
+        self._dropped: dict[str, float] = {}
+        """Dropped peers' URLs → until when news of them is ignored."""
         self._sources: dict[tuple[str, str], _Source] = {}
         self._web_seeds = tuple(u.rstrip("/") for u in web_seeds)
         for url in bootstrap:
@@ -173,9 +183,18 @@ class PeerTable:
     def is_banned(self, key: str) -> bool:
         return key in self._banned
 
-    def exchange(self, exclude: str = "", limit: int | None = None) -> list[Peer]:
-        """The peers to pass on in peer exchange (``exclude``: the one we answer)."""
-        out = [p for p in self.peers() if p.url != exclude.rstrip("/")]
+    def exchange(self, now: float, exclude: str = "", limit: int | None = None) -> list[Peer]:
+        """The peers to pass on in peer exchange (``exclude``: the one we answer): those
+        heard from within ``pex_fresh`` seconds whose last contact did not fail."""
+        fresh = now - self.config.pex_fresh
+        out = [
+            p
+            for p in self.peers()
+            if p.url != exclude.rstrip("/")
+            and p.failures == 0
+            and p.last_seen is not None
+            and p.last_seen >= fresh
+        ]
         return out if limit is None else out[:limit]
 
     def announced(self, name: str) -> Iterator[tuple[Peer, ModelRef]]:
@@ -240,6 +259,7 @@ class PeerTable:
             if len(self) >= self.config.max_peers:
                 return None
             p = self._peers[url] = Peer(url)
+        self._dropped.pop(url, None)
         p.node = node or p.node
         p.models = {m.model_id: m for m in models}
         p.state = PeerHealth.KNOWN
@@ -254,6 +274,9 @@ class PeerTable:
             return None
         if url in self._peers or len(self) >= self.config.max_peers:
             return None
+        if self._dropped.get(url, now) > now:
+            return None
+        self._dropped.pop(url, None)
         p = self._peers[url] = Peer(url, node=node)
         return p
 
@@ -268,6 +291,8 @@ class PeerTable:
             p.state = PeerHealth.DROPPED
             del self._peers[p.url]
             self._forget_sources(p.url)
+            self._dropped = {u: t for u, t in self._dropped.items() if t > now}
+            self._dropped[p.url] = now + self.config.forget_for
         return p.state
 
     def ban(self, key: str, now: float) -> None:

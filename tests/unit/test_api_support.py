@@ -95,3 +95,22 @@ class FakeNode:
 
     def decoded_builds(self) -> int:
         return sum(d.builds for d in self.decoders.values())
+
+    def unwant(self, name: str) -> bool:
+        if name not in self.wanted:
+            return False
+        self.wanted.discard(name)
+        return True
+
+    async def remove(self, name: str) -> list[str]:
+        self.unwant(name)
+        ids = [s.model_id for s in self.versions(name)]
+        for mid in ids:
+            del self.models[mid]
+        return ids
+
+    async def rescan(self) -> list[str]:
+        return []
+
+    def problem(self, name: str) -> str | None:
+        return None

@@ -68,11 +68,16 @@ def test_failed_contacts_back_off_then_drop_but_never_a_bootstrap_peer() -> None
     assert boot.state is PeerHealth.KNOWN and boot.failures == 0
 
 
-def test_a_dropped_peer_can_be_learned_of_again() -> None:
-    t = table(max_failures=1)
+def test_news_of_a_dropped_peer_is_ignored_for_a_while_but_it_may_come_back_itself() -> None:
+    t = table(max_failures=1, forget_for=600.0)
     t.heard_from("http://a", "a", [], 0.0)
     t.contact_failed("http://a", 1.0)
-    assert t.learned_of("http://a", "a", 2.0) is not None
+    assert t.learned_of("http://a", "a", 2.0) is None  # a stale entry passed on by others
+    assert t.learned_of("http://a", "a", 599.0) is None
+    assert t.learned_of("http://a", "a", 602.0) is not None  # long enough: try it again
+    t.contact_failed("http://a", 603.0)
+    assert t.heard_from("http://a", "a", [], 604.0) is not None  # it announced to us: alive
+    assert t.get("http://a") is not None
 
 
 def test_the_table_holds_at_most_max_peers() -> None:
@@ -83,12 +88,17 @@ def test_the_table_holds_at_most_max_peers() -> None:
     assert len(t) == 3
 
 
-def test_peer_exchange_skips_the_asker() -> None:
-    t = table()
-    t.learned_of("http://a", "a", 0.0)
-    t.learned_of("http://b", "b", 0.0)
-    assert [p.url for p in t.exchange("http://a/")] == ["http://boot", "http://b"]
-    assert [p.url for p in t.exchange("", limit=1)] == ["http://boot"]
+def test_peer_exchange_passes_on_only_peers_heard_from_lately_and_skips_the_asker() -> None:
+    t = table(pex_fresh=60.0)
+    t.heard_from("http://a", "a", [], 0.0)
+    t.heard_from("http://b", "b", [], 50.0)
+    t.heard_from("http://c", "c", [], 50.0)
+    t.learned_of("http://d", "d", 50.0)  # only heard of: not seen alive by us
+    t.contact_failed("http://c", 55.0)  # its last contact failed
+    assert [p.url for p in t.exchange(70.0, "http://b/")] == []  # a: too long ago
+    assert [p.url for p in t.exchange(59.0, "http://b/")] == ["http://a"]
+    assert [p.url for p in t.exchange(59.0, "", limit=1)] == ["http://a"]
+    assert [p.url for p in t.exchange(70.0)] == ["http://b"]
 
 
 def test_a_banned_source_is_gone_for_good_and_news_of_it_is_ignored() -> None:
