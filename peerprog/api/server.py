@@ -2,7 +2,7 @@
 
 ``ApiServer(node)``, ``await start()``, ``await stop()``. It listens on the unix socket of
 ``api.socket`` and, when ``api.listen_tcp`` is set, on that loopback address too (token and
-CORS checks, event stream tickets: :mod:`.auth`). It learns of new levels through
+CORS checks: :mod:`.auth`; the web UI: :mod:`.ui`). It learns of new levels through
 ``node.level_listeners``.
 Every error is answered as JSON ``{"error", "detail"}``; an unexpected exception is logged
 as our bug and answered 500, never with a traceback.
@@ -22,6 +22,7 @@ from peerprog.api.context import ApiContext
 from peerprog.api.errors import ApiError
 from peerprog.api.routes import CTX, add_routes
 from peerprog.api.socketfile import bind_unix_socket, remove_socket
+from peerprog.api.ui import add_ui_routes
 from peerprog.api.view import NodeView
 from peerprog.config import split_host_port
 
@@ -66,8 +67,8 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
 def build_app(
     ctx: ApiContext, *, token: str | None = None, cors_origins: list[str] | None = None
 ) -> web.Application:
-    """The API app; with ``token``, the TCP listener's: bearer token and CORS checks, and
-    event stream tickets."""
+    """The API app; with ``token``, the TCP listener's: bearer token and CORS checks, event
+    stream tickets, and the web UI under ``/ui/``."""
     middlewares: list[Middleware] = [answer_errors]
     if token is not None:
         middlewares.append(tcp_guard(token, cors_origins or []))
@@ -76,6 +77,7 @@ def build_app(
     add_routes(app)
     if token is not None:
         add_ticket_routes(app)
+        add_ui_routes(app)
         app.on_response_prepare.append(add_cors_headers)
     return app
 
