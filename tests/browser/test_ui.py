@@ -114,12 +114,15 @@ def test_dashboard_shows_the_level_rising_to_exact(setup: Setup) -> None:
     d.find_element("id", "want-name").send_keys(NAME)
     d.find_element("css selector", "#want button").click()
     seen: list[tuple[int, bool]] = []
+    streams = 0  # the page's event streams open at the daemon (opened with tickets)
     deadline = time.monotonic() + 90
     while not (seen and seen[-1][1]):
         assert time.monotonic() < deadline, f"the dashboard showed only {seen}"
         now = model_card(d, NAME)
         if now is not None and (not seen or seen[-1] != tuple(now)):
             seen.append((int(now[0]), bool(now[1])))
+            if not now[1]:
+                streams = max(streams, edge.client().node_status()["api"]["event_streams"])
         time.sleep(0.03)
 
     status = edge.client().status(NAME)
@@ -129,6 +132,7 @@ def test_dashboard_shows_the_level_rising_to_exact(setup: Setup) -> None:
     assert seen[-1] == (last, True) and all(not done for _, done in seen[:-1]), seen
     assert len({lv for lv in levels if lv >= 0}) >= 3, f"too few levels seen rising: {seen}"
     assert status["complete"] and status["level"] == last
+    assert streams >= 1, "the dashboard never opened the model's event stream"
 
     card = d.find_element("css selector", f'[data-model="{NAME}"]')
     assert card.find_element("css selector", ".state").text == "exact"
