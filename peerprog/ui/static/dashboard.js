@@ -8,6 +8,10 @@ import { Api, ApiError, TOKEN_HELP, el, humanBytes, humanSeconds, modelPath, sho
 import { drawChart } from "./chart.js";
 
 const POLL_MS = 1000;
+// Browsers open at most 6 HTTP/1.1 connections to one host, for all its tabs: a few event
+// streams at once, the other models are seen by the polls alone.
+const MAX_STREAMS = 3;
+let streamsOpen = 0;
 const RATE_WINDOW_S = 4;
 const SOURCES = [
   ["seed", "seed"],
@@ -128,7 +132,8 @@ class Card {
     this.drawLevels(doc, transfer);
     this.drawSources(transfer);
     this.drawChart(doc, transfer, now);
-    if (!doc.complete && !wanted) this.follow();
+    if (doc.complete) this.unfollow();
+    else this.follow();
   }
 
   // The level shown never goes back for one model id: an event may be newer than a poll.
@@ -260,7 +265,8 @@ class Card {
 
   // Keep this model's event stream open while it is being fetched.
   follow() {
-    if (this.stream) return;
+    if (this.stream || streamsOpen >= MAX_STREAMS) return;
+    streamsOpen++;
     this.stream = api.events(this.name, {
       onLevel: (doc) => {
         this.setLevel(doc.model_id, doc.level, doc.level === doc.levels_total - 1);
@@ -268,7 +274,7 @@ class Card {
       },
       onComplete: (doc) => {
         this.setLevel(doc.model_id, doc.level, true);
-        this.stream = null;
+        this.unfollow();
         schedulePoll(50);
       },
       onError: (e) => {
@@ -302,9 +308,15 @@ class Card {
     }
   }
 
-  close() {
-    this.stream?.close();
+  unfollow() {
+    if (!this.stream) return;
+    this.stream.close();
     this.stream = null;
+    streamsOpen--;
+  }
+
+  close() {
+    this.unfollow();
     this.root.remove();
   }
 }
