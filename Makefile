@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 # CPU build of torch first: otherwise pip resolves a CUDA build of several GB.
 TORCH  := torch==2.13.0
 
-.PHONY: all venv test lint typecheck unit integration demo bench clean
+.PHONY: all venv test lint typecheck unit integration browser screenshots demo bench clean
 
 all: test
 
@@ -39,6 +39,15 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(VENV)/bin/pytest -q tests/integration
+
+# The web UI in headless Chromium (Debian: apt-get install chromium chromium-driver);
+# skipped, saying why, where there is none.
+browser: $(STAMP)
+	$(VENV)/bin/pytest -q tests/browser
+
+# docs/img/*.png from a real run, and the UI's page weights and inference time.
+screenshots: $(STAMP)
+	$(PY) scripts/screenshots.py
 
 demo: $(STAMP)
 	$(VENV)/bin/peerprog demo $(DEMO_ARGS)

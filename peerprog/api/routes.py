@@ -27,6 +27,7 @@ from peerprog.api.errors import BadRequest, LevelTimeout, UnknownModel
 from peerprog.api.events import stream_events
 from peerprog.api.metrics import CONTENT_TYPE, render_metrics
 from peerprog.api.query import parse_best_query
+from peerprog.api.view import ModelView
 from peerprog.manifest import valid_name
 from peerprog.sendfile import send_range
 from peerprog.swarm import SOURCE_KINDS, Peer
@@ -215,7 +216,7 @@ async def get_status(request: web.Request) -> web.Response:
         "store_error": node.store_error,
         "bytes_received_by_source": received,
         "models": models_json(ctx),
-        "transfers": {mid: s.metrics.to_json() for mid, s in node.models.items()},
+        "transfers": {mid: transfer_json(s) for mid, s in node.models.items()},
         "api": {
             "socket": node.config.api.socket,
             "listen_tcp": node.config.api.listen_tcp,
@@ -239,6 +240,16 @@ def peer_json(peer: Peer, now: float) -> dict[str, object]:
         "failures": peer.failures,
         "last_seen_s_ago": seen,
     }
+
+
+def transfer_json(state: ModelView) -> dict[str, object]:
+    """One model's counters in ``/v1/status``, with its levels (sizes and the manifest's
+    quality figures, e.g. ``rel_rmse_ppm``) for the web UI's charts."""
+    levels = [
+        {"level": lv.level, "bytes": lv.bytes, "quality": dict(lv.quality)}
+        for lv in state.manifest.levels
+    ]
+    return {**state.metrics.to_json(), "levels": levels}
 
 
 async def get_metrics(request: web.Request) -> web.Response:

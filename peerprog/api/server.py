@@ -2,7 +2,8 @@
 
 ``ApiServer(node)``, ``await start()``, ``await stop()``. It listens on the unix socket of
 ``api.socket`` and, when ``api.listen_tcp`` is set, on that loopback address too (token and
-CORS checks: :mod:`.auth`). It learns of new levels through ``node.level_listeners``.
+CORS checks: :mod:`.auth`; the web UI: :mod:`.ui`). It learns of new levels through
+``node.level_listeners``.
 Every error is answered as JSON ``{"error", "detail"}``; an unexpected exception is logged
 as our bug and answered 500, never with a traceback.
 """
@@ -16,11 +17,12 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from peerprog.api.auth import add_cors_headers, tcp_guard
+from peerprog.api.auth import add_cors_headers, add_ticket_routes, tcp_guard
 from peerprog.api.context import ApiContext
 from peerprog.api.errors import ApiError
 from peerprog.api.routes import CTX, add_routes
 from peerprog.api.socketfile import bind_unix_socket, remove_socket
+from peerprog.api.ui import add_ui_routes
 from peerprog.api.view import NodeView
 from peerprog.config import split_host_port
 from peerprog.listen import GuardedSite, listen_limits
@@ -66,7 +68,8 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
 def build_app(
     ctx: ApiContext, *, token: str | None = None, cors_origins: list[str] | None = None
 ) -> web.Application:
-    """The API app; with ``token``, the TCP listener's (bearer token and CORS checks)."""
+    """The API app; with ``token``, the TCP listener's: bearer token and CORS checks, event
+    stream tickets, and the web UI under ``/ui/``."""
     middlewares: list[Middleware] = [answer_errors]
     if token is not None:
         middlewares.append(tcp_guard(token, cors_origins or []))
@@ -74,6 +77,8 @@ def build_app(
     app[CTX] = ctx
     add_routes(app)
     if token is not None:
+        add_ticket_routes(app)
+        add_ui_routes(app)
         app.on_response_prepare.append(add_cors_headers)
     return app
 

@@ -1,4 +1,5 @@
-"""The commands that run or talk to daemons: ``daemon``, ``fetch``, ``status``, ``demo``."""
+"""The commands that run or talk to daemons: ``daemon``, ``fetch``, ``status``, ``ui``,
+``demo``."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--config", required=True, help="node config (TOML)")
     p.set_defaults(func=cmd_daemon)
 
-    from peerprog.cli import appcmds
+    from peerprog.cli import appcmds, webui
     from peerprog.demo.cli import add_parser as add_demo_parser
 
     appcmds.add_parsers(sub)
+    webui.add_parser(sub)
     add_demo_parser(sub)

@@ -40,6 +40,7 @@ from peerprog.reference import digits
 REFERENCE_MODEL = digits.model_path()
 REFERENCE_NAME = digits.MODEL_NAME
 TOKEN = "test-token-0123456789"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -260,7 +261,10 @@ class Cluster:
         """Start ``node``'s daemon; with ``wait``, until its API socket answers."""
         assert not node.running, f"{node.name} is running already"
         node._log = open(node.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The daemons run the code of this checkout, whatever is installed (their cwd is
+        # their folder, so without this an editable install of another checkout would win).
+        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         node.proc = subprocess.Popen(
             [sys.executable, "-m", "peerprog", "daemon", "--config", str(node.config_path)],
             stdout=node._log,

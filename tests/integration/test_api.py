@@ -105,6 +105,7 @@ def test_put_starts_fetching_an_unknown_name(setup: Setup) -> None:
     doc = answer.json()
     assert set(doc) == STATUS_FIELDS
     assert doc["name"] == "not-published" and doc["model_id"] is None and doc["level"] == -1
+
     def sans_problem(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k != "problem"}  # it may change meanwhile
 

@@ -27,6 +27,7 @@ RANKS = {
     "peerprog.errors": 0,
     "peerprog.urls": 0,
     "peerprog.sendfile": 0,
+    "peerprog.ui": 0,  # the web UI's static files; the api serves them
     "peerprog.codec": 1,
     "peerprog.swarm": 1,
     "peerprog.manifest": 2,
