@@ -36,7 +36,10 @@ class NodeSection:
 @dataclass(frozen=True)
 class ApiSection:
     socket: str = "./peerprog-api.sock"
-    """Path of the local API's unix socket (mode 0600)."""
+    """Path of the local API's unix socket (mode 0600: only the daemon's user)."""
+    socket_group: str = ""
+    """A group whose members may use the API socket too (mode 0660); the daemon's user
+    must be in it (as with the systemd unit's ``peerprog`` group)."""
     listen_tcp: str = ""
     """Optional ``host:port`` (loopback) for browser apps; requires ``token``."""
     token: str = ""

@@ -4,8 +4,11 @@ The stream follows the newest version of the name with a complete level. It open
 ``level`` event for the level held now (if any), then sends one ``level`` event per level
 completed, in order, each carrying the model's status JSON with ``level`` set to that
 level; after the last level it sends ``complete`` and ends. Each event's id is
-``<model_id>.<level>``; a client reconnecting with ``Last-Event-ID`` gets only what it
-missed. A comment line every :data:`KEEPALIVE` seconds keeps idle connections open.
+``<model_id>.<level>`` (``<model_id>.complete`` for ``complete``); a client reconnecting
+with ``Last-Event-ID`` gets only what it missed. One that has seen ``complete`` of the
+version still served is answered ``204 No Content``, which tells an ``EventSource`` to stop
+reconnecting; a newer version since is streamed as usual. A comment line every
+:data:`KEEPALIVE` seconds keeps idle connections open.
 """
 
 from __future__ import annotations
@@ -29,30 +32,47 @@ def format_event(event: str, data: object, event_id: str | None = None) -> bytes
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def parse_event_id(text: str | None) -> tuple[str, int] | None:
-    """``<model_id>.<level>`` → (model_id, level), or None if absent or malformed."""
+COMPLETE = "complete"
+
+Seen = tuple[str, int | None]
+"""The last event a client saw: (model id, level), with level None for ``complete``."""
+
+
+def parse_event_id(text: str | None) -> Seen | None:
+    """``<model_id>.<level>`` → (model_id, level), ``<model_id>.complete`` → (model_id,
+    None); None if absent or malformed."""
     if not text:
         return None
     model_id, _, level = text.strip().rpartition(".")
-    if not model_id or not (level.isascii() and level.isdigit()) or len(level) > 6:
+    if not model_id:
+        return None
+    if level == COMPLETE:
+        return model_id, None
+    if not (level.isascii() and level.isdigit()) or len(level) > 6:
         return None
     return model_id, int(level)
 
 
-def pending_events(state: ModelView, last: tuple[str, int] | None) -> list[bytes]:
+def saw_complete(state: ModelView | None, last: Seen | None) -> bool:
+    """Whether the client has seen ``complete`` of ``state``: nothing more will come."""
+    return state is not None and last is not None and last == (state.model_id, None)
+
+
+def pending_events(state: ModelView, last: Seen | None) -> list[bytes]:
     """The events owed to a client that has seen ``last``: one per level after it (or the
     current level alone for a new client or a new version), then ``complete`` if the
     last level is reached."""
-    if state.best_level < 0:
+    if state.best_level < 0 or saw_complete(state, last):
         return []
-    same = last is not None and last[0] == state.model_id
-    first = last[1] + 1 if same and last is not None else state.best_level
+    first = state.best_level
+    if last is not None and last[0] == state.model_id and last[1] is not None:
+        first = last[1] + 1
     out = []
     summary = state.summary()
     for level in range(first, state.best_level + 1):
         out.append(format_event("level", {**summary, "level": level}, f"{state.model_id}.{level}"))
     if state.best_level == state.manifest.levels_total - 1:
-        out.append(format_event("complete", summary, f"{state.model_id}.complete"))
+        out.append(format_event("complete", summary, f"{state.model_id}.{COMPLETE}"))
     return out
 
 
@@ -61,6 +81,9 @@ async def stream_events(request: web.Request, ctx: ApiContext, name: str) -> web
     daemon stops."""
     if not ctx.knows(name):
         raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
+    last = parse_event_id(request.headers.get("Last-Event-ID"))
+    if saw_complete(ctx.node.newest_served(name), last):
+        return web.Response(status=204)
     resp = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
@@ -69,7 +92,6 @@ async def stream_events(request: web.Request, ctx: ApiContext, name: str) -> web
         }
     )
     await resp.prepare(request)
-    last = parse_event_id(request.headers.get("Last-Event-ID"))
     ctx.stats.event_streams += 1
     try:
         await resp.write(b"retry: 1000\n\n")

@@ -1,5 +1,10 @@
 """``GET /metrics``: the node's counters in the Prometheus text format (version 0.0.4).
 
+Names follow Prometheus' conventions as ``promtool check metrics`` checks them: counters
+end in ``_total``, nothing else does, units are base units at the end (``_bytes``,
+``_seconds``). The metrics are documented in ``docs/metrics.md``; renames go in
+``CHANGELOG.md``.
+
 Per model (labels ``name``, ``version``, ``model_id``): the level reached, bytes received by
 source kind (seed, peer, web seed), chunks verified and failed, peers banned. Per node:
 peers known, bytes uploaded, uptime, and the API's own counters.
@@ -22,14 +27,14 @@ Sample = tuple[dict[str, str], float]
 MODEL_FAMILIES: tuple[tuple[str, str, str, Callable[[ModelView], float]], ...] = (
     ("peerprog_model_level", "gauge", "Best complete level (-1: none).", lambda s: s.best_level),
     (
-        "peerprog_model_levels_total",
+        "peerprog_model_levels",
         "gauge",
         "Levels the model has.",
         lambda s: s.manifest.levels_total,
     ),
     ("peerprog_model_bytes_received", "gauge", "Verified bytes held.", lambda s: s.bytes_held),
     (
-        "peerprog_model_bytes_total",
+        "peerprog_model_size_bytes",
         "gauge",
         "Bytes of all levels.",
         lambda s: s.manifest.total_bytes,

@@ -100,15 +100,18 @@ class ApiServer:
 
         Raises :class:`peerprog.errors.InputError` if another daemon serves the socket.
         """
-        sock, self._inode = await asyncio.to_thread(bind_unix_socket, self.socket_path)
+        api = self.node.config.api
+        sock, self._inode = await asyncio.to_thread(
+            bind_unix_socket, self.socket_path, api.socket_group
+        )
         self.node.level_listeners.append(self.ctx.on_level)
         served = False
         try:
             runner = await self._runner(build_app(self.ctx))
             await web.SockSite(runner, sock).start()
             served = True  # from here on the runner closes the socket
-            log.info("local API on unix:%s (mode 0600)", self.socket_path)
-            api = self.node.config.api
+            mode = f"group {api.socket_group}, mode 0660" if api.socket_group else "mode 0600"
+            log.info("local API on unix:%s (%s)", self.socket_path, mode)
             if api.listen_tcp:
                 host, port = split_host_port(api.listen_tcp, "api.listen_tcp")
                 runner = await self._runner(

@@ -1,5 +1,5 @@
-"""The API's unix socket file: created mode 0600 from the start, a stale one replaced, a
-live one refused.
+"""The API's unix socket file: created mode 0600 (or 0660 for ``api.socket_group``) from
+the start, a stale one replaced, a live one refused.
 
 The socket is bound under a temporary name, made 0600, then renamed into place, so no
 other user can ever connect to it, and a daemon killed without cleanup is replaced
@@ -9,6 +9,7 @@ atomically. A socket some other process still answers on is left alone.
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
 import secrets
@@ -23,14 +24,16 @@ SUN_PATH_MAX = 107
 """Longest unix socket path Linux accepts (108 bytes with the terminating NUL)."""
 
 
-def bind_unix_socket(path: Path) -> tuple[socket.socket, int]:
-    """A listening unix socket at ``path`` (mode 0600) and its inode number.
+def bind_unix_socket(path: Path, group: str = "") -> tuple[socket.socket, int]:
+    """A listening unix socket at ``path`` (mode 0600; with ``group``, owned by that group
+    and mode 0660) and its inode number.
 
-    The folder is created (mode 0700) if missing. Raises :class:`InputError` when another
-    daemon answers on ``path``, when ``path`` is something other than a socket, or when it
-    cannot be created.
+    The folder is created (mode 0700, or 0750 for the group) if missing. Raises
+    :class:`InputError` when another daemon answers on ``path``, when ``path`` is something
+    other than a socket, when it cannot be created, or when the group cannot be given it.
     """
     path = Path(path)
+    gid = _group_id(group) if group else None
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}")
     if len(os.fsencode(tmp)) > SUN_PATH_MAX:
         raise InputError(
@@ -38,7 +41,10 @@ def bind_unix_socket(path: Path) -> tuple[socket.socket, int]:
             f"{SUN_PATH_MAX - 8} bytes)"
         )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700 if gid is None else 0o750)
+            if gid is not None:
+                os.chown(path.parent, -1, gid)
     except OSError as e:
         raise InputError(
             f"{path.parent}: cannot create the API socket's folder ({e.strerror})"
@@ -48,6 +54,9 @@ def bind_unix_socket(path: Path) -> tuple[socket.socket, int]:
     try:
         sock.bind(os.fsencode(tmp))
         os.chmod(tmp, 0o600)
+        if gid is not None:
+            os.chown(tmp, -1, gid)
+            os.chmod(tmp, 0o660)
         os.replace(tmp, path)
         sock.listen(128)
         sock.setblocking(False)
@@ -58,6 +67,19 @@ def bind_unix_socket(path: Path) -> tuple[socket.socket, int]:
             tmp.unlink()
         raise InputError(f"{path}: cannot create the API socket ({e.strerror or e})") from None
     return sock, inode
+
+
+def _group_id(group: str) -> int:
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise InputError(f"api.socket_group {group!r}: no such group") from None
+    if gid not in os.getgroups() and gid != os.getegid() and os.geteuid() != 0:
+        raise InputError(
+            f"api.socket_group {group!r}: the daemon's user is not in that group, so it "
+            "cannot give it the socket (add the user to the group, e.g. usermod -aG)"
+        )
+    return gid
 
 
 def remove_if_stale(path: Path) -> None:

@@ -65,8 +65,8 @@ def not_running(socket: str, reason: OSError) -> ApiError:
     why = reason.strerror or str(reason)
     if isinstance(reason, PermissionError):
         return ApiError(
-            f"cannot connect to the daemon at {socket}: {why} (the socket is mode 0600: "
-            "run as the daemon's user)"
+            f"cannot connect to the daemon at {socket}: {why} (only the daemon's user, and "
+            "the members of its api.socket_group if it has one, may use the socket)"
         )
     return DaemonNotRunning(
         f"no peerprog daemon answers on {socket} ({why}); start one with "

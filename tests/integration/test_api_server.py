@@ -101,6 +101,29 @@ async def test_our_bug_is_a_logged_500_in_json(
     assert "a bug of ours" in caplog.text
 
 
+async def test_event_stream_resumes_without_replay_and_ends_for_good_after_complete(
+    served: tuple[ApiServer, FakeNode, aiohttp.ClientSession],
+) -> None:
+    _, node, session = served
+    url = "http://localhost/v1/models/tiny/events"
+    state = node.newest_served("tiny")
+    assert state is not None
+    for level in range(state.manifest.levels_total):
+        node.receive(state, level)
+    async with session.get(url) as r:
+        body = (await r.read()).decode()
+    ids = [line[4:] for line in body.splitlines() if line.startswith("id: ")]
+    assert ids[-1] == f"{state.model_id}.complete"
+    # a spec-following client reconnects with the last id: told to stop (204), no replay
+    async with session.get(url, headers={"Last-Event-ID": ids[-1]}) as r:
+        assert r.status == 204 and await r.read() == b""
+    async with session.get(url, headers={"Last-Event-ID": f"{state.model_id}.0"}) as r:
+        body = (await r.read()).decode()
+    resumed = [line[4:] for line in body.splitlines() if line.startswith("id: ")]
+    last = state.manifest.levels_total - 1
+    assert resumed == [f"{state.model_id}.{lv}" for lv in range(1, last + 1)] + [ids[-1]]
+
+
 async def test_stop_ends_long_polls_and_streams_at_once(
     served: tuple[ApiServer, FakeNode, aiohttp.ClientSession],
 ) -> None:

@@ -229,3 +229,12 @@ def test_pending_events(node: FakeNode) -> None:
     tail = decode(pending_events(state, parse_event_id(f"{state.model_id}.2")))
     assert [e[0] for e in tail] == ["level"] * (last_level - 2) + ["complete"]
     assert decode(pending_events(state, (state.model_id, last_level)))[0][0] == "complete"
+    # a client that saw "complete" of this version is owed nothing, ever
+    seen = parse_event_id(f"{state.model_id}.complete")
+    assert seen == (state.model_id, None)
+    assert pending_events(state, seen) == []
+    assert [e[0] for e in decode(pending_events(state, ("older-version", None)))] == [
+        "level",
+        "complete",
+    ]
+    assert parse_event_id(".complete") is None and parse_event_id("x.3x") is None

@@ -43,3 +43,33 @@ def test_label_escaping() -> None:
     assert escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
     lines = family("x", "gauge", "help", [({"k": 'q"'}, 1), ({}, 2.5)])
     assert lines[2:] == ['x{k="q\\""} 1', "x 2.5"]
+
+
+def test_metrics_parse_and_pass_promtools_naming_rules(tmp_path: Path) -> None:
+    """What ``promtool check metrics`` checks of names, on the families that
+    ``prometheus_client``'s own parser reads from the page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    store, signed = publish_sample(tmp_path / "s")
+    node = FakeNode(store)
+    node.add(signed, levels=1)
+    text = render_metrics(node, ApiStats(), now=node.started_at + 1)
+    kinds = {
+        line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE")
+    }
+    helped = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
+    families = list(text_string_to_metric_families(text))
+    assert {f.type for f in families} <= {"gauge", "counter"}
+    assert len(families) == len(kinds)
+    for name, kind in kinds.items():
+        assert name in helped, f"{name} has no HELP"
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", name), f"{name} is not snake_case"
+        if kind == "counter":
+            assert name.endswith("_total"), f"counter {name} must end in _total"
+        else:
+            assert not name.endswith("_total"), f"{kind} {name} must not end in _total"
+        for unit in ("_milliseconds", "_kilobytes", "_megabytes", "_ms", "_kb", "_mb"):
+            assert unit not in name, f"{name}: use base units"
+    by_name = {f.name: f for f in families}
+    assert by_name["peerprog_model_size_bytes"].samples[0].value == signed.manifest.total_bytes
+    assert by_name["peerprog_model_levels"].samples[0].value == signed.manifest.levels_total
