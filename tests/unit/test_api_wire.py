@@ -103,4 +103,4 @@ def test_event_stream_round_trip() -> None:
         ("complete", {"level": 1}, "abc.complete"),
     ]
     assert parse_event_id("abc.3") == ("abc", 3)
-    assert parse_event_id("abc.complete") is None and parse_event_id(None) is None
+    assert parse_event_id("abc.complete") == ("abc", None) and parse_event_id(None) is None
