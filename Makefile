@@ -17,16 +17,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
+$(STAMP): pyproject.toml demo/pyproject.toml | $(PY)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[test,torch,plot]'
+	$(PIP) install -q -e '.[test,torch]' -e './demo[plot]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check peerprog tests bench
-	$(VENV)/bin/ruff format --check peerprog tests bench
+	$(VENV)/bin/ruff check peerprog demo tests bench
+	$(VENV)/bin/ruff format --check peerprog demo tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

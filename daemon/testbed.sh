@@ -11,7 +11,7 @@
 #
 # so two nodes see a round trip of 2 × DELAY. peerprog's own rate limits are off: the network
 # does the shaping. The script publishes the model into a fresh seed store, starts one
-# `peerprog daemon` per namespace, runs the demo's app (peerprog.demo.app) on edge1, follows
+# `peerprog daemon` per namespace, runs the demo's app (peerprog_demo.app) on edge1, follows
 # every edge until it holds the exact model, then times a plain HTTP download of the same
 # file from the seed's namespace to edge1's over the same links.
 #
@@ -220,10 +220,10 @@ echo "testbed: seed and $EDGES edges running; following them (logs in $WORK/logs
 
 # The race starts when the follower asks every edge for the model; the app on edge1 (one
 # JSON line per level) asks too, and watches.
-"$PY" -m peerprog.demo.follow --want --name "$NAME" --timeout 900 "${FOLLOW[@]}" &
+"$PY" -m peerprog_demo.follow --want --name "$NAME" --timeout 900 "${FOLLOW[@]}" &
 FOLLOWER=$!
 PIDS+=("$FOLLOWER")
-ip netns exec "$PREFIX-edge1" "$PY" -m peerprog.demo.app --want --socket "$WORK/edge1.sock" \
+ip netns exec "$PREFIX-edge1" "$PY" -m peerprog_demo.app --want --socket "$WORK/edge1.sock" \
     --name "$NAME" --full "$MODEL" >"$WORK/logs/app.jsonl" 2>"$WORK/logs/app.log" &
 APP=$!
 PIDS+=("$APP")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         store=store,
         codec=args.codec,
         chunk_size=args.chunk_size,
+        params=dict(args.codec_param) or None,
         progress=progress,
     )
     told = tell_node(args.socket) if args.socket else None
@@ -66,6 +68,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if told:
         print(f"  the node at {args.socket} serves it now")
     return 0
+
+
+def codec_param(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with a JSON value (a bare word is a string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, not {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
 
 
 def tell_node(socket: str) -> bool:
@@ -334,6 +347,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=DEFAULT_CODEC,
         choices=sorted(CODECS),
         help=f"how weights are cut into levels (default {DEFAULT_CODEC}; 'paper' is lossy)",
+    )
+    p.add_argument(
+        "--codec-param",
+        action="append",
+        default=[],
+        type=codec_param,
+        metavar="KEY=VALUE",
+        help="a codec setting, the value in JSON (e.g. targets_mbpw=[300,1000,4000] for "
+        "groupplane's ladder of milli-bits per weight); repeatable",
     )
     p.add_argument(
         "--chunk-size",

@@ -12,9 +12,11 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
+from peerprog_demo.localapi import bytes_by_source, bytes_uploaded, parse_metrics
+from peerprog_demo.swarm import config_text, plan
+
 from peerprog.config import parse_config
-from peerprog.demo.localapi import bytes_by_source, bytes_uploaded, parse_metrics
-from peerprog.demo.swarm import config_text, plan
 from peerprog.manifest import generate_key_file
 from peerprog.reference import digits
 
@@ -35,6 +37,8 @@ def test_short_demo_writes_a_sound_report(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "reached level 0" in proc.stdout  # plain log lines, not a live view
     assert str(out / "report.json") in proc.stdout
+    assert "/ui/infer.html?model=digits-cnn#token=" in proc.stdout  # the first edge's page
+    assert "Every edge had a usable model (level 0, " in proc.stdout
 
     doc = json.loads((out / "report.json").read_text())
     levels = doc["levels"]
@@ -73,6 +77,23 @@ def test_short_demo_writes_a_sound_report(tmp_path: Path) -> None:
 
     chart = Path(doc["files"]["chart"])
     assert chart.exists() and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_of_a_model_without_a_task_does_not_call_it_usable(tmp_path: Path) -> None:
+    """With --model only the weights' error can be measured: the summary says so."""
+    rng = np.random.default_rng(0)
+    model = tmp_path / "mine.npz"
+    np.savez(model, w=rng.standard_normal((256, 256)).astype(np.float32))
+    out = tmp_path / "report"
+    args = ["--edges", "1", "--rate", str(RATE * 5), "--out", str(out), "--model", str(model)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "peerprog", "demo", *args],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "usable" not in proc.stdout
+    assert "Every edge had level 0 (weights' relative RMS error " in proc.stdout
+    assert "/ui/#token=" in proc.stdout  # the dashboard: no page scores this model
 
 
 def test_demo_configs_are_valid_node_configs(tmp_path: Path) -> None:

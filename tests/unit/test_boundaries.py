@@ -40,7 +40,6 @@ RANKS = {
     "peerprog.api": 5,
     "peerprog.app": 6,
     "peerprog.cli": 7,
-    "peerprog.demo": 7,
     "peerprog.__main__": 7,
     "peerprog": 7,
 }
@@ -152,3 +151,15 @@ def test_package_import_does_not_pull_torch_or_aiohttp() -> None:
     code = "import sys, peerprog; print(any(m in sys.modules for m in ('torch', 'aiohttp')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_node_package_needs_neither_the_demo_nor_its_libraries() -> None:
+    """``pip install peerprog`` stays small: the demo (rich, matplotlib) is its own package."""
+    graph = import_graph()
+    bad = sorted(
+        f"{module} imports {t}"
+        for module, targets in graph.items()
+        for t in targets
+        if t.split(".")[0] in ("peerprog_demo", "rich", "matplotlib")
+    )
+    assert not bad, "\n".join(bad)

@@ -1,7 +1,7 @@
 """Follow a running swarm from outside: print each level as each edge reaches it, then a
 table of the times and where the bytes came from. ``daemon/testbed.sh`` uses it::
 
-    python -m peerprog.demo.follow --name digits-cnn seed=/run/seed.sock \\
+    python -m peerprog_demo.follow --name digits-cnn seed=/run/seed.sock \\
         edge-1=/run/edge-1.sock edge-2=/run/edge-2.sock
 
 The first node given is taken as the seed. Exits 0 once every edge holds every level,
@@ -20,9 +20,9 @@ from pathlib import Path
 
 from peerprog import AsyncClient
 from peerprog.cli.output import human_bytes
-from peerprog.demo.monitor import Event, Monitor
-from peerprog.demo.view import sources_text
 from peerprog.errors import PeerprogError
+from peerprog_demo.monitor import Event, Monitor
+from peerprog_demo.view import sources_text
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,8 @@ async def follow(nodes: list[Node], name: str, timeout: float, *, want: bool = F
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m peerprog.demo.follow``."""
-    parser = argparse.ArgumentParser(prog="python -m peerprog.demo.follow", description=__doc__)
+    """``python -m peerprog_demo.follow``."""
+    parser = argparse.ArgumentParser(prog="python -m peerprog_demo.follow", description=__doc__)
     parser.add_argument("--name", required=True, help="model name")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--want", action="store_true", help="first ask every edge to fetch it")

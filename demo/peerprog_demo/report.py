@@ -13,8 +13,8 @@ from rich.table import Table
 
 from peerprog import __version__
 from peerprog.cli.output import human_bytes
-from peerprog.demo.quality import Quality
-from peerprog.demo.state import DemoState
+from peerprog_demo.quality import Quality
+from peerprog_demo.state import DemoState
 
 REPORT = "report.json"
 CHART = "demo.png"
@@ -299,9 +299,14 @@ def print_summary(doc: dict[str, Any], console: Console) -> None:
             f"the last level (codec {model['codec']}: not exact, weights' error "
             f"{last['rel_rms_error']:.1e})"
         )
+    first = doc["levels"][0]
+    if first.get("accuracy") is not None:
+        level0 = f"a usable model (level 0, {first['accuracy']:.1%} accuracy on the test split)"
+    else:  # a model of the user's: no task known to score it on, only its weights' error
+        level0 = f"level 0 (weights' relative RMS error {first['rel_rms_error']:.1e})"
     if h["level0_all_edges_s"] is not None and h["plain_download_s"] is not None:
         console.print(
-            f"Every edge had a usable model (level 0) after [b]{h['level0_all_edges_s']:.1f} s"
+            f"Every edge had {level0} after [b]{h['level0_all_edges_s']:.1f} s"
             f"[/b] and {final} after [b]{h['last_level_all_edges_s'] or float('nan'):.1f} s"
             f"[/b]. A plain HTTP download of the same {human_bytes(plain['bytes'])} file by one "
             f"client over the same {rate:.0f} kB/s link took [b]{h['plain_download_s']:.1f} s"

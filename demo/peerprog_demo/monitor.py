@@ -15,7 +15,7 @@ import aiohttp
 
 from peerprog import AsyncClient
 from peerprog.api.errors import ApiError
-from peerprog.demo.localapi import MetricsReader, bytes_by_source, bytes_uploaded, parse_metrics
+from peerprog_demo.localapi import MetricsReader, bytes_by_source, bytes_uploaded, parse_metrics
 
 STATUS_EVERY = 0.1
 METRICS_EVERY = 0.5
@@ -23,7 +23,7 @@ RATE_WINDOW = 2.0
 
 
 class Watched(Protocol):
-    """A node to poll (:class:`peerprog.demo.swarm.NodeSpec` is one)."""
+    """A node to poll (:class:`peerprog_demo.swarm.NodeSpec` is one)."""
 
     @property
     def name(self) -> str:

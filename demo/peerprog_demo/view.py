@@ -18,8 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from peerprog.cli.output import human_bytes
-from peerprog.demo.monitor import NodeTrack, window_rate
-from peerprog.demo.state import DemoState, Observation
+from peerprog_demo.monitor import NodeTrack, window_rate
+from peerprog_demo.state import DemoState, Observation
 
 PLAIN_TICK = 5.0
 

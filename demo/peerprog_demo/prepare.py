@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peerprog.codec import DEFAULT_CODEC
-from peerprog.demo.quality import Judge, Quality, as_float
+from peerprog.codec.layout import ParamValue
 from peerprog.errors import InputError
 from peerprog.formats import read_model
 from peerprog.manifest import generate_key_file, load_key_file, public_key_string
 from peerprog.reference import digits
 from peerprog.store import Store, publish_file
+from peerprog_demo.quality import Judge, Quality, as_float
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def publish(
     workdir: Path,
     chunk_size: int,
     codec: str | None,
+    params: dict[str, ParamValue] | None = None,
 ) -> Published:
     """Publish ``model`` (default: the bundled digits CNN) into ``store_dir`` and score each
     level. Raises :class:`InputError` for a bad model file or key."""
@@ -93,6 +95,7 @@ def publish(
         store=store,
         codec=codec or DEFAULT_CODEC,
         chunk_size=chunk_size,
+        params=params,
     )
     signed = result.signed
     judge = Judge(source)

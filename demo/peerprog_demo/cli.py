@@ -7,15 +7,17 @@ import asyncio
 import sys
 from pathlib import Path
 
-from peerprog.demo.options import (
+from peerprog.cli.local import codec_param
+from peerprog.errors import InputError
+from peerprog_demo.options import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_CODEC,
+    DEFAULT_CODEC_PARAMS,
     DEFAULT_EDGES,
     DEFAULT_OUT,
     DEFAULT_RATE,
     DemoOptions,
 )
-from peerprog.errors import InputError
 
 MAX_EDGES = 16
 
@@ -42,6 +44,8 @@ def options(args: argparse.Namespace) -> DemoOptions:
         rate=args.rate,
         chunk_size=args.chunk_size,
         codec=args.codec,
+        codec_params=dict(args.codec_param) if args.codec_param else None,
+        keep_running=args.keep_running,
         out=args.out,
         live=args.live,
         timeout=args.timeout,
@@ -50,7 +54,7 @@ def options(args: argparse.Namespace) -> DemoOptions:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo; 0 when it ran to the end, 1 on failure, 130 on Ctrl-C."""
-    from peerprog.demo.run import DemoFailed, run_demo, work_dir
+    from peerprog_demo.run import DemoFailed, run_demo, work_dir
 
     opts = options(args)
     logs = work_dir(opts.out.resolve()) / "logs"
@@ -119,6 +123,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--codec", default=DEFAULT_CODEC, help=f"codec at publish (default: {DEFAULT_CODEC})"
+    )
+    p.add_argument(
+        "--codec-param",
+        action="append",
+        default=[],
+        type=codec_param,
+        metavar="KEY=VALUE",
+        help="a codec setting at publish, as for 'peerprog publish' (default for "
+        f"{DEFAULT_CODEC}: targets_mbpw={DEFAULT_CODEC_PARAMS['targets_mbpw']!r})",
+    )
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep the swarm up after the report, until Ctrl-C, to look at the web UI",
     )
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default ./{DEFAULT_OUT})"

@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from peerprog.demo.swarm import free_port
 from peerprog.node.ratelimit import TokenBucket, throttle
+from peerprog_demo.swarm import free_port
 
 PIECE = 16384
 

@@ -22,17 +22,18 @@ from rich.console import Console
 from peerprog import AsyncClient
 from peerprog.api.errors import ApiError
 from peerprog.cli.output import human_bytes
-from peerprog.demo import report
-from peerprog.demo.baseline import PlainDownload, plain_download
-from peerprog.demo.monitor import Event, Monitor
-from peerprog.demo.options import DemoOptions
-from peerprog.demo.prepare import Published, default_name, publish
-from peerprog.demo.quality import Judge, Quality
-from peerprog.demo.state import DemoState, Observation
-from peerprog.demo.swarm import Child, NodeSpec, Processes, plan
-from peerprog.demo.view import View, make_view, quality_text
+from peerprog.codec import ParamValue
 from peerprog.errors import InputError, PeerprogError
 from peerprog.reference import digits
+from peerprog_demo import report
+from peerprog_demo.baseline import PlainDownload, plain_download
+from peerprog_demo.monitor import Event, Monitor
+from peerprog_demo.options import DEFAULT_CODEC, DEFAULT_CODEC_PARAMS, DemoOptions
+from peerprog_demo.prepare import Published, default_name, publish
+from peerprog_demo.quality import Judge, Quality
+from peerprog_demo.state import DemoState, Observation
+from peerprog_demo.swarm import Child, NodeSpec, Processes, plan
+from peerprog_demo.view import View, make_view, quality_text
 
 MARKER = ".peerprog-demo"
 READY_TIMEOUT = 30.0
@@ -170,7 +171,7 @@ class Race:
             [
                 sys.executable,
                 "-m",
-                "peerprog.demo.app",
+                "peerprog_demo.app",
                 "--socket",
                 str(edges[0].socket),
                 "--name",
@@ -234,6 +235,13 @@ class Race:
             )
 
 
+def codec_params(opts: DemoOptions) -> dict[str, ParamValue] | None:
+    """The codec params to publish with: the options', else the demo's ladder for its codec."""
+    if opts.codec_params is not None:
+        return opts.codec_params
+    return dict(DEFAULT_CODEC_PARAMS) if opts.codec == DEFAULT_CODEC else None
+
+
 def _plain_quality(published: Published, path: Path) -> Quality | None:
     try:
         return Judge(published.source_path)(digits.load_state_dict(path))
@@ -269,6 +277,7 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> dict[st
             workdir=work,
             chunk_size=opts.chunk_size,
             codec=opts.codec,
+            params=codec_params(opts),
         )
         specs = plan(
             work,
@@ -291,6 +300,12 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> dict[st
             *(wait_ready(s, c, deadline) for s, c in zip(specs[1:], children, strict=True))
         )
 
+        ui = specs[1]
+        page = f"infer.html?model={name}" if published.metric == "accuracy" else ""
+        url = ui.ui_url.replace("/ui/#", f"/ui/{page}#")
+        later = "" if opts.keep_running else " (--keep-running keeps the swarm up afterwards)"
+        console.print(f"watch it in a browser while the demo runs{later}:")
+        console.print(f"  {url}", soft_wrap=True, highlight=False)
         race = Race(opts, published, specs, procs, work)
         await race.run()
 
@@ -304,10 +319,15 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> dict[st
             await asyncio.to_thread(report.chart, doc, out / report.CHART)
         except ImportError:
             files["chart"] = None
-            console.print("no chart: matplotlib is not installed (pip install 'peerprog[plot]')")
+            console.print("no chart: matplotlib is not installed (pip install matplotlib)")
         report.write_json(doc, out / report.REPORT)
         console.print()
         report.print_summary(doc, console)
+        if opts.keep_running:
+            console.print("\nthe swarm stays up (Ctrl-C to stop it); its web UI:")
+            console.print(f"  {ui.ui_url}", soft_wrap=True, highlight=False)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
         return doc
     finally:
         with contextlib.suppress(Exception):

@@ -3,7 +3,7 @@
 It asks the local daemon for each new best model as it arrives (``AsyncClient.watch``),
 scores it, and prints one JSON line per model, until the exact model is in::
 
-    python -m peerprog.demo.app --socket edge-1.sock --name digits-cnn --full model.safetensors
+    python -m peerprog_demo.app --socket edge-1.sock --name digits-cnn --full model.safetensors
 
 (``--want`` first asks the node to fetch the model, as ``PUT /v1/models/<name>`` does.)
 
@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from peerprog import AsyncClient
-from peerprog.demo.quality import Judge, as_float
 from peerprog.errors import PeerprogError
+from peerprog_demo.quality import Judge, as_float
 
 
 async def watch(socket: Path, name: str, judge: Judge, *, want: bool = False) -> None:
@@ -50,8 +50,8 @@ async def watch(socket: Path, name: str, judge: Judge, *, want: bool = False) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m peerprog.demo.app``."""
-    parser = argparse.ArgumentParser(prog="python -m peerprog.demo.app", description=__doc__)
+    """``python -m peerprog_demo.app``."""
+    parser = argparse.ArgumentParser(prog="python -m peerprog_demo.app", description=__doc__)
     parser.add_argument("--socket", required=True, type=Path, help="the node's API socket")
     parser.add_argument("--name", required=True, help="model name")
     parser.add_argument("--full", required=True, type=Path, help="the full model, to compare")

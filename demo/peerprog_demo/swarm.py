@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -51,6 +52,14 @@ class NodeSpec:
     download_bytes_per_s: int = 0
     bootstrap: tuple[str, ...] = ()
     trusted: tuple[str, ...] = ()
+    api_tcp: str = ""
+    """The API's TCP address (the web UI), or empty for none."""
+    token: str = ""
+
+    @property
+    def ui_url(self) -> str:
+        """The web UI's dashboard with the token in the fragment (``api_tcp`` set)."""
+        return f"http://{self.api_tcp}/ui/#token={self.token}"
 
     @property
     def url(self) -> str:
@@ -72,7 +81,7 @@ def config_for(spec: NodeSpec) -> Config:
         node=NodeSection(
             name=spec.name, data_dir=str(spec.data_dir), listen=f"127.0.0.1:{spec.port}"
         ),
-        api=ApiSection(socket=str(spec.socket)),
+        api=ApiSection(socket=str(spec.socket), listen_tcp=spec.api_tcp, token=spec.token),
         trust=TrustSection(publishers=list(spec.trusted)),
         peers=PeersSection(
             bootstrap=list(spec.bootstrap), announce_interval=2.0, have_poll_interval=0.5
@@ -113,6 +122,7 @@ def plan(
     specs = [seed]
     for i in range(1, edges + 1):
         name = f"edge-{i}"
+        ui = i == 1  # the app's edge: its web UI shows the same delivery in a browser
         specs.append(
             NodeSpec(
                 name=name,
@@ -125,6 +135,8 @@ def plan(
                 download_bytes_per_s=rate,
                 bootstrap=(seed.url,),
                 trusted=(public_key,),
+                api_tcp=f"127.0.0.1:{free_port()}" if ui else "",
+                token=secrets.token_urlsafe(18) if ui else "",
             )
         )
     return specs

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from peerprog.demo.baseline import PlainDownload
-from peerprog.demo.monitor import Monitor
-from peerprog.demo.prepare import Published
+from peerprog_demo.baseline import PlainDownload
+from peerprog_demo.monitor import Monitor
+from peerprog_demo.prepare import Published
 
 
 @dataclass(frozen=True)
