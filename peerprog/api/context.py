@@ -75,7 +75,9 @@ class ApiContext:
                         continue
                     return best, etag_matches(best.etag, if_none_match)
             elif remaining <= 0:
-                raise LevelTimeout(_not_reached(name, state, query), retry_after=1)
+                why = _not_reached(name, state, query)
+                problem = self.node.problem(name)
+                raise LevelTimeout(f"{why}: {problem}" if problem else why, retry_after=1)
             await self.notifier.wait(name, remaining)
 
     async def _decoded(self, state: ModelView) -> BestFile:

@@ -173,10 +173,13 @@ def follow(client: Client, fetch: Fetch, out: TextIO, find_timeout: float) -> No
             out.write(line + "\n")
             last_level, last_print = doc["level"], now
         out.flush()
-    if live:  # the last state, then the line ends
+    if fetch.error is None:  # the last state: on a terminal the line ends with it
         doc = client.status(fetch.name)
-        out.write("\r" + progress_line(doc, 0.0).ljust(width) + "\n")
-        out.flush()
+        line = progress_line(doc, 0.0)
+        out.write("\r" + line.ljust(width) + "\n" if live else line + "\n")
+    elif live:
+        out.write("\n")  # the error goes on a line of its own
+    out.flush()
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

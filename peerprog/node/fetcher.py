@@ -64,6 +64,7 @@ class SourceDirectory(Protocol):
     """Which sources there are and how healthy (:class:`~peerprog.swarm.PeerTable`)."""
 
     def sources(self, model_id: str) -> list[Source]: ...
+    def source_kind(self, key: str, model_id: str) -> str: ...
     def source_state(self, key: str, model_id: str, now: float) -> SourceState: ...
     def source_absent(self, key: str, model_id: str, now: float) -> None: ...
     def source_answered(self, key: str, model_id: str, now: float) -> SourceState: ...
@@ -387,7 +388,7 @@ class Fetcher:
     def _count(self, src: Source, nbytes: int) -> None:
         metrics = self.state.metrics
         metrics.chunks_verified += 1
-        metrics.bytes_by_source[src.kind] = metrics.bytes_by_source.get(src.kind, 0) + nbytes
+        metrics.bytes_by_source[src.kind] = metrics.bytes_by_source.get(kind, 0) + nbytes
         metrics.bytes_by_peer[src.key] = metrics.bytes_by_peer.get(src.key, 0) + nbytes
 
     def _on_bad(self, req: Request, err: Exception) -> None:

@@ -216,16 +216,24 @@ class PeerTable:
     def sources(self, model_id: str) -> list[Source]:
         """Every peer and web seed that may hold ``model_id`` and is not banned (whatever
         its source state: see :meth:`source_state`)."""
-        out = []
-        for p in self.peers()[: self.config.max_peers]:
-            ref = p.models.get(model_id)
-            kind = "seed" if ref is not None and ref.origin else "peer"
-            out.append(Source(p.url, self.root_of(p.url), kind))
+        out = [
+            Source(p.url, self.root_of(p.url), self.source_kind(p.url, model_id))
+            for p in self.peers()[: self.config.max_peers]
+        ]
         for root in self._web_seeds:
             key = WEB_SEED_PREFIX + root
             if key not in self._banned:
                 out.append(Source(key, root, "web_seed"))
         return out
+
+    def source_kind(self, key: str, model_id: str) -> str:
+        """What ``key`` is for ``model_id`` as far as we know now (a peer is ``peer`` until
+        its announce says it is the model's origin): one of :data:`SOURCE_KINDS`."""
+        if key.startswith(WEB_SEED_PREFIX):
+            return "web_seed"
+        p = self._peers.get(key)
+        ref = p.models.get(model_id) if p is not None else None
+        return "seed" if ref is not None and ref.origin else "peer"
 
     def source_state(self, key: str, model_id: str, now: float) -> SourceState:
         """A source's state for a model now (``ABSENT``/``LOST`` end when their time is up:

@@ -369,3 +369,38 @@ def test_publish_reads_pt_and_npz(published: dict[str, object], tmp_path: Path) 
         got = read_model(out)
         for k, v in tensors.items():
             assert np.array_equal(got[k].array, v)
+
+
+def test_every_publish_option_has_help_and_codecs_are_listed() -> None:
+    text = run("publish", "--help").stdout
+    for option in ("--name", "--codec", "--codec-param", "--chunk-size", "--socket", "--json"):
+        block = text.split(option, 1)[1].split("\n  --", 1)[0]
+        assert len(block.split()) > 3, f"{option} has no help: {block!r}"
+    assert "{bitplane,groupplane,paper" in text
+
+
+def test_a_public_key_file_is_named_as_such_before_any_mode_advice(
+    published: dict[str, object], tmp_path: Path
+) -> None:
+    public = tmp_path / "key.pub"
+    public.write_text(str(published["public"]) + "\n")
+    public.chmod(0o644)
+    fails(
+        "publish", str(MODEL), "--name", "x", "--key", str(public),
+        "--store", str(tmp_path / "s"), match="not a private key",
+    )  # fmt: skip
+    proc = run(
+        "publish", str(MODEL), "--name", "x", "--key", str(public),
+        "--store", str(tmp_path / "s"), ok=False,
+    )  # fmt: skip
+    assert "chmod" not in proc.stderr
+
+
+def test_log_level_shows_the_log_and_none_hides_it(published: dict[str, object]) -> None:
+    store = str(published["store"])
+    quiet = run("inspect", "--store", store, "digits-cnn")
+    assert quiet.stderr == ""
+    loud = run("--log-level", "debug", "ls", "--store", store)
+    assert loud.returncode == 0
+    usage = run("--log-level", "loud", "ls", "--store", store, ok=False)
+    assert usage.returncode == 2 and "invalid choice" in usage.stderr

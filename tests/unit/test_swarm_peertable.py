@@ -44,6 +44,16 @@ def test_heard_from_adds_a_peer_once_and_records_what_it_holds() -> None:
     assert [(q.url, r.model_id) for q, r in t.announced("m")] == [("http://a", MID)]
 
 
+def test_a_bootstrap_peer_is_known_as_the_origin_once_its_announce_says_so() -> None:
+    t = table()
+    assert t.source_kind("http://boot", MID) == "peer"  # nothing heard yet
+    t.heard_from("http://boot", "seed", [ref(origin=True)], 1.0)
+    assert t.source_kind("http://boot", MID) == "seed"
+    assert t.source_kind("http://boot", OTHER) == "peer"
+    assert t.source_kind("webseed:http://cdn/store", MID) == "web_seed"
+    assert t.source_kind("http://unknown", MID) == "peer"
+
+
 def test_this_node_is_never_its_own_peer() -> None:
     t = PeerTable(PeerTableConfig(), bootstrap=["http://me"])
     t.set_self("http://me/")
