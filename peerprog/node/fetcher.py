@@ -388,7 +388,9 @@ class Fetcher:
     def _count(self, src: Source, nbytes: int) -> None:
         metrics = self.state.metrics
         metrics.chunks_verified += 1
-        metrics.bytes_by_source[src.kind] = metrics.bytes_by_source.get(kind, 0) + nbytes
+        # asked now, not when the source was found: its announce may have come since
+        kind = self._dir.source_kind(src.key, self.model_id)
+        metrics.bytes_by_source[kind] = metrics.bytes_by_source.get(kind, 0) + nbytes
         metrics.bytes_by_peer[src.key] = metrics.bytes_by_peer.get(src.key, 0) + nbytes
 
     def _on_bad(self, req: Request, err: Exception) -> None:

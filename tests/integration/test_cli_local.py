@@ -387,7 +387,7 @@ def test_a_public_key_file_is_named_as_such_before_any_mode_advice(
     public.chmod(0o644)
     fails(
         "publish", str(MODEL), "--name", "x", "--key", str(public),
-        "--store", str(tmp_path / "s"), match="not a private key",
+        "--store", str(tmp_path / "s"), match="it is a public key",
     )  # fmt: skip
     proc = run(
         "publish", str(MODEL), "--name", "x", "--key", str(public),
