@@ -94,6 +94,8 @@ class PeerState:
         self.chunks = 0
         self.failures = 0
         self.backoff_until: float | None = None
+        self.origin = False
+        """The model's origin (``Scheduler.add_peer``): with web seeds, the last resort."""
         self.slot_cap: int | None = None
         """Most requests it takes at once, learnt from its 503s (``Scheduler.on_busy``)."""
         self._since = -math.inf  # start of the current delivery-rate measurement

@@ -39,9 +39,10 @@ off and has fewer requests in flight than its budget (see ``peers.py``).
    request.
 
 3. **Whom to ask.** Each chunk, in that order, goes to a free peer that holds it: first
-   to peers still fetching the model themselves, and only when none of them is free to a
-   *complete* holder (a seed, a web seed, or a finished peer) — so the origin's upload goes
-   to chunks nobody else has, and each model leaves the server about once. Among those, the
+   to other peers (fetching or finished), and only when none of them is free to a *last
+   resort*: the origin (the publisher's seed) or a web seed — so the origin's upload goes
+   to chunks nobody else has, and each model leaves the server about once, while a peer
+   that finished keeps passing the model on as any other. Among those, the
    lowest load after the request, ``(in flight + 1) / budget``, wins; ties go to the faster
    measured rate, then to the peer name. A peer's budget grows with its measured rate
    (``peers.py``), so fast peers get more requests. The walk stops when no peer is free or
