@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig
+from peerprog.swarm.seeding import SeedingConfig, SuperSeeder
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -144,3 +145,97 @@ def test_a_declined_run_beside_one_served_caps_the_peer() -> None:
     assert s.next_requests(0.2) == []
     s.on_chunk("a", served[0].index, 0.5)
     assert len(s.next_requests(0.5)) == 2  # one more than before: probing
+
+
+# -- the seed: spreaders first (rule 6) ------------------------------------------------------
+
+LEVELS = [range(0, 8), range(8, 16)]
+N = 16
+
+
+def seeder(**config: Any) -> SuperSeeder:
+    base: dict[str, Any] = {"depth": 1, "slots": 1, "ahead": 1, "offer_ttl": 100.0}
+    base.update(config)
+    return SuperSeeder(LEVELS, SeedingConfig(starve_after=100.0, **base), seed=3)
+
+
+def only(offers: list[tuple[str, int]]) -> tuple[str, int]:
+    (offer,) = offers
+    return offer
+
+
+def serve(s: SuperSeeder, peer: str, index: int, sent: float) -> None:
+    """The seed serves ``index`` to ``peer`` (offered or not); the upload ends at ``sent``
+    and the edge's push arrives at once."""
+    s.on_request(peer, index, sent - 0.1)
+    s.on_sent(peer, index, sent)
+    s.add_have(peer, index, sent)
+
+
+def measured(spreaders_first: bool = True, slots: int = 1) -> SuperSeeder:
+    """Three edges that got a first copy each at 0.2 s: a passes it on 0.1 s later, b 2 s
+    later, c not at all."""
+    s = seeder(slots=slots, spreaders_first=spreaders_first)
+    for name in ("a", "b", "c"):
+        s.add_peer(name, Bitfield(N), 0.0)
+    for name, index in (("a", 0), ("b", 1), ("c", 2)):
+        serve(s, name, index, 0.2)
+    s.add_have("b", 0, 0.3)  # from a: a's spread delay 0.1 s
+    s.add_have("c", 1, 2.2)  # from b: 2 s
+    return s
+
+
+def test_spread_delay_orders_the_edges() -> None:
+    s = measured(slots=2)
+    # At 3.2 s c has sat on its chunk for 3 s: a (0.1 s) and b (2 s) come first.
+    assert {p for p, _ in s.offers(3.2)} == {"a", "b"}
+
+
+def test_a_fast_spreader_keeps_getting_first_copies() -> None:
+    s = measured(slots=1)
+    now = 3.2
+    for _ in range(3):
+        peer, index = only(s.offers(now))
+        assert peer == "a"
+        serve(s, peer, index, now + 0.2)
+        s.add_have("b", index, now + 0.3)  # passed on in 0.1 s again
+        now += 0.3
+
+
+def test_a_sitting_edge_falls_behind() -> None:
+    s = measured(slots=1)
+    now = 3.2
+    peer, index = only(s.offers(now))
+    assert peer == "a"
+    serve(s, peer, index, now + 0.2)  # a sits on this one
+    now += 5.0  # its age, 4.8 s, is now above b's 2 s and below c's 5 s
+    peer, _ = only(s.offers(now))
+    assert peer == "b"
+
+
+def test_an_unmeasured_edge_ranks_as_the_median() -> None:
+    s = measured(slots=3)
+    s.add_have("a", 2, 5.2)  # c passed its chunk on after 5 s
+    s.add_peer("new", Bitfield(N), 5.2)  # not measured: as the median, b's 2 s
+    assert {p for p, _ in s.offers(5.2)} == {"a", "b", "new"}
+
+
+def test_a_chunk_the_seed_served_twice_measures_nothing() -> None:
+    for seed in range(6):
+        s = SuperSeeder(LEVELS, SeedingConfig(depth=1, slots=1, ahead=1, offer_ttl=100.0,
+                                              starve_after=100.0), seed=seed)  # fmt: skip
+        s.add_peer("a", Bitfield(N), 0.0)
+        s.add_peer("b", Bitfield(N), 0.0)
+        serve(s, "a", 0, 0.2)
+        serve(s, "b", 0, 0.4)  # b got it from the seed too: a did not pass it on
+        # a still sits on its first copy (rank: its age), b has none: b first.
+        assert only(s.offers(10.0))[0] == "b"
+
+
+def test_spreaders_first_can_be_switched_off() -> None:
+    fresh = seeder(spreaders_first=False)
+    for name in ("a", "b", "c"):
+        fresh.add_peer(name, Bitfield(N), 0.0)
+    first, _ = only(fresh.offers(3.2))
+    s = measured(spreaders_first=False)
+    assert only(s.offers(3.2))[0] == first  # the seeded order, whatever the delays
