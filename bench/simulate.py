@@ -46,6 +46,7 @@ from peerprog.swarm import (
     SourceState,
 )
 from peerprog.swarm.seeding import SeedingConfig, SuperSeeder
+from peerprog.swarm.uploads import QUEUE, SERVE, UploadConfig, UploadSlots
 
 MB = 1e6
 MIB = 1 << 20
@@ -192,7 +193,6 @@ class Sim:
         self.seq = 0
         self.pushes: dict[int, list[tuple[Node, Node, int]]] = {}
         self.dirty: set[int] = set()
-        self.refill: set[int] = set()  # nodes with a free upload slot and a queue
         self.touched: set[int] = set()
         self.alive_edges: list[int] = []
         self.seeder: SuperSeeder | None = None
@@ -207,12 +207,16 @@ class Sim:
                 ),
                 seed=args.seed,
             )
-        self.slots = [args.upload_slots] * (n + 1)
-        self.queue_len = [args.upload_queue] * (n + 1)
-        if args.seed_upload_slots is not None:
-            self.slots[0] = args.seed_upload_slots
-        if args.seed_upload_queue is not None:
-            self.queue_len[0] = args.seed_upload_queue
+        self.uploads: list[UploadSlots | None] = []
+        for node in self.nodes:
+            slots, queue = args.upload_slots, args.upload_queue
+            if node.nid == 0 and args.seed_upload_slots is not None:
+                slots = args.seed_upload_slots
+            if node.nid == 0 and args.seed_upload_queue is not None:
+                queue = args.seed_upload_queue
+            if not args.busy:
+                queue = 1 << 30  # requests wait, however many (the handler awaits a slot)
+            self.uploads.append(UploadSlots(UploadConfig(slots, queue)) if slots else None)
         self.events = 0
         self.now = 0.0
         self.end = 0.0
@@ -248,9 +252,6 @@ class Sim:
             t_end = t + dt
             for fid, tf in self.net.step(t, dt):
                 self.segment_done(fid, tf, t_end)
-            for nid in self.refill:
-                self.next_in_queue(self.nodes[nid])
-            self.refill.clear()
             while self.heap and self.heap[0][0] < t_end:
                 te, _, fn, a = heapq.heappop(self.heap)
                 self.now = max(te, t)
@@ -543,6 +544,9 @@ class Sim:
             self.upload_ended(p, run, cut=True)
         elif run.state == QUEUED:
             p.queue.remove(run)
+            up = self.uploads[p.nid]
+            if up is not None:
+                up.end(run, self.now)
         run.state = CANCELLED
 
     def end_run(self, e: Node, run: Run) -> None:
@@ -562,21 +566,29 @@ class Sim:
             run.state = CANCELLED
             self.at(self.now + self.lat(e, p), self.run_failed, run)
             return
-        slots = self.slots[p.nid]
-        if slots and len(p.serving) >= slots:
-            if self.args.busy and len(p.queue) >= self.queue_len[p.nid]:
-                after = min((self.time_left(x) for x in p.serving), default=0.0)
-                run.state = CANCELLED
-                self.at(self.now + self.lat(e, p), self.declined, run, after)
-                return
+        up = self.uploads[p.nid]
+        if up is None:
+            self.start_flow(run)
+            return
+        if up.serving >= up.config.slots:  # the shell's estimates, for a Retry-After
+            for other in p.serving:
+                left = self.time_left(other)
+                if left > 0:
+                    up.expect(other, self.now + left)
+        verdict = up.request(run, self.now)
+        if verdict == SERVE:
+            self.start_flow(run)
+        elif verdict == QUEUE:
             run.state = QUEUED
             p.queue.append(run)
-            return
-        self.start_flow(run)
+        else:
+            assert isinstance(verdict, float)
+            run.state = CANCELLED
+            self.at(self.now + self.lat(e, p), self.declined, run, verdict)
 
     def time_left(self, run: Run) -> float:
-        """Retry-After: when the sender expects ``run``'s upload to end (0: it cannot say,
-        the flow has no rate yet)."""
+        """Seconds until the sender expects ``run``'s upload to end, from the bytes left and
+        its rate (0: it cannot say, the flow has no rate yet)."""
         rate = float(self.net.rate[run.fid])
         if rate <= 0:
             return 0.0
@@ -595,17 +607,17 @@ class Sim:
                 for index in run.chunks:
                     self.seeder.on_request(e.name, index, self.now)
 
-    def next_in_queue(self, p: Node) -> None:
-        slots = self.slots[p.nid]
-        while p.alive and p.queue and len(p.serving) < slots:
-            self.start_flow(p.queue.popleft())
-
     def upload_ended(self, p: Node, run: Run, *, cut: bool) -> None:
         if p.nid == 0 and self.seeder is not None:
             for index in run.chunks[run.pos :] if cut else run.chunks[-1:]:
                 self.seeder.on_sent(run.e.name, index, self.now)
-        if p.queue:
-            self.refill.add(p.nid)
+        up = self.uploads[p.nid]
+        if up is not None and p.alive:
+            nxt = up.end(run, self.now)
+            if nxt is not None:
+                assert isinstance(nxt, Run)
+                p.queue.remove(nxt)
+                self.start_flow(nxt)
 
     def segment_done(self, fid: int, tf: float, t_end: float) -> None:
         """The last byte of a chunk left its sender at ``tf``: it lands one latency later;

@@ -87,7 +87,11 @@ class Slot:
     complete: bool = False
 
     mask: int = -1
-    """``have`` as an integer (``Bitfield.mask``; -1: every chunk), set by the picker."""
+    """``have`` as an integer (``Bitfield.mask``; -1: every chunk); the picker sets it from
+    ``have`` unless ``masked``."""
+
+    masked: bool = False
+    """The caller set ``mask`` already."""
 
     top: int = 0
     """The bit of chunk 0 in ``mask``."""
@@ -136,8 +140,10 @@ class Picker:
         top = 8 * ((self._table.n + 7) >> 3) - 1
         union = 0
         for free_slot in free:
-            have = free_slot.have
-            free_slot.mask, free_slot.top = -1 if have is None else have.mask(), top
+            if not free_slot.masked:
+                have = free_slot.have
+                free_slot.mask = -1 if have is None else have.mask()
+            free_slot.top = top
             union |= free_slot.mask
         fresh: dict[int, set[str]] = {}
         pool_left = False

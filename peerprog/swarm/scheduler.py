@@ -64,6 +64,7 @@ class Scheduler:
         self._banned: set[str] = set()
         self._flying: dict[int, dict[str, Request]] = {}
         self._total = 0
+        self._top = 8 * ((self._table.n + 7) >> 3) - 1  # the bit of chunk 0 in a mask
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -150,6 +151,7 @@ class Scheduler:
             self._table.replace_holder(st.have, have)
             st.have = have
         st.origin = origin
+        st.mask = -1 if have is None else have.mask()
 
     def set_have(self, peer: str, have: Bitfield, now: float) -> None:
         """A known peer announced what it holds now. Ignored for unknown or banned peers."""
@@ -159,6 +161,7 @@ class Scheduler:
         new = self._checked(have)
         self._table.replace_holder(st.have, new)
         st.have = new
+        st.mask = -1 if new is None else new.mask()
 
     def add_have(self, peer: str, index: int, now: float) -> bool:
         """A known peer told us (a pushed ``have`` delta) that it now holds chunk ``index``.
@@ -178,6 +181,7 @@ class Scheduler:
         if index in st.have:
             return False
         st.have.set(index)
+        st.mask |= 1 << (self._top - index)
         self._table.add_chunk_holder(index)
         if self._table.is_held[index] or self._total >= self._config.max_in_flight_total:
             return False
@@ -205,32 +209,33 @@ class Scheduler:
 
     def next_requests(self, now: float) -> list[Request]:
         """New requests to send now; they are recorded as in flight."""
-        self._end_backoffs(now)
         room = self._config.max_in_flight_total - self._total
+        config, mean = self._config, self._table.mean_size
+        usable: list[tuple[PeerState, bool]] = []
+        swarm = False
+        for st in self._peers.values():
+            until = st.backoff_until
+            if until is not None:
+                if until > now:
+                    continue
+                st.backoff_until = None
+            last = st.have is None or st.origin  # a last resort (picker, rule 3)
+            swarm = swarm or not last
+            usable.append((st, last))
         if room <= 0:
             return []
-        mean = self._table.mean_size
-        slots: list[Slot] = []
-        usable = [st for st in self._peers.values() if st.usable(now)]
-        complete = {st.name: st.have is None or st.origin for st in usable}
         # In a swarm, the origin (or a web seed) gets a shallow queue: it then serves chunks
         # nobody else has yet instead of chunks the peers will soon trade.
-        swarm = not all(complete.values())
-        for st in usable:
-            budget = st.budget(self._config, mean)
-            if swarm and complete[st.name]:
-                budget = min(budget, min_budget(self._config, mean))
+        floor = min_budget(config, mean)
+        slots: list[Slot] = []
+        for st, last in usable:
+            budget = st.budget(config, mean)
+            if swarm and last:
+                budget = min(budget, floor)
             if len(st.in_flight) < budget:
-                slots.append(
-                    Slot(
-                        st.name,
-                        st.have,
-                        len(st.in_flight),
-                        budget,
-                        st.rate or 0.0,
-                        complete[st.name],
-                    )
-                )
+                slot = Slot(st.name, st.have, len(st.in_flight), budget, st.rate or 0.0, last)
+                slot.mask, slot.masked = st.mask, True
+                slots.append(slot)
         if not slots:
             return []
         picks = self._picker.pick(slots, self._flying, self._holders, room)
