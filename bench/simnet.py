@@ -15,6 +15,11 @@ each tick of the simulation's clock when the set of flows changed:
 
 Rates stay constant between ticks; a flow that ends inside a tick ends at its exact time
 (``remaining / rate``), and the share it frees goes to the others from the next tick on.
+
+A flow carries *segments* one after the other (the chunks of one HTTP response for a run of
+chunks): :meth:`FlowNetwork.step` reports each segment that ended, and the caller either
+continues the flow with the next segment (:meth:`FlowNetwork.cont`, which keeps its rate and
+credits it the bytes it sent after the end inside that tick) or removes it.
 """
 
 from __future__ import annotations
@@ -103,9 +108,25 @@ class FlowNetwork:
             setattr(self, name, bigger)
         self._free.extend(range(old * 2 - 1, old - 1, -1))
 
+    def cont(self, fid: int, nbytes: float, ended_at: float, t_end: float) -> float | None:
+        """Continue flow ``fid``, whose segment ended at ``ended_at``, with a segment of
+        ``nbytes``; what it sends from ``ended_at`` to ``t_end`` (the end of the tick) counts.
+        Returns the end time of the new segment if it ends within the tick too (then it
+        must be continued or removed again), else ``None``."""
+        rate = float(self.rate[fid])
+        window = rate * max(0.0, t_end - ended_at)
+        src = self.src[fid]
+        if rate > 0 and nbytes <= window:
+            self.remaining[fid] = 0.0
+            self.uploaded[src] += nbytes
+            return ended_at + nbytes / rate
+        self.remaining[fid] = nbytes - window
+        self.uploaded[src] += window
+        return None
+
     def step(self, t: float, dt: float) -> list[tuple[int, float]]:
-        """Advance from ``t`` to ``t + dt``; returns the flows that ended, with their end
-        times (they are removed)."""
+        """Advance from ``t`` to ``t + dt``; returns the flows whose segment ended, with its
+        end time: each must be continued (:meth:`cont`) or removed before the next step."""
         if not self.flows:
             return []
         idx = np.flatnonzero(self.active)
@@ -116,10 +137,9 @@ class FlowNetwork:
         sent = np.minimum(rem, rate * dt)
         self.uploaded += np.bincount(self.src[idx], weights=sent, minlength=len(self.up))
         self.remaining[idx] = rem - sent
-        done = idx[rem <= rate * dt]
-        ended = []
-        for fid in done.tolist():
-            r = self.rate[fid]
-            ended.append((fid, t + (rem[np.searchsorted(idx, fid)] / r if r > 0 else dt)))
-            self.remove(fid)
-        return ended
+        hit = rem <= rate * dt
+        if not hit.any():
+            return []
+        done, rem_done, rate_done = idx[hit], rem[hit], rate[hit]
+        ends = t + np.where(rate_done > 0, rem_done / np.maximum(rate_done, 1e-300), dt)
+        return list(zip(done.tolist(), ends.tolist(), strict=True))

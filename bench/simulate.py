@@ -2,10 +2,16 @@
 
 One origin (the seed) and N edges fetch a published model's chunk and level layout over a
 flow-level network (``bench/simnet.py``) on a discrete-event clock. Each edge runs the
-real scheduler and is driven exactly as ``peerprog/node/fetcher.py`` drives it:
-``next_requests(now)``, ``on_chunk``, ``on_failed``, ``handle_timer`` at ``next_deadline()``,
-``add_peer`` / ``set_have`` / ``remove_peer`` — with ``now`` the simulated time. See
-``bench/SIM_NOTES.md`` for the model, the capacity distribution and the results.
+real scheduler and the real peer table (``PeerTable``: a source is LOST after
+``fetch_failures`` failures in a row and revived ``revive_after`` seconds later, at its
+next ``have`` answer), driven as ``peerprog/node/fetcher.py`` drives them: the requests of
+one ``next_requests(now)`` call are grouped by ``fetcher._runs`` into HTTP requests for runs
+of consecutive chunks (at most ``fetcher.RUN_BYTES``); each is one flow from its sender,
+each chunk lands (``on_chunk``) one latency after its last byte; ``on_progress`` while the
+body arrives, ``on_failed`` and the peer table's judgement when a request fails,
+``on_busy`` for a 503, ``handle_timer`` at ``next_deadline()``. The seed runs the real
+``SuperSeeder`` (``--superseed``). See ``bench/SIM_NOTES.md`` for the model, the capacity
+distribution and the results.
 
     nice -n 10 .venv/bin/python -m bench.simulate --nodes 10,100,1000 --png sim.png
 
@@ -29,12 +35,24 @@ from typing import Any
 import numpy as np
 
 from bench.simnet import FlowNetwork
-from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig
+from peerprog.node.fetcher import RUN_BYTES, _runs
+from peerprog.swarm import (
+    Bitfield,
+    PeerTable,
+    PeerTableConfig,
+    Request,
+    Scheduler,
+    SchedulerConfig,
+    SourceState,
+)
 from peerprog.swarm.seeding import SeedingConfig, SuperSeeder
+from peerprog.swarm.uploads import QUEUE, SERVE, UploadConfig, UploadSlots
 
 MB = 1e6
 MIB = 1 << 20
-REVIVE_AFTER = 30.0  # peerprog.node.fetcher.REVIVE_AFTER
+MODEL = "m"
+PIECE = 64 * 1024
+"""The shell reports progress per piece of a body this big (contract item d)."""
 
 # Edge classes: (name, share, upload bytes/s, download bytes/s).
 CLASSES: tuple[tuple[str, float, float, float], ...] = (
@@ -49,11 +67,15 @@ DEFAULT_LEVELS_MB = "125,187.5,250,312.5,375,665"
 """Cumulative level sizes of a 1 GB bf16 model (500M weights): 2, 3, 4, 5, 6 bits/weight,
 then the exact rest (66.5% of the bf16 bytes, as the bitplane codec measures)."""
 
+SENT, QUEUED, FLOWING, ENDED, CANCELLED = range(5)
+
 
 def layout(cumulative_mb: Sequence[float], chunk_size: int) -> tuple[list[range], list[int]]:
     """Level ranges and chunk sizes as ``peerprog.manifest.chunking.cut_levels`` cuts them:
     each level starts a new chunk, its last chunk is shorter."""
-    ranges, sizes, prev = [], [], 0
+    ranges: list[range] = []
+    sizes: list[int] = []
+    prev = 0
     for cum in cumulative_mb:
         nbytes = round(cum * MB) - prev
         prev += nbytes
@@ -63,7 +85,25 @@ def layout(cumulative_mb: Sequence[float], chunk_size: int) -> tuple[list[range]
     return ranges, sizes
 
 
-@dataclass
+class Spans:
+    """The fetcher's ``ChunkSink.span``: (level, offset in the level file, length)."""
+
+    def __init__(self, levels: Sequence[range], sizes: Sequence[int]) -> None:
+        self._span: list[tuple[int, int, int]] = []
+        for level, r in enumerate(levels):
+            offset = 0
+            for i in r:
+                self._span.append((level, offset, sizes[i]))
+                offset += sizes[i]
+
+    def span(self, index: int) -> tuple[int, int, int]:
+        return self._span[index]
+
+    def write_chunk(self, index: int, data: Sequence[Any]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
 class Node:
     nid: int
     kind: str
@@ -74,24 +114,39 @@ class Node:
     leave: float = math.inf
     alive: bool = False
     sched: Scheduler | None = None
+    table: PeerTable | None = None
     have: Bitfield | None = None  # verified chunks (the seed: None, it has all)
     neighbors: set[int] = field(default_factory=set)
-    live: dict[tuple[int, int], list[Any]] = field(default_factory=dict)  # [Request, fid]
-    serving: set[int] = field(default_factory=set)  # fids it sends
-    queue: deque[tuple[Node, Request]] = field(default_factory=deque)  # waiting for a slot
+    tasks: dict[tuple[int, int], Run] = field(default_factory=dict)  # fetcher._tasks
+    runs: set[Run] = field(default_factory=set)  # its requests not ended
+    serving: set[Run] = field(default_factory=set)  # the uploads it sends
+    queue: deque[Run] = field(default_factory=deque)  # uploads waiting for a slot
     armed: float | None = None
-    told: dict[int, int] = field(default_factory=dict)  # peer -> have mask last polled
-    dropped: dict[int, float] = field(default_factory=dict)  # peer -> seen dropped since
     level_at: list[float] = field(default_factory=list)
     done_at: float | None = None
-    from_seed: float = 0.0
     timeouts: int = 0
     busy: int = 0
     requests: int = 0
+    chunk_requests: int = 0
+    lost: int = 0
 
     @property
     def name(self) -> str:
         return str(self.nid)
+
+
+@dataclass(eq=False)
+class Run:
+    """One HTTP request of the fetcher: a run of consecutive chunks of one level from one
+    peer (``fetcher._fetch``)."""
+
+    e: Node  # the requester
+    p: Node  # the sender
+    chunks: list[int]
+    live: int  # entries of e.tasks that point at it: cancelled when none is left
+    state: int = SENT
+    pos: int = 0  # the chunk being sent
+    fid: int = -1
 
 
 class Sim:
@@ -102,6 +157,7 @@ class Sim:
         self.rng = random.Random(args.seed * 1_000_003 + n)
         cum = [float(x) for x in args.levels_mb.split(",")]
         self.levels, self.sizes = layout(cum, round(args.chunk_mib * MIB))
+        self.spans = Spans(self.levels, self.sizes)
         self.nchunks = len(self.sizes)
         self.total = float(sum(self.sizes))
         self.level0 = float(sum(self.sizes[i] for i in self.levels[0]))
@@ -114,6 +170,7 @@ class Sim:
             min_queue_bytes=int(args.min_queue_mib * MIB),
             max_in_flight_per_peer=max(args.min_in_flight, 16),
         )
+        self.table_config = PeerTableConfig()
         classes = json.loads(args.classes) if args.classes else CLASSES
         seed = Node(0, "seed", args.seed_up * MB, args.seed_up * MB, 0.005, 0.0)
         self.nodes: list[Node] = [seed]
@@ -131,16 +188,14 @@ class Sim:
         self.net = FlowNetwork(
             np.array([x.up for x in self.nodes]), np.array([x.down for x in self.nodes])
         )
-        self.owner: dict[int, tuple[Node, Node, Request]] = {}
+        self.flows: dict[int, Run] = {}
         self.heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self.seq = 0
         self.pushes: dict[int, list[tuple[Node, Node, int]]] = {}
         self.dirty: set[int] = set()
-        self.refill: set[int] = set()  # nodes with a free upload slot and a queue
         self.touched: set[int] = set()
         self.alive_edges: list[int] = []
         self.seeder: SuperSeeder | None = None
-        self.seed_dirty = False
         if args.superseed:
             self.seeder = SuperSeeder(
                 self.levels,
@@ -152,10 +207,25 @@ class Sim:
                 ),
                 seed=args.seed,
             )
+        self.uploads: list[UploadSlots | None] = []
+        for node in self.nodes:
+            slots, queue = args.upload_slots, args.upload_queue
+            if node.nid == 0 and args.seed_upload_slots is not None:
+                slots = args.seed_upload_slots
+            if node.nid == 0 and args.seed_upload_queue is not None:
+                queue = args.seed_upload_queue
+            if not args.busy:
+                queue = 1 << 30  # requests wait, however many (the handler awaits a slot)
+            self.uploads.append(UploadSlots(UploadConfig(slots, queue)) if slots else None)
         self.events = 0
         self.now = 0.0
+        self.end = 0.0
         self.started = time.perf_counter()
         self.cut_short = False
+        self.timeline: list[tuple[float, float, float, int, int, int]] = []
+        """Per second: time, edges' upload MB/s, seed's upload MB/s, chunks that left the
+        seed, edges with level 0, edges exact."""
+        self.left_seed: set[int] = set()
         for node in self.nodes[1:]:
             self.at(node.join, self.on_join, node)
             if node.leave < math.inf:
@@ -176,14 +246,12 @@ class Sim:
     def run(self) -> None:
         dt, k = self.dt, 0
         edges = self.nodes[1:]
+        last_sample, up_before, seed_before = 0.0, 0.0, 0.0
         while True:
             t = k * dt
             t_end = t + dt
             for fid, tf in self.net.step(t, dt):
-                self.flow_ended(fid, tf)
-            for nid in self.refill:
-                self.next_in_queue(self.nodes[nid])
-            self.refill.clear()
+                self.segment_done(fid, tf, t_end)
             while self.heap and self.heap[0][0] < t_end:
                 te, _, fn, a = heapq.heappop(self.heap)
                 self.now = max(te, t)
@@ -202,7 +270,21 @@ class Sim:
                 self.arm(self.nodes[nid])
             self.touched.clear()
             k += 1
-            if k % 1000 == 0 and time.perf_counter() - self.started > self.args.wall_limit:
+            if t_end - last_sample >= 1.0 - 1e-9:
+                up_now, seed_now = float(self.net.uploaded[1:].sum()), float(self.net.uploaded[0])
+                span = t_end - last_sample
+                self.timeline.append(
+                    (
+                        round(t_end, 2),
+                        round((up_now - up_before) / span / MB, 1),
+                        round((seed_now - seed_before) / span / MB, 1),
+                        len(self.left_seed),
+                        sum(1 for x in edges if x.level_at and not math.isnan(x.level_at[0])),
+                        sum(1 for x in edges if x.done_at is not None),
+                    )
+                )
+                last_sample, up_before, seed_before = t_end, up_now, seed_now
+            if k % 100 == 0 and time.perf_counter() - self.started > self.args.wall_limit:
                 self.end = t_end
                 self.cut_short = True
                 return
@@ -211,7 +293,7 @@ class Sim:
             ):
                 self.end = t_end
                 return
-            if not self.net.flows and not self.pushes and self.heap:
+            if not self.net.flows and not self.pushes and not self.dirty and self.heap:
                 k = max(k, int(self.heap[0][0] / dt))
 
     # -- joins, leaves, knowledge ---------------------------------------------------------
@@ -222,6 +304,7 @@ class Sim:
         e.alive = True
         e.have = Bitfield(self.nchunks)
         e.sched = Scheduler(self.levels, self.sizes, (), self.config, seed=self.rng.getrandbits(32))
+        e.table = PeerTable(self.table_config, self_url=e.name)
         e.level_at = [math.nan] * len(self.levels)
         k = min(self.args.degree, len(self.alive_edges))
         for nid in self.rng.sample(self.alive_edges, k):
@@ -229,24 +312,26 @@ class Sim:
         self.alive_edges.append(e.nid)
         self.at(self.now + 2 * self.lat(e, self.nodes[0]), self.connect, e, self.nodes[0])
 
+    def fetching(self, x: Node) -> bool:
+        return x.alive and x.sched is not None and not x.sched.complete
+
     def connect(self, a: Node, b: Node) -> None:
-        """``a`` and ``b`` learn of each other (announce, peer exchange) and start watching
-        each other's ``have``."""
+        """``a`` and ``b`` learn of each other (announce, peer exchange) and start reading
+        each other's ``have`` (the stream's first answer: the whole bitfield)."""
         if not (a.alive and b.alive) or b.nid in a.neighbors:
             return
         a.neighbors.add(b.nid)
         b.neighbors.add(a.nid)
         if b.nid == 0 and self.seeder is not None and a.have is not None:
             self.seeder.add_peer(a.name, a.have, self.now)
-            self.seed_offers()
         for x, y in ((a, b), (b, a)):
-            if x.sched is None or x.sched.complete:
+            if not self.fetching(x):
                 continue
-            snap = self.have_of(y, x)
-            x.sched.add_peer(y.name, snap, self.now)
-            x.told[y.nid] = snap.mask()
+            assert x.sched is not None
+            x.sched.add_peer(y.name, self.have_of(y, x), self.now, origin=y.nid == 0)
             self.dirty.add(x.nid)
-            self.at(self.now + self.args.poll + self.lat(x, y), self.poll_answer, x, y)
+            if not self.push:
+                self.at(self.now + self.args.poll + self.lat(x, y), self.poll_answer, x, y)
 
     def have_of(self, y: Node, asker: Node) -> Bitfield:
         """What ``asker`` is told ``y`` holds (a super-seeding seed: what it offers)."""
@@ -269,46 +354,51 @@ class Sim:
 
     def poll_answer(self, x: Node, y: Node) -> None:
         """``y`` answers ``x``'s ``GET have`` (sent one latency ago); it arrives one latency
-        later, then ``x`` sleeps ``--poll`` seconds and asks again (as the fetcher does). With
-        pushed haves the same cycle stands for the stream's keep-alive: it only revives."""
-        if not (x.alive and y.alive) or x.sched is None or x.sched.complete:
+        later (``--have poll``)."""
+        if not (self.fetching(x) and y.alive):
             return
-        snap = None if self.push else self.have_of(y, x)
-        self.at(self.now + self.lat(x, y), self.poll_apply, x, y, snap)
+        self.at(self.now + self.lat(x, y), self.poll_apply, x, y, self.have_of(y, x))
 
-    def poll_apply(self, x: Node, y: Node, snap: Bitfield | None) -> None:
-        """The fetcher's ``_poll`` step: ``set_have`` for a known peer; a peer dropped after
-        failures that still answers is added again after ``REVIVE_AFTER`` seconds."""
-        if not x.alive or x.sched is None or x.sched.complete or y.nid not in x.neighbors:
+    def poll_apply(self, x: Node, y: Node, snap: Bitfield) -> None:
+        """The fetcher's ``_poll`` step: the peer table says whether the source is active;
+        ``set_have`` for a known peer, ``add_peer`` for one lost and now revived; then
+        sleep ``--poll`` seconds and ask again."""
+        if not self.fetching(x) or y.nid not in x.neighbors:
             return
+        assert x.sched is not None and x.table is not None
         self.at(self.now + self.args.poll + self.lat(x, y), self.poll_answer, x, y)
+        if x.table.source_answered(y.name, MODEL, self.now) is not SourceState.ACTIVE:
+            return
+        if y.name in x.sched.peers():
+            x.sched.set_have(y.name, snap, self.now)
+        else:
+            x.sched.add_peer(y.name, snap, self.now, origin=y.nid == 0)
+        self.dirty.add(x.nid)
+
+    def revive(self, x: Node, y: Node) -> None:
+        """With pushed haves: the first answer of ``y``'s have stream after ``y`` was lost
+        and its time is up (the stream answers at once: it has news)."""
+        if not self.fetching(x) or not y.alive or y.nid not in x.neighbors:
+            return
+        assert x.sched is not None and x.table is not None
+        if x.table.source_answered(y.name, MODEL, self.now) is not SourceState.ACTIVE:
+            return
         if y.name not in x.sched.peers():
-            since = x.dropped.setdefault(y.nid, self.now)
-            if self.now - since >= REVIVE_AFTER:
-                fresh = snap if snap is not None else self.have_of(y, x)
-                x.sched.add_peer(y.name, fresh, self.now)
-                x.told[y.nid] = fresh.mask()
-                del x.dropped[y.nid]
-                self.dirty.add(x.nid)
-            return
-        x.dropped.pop(y.nid, None)
-        if snap is None:
-            return
-        x.sched.set_have(y.name, snap, self.now)
-        assert x.have is not None
-        new, old = snap.mask(), x.told.get(y.nid, 0)
-        x.told[y.nid] = new
-        if new & ~old & ~x.have.mask():  # news of a chunk we miss (else the picks are the same)
+            x.sched.add_peer(y.name, self.have_of(y, x), self.now, origin=y.nid == 0)
             self.dirty.add(x.nid)
 
     def announce(self, x: Node, index: int) -> None:
-        """``x`` verified chunk ``index``: push it to its interested neighbours."""
+        """``x`` verified chunk ``index``: its have stream answers every neighbour that
+        reads it (those still fetching, and a super-seeding seed)."""
         if not self.push:
             return
         dt = self.dt
         for nid in x.neighbors:
             y = self.nodes[nid]
-            if (y.sched is None or y.sched.complete) and not (nid == 0 and self.seeder):
+            if nid == 0:
+                if self.seeder is None:
+                    continue
+            elif y.sched is None or y.sched.complete:
                 continue
             tick = math.ceil((self.now + self.lat(x, y)) / dt)
             self.pushes.setdefault(tick, []).append((y, x, index))
@@ -318,11 +408,10 @@ class Sim:
             if y.alive and self.seeder is not None and x.nid in y.neighbors:
                 self.seeder.add_have(x.name, index, self.now)
             return
-        if not y.alive or y.sched is None or y.sched.complete or x.nid not in y.neighbors:
+        if not self.fetching(y) or x.nid not in y.neighbors:
             return
-        y.sched.add_have(x.name, index, self.now)
-        assert y.have is not None
-        if index not in y.have:
+        assert y.sched is not None
+        if y.sched.add_have(x.name, index, self.now):
             self.dirty.add(y.nid)
 
     def on_leave(self, x: Node) -> None:
@@ -332,175 +421,295 @@ class Sim:
         x.leave = self.now
         if x.nid in self.alive_edges:
             self.alive_edges.remove(x.nid)
-        for entry in x.live.values():
-            if entry[1] >= 0:
-                self.drop_flow(entry[1])
-        x.live.clear()
-        for fid in list(x.serving):
-            e, p, r = self.owner[fid]
-            self.drop_flow(fid)
-            self.at(self.now + self.lat(e, p), self.failed, e, p, r)
-        for e, r in x.queue:
-            self.at(self.now + self.lat(e, x), self.failed, e, x, r)
+        for run in list(x.runs):
+            self.stop(run)
+        x.tasks.clear()
+        for run in list(x.serving):  # its uploads break: the requesters see it a latency later
+            self.net.remove(run.fid)
+            del self.flows[run.fid]
+            run.state = CANCELLED
+            self.at(self.now + self.lat(run.e, x), self.run_failed, run)
+        x.serving.clear()
+        for run in x.queue:
+            run.state = CANCELLED
+            self.at(self.now + self.lat(run.e, x), self.run_failed, run)
         x.queue.clear()
         for nid in x.neighbors:
             y = self.nodes[nid]
             self.at(self.now + self.lat(x, y), self.gone, y, x)
 
     def gone(self, y: Node, x: Node) -> None:
+        """``x``'s have stream to ``y`` broke: the source is absent, the peer removed."""
         y.neighbors.discard(x.nid)
         if y.nid == 0 and self.seeder is not None:
             self.seeder.remove_peer(x.name, self.now)
-        if y.alive and y.sched is not None and not y.sched.complete:
+        if self.fetching(y):
+            assert y.sched is not None and y.table is not None
+            y.table.source_absent(x.name, MODEL, self.now)
             self.cancel(y, y.sched.remove_peer(x.name, self.now))
             self.dirty.add(y.nid)
 
-    # -- requests -------------------------------------------------------------------------
+    # -- the fetcher ----------------------------------------------------------------------
 
     def pump(self, e: Node, now: float) -> None:
-        if not e.alive or e.sched is None or e.sched.complete:
+        if not self.fetching(e):
             return
-        for r in e.sched.next_requests(now):
-            p = self.nodes[int(r.peer)]
-            e.live[(p.nid, r.index)] = [r, -1]
-            e.requests += 1
-            self.at(now + self.lat(e, p), self.arrive, e, p, r)
+        assert e.sched is not None
+        reqs = e.sched.next_requests(now)
         self.touched.add(e.nid)
+        if not reqs:
+            return
+        for group in _runs(reqs, self.spans, RUN_BYTES):
+            p = self.nodes[int(group[0].peer)]
+            run = Run(e, p, [r.index for r in group], len(group))
+            for r in group:
+                e.tasks[(p.nid, r.index)] = run
+            e.runs.add(run)
+            e.requests += 1
+            e.chunk_requests += len(group)
+            self.at(now + self.lat(e, p), self.arrive, run)
 
     def arm(self, e: Node) -> None:
-        if not e.alive or e.sched is None or e.sched.complete:
+        if not self.fetching(e):
             return
+        assert e.sched is not None
         d = e.sched.next_deadline()
         if d is not None and d != e.armed:
             e.armed = d
             self.at(d, self.timer, e, d)
 
     def timer(self, e: Node, d: float) -> None:
-        if e.armed != d or not e.alive or e.sched is None or e.sched.complete:
+        if e.armed != d or not self.fetching(e):
             return
+        assert e.sched is not None
         e.armed = None
-        if self.args.progress:  # the shell reports bytes as they arrive
-            for (pid, index), (_, fid) in e.live.items():
-                if fid >= 0 and self.net.rate[fid] > 0:
-                    e.sched.on_progress(str(pid), index, self.now)
+        if self.args.progress:
+            self.progress(e)
         expired = e.sched.handle_timer(self.now)
         e.timeouts += len(expired)
         self.cancel(e, expired)
+        for peer in sorted({r.peer for r in expired}):
+            self.judge(e, peer)
         self.dirty.add(e.nid)
         self.touched.add(e.nid)
+
+    def progress(self, e: Node) -> None:
+        """``on_progress`` as the shell reports it, per ``PIECE`` bytes of a body, for every
+        chunk of that request not received yet. Reported lazily, when the timer fires: the
+        deadlines it would have pushed back are then the same."""
+        assert e.sched is not None
+        for run in e.runs:
+            if run.state != FLOWING:
+                continue
+            rate = float(self.net.rate[run.fid])
+            if rate <= 0:
+                continue
+            got = self.sizes[run.chunks[run.pos]] - float(self.net.remaining[run.fid])
+            last = self.now - (got % PIECE) / rate
+            name = run.p.name
+            for index in run.chunks[run.pos :]:
+                e.sched.on_progress(name, index, last)
+
+    def judge(self, e: Node, peer: str) -> None:
+        """``fetcher._judge``: after a failure, the peer table says whether ``peer`` is LOST;
+        then it gets no request until its have stream answers after ``revive_after``."""
+        assert e.sched is not None and e.table is not None
+        if e.table.fetch_failed(peer, MODEL, e.sched.failures(peer), self.now):
+            e.lost += 1
+            self.cancel(e, e.sched.remove_peer(peer, self.now))
+            p = self.nodes[int(peer)]
+            if self.push:
+                when = self.now + self.table_config.revive_after + 2 * self.lat(e, p)
+                self.at(when, self.revive, e, p)
 
     def cancel(self, e: Node, requests: list[Request]) -> None:
+        """``fetcher._cancel``: a run's request is stopped once none of its chunks' entries
+        is left (a chunk that landed keeps its entry until the run ends)."""
         for r in requests:
-            entry = e.live.pop((int(r.peer), r.index), None)
-            if entry is not None and entry[1] >= 0:
-                self.drop_flow(entry[1])
+            run = e.tasks.pop((int(r.peer), r.index), None)
+            if run is None:
+                continue
+            run.live -= 1
+            if run.live == 0:
+                self.stop(run)
 
-    def drop_flow(self, fid: int) -> None:
-        e, p, r = self.owner.pop(fid)
-        p.serving.discard(fid)
-        self.net.remove(fid)
-        self.upload_ended(e, p, r)
+    def stop(self, run: Run) -> None:
+        """The requester gave up ``run`` (or left): its flow or place in a queue ends."""
+        e, p = run.e, run.p
+        e.runs.discard(run)
+        if run.state == FLOWING:
+            self.net.remove(run.fid)
+            del self.flows[run.fid]
+            p.serving.discard(run)
+            self.upload_ended(p, run, cut=True)
+        elif run.state == QUEUED:
+            p.queue.remove(run)
+            up = self.uploads[p.nid]
+            if up is not None:
+                up.end(run, self.now)
+        run.state = CANCELLED
 
-    def current(self, e: Node, p: Node, r: Request) -> list[Any] | None:
-        entry = e.live.get((p.nid, r.index))
-        return entry if entry is not None and entry[0] is r else None
+    def end_run(self, e: Node, run: Run) -> None:
+        """The ``finally`` of ``fetcher._fetch``: the run's entries go."""
+        e.runs.discard(run)
+        for index in run.chunks:
+            if e.tasks.get((run.p.nid, index)) is run:
+                del e.tasks[(run.p.nid, index)]
 
-    def arrive(self, e: Node, p: Node, r: Request) -> None:
-        """The request reaches ``p``: it starts sending, or fails it."""
-        entry = self.current(e, p, r)
-        if entry is None or not e.alive:
+    def arrive(self, run: Run) -> None:
+        """The request reaches its sender: it starts sending, waits for a slot, or is
+        declined (503 with Retry-After), or fails (the sender is gone or lacks a chunk)."""
+        if run.state == CANCELLED:
             return
-        if not p.alive or (p.have is not None and r.index not in p.have):
-            self.at(self.now + self.lat(e, p), self.failed, e, p, r)
+        e, p = run.e, run.p
+        if not p.alive or (p.have is not None and any(i not in p.have for i in run.chunks)):
+            run.state = CANCELLED
+            self.at(self.now + self.lat(e, p), self.run_failed, run)
             return
+        up = self.uploads[p.nid]
+        if up is None:
+            self.start_flow(run)
+            return
+        if up.serving >= up.config.slots:  # the shell's estimates, for a Retry-After
+            for other in p.serving:
+                left = self.time_left(other)
+                if left > 0:
+                    up.expect(other, self.now + left)
+        verdict = up.request(run, self.now)
+        if verdict == SERVE:
+            self.start_flow(run)
+        elif verdict == QUEUE:
+            run.state = QUEUED
+            p.queue.append(run)
+        else:
+            assert isinstance(verdict, float)
+            run.state = CANCELLED
+            self.at(self.now + self.lat(e, p), self.declined, run, verdict)
+
+    def time_left(self, run: Run) -> float:
+        """Seconds until the sender expects ``run``'s upload to end, from the bytes left and
+        its rate (0: it cannot say, the flow has no rate yet)."""
+        rate = float(self.net.rate[run.fid])
+        if rate <= 0:
+            return 0.0
+        rest = sum(self.sizes[i] for i in run.chunks[run.pos + 1 :])
+        return (float(self.net.remaining[run.fid]) + rest) / rate
+
+    def start_flow(self, run: Run) -> None:
+        e, p = run.e, run.p
+        run.fid = self.net.add(p.nid, e.nid, self.sizes[run.chunks[0]])
+        run.state = FLOWING
+        self.flows[run.fid] = run
+        p.serving.add(run)
+        if p.nid == 0:
+            self.left_seed.update(run.chunks)
+            if self.seeder is not None:
+                for index in run.chunks:
+                    self.seeder.on_request(e.name, index, self.now)
+
+    def upload_ended(self, p: Node, run: Run, *, cut: bool) -> None:
         if p.nid == 0 and self.seeder is not None:
-            self.seeder.on_request(e.name, r.index, self.now)
-        slots = self.args.upload_slots
-        if slots and len(p.serving) >= slots:
-            if self.args.busy and len(p.queue) >= self.args.upload_queue:  # 503 at once
-                # Retry-After: when its first upload in progress should end
-                after = min(
-                    (
-                        self.net.remaining[f] / self.net.rate[f]
-                        for f in p.serving
-                        if self.net.rate[f] > 0
-                    ),
-                    default=0.0,
-                )
-                self.at(self.now + self.lat(e, p), self.declined, e, p, r, after)
+            for index in run.chunks[run.pos :] if cut else run.chunks[-1:]:
+                self.seeder.on_sent(run.e.name, index, self.now)
+        up = self.uploads[p.nid]
+        if up is not None and p.alive:
+            nxt = up.end(run, self.now)
+            if nxt is not None:
+                assert isinstance(nxt, Run)
+                p.queue.remove(nxt)
+                self.start_flow(nxt)
+
+    def segment_done(self, fid: int, tf: float, t_end: float) -> None:
+        """The last byte of a chunk left its sender at ``tf``: it lands one latency later;
+        the flow goes on with the run's next chunk, or ends."""
+        run = self.flows[fid]
+        e, p = run.e, run.p
+        lat = self.lat(e, p)
+        while True:
+            index = run.chunks[run.pos]
+            self.at(tf + lat, self.landed, run, index)
+            if run.pos + 1 == len(run.chunks):
+                break
+            if p.nid == 0 and self.seeder is not None:
+                self.seeder.on_sent(e.name, index, tf)
+            run.pos += 1
+            more = self.net.cont(fid, self.sizes[run.chunks[run.pos]], tf, t_end)
+            if more is None:
                 return
-            p.queue.append((e, r))  # served in turn (HTTP: the handler waits for a slot)
+            tf = more
+        self.net.remove(fid)
+        del self.flows[fid]
+        p.serving.discard(run)
+        run.state = ENDED
+        saved, self.now = self.now, tf
+        self.upload_ended(p, run, cut=False)
+        self.now = saved
+        self.at(tf + lat, self.run_end, run)
+
+    def landed(self, run: Run, index: int) -> None:
+        """``fetcher._land``: a chunk of the body is in and verified."""
+        e = run.e
+        if not self.fetching(e) or run not in e.runs:
             return
-        self.start_flow(e, p, r, entry)
-
-    def start_flow(self, e: Node, p: Node, r: Request, entry: list[Any]) -> None:
-        fid = self.net.add(p.nid, e.nid, self.sizes[r.index])
-        self.owner[fid] = (e, p, r)
-        p.serving.add(fid)
-        entry[1] = fid
-
-    def next_in_queue(self, p: Node) -> None:
-        slots = self.args.upload_slots
-        while p.alive and p.queue and len(p.serving) < slots:
-            e, r = p.queue.popleft()
-            entry = self.current(e, p, r)
-            if entry is not None and e.alive:
-                self.start_flow(e, p, r, entry)
-
-    def upload_ended(self, e: Node, p: Node, r: Request) -> None:
-        if p.nid == 0 and self.seeder is not None:
-            self.seeder.on_sent(e.name, r.index, self.now)
-        if p.queue:
-            self.refill.add(p.nid)
-
-    def flow_ended(self, fid: int, tf: float) -> None:
-        e, p, r = self.owner.pop(fid)
-        p.serving.discard(fid)
-        self.upload_ended(e, p, r)
-        entry = self.current(e, p, r)
-        if entry is not None:
-            entry[1] = -1
-            self.at(tf + self.lat(e, p), self.delivered, e, p, r)
-
-    def delivered(self, e: Node, p: Node, r: Request) -> None:
-        if self.current(e, p, r) is None or e.sched is None:
+        assert e.sched is not None and e.have is not None
+        if index in e.have:
             return
-        del e.live[(p.nid, r.index)]
-        self.cancel(e, e.sched.on_chunk(p.name, r.index, self.now))
-        assert e.have is not None
+        self.cancel(e, e.sched.on_chunk(run.p.name, index, self.now))
+        e.have.set(index)
         self.dirty.add(e.nid)
         self.touched.add(e.nid)
-        if r.index in e.have:
-            return
-        e.have.set(r.index)
-        if p.nid == 0:
-            e.from_seed += self.sizes[r.index]
         best = e.sched.best_level
         for level in range(best + 1):
             if math.isnan(e.level_at[level]):
                 e.level_at[level] = self.now
-        self.announce(e, r.index)
+        self.announce(e, index)
         if e.sched.complete:
             e.done_at = self.now
-            for req in e.sched.in_flight():
-                self.cancel(e, [req])
+            for other in list(e.runs):  # the fetch ends: its requests are cancelled
+                self.stop(other)
+            e.tasks.clear()
             if self.args.linger < math.inf:
                 self.at(self.now + self.args.linger, self.on_leave, e)
 
-    def declined(self, e: Node, p: Node, r: Request, retry_after: float) -> None:
-        if self.current(e, p, r) is None or e.sched is None:
+    def run_end(self, run: Run) -> None:
+        """The body ended: every chunk of the run should be in."""
+        e = run.e
+        if not self.fetching(e) or run not in e.runs:
             return
-        del e.live[(p.nid, r.index)]
-        e.sched.on_busy(p.name, r.index, self.now, retry_after)
+        assert e.sched is not None and e.have is not None
+        self.end_run(e, run)
+        missing = [i for i in run.chunks if i not in e.have]
+        if missing:  # fetcher: a TransportError
+            for index in missing:
+                e.sched.on_failed(run.p.name, index, self.now)
+            self.judge(e, run.p.name)
+        self.dirty.add(e.nid)
+        self.touched.add(e.nid)
+
+    def declined(self, run: Run, retry_after: float) -> None:
+        """A 503: ``on_busy`` for the run's chunks, declined together."""
+        e = run.e
+        if not self.fetching(e) or run not in e.runs:
+            return
+        assert e.sched is not None
+        self.end_run(e, run)
+        e.sched.on_busy(run.p.name, run.chunks, self.now, retry_after)
         e.busy += 1
         self.dirty.add(e.nid)
         self.touched.add(e.nid)
 
-    def failed(self, e: Node, p: Node, r: Request) -> None:
-        if self.current(e, p, r) is None or e.sched is None:
+    def run_failed(self, run: Run) -> None:
+        """The request failed (connection refused or reset, 416): ``on_failed`` for the
+        chunks not in, then the peer table's judgement."""
+        e = run.e
+        if not self.fetching(e) or run not in e.runs:
             return
-        del e.live[(p.nid, r.index)]
-        e.sched.on_failed(p.name, r.index, self.now)
+        assert e.sched is not None and e.have is not None
+        self.end_run(e, run)
+        for index in run.chunks:
+            if index not in e.have:
+                e.sched.on_failed(run.p.name, index, self.now)
+        self.judge(e, run.p.name)
         self.dirty.add(e.nid)
         self.touched.add(e.nid)
 
@@ -577,14 +786,32 @@ class Sim:
                 / sum(x.up * (min(x.leave, self.end) - x.join) for x in edges),
                 3,
             ),
+            "edge_upload_busy_by_class": {
+                kind: round(
+                    float(sum(self.net.uploaded[x.nid] for x in edges if x.kind == kind))
+                    / max(
+                        1e-9,
+                        sum(
+                            x.up * (min(x.leave, self.end) - x.join)
+                            for x in edges
+                            if x.kind == kind
+                        ),
+                    ),
+                    3,
+                )
+                for kind in sorted({x.kind for x in edges})
+            },
             "timeouts": sum(x.timeouts for x in edges),
             "declined_busy": sum(x.busy for x in edges),
             "requests": sum(x.requests for x in edges),
+            "chunk_requests": sum(x.chunk_requests for x in edges),
+            "lost": sum(x.lost for x in edges),
             "events": self.events,
             "samples": {
                 "level0_s": sorted(round(v, 3) for v in lvl0 if v < math.inf),
                 "exact_s": sorted(round(v, 3) for v in exact if v < math.inf),
                 "edges": len(stayed),
+                "timeline": self.timeline,
             },
         }
 
@@ -648,6 +875,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--busy", action="store_true", help="full upload slots answer 503")
     ap.add_argument(
         "--upload-queue", type=int, default=0, help="with --busy: requests that may wait"
+    )
+    ap.add_argument(
+        "--seed-upload-slots", type=int, default=None, help="the seed's (default: as edges)"
+    )
+    ap.add_argument(
+        "--seed-upload-queue", type=int, default=None, help="the seed's (default: as edges)"
     )
     ap.add_argument("--superseed", action="store_true", help="the seed super-seeds")
     ap.add_argument("--offer-depth", type=int, default=4, help="SeedingConfig.depth")

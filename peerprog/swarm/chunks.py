@@ -45,6 +45,8 @@ class ChunkTable:
         self.mean_size = max(1.0, sum(self.sizes) / n) if n else 1.0
         self._starts = [r.start for r in levels]
         self.held = Bitfield(n)
+        self.is_held = [False] * n
+        """``held`` as a list, for the picker's hot loops."""
         self.missing = [len(r) for r in levels]
         """Per level: chunks we do not hold."""
         self.avail = [0] * n
@@ -97,6 +99,7 @@ class ChunkTable:
         if index in self.held:
             return False
         self.held.set(index)
+        self.is_held[index] = True
         level = self.level_of(index)
         self.missing[level] -= 1
         if self.avail[index]:
@@ -139,7 +142,7 @@ class ChunkTable:
             self.version[level] += 1
 
     def _bump(self, indices: list[int], delta: int) -> None:
-        avail, held = self.avail, self.held
+        avail, held = self.avail, self.is_held
         level, current = -1, range(0)
         for i in indices:
             if i not in current:
@@ -149,5 +152,5 @@ class ChunkTable:
             before = avail[i]
             avail[i] = before + delta
             assert avail[i] >= 0, f"availability of chunk {i} below zero"
-            if i not in held and (before == 0) != (avail[i] == 0):
+            if not held[i] and (before == 0) != (avail[i] == 0):
                 self.fetchable_missing[level] += 1 if before == 0 else -1

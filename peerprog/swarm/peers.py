@@ -94,8 +94,15 @@ class PeerState:
         self.chunks = 0
         self.failures = 0
         self.backoff_until: float | None = None
+        self.origin = False
+        """The model's origin (``Scheduler.add_peer``): with web seeds, the last resort."""
         self.slot_cap: int | None = None
         """Most requests it takes at once, learnt from its 503s (``Scheduler.on_busy``)."""
+        self.mask = -1 if have is None else have.mask()
+        """``have`` as an integer (``Bitfield.mask``; -1: every chunk), kept up to date by
+        the scheduler."""
+        self._budget_for: tuple[object, ...] = ()
+        self._budget = 0
         self._since = -math.inf  # start of the current delivery-rate measurement
         self._penalised_at = -math.inf
 
@@ -110,6 +117,13 @@ class PeerState:
 
     def budget(self, config: SchedulerConfig, mean_chunk: float) -> int:
         """How many requests it may have in flight: about ``target_queue_seconds`` of work."""
+        key = (self.rate, self.slot_cap, mean_chunk, config)
+        if key == self._budget_for:
+            return self._budget
+        self._budget_for, self._budget = key, self._compute_budget(config, mean_chunk)
+        return self._budget
+
+    def _compute_budget(self, config: SchedulerConfig, mean_chunk: float) -> int:
         floor = min_budget(config, mean_chunk)
         if self.rate is None:
             want = floor

@@ -39,9 +39,10 @@ off and has fewer requests in flight than its budget (see ``peers.py``).
    request.
 
 3. **Whom to ask.** Each chunk, in that order, goes to a free peer that holds it: first
-   to peers still fetching the model themselves, and only when none of them is free to a
-   *complete* holder (a seed, a web seed, or a finished peer) — so the origin's upload goes
-   to chunks nobody else has, and each model leaves the server about once. Among those, the
+   to other peers (fetching or finished), and only when none of them is free to a *last
+   resort*: the origin (the publisher's seed) or a web seed — so the origin's upload goes
+   to chunks nobody else has, and each model leaves the server about once, while a peer
+   that finished keeps passing the model on as any other. Among those, the
    lowest load after the request, ``(in flight + 1) / budget``, wins; ties go to the faster
    measured rate, then to the peer name. A peer's budget grows with its measured rate
    (``peers.py``), so fast peers get more requests. The walk stops when no peer is free or
@@ -86,7 +87,11 @@ class Slot:
     complete: bool = False
 
     mask: int = -1
-    """``have`` as an integer (``Bitfield.mask``; -1: every chunk), set by the picker."""
+    """``have`` as an integer (``Bitfield.mask``; -1: every chunk); the picker sets it from
+    ``have`` unless ``masked``."""
+
+    masked: bool = False
+    """The caller set ``mask`` already."""
 
     top: int = 0
     """The bit of chunk 0 in ``mask``."""
@@ -135,8 +140,10 @@ class Picker:
         top = 8 * ((self._table.n + 7) >> 3) - 1
         union = 0
         for free_slot in free:
-            have = free_slot.have
-            free_slot.mask, free_slot.top = -1 if have is None else have.mask(), top
+            if not free_slot.masked:
+                have = free_slot.have
+                free_slot.mask = -1 if have is None else have.mask()
+            free_slot.top = top
             union |= free_slot.mask
         fresh: dict[int, set[str]] = {}
         pool_left = False
@@ -177,13 +184,17 @@ class Picker:
         busy = {peer for i, by_peer in flying.items() if i in span for peer in by_peer}
         busy.update(peer for peer, i in picks if i in span)
         idle = [s for s in free if s.peer not in busy]
+        union = 0
+        for idle_slot in idle:
+            union |= idle_slot.mask
+        top = 8 * ((self._table.n + 7) >> 3) - 1
         last = min(len(self._table.levels), level + 1 + self._lookahead)
         for ahead in range(level + 1, last):
             if not idle:
                 return
             for index in self._rarest_first(ahead):
-                if index in flying:
-                    continue
+                if index in flying or not (union >> (top - index)) & 1:
+                    continue  # in flight, or no idle peer holds it
                 slot = self._choose(index, idle, holders, exclude=frozenset())
                 if slot is None:
                     continue
@@ -201,18 +212,19 @@ class Picker:
         table = self._table
         version, order, cursor = self._orders.get(level, (-1, [], 0))
         if version != table.version[level]:
-            avail, held, tiebreak = table.avail, table.held, table.tiebreak
-            order = [i for i in table.levels[level] if i not in held and table.rarity(i) > 0]
+            avail, held, tiebreak = table.avail, table.is_held, table.tiebreak
+            fetchable = (lambda i: True) if table.seeds else avail.__getitem__
+            order = [i for i in table.levels[level] if not held[i] and fetchable(i)]
             # Seeds add the same count to every chunk: sorting by ``avail`` is by rarity.
             order.sort(key=lambda i: (avail[i], tiebreak[i]))
             version, cursor = table.version[level], 0
-        held = table.held
-        while cursor < len(order) and order[cursor] in held:
+        held = table.is_held
+        while cursor < len(order) and held[order[cursor]]:
             cursor += 1
         self._orders[level] = (version, order, cursor)
         for pos in range(cursor, len(order)):
             index = order[pos]
-            if index not in held:
+            if not held[index]:
                 yield index
 
     # -- rules 3 and 5 ---------------------------------------------------------------------
@@ -233,7 +245,9 @@ class Picker:
         best: Slot | None = None
         best_key: tuple[bool, float, float, str] | None = None
         for slot in free:
-            if slot.peer in exclude or (failed and slot.peer in failed) or not slot.holds(index):
+            if not (slot.mask >> (slot.top - index)) & 1:  # slot.holds(index), inlined
+                continue
+            if slot.peer in exclude or (failed and slot.peer in failed):
                 continue
             key = slot.load_key()
             if best_key is None or key < best_key:
@@ -260,7 +274,7 @@ class Picker:
         table = self._table
         span = table.levels[level]
         asked: dict[int, set[str]] = {
-            i: set(by_peer) for i, by_peer in flying.items() if i in span and i not in table.held
+            i: set(by_peer) for i, by_peer in flying.items() if i in span and not table.is_held[i]
         }
         for i, peers in fresh.items():
             asked.setdefault(i, set()).update(peers)

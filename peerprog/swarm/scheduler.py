@@ -64,6 +64,7 @@ class Scheduler:
         self._banned: set[str] = set()
         self._flying: dict[int, dict[str, Request]] = {}
         self._total = 0
+        self._top = 8 * ((self._table.n + 7) >> 3) - 1  # the bit of chunk 0 in a mask
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -132,20 +133,25 @@ class Scheduler:
 
     # -- peers -----------------------------------------------------------------------------
 
-    def add_peer(self, peer: str, have: Bitfield | None, now: float) -> None:
+    def add_peer(
+        self, peer: str, have: Bitfield | None, now: float, *, origin: bool = False
+    ) -> None:
         """A peer that may be asked for chunks; ``have=None``: it holds every chunk (a seed
-        or web seed). Adding a known peer updates its ``have``; adding a banned one is
-        ignored."""
+        or web seed). ``origin``: it is the model's origin (the publisher's seed, whatever
+        its ``have`` shows): with web seeds, the picker's last resort (rule 3). Adding a
+        known peer updates its ``have``; adding a banned one is ignored."""
         if peer in self._banned:
             return
         have = self._checked(have)
         st = self._peers.get(peer)
         if st is None:
-            self._peers[peer] = PeerState(peer, have)
+            st = self._peers[peer] = PeerState(peer, have)
             self._table.add_holder(have)
         else:
             self._table.replace_holder(st.have, have)
             st.have = have
+        st.origin = origin
+        st.mask = -1 if have is None else have.mask()
 
     def set_have(self, peer: str, have: Bitfield, now: float) -> None:
         """A known peer announced what it holds now. Ignored for unknown or banned peers."""
@@ -155,20 +161,33 @@ class Scheduler:
         new = self._checked(have)
         self._table.replace_holder(st.have, new)
         st.have = new
+        st.mask = -1 if new is None else new.mask()
 
-    def add_have(self, peer: str, index: int, now: float) -> None:
+    def add_have(self, peer: str, index: int, now: float) -> bool:
         """A known peer told us (a pushed ``have`` delta) that it now holds chunk ``index``.
         Ignored for unknown or banned peers, for a peer that holds every chunk,
-        and if we knew it already."""
+        and if we knew it already.
+
+        Returns whether the news may change what :meth:`next_requests` answers: we miss the
+        chunk and the peer may be asked now (not backing off, room in its budget and in
+        ``max_in_flight_total``), or it now holds every chunk. When it returns False the
+        shell need not call :meth:`next_requests` for it (the other peers' options are
+        unchanged)."""
         st = self._peers.get(peer)
         if st is None or st.have is None:
-            return
+            return False
         if not 0 <= index < self._table.n:
             raise ValueError(f"chunk {index} out of range for {self._table.n} chunks")
         if index in st.have:
-            return
+            return False
         st.have.set(index)
+        st.mask |= 1 << (self._top - index)
         self._table.add_chunk_holder(index)
+        if self._table.is_held[index] or self._total >= self._config.max_in_flight_total:
+            return False
+        if st.have.count() == self._table.n:
+            return True
+        return st.usable(now) and len(st.in_flight) < st.budget(self._config, self._table.mean_size)
 
     def remove_peer(self, peer: str, now: float) -> list[Request]:
         """Forget a peer (gone, disconnected). Returns its requests in flight, for the shell
@@ -190,32 +209,33 @@ class Scheduler:
 
     def next_requests(self, now: float) -> list[Request]:
         """New requests to send now; they are recorded as in flight."""
-        self._end_backoffs(now)
         room = self._config.max_in_flight_total - self._total
+        config, mean = self._config, self._table.mean_size
+        usable: list[tuple[PeerState, bool]] = []
+        swarm = False
+        for st in self._peers.values():
+            until = st.backoff_until
+            if until is not None:
+                if until > now:
+                    continue
+                st.backoff_until = None
+            last = st.have is None or st.origin  # a last resort (picker, rule 3)
+            swarm = swarm or not last
+            usable.append((st, last))
         if room <= 0:
             return []
-        mean = self._table.mean_size
+        # In a swarm, the origin (or a web seed) gets a shallow queue: it then serves chunks
+        # nobody else has yet instead of chunks the peers will soon trade.
+        floor = min_budget(config, mean)
         slots: list[Slot] = []
-        usable = [st for st in self._peers.values() if st.usable(now)]
-        complete = {st.name: st.have is None or st.have.count() == len(st.have) for st in usable}
-        # In a swarm, a complete holder (the origin) gets a shallow queue: it then serves
-        # chunks nobody else has yet instead of chunks the peers will soon trade.
-        swarm = not all(complete.values())
-        for st in usable:
-            budget = st.budget(self._config, mean)
-            if swarm and complete[st.name]:
-                budget = min(budget, min_budget(self._config, mean))
+        for st, last in usable:
+            budget = st.budget(config, mean)
+            if swarm and last:
+                budget = min(budget, floor)
             if len(st.in_flight) < budget:
-                slots.append(
-                    Slot(
-                        st.name,
-                        st.have,
-                        len(st.in_flight),
-                        budget,
-                        st.rate or 0.0,
-                        complete[st.name],
-                    )
-                )
+                slot = Slot(st.name, st.have, len(st.in_flight), budget, st.rate or 0.0, last)
+                slot.mask, slot.masked = st.mask, True
+                slots.append(slot)
         if not slots:
             return []
         picks = self._picker.pick(slots, self._flying, self._holders, room)
@@ -294,18 +314,31 @@ class Scheduler:
         st = self._peers.get(peer)
         return st.failures if st is not None else 0
 
-    def on_busy(self, peer: str, index: int, now: float, retry_after: float | None = None) -> None:
+    def on_busy(
+        self,
+        peer: str,
+        index: int | Iterable[int],
+        now: float,
+        retry_after: float | None = None,
+    ) -> None:
         """``peer`` declined the request for chunk ``index`` because its upload slots are
-        taken (``503``, maybe with ``Retry-After``). The chunk goes back to the pool for
-        another holder; the peer is not judged. If requests of ours are still in flight
-        there, the peer takes no more than those at once from now on (one more after each
-        chunk it delivers); if none is, it gets no request for ``busy_backoff`` seconds, or
-        ``retry_after``, whichever is longer."""
+        taken (``503``, maybe with ``Retry-After``); ``index`` may be the chunks of one
+        request for a run of chunks, declined together. The chunks go back to the pool for
+        another holder; the peer is not judged. If other requests of ours are still in
+        flight there, the peer takes no more than those at once from now on (one more after
+        each chunk it delivers); if none is, it gets no request for ``busy_backoff``
+        seconds, or ``retry_after``, whichever is longer."""
         st = self._peers.get(peer)
-        flight = st.finish(index) if st is not None else None
-        if st is None or flight is None:
+        if st is None:
             return
-        self._forget(flight)
+        declined = 0
+        for i in [index] if isinstance(index, int) else list(index):
+            flight = st.finish(i)
+            if flight is not None:
+                self._forget(flight)
+                declined += 1
+        if not declined:
+            return
         if st.in_flight:
             st.slot_cap = len(st.in_flight)
         else:

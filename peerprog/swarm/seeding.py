@@ -29,6 +29,15 @@ lowest level in which it misses a chunk.
    as a copy (the edge may still fetch it: a shown chunk is never taken back); an edge that
    goes away takes its copies with it. Either can give a chunk no copy again: rule 2 then
    offers it to another edge.
+6. **Spreaders first.** Free places go to the edges in order of how fast they pass on what
+   the seed sends them (BEP 16's idea, measured): when an upload of a chunk that no other
+   edge holds ends (``on_sent``), the seed waits for the first *other* edge, not served
+   that chunk by the seed, to announce it; the delay, smoothed per edge, is the edge's
+   *spread delay*. An edge's rank is the larger of its spread delay (an edge not measured
+   yet: the median of the measured ones, or 0 if none is) and the age of the oldest chunk
+   it got from the seed and has not passed on yet; lowest rank first, then a random but
+   seeded order. The seed's upload then goes to the edges whose uplinks carry a chunk
+   on at once, and an edge that sits on its chunks gets no new one before the others.
 
 The shell pushes the offers that :meth:`SuperSeeder.offers` returns (as ``have`` deltas of
 the seed, to that edge), reports each edge's ``have`` (it must receive every edge's pushed
@@ -45,6 +54,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from peerprog.swarm.bitfield import Bitfield
+
+DELAY_SMOOTHING = 0.5
+"""EWMA weight of a new spread-delay sample (rule 6)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,9 @@ class SeedingConfig:
     scan_interval: float = 1.0
     """How often :meth:`SuperSeeder.offers` looks at every edge (expiry, starving)."""
 
+    spreaders_first: bool = True
+    """Rule 6; ``False``: the edges are served in a random but seeded order."""
+
     def __post_init__(self) -> None:
         if self.ahead < 0:
             raise ValueError("ahead must be >= 0")
@@ -88,6 +103,9 @@ class _Edge:
     progress_at: float
     live: dict[int, float] = field(default_factory=dict)  # offered chunk -> offered at
     requested: set[int] = field(default_factory=set)  # live offers it asked for
+    key: int = 0  # random but seeded tie-break (rule 6)
+    delay: float | None = None  # spread delay (rule 6)
+    unpassed: dict[int, float] = field(default_factory=dict)  # first copies sent -> sent at
 
     def level(self) -> int | None:
         for level, count in enumerate(self.missing):
@@ -119,6 +137,12 @@ class SuperSeeder:
             self._key[i] = pos
         self._uncopied: list[set[int]] = [set(r) for r in self._levels]
         """Per level: chunks with no copy."""
+        self._rng = random.Random(rng.getrandbits(64))
+        self._served: dict[int, set[str]] = {}
+        """Per chunk: the edges the seed has served it to (rule 6)."""
+        self._unpassed: dict[int, set[str]] = {}
+        """Per chunk: edges that got it from the seed as its first copy, not passed on yet."""
+        self._delays: list[float] = []  # measured spread delays, for the median (rule 6)
         self._edges: dict[str, _Edge] = {}
         self._interested = 0
         self._live = 0  # live offers in all
@@ -151,6 +175,7 @@ class SuperSeeder:
         if peer in self._edges:
             self.remove_peer(peer, now)
         edge = _Edge(have.copy(), Bitfield(self._n), [len(r) for r in self._levels], now)
+        edge.key = self._rng.getrandbits(32)
         self._edges[peer] = edge
         for i in have.indices():
             edge.missing[self._level_of(i)] -= 1
@@ -170,6 +195,9 @@ class SuperSeeder:
         for i in edge.live:
             self._count(i, -1)
         self._live -= len(edge.live)
+        for i in edge.unpassed:
+            self._unpassed[i].discard(peer)
+        self._set_delay(edge, None)
         self._dirty.update(self._waiting)
         if edge.level() is not None:
             self._interest(-1)
@@ -182,6 +210,7 @@ class SuperSeeder:
         edge.have.set(index)
         edge.missing[self._level_of(index)] -= 1
         edge.progress_at = now
+        self._passed_on(peer, index, now)
         if edge.live.pop(index, None) is not None:
             edge.requested.discard(index)  # the offer became a copy: the count stays
             self._live -= 1
@@ -204,6 +233,7 @@ class SuperSeeder:
             self._live += 1
             self._count(index, +1)
         edge.requested.add(index)
+        self._served.setdefault(index, set()).add(peer)
 
     def on_sent(self, peer: str, index: int, now: float) -> None:
         """The seed's upload of chunk ``index`` to ``peer`` ended (sent, or cut off): the
@@ -212,6 +242,10 @@ class SuperSeeder:
         if edge is not None and index in edge.live:
             edge.requested.discard(index)
             edge.live[index] = now
+            others = self._copies[index] - 1  # its own live offer is one
+            if others == 0 and index not in edge.have:  # the first copy: time its spread
+                edge.unpassed[index] = now
+                self._unpassed.setdefault(index, set()).add(peer)
 
     def offers(self, now: float) -> list[tuple[str, int]]:
         """New offers, as (edge, chunk): the shell pushes each to its edge as a ``have``
@@ -223,7 +257,11 @@ class SuperSeeder:
         if not self._dirty:
             return []
         out: list[tuple[str, int]] = []
-        for peer in sorted(self._dirty):
+        prior = 0.0
+        if self._delays:
+            ranked = sorted(self._delays)
+            prior = ranked[(len(ranked) - 1) // 2]
+        for peer in sorted(self._dirty, key=lambda p: self._rank(p, now, prior)):
             edge = self._edges.get(peer)
             if edge is None:
                 continue
@@ -233,6 +271,43 @@ class SuperSeeder:
         return out
 
     # -- internals -------------------------------------------------------------------------
+
+    def _rank(self, peer: str, now: float, prior: float) -> tuple[float, int]:
+        """Rule 6: the order in which edges get free places (``prior``: the rank of an edge
+        not measured yet)."""
+        edge = self._edges.get(peer)
+        if edge is None:
+            return (0.0, 0)
+        if not self._config.spreaders_first:
+            return (0.0, edge.key)
+        rank = prior if edge.delay is None else edge.delay
+        if edge.unpassed:
+            rank = max(rank, now - min(edge.unpassed.values()))
+        return (rank, edge.key)
+
+    def _passed_on(self, peer: str, index: int, now: float) -> None:
+        """``peer`` announced ``index``: if it got it from another edge that had it first
+        from the seed, that edge passed it on (rule 6)."""
+        firsts = self._unpassed.get(index)
+        if not firsts or peer in self._served.get(index, ()):
+            return
+        for first in firsts:
+            edge = self._edges[first]
+            sample = now - edge.unpassed.pop(index)
+            new = (
+                sample
+                if edge.delay is None
+                else edge.delay + DELAY_SMOOTHING * (sample - edge.delay)
+            )
+            self._set_delay(edge, new)
+        del self._unpassed[index]
+
+    def _set_delay(self, edge: _Edge, delay: float | None) -> None:
+        if edge.delay is not None:
+            self._delays.remove(edge.delay)
+        edge.delay = delay
+        if delay is not None:
+            self._delays.append(delay)
 
     def _level_of(self, index: int) -> int:
         return bisect.bisect_right(self._starts, index) - 1

@@ -1,0 +1,133 @@
+"""A node's uploads of one model's chunks: how many it serves at once, how many wait, and
+when it tells the others to come back. Sans-IO: every call takes ``now``; the shell (the
+peer server) does the HTTP. Every rule of it lives in this file.
+
+Words: an *upload* is the answer to one chunk request (a byte range: one chunk or a run of
+consecutive chunks). A *place* is a slot or a place in the queue.
+
+1. **Slots.** At most ``slots`` uploads are sent at once; up to ``queue`` more requests
+   wait, and start in arrival order as uploads end (sent, or cut off by the requester).
+2. **Busy.** Any further request is declined at once (HTTP 503) with a ``Retry-After``:
+   when a place should be free *for that requester*. The node counts the requesters it
+   declined whose time has not come yet (its *promises*) and gives the next one the
+   expected end of the next upload after those: the ``k``-th upload in progress to end
+   for the ``k``-th promise (an upload's expected end: the shell's estimate,
+   :meth:`UploadSlots.expect`, else its start plus the mean duration of the uploads so
+   far), and one mean duration more for each round of ``slots`` beyond them. Each upload
+   that ends frees one place (the first waiting request takes its slot, which frees a
+   place in the queue), so the declined requesters come back spread over the places as
+   they free, one each, instead of all of them at the first end.
+
+The requester's side of a 503 is ``Scheduler.on_busy`` (no request to that peer before its
+``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+DURATION_SMOOTHING = 0.2
+"""EWMA weight of a new upload duration."""
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    """Settings of :class:`UploadSlots`."""
+
+    slots: int = 4
+    """Uploads sent at once."""
+
+    queue: int = 2
+    """Requests that may wait for a slot (a link never idles a round trip between two
+    uploads)."""
+
+    def __post_init__(self) -> None:
+        if self.slots < 1 or self.queue < 0:
+            raise ValueError("need slots >= 1 and queue >= 0")
+
+
+SERVE = "serve"
+QUEUE = "queue"
+
+
+class UploadSlots:
+    """The uploads of one node (for all models, or per model: the shell's choice). Requests
+    are named by hashable keys of the shell's choice."""
+
+    def __init__(self, config: UploadConfig | None = None) -> None:
+        self._config = config if config is not None else UploadConfig()
+        self._serving: dict[Hashable, tuple[float, float | None]] = {}
+        """Upload -> (started at, expected end or None)."""
+        self._waiting: deque[Hashable] = deque()
+        self._promises: list[float] = []  # sorted times told to declined requesters
+        self._mean: float | None = None  # mean upload duration
+
+    @property
+    def config(self) -> UploadConfig:
+        return self._config
+
+    @property
+    def serving(self) -> int:
+        return len(self._serving)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def request(self, key: Hashable, now: float) -> str | float:
+        """A request arrived: :data:`SERVE` (start sending now), :data:`QUEUE` (wait for
+        :meth:`end` to start it) or the ``Retry-After`` of a 503, in seconds (rule 2)."""
+        if key in self._serving or key in self._waiting:
+            raise ValueError(f"request {key!r} is already here")
+        if len(self._serving) < self._config.slots:
+            self._serving[key] = (now, None)
+            return SERVE
+        if len(self._waiting) < self._config.queue:
+            self._waiting.append(key)
+            return QUEUE
+        return self._decline(now)
+
+    def expect(self, key: Hashable, end_at: float) -> None:
+        """The shell's estimate of when upload ``key`` will end (bytes left / its rate)."""
+        entry = self._serving.get(key)
+        if entry is not None:
+            self._serving[key] = (entry[0], end_at)
+
+    def end(self, key: Hashable, now: float) -> Hashable | None:
+        """Upload ``key`` ended (sent, or cut off), or a waiting request went away.
+        Returns the waiting request that starts now, if one does."""
+        entry = self._serving.pop(key, None)
+        if entry is None:
+            if key in self._waiting:
+                self._waiting.remove(key)
+            return None
+        duration = now - entry[0]
+        if self._mean is None:
+            self._mean = duration
+        else:
+            self._mean += DURATION_SMOOTHING * (duration - self._mean)
+        if not self._waiting:
+            return None
+        started = self._waiting.popleft()
+        self._serving[started] = (now, None)
+        return started
+
+    def _decline(self, now: float) -> float:
+        promises = self._promises
+        del promises[: bisect.bisect_right(promises, now)]
+        mean = self._mean or 0.0
+        ends = sorted(
+            end if end is not None and end > now else max(now, start + mean)
+            for start, end in self._serving.values()
+        )
+        k = len(promises)
+        if k < len(ends):
+            due = ends[k]
+        else:
+            rounds = (k - len(ends)) // self._config.slots + 1
+            due = ends[(k - len(ends)) % len(ends)] + rounds * mean
+        bisect.insort(promises, due)
+        return max(0.0, due - now)
