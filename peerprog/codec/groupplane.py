@@ -78,12 +78,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from peerprog.codec import groupplane_native as native
 from peerprog.codec import zstd
 from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import DType, dtype
@@ -128,6 +130,43 @@ _DEFAULTS: dict[str, ParamValue] = {
     "targets_mbpw": [2000, 3000, 4000, 5000, 6000, 8000],
     "weighting": "relative",
 }
+
+
+# ---------------------------------------------------------------------------- backends
+
+
+def backends() -> tuple[str, ...]:
+    """The kernels available here: ``"c"`` (when the extension is built) and ``"numpy"``."""
+    return ("c", "numpy") if native.ext is not None else ("numpy",)
+
+
+def backend() -> str:
+    """The kernels in use (see the module docstring)."""
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Use the ``"c"`` or the ``"numpy"`` kernels from now on (ValueError if unavailable)."""
+    global _backend
+    if name not in backends():
+        raise ValueError(f"groupplane backend {name!r} is not available (have {backends()})")
+    _backend = name
+
+
+def _initial_backend() -> str:
+    want = os.environ.get("PEERPROG_GROUPPLANE", "")
+    if want in ("", "auto"):
+        return backends()[0]
+    if want not in backends():
+        raise RuntimeError(f"PEERPROG_GROUPPLANE={want!r}: available are {backends()}")
+    return want
+
+
+_backend = _initial_backend()
+
+
+def _c() -> bool:
+    return _backend == "c"
 
 
 def default_params() -> dict[str, ParamValue]:
@@ -431,6 +470,10 @@ def encode_tensor(
         data = shuffle(flat.view(dt.word)) if dt.is_float else flat.view(np.uint8)
         return {"whole": True}, [compress_dense(data.data), *([b""] * (nlevels - 1))]
     geo = _geometry(dt, s)
+    if _c():
+        levels = [_substeps(a, b) for a, b in itertools.pairwise([0, *ks])]
+        pieces_c = native.encode(geo, flat.view(dt.word), gsize, ks, levels)
+        return {"group": gsize, "planes": list(ks)}, list(pieces_c)
     ngroups = -(-flat.size // gsize)
     words = padded(flat.view(dt.word), ngroups * gsize)
     v = to_f32(geo, words).reshape(ngroups, gsize)
@@ -516,12 +559,29 @@ def decode_tensor(
     out: Array | None = None
     for m in range(n + 1):
         wm = f"tensor {name!r} level {m}"
-        if out is None:
+        if out is None and _c():
+            words = _first_c(geo, ks, gsize, ngroups, pieces[0], wm)
+            out = words[:numel].view(dt.storage).reshape(shape)
+        elif out is None:
             v0 = _first(geo, ks, gsize, ngroups, pieces[0], wm)[1]
             out = from_f32(geo, v0.reshape(-1)[:numel]).reshape(shape)
         else:
             out = _next_level(geo, ks, gsize, ngroups, numel, shape, pieces[: m + 1], m, out, wm)
     assert out is not None
+    return out
+
+
+def _first_c(
+    geo: Geometry, ks: list[int], gsize: int, ngroups: int, piece: Buffer, what: str
+) -> Array:
+    """Level 0 by the C kernels: flat words, padded to whole groups."""
+    steps = _substeps(0, ks[0])
+    parts = _parts(piece, 1 + len(steps), what)
+    scale_bytes = native.scales(geo, parts[0], ngroups, what)
+    if len(split_u32(parts[1], what)[1]):
+        raise FormatError(f"{what}: junk after level 0's symbols")
+    out = np.empty(ngroups * gsize, geo.word)
+    native.plane_steps(geo, None, 0, out, scale_bytes, gsize, steps, parts[1:], what)
     return out
 
 
@@ -563,6 +623,18 @@ def _next_level(
             raise FormatError(f"{what}: data in a level that does not refine the tensor")
         return prior
     scales, _ = split_u32(pieces[0], f"{what} (level 0)")
+    if _c():
+        scale_bytes = native.scales(geo, scales, ngroups, f"{what} (level 0)")
+        pw = np.ascontiguousarray(prior).reshape(-1).view(geo.word)
+        out = np.empty(ngroups * gsize, geo.word)
+        if last:
+            (part,) = _parts(piece, 1, what)
+            native.remainder(geo, pw, out, part, what)
+        else:
+            steps = _substeps(k0, k1)
+            parts = _parts(piece, len(steps), what)
+            native.plane_steps(geo, pw, numel, out, scale_bytes, gsize, steps, parts, what)
+        return out[:numel].view(geo.dt.storage).reshape(shape)
     exps = decode_scales(geo, scales, ngroups, f"{what} (level 0)")
     words = padded(np.ascontiguousarray(prior).reshape(-1).view(geo.word), ngroups * gsize)
     if last:
