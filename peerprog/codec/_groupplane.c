@@ -30,7 +30,6 @@
 
 #define FORMAT_VERSION 1
 #define MAX_STEP 7
-#define RUN 256 /* weights decoded between refills of the expanded symbols */
 
 #if defined(_MSC_VER)
 #include <intrin.h>
@@ -53,6 +52,13 @@ static __forceinline int clz32(uint32_t x) {
 #define clz32(x) __builtin_clz(x)
 #define BSWAP64 __builtin_bswap64
 #define BSWAP32 __builtin_bswap32
+#endif
+
+/* x86-64 with GCC on Linux: the kernels also in an AVX2 build, picked at load (ifunc). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
 #endif
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -183,8 +189,14 @@ static float pow2f(int e) {
 static int PER[MAX_STEP + 1];
 static int APOW[MAX_STEP + 1]; /* A ** PER: a code byte must be below */
 static int8_t TABLE[MAX_STEP + 1][256][8];
+static int8_t FIELDS[5][256][8]; /* r = 1, 2, 4: the 8 / r fields of a byte, MSB first */
 
 static void init_tables(void) {
+    for (int r = 1; r <= 4; r *= 2)
+        for (int c = 0; c < 256; c++)
+            for (int i = 0; i < 8; i++)
+                FIELDS[r][c][i] =
+                    (int8_t)(i < 8 / r ? (c >> (8 - r * (i + 1))) & ((1 << r) - 1) : 0);
     for (int r = 1; r <= MAX_STEP; r++) {
         int a = (1 << (r + 1)) - 1, per = 1, ap = a;
         while (ap * a <= 256) {
@@ -239,100 +251,235 @@ static void release_views(Views *v) {
 
 /* ------------------------------------------------------------------------ decode */
 
-typedef struct {
-    const uint8_t *codes;
-    Py_ssize_t ncodes, ci; /* code bytes, next one to expand */
-    int per;
-    const int8_t (*table)[8];
-    int8_t buf[4 * RUN + 16];
-    int pos, end; /* next symbol, end of the expanded ones */
-} Syms;
+#define CH 1024 /* weights per chunk of the plane decoder */
 
-/* Make at least RUN expanded symbols available at buf[pos..] (zeros once the codes run
- * out: the counts checked after the pass then fail). */
-static void syms_refill(Syms *s) {
-    int rem = s->end - s->pos;
-    if (rem < 0) rem = 0; /* past the end: only zeros were read */
-    if (rem) memmove(s->buf, s->buf + s->pos, (size_t)rem);
-    s->pos = 0;
-    s->end = rem;
-    while (s->end < 3 * RUN && s->ci < s->ncodes) {
-        memcpy(s->buf + s->end, s->table[s->codes[s->ci]], 8);
-        s->end += s->per;
-        s->ci++;
+typedef struct { /* a stream of small values expanded chunk by chunk into buf */
+    const uint8_t *src;
+    Py_ssize_t len, at; /* source bytes, next one to expand */
+    int8_t buf[2 * CH + 64];
+    int pos, end; /* next value, end of the expanded ones */
+} Expander;
+
+/* Keep the unread values and expand more until at least CH are there (zeros once the
+ * source runs out: the counts checked after the pass then fail). */
+static void expand_syms(Expander *x, const int8_t (*table)[8], int per) {
+    int rem = x->end - x->pos;
+    if (rem < 0) rem = 0; /* read past the end: only zeros were there */
+    if (rem) memmove(x->buf, x->buf + x->pos, (size_t)rem);
+    x->pos = 0;
+    x->end = rem;
+    while (x->end < CH + 8 && x->at < x->len) {
+        memcpy(x->buf + x->end, table[x->src[x->at]], 8);
+        x->end += per;
+        x->at++;
     }
-    if (s->end < RUN) memset(s->buf + s->end, 0, (size_t)(RUN + 8));
+    if (x->end < CH + 8) memset(x->buf + x->end, 0, (size_t)(CH + 16));
 }
 
-/* One run of weights [i0, i1) of a group whose half step is h: the shared loop of a plane
- * step. ``in`` holds n_in words (the rest read as +0), ``out`` may alias ``in``. */
-INLINE void plane_run(int kind, int size, const uint8_t *in, Py_ssize_t n_in, uint8_t *out,
-                      Py_ssize_t i0, Py_ssize_t i1, float h, int r, Syms *s,
-                      const uint8_t *ref, Py_ssize_t reflen, int64_t *rpos_io,
-                      Py_ssize_t *nsig_io) {
-    int64_t rpos = *rpos_io;
-    Py_ssize_t nsig = 0;
-    int sp = s->pos;
-    const int8_t *sb = s->buf;
-    const int base = 1 - (1 << r);
-    Py_ssize_t iend = i1 < n_in ? i1 : n_in;
-    if (iend < i0) iend = i0;
-    for (Py_ssize_t i = i0; i < iend; i++) {
-        float v = to_f32(load_word(in, i, size), kind);
-        int sig = v != 0.0f; /* NaN counts, as in numpy */
-        int sy = sb[sp];
-        uint64_t win = window(ref, reflen, (Py_ssize_t)(rpos >> 3));
-        int b = (int)((win << (rpos & 7)) >> (64 - r));
-        int st = sig ? 2 * b + base : 2 * sy + (sy > 0) - (sy < 0);
-        float o = v + (float)st * copysignf(h, v);
-        store_word(out, i, size, from_f32(o, kind));
-        sp += !sig;
-        rpos += sig ? r : 0;
-        nsig += sig;
+/* The same for r-bit fields, MSB first: 8 fields per r bytes. */
+static void expand_fields(Expander *x, int r) {
+    int rem = x->end - x->pos;
+    if (rem < 0) rem = 0;
+    if (rem) memmove(x->buf, x->buf + x->pos, (size_t)rem);
+    x->pos = 0;
+    x->end = rem;
+    if (8 % r == 0) { /* r = 1, 2, 4: whole fields in each byte, by table */
+        const int per = 8 / r;
+        const int8_t(*t)[8] = (const int8_t(*)[8])FIELDS[r];
+        while (x->end < CH + 8 && x->at < x->len) {
+            memcpy(x->buf + x->end, t[x->src[x->at]], 8);
+            x->end += per;
+            x->at++;
+        }
+        if (x->end < CH + 8) memset(x->buf + x->end, 0, (size_t)(CH + 16));
+        return;
     }
-    for (Py_ssize_t i = iend; i < i1; i++) { /* the zero padding of the last group */
-        int sy = sb[sp];
-        float o = (float)(2 * sy + (sy > 0) - (sy < 0)) * h;
-        store_word(out, i, size, from_f32(o, kind));
-        sp++;
+    const uint8_t mask = (uint8_t)((1u << r) - 1);
+    while (x->end < CH + 8 && x->at < x->len) {
+        uint64_t w = 0;
+        if (x->at + r <= x->len) {
+            for (int i = 0; i < r; i++) w = (w << 8) | x->src[x->at + i];
+        } else {
+            for (int i = 0; i < r; i++)
+                w = (w << 8) | (x->at + i < x->len ? x->src[x->at + i] : 0u);
+        }
+        int8_t *o = x->buf + x->end;
+        for (int j = 0; j < 8; j++) o[j] = (int8_t)((w >> (r * (7 - j))) & mask);
+        x->end += 8;
+        x->at += r;
     }
-    s->pos = sp;
-    *rpos_io = rpos;
-    *nsig_io += nsig;
+    if (x->end < CH + 8) memset(x->buf + x->end, 0, (size_t)(CH + 16));
 }
 
-static int plane_kernel(const Fmt *f, const uint8_t *in, Py_ssize_t n_in, uint8_t *out,
-                        Py_ssize_t total, Py_ssize_t gsize, const uint8_t *scales,
-                        int e_floor, int k1, int r, Syms *s, const uint8_t *ref,
-                        Py_ssize_t reflen, Py_ssize_t *nsig_out) {
-    int64_t rpos = 0;
-    Py_ssize_t nsig = 0;
-    Py_ssize_t ngroups = total / gsize;
-    for (Py_ssize_t g = 0; g < ngroups; g++) {
-        float h = pow2f((int)scales[g] + e_floor - k1 - 1);
-        for (Py_ssize_t i0 = g * gsize, gend = i0 + gsize; i0 < gend; i0 += RUN) {
-            Py_ssize_t i1 = i0 + RUN < gend ? i0 + RUN : gend;
-            if (s->end - s->pos < RUN) syms_refill(s);
-            switch (f->kind) {
-            case K_BF16:
-                plane_run(K_BF16, 2, in, n_in, out, i0, i1, h, r, s, ref, reflen, &rpos,
-                          &nsig);
-                break;
-            case K_F32:
-                plane_run(K_F32, 4, in, n_in, out, i0, i1, h, r, s, ref, reflen, &rpos,
-                          &nsig);
-                break;
-            default:
-                plane_run(K_F16, 2, in, n_in, out, i0, i1, h, r, s, ref, reflen, &rpos,
-                          &nsig);
-            }
+/* Significance of n words from ``in`` (those past n_in are +0): v != 0 in float32, so NaN
+ * counts and -0 does not, as in numpy. */
+INLINE int sig_flags(int kind, int size, const uint8_t *in, Py_ssize_t i0, Py_ssize_t n,
+                     Py_ssize_t n_in, uint8_t *sig) {
+    Py_ssize_t nreal = n_in - i0;
+    nreal = nreal < 0 ? 0 : nreal > n ? n : nreal;
+    const uint32_t absmask = size == 2 ? 0x7fffu : 0x7fffffffu;
+    int count = 0;
+    (void)kind;
+    for (Py_ssize_t i = 0; i < nreal; i++) {
+        uint8_t s = (load_word(in, i0 + i, size) & absmask) != 0;
+        sig[i] = s;
+        count += s;
+    }
+    for (Py_ssize_t i = nreal; i < n; i++) sig[i] = 0;
+    return count;
+}
+
+/* The values of a chunk: the refinement field of a significant weight, the symbol of the
+ * others, each stream read in order. */
+static void merge(const uint8_t *sig, Py_ssize_t n, Expander *syms, Expander *flds,
+                  int8_t *val) {
+    const int8_t *S = syms->buf + syms->pos, *F = flds->buf + flds->pos;
+    Py_ssize_t js = 0, jr = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int s = sig[i], m = -s; /* masks, not a branch: sig is unpredictable */
+        val[i] = (int8_t)((F[jr] & m) | (S[js] & ~m));
+        jr += s;
+        js += 1 - s;
+    }
+    syms->pos += (int)js;
+    flds->pos += (int)jr;
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_SSSE3_MERGE 1
+#include <immintrin.h>
+
+/* EXPAND[m]: the pshufb control that spreads consecutive bytes to the set lanes of the
+ * 8-bit mask m (0x80, a zero, in the others); POP[m]: the set lanes. */
+static uint8_t EXPAND[256][8];
+static uint8_t COMPRESS[256][8]; /* the set lanes of m, gathered to the front */
+static uint8_t POP[256];
+static int use_ssse3;
+
+static void init_expand(void) {
+    for (int m = 0; m < 256; m++) {
+        int k = 0;
+        for (int i = 0; i < 8; i++) {
+            EXPAND[m][i] = (m >> i) & 1 ? (uint8_t)k : 0x80;
+            COMPRESS[m][i] = 0x80;
+            if ((m >> i) & 1) COMPRESS[m][k++] = (uint8_t)i;
+        }
+        POP[m] = (uint8_t)k;
+    }
+    __builtin_cpu_init();
+    use_ssse3 = __builtin_cpu_supports("ssse3");
+}
+
+/* merge() 16 weights at a time: the significant lanes take the next fields, the others
+ * the next symbols, by two byte shuffles per 8 lanes. Both buffers hold at least CH + 8
+ * readable bytes past their position (expand_*), and n <= CH. */
+__attribute__((target("ssse3"))) static void merge_ssse3(const uint8_t *sig, Py_ssize_t n,
+                                                         Expander *syms, Expander *flds,
+                                                         int8_t *val) {
+    const int8_t *S = syms->buf + syms->pos, *F = flds->buf + flds->pos;
+    Py_ssize_t js = 0, jr = 0, i = 0;
+    const __m128i zero = _mm_setzero_si128();
+    for (; i + 16 <= n; i += 16) {
+        __m128i sg = _mm_loadu_si128((const __m128i *)(sig + i));
+        unsigned mask = (unsigned)_mm_movemask_epi8(_mm_cmpgt_epi8(sg, zero));
+        for (int h = 0; h < 2; h++) {
+            unsigned m = (mask >> (8 * h)) & 0xffu, nm = m ^ 0xffu;
+            __m128i f = _mm_loadl_epi64((const __m128i *)(F + jr));
+            __m128i s = _mm_loadl_epi64((const __m128i *)(S + js));
+            __m128i cf = _mm_loadl_epi64((const __m128i *)EXPAND[m]);
+            __m128i cs = _mm_loadl_epi64((const __m128i *)EXPAND[nm]);
+            __m128i v = _mm_or_si128(_mm_shuffle_epi8(f, cf), _mm_shuffle_epi8(s, cs));
+            _mm_storel_epi64((__m128i *)(val + i + 8 * h), v);
+            jr += POP[m];
+            js += POP[nm];
         }
     }
-    *nsig_out = nsig;
-    return 0;
+    for (; i < n; i++) {
+        int s = sig[i], m = -s;
+        val[i] = (int8_t)((F[jr] & m) | (S[js] & ~m));
+        jr += s;
+        js += 1 - s;
+    }
+    syms->pos += (int)js;
+    flds->pos += (int)jr;
+}
+#endif
+
+/* New values of one group segment [i0, i0 + n) with half step h. */
+INLINE void plane_compute(int kind, int size, const uint8_t *in, Py_ssize_t i0, Py_ssize_t n,
+                          Py_ssize_t n_in, uint8_t *out, const uint8_t *sig, const int8_t *val,
+                          float h, int r) {
+    const int base = 1 - (1 << r);
+    Py_ssize_t nreal = n_in - i0;
+    nreal = nreal < 0 ? 0 : nreal > n ? n : nreal;
+    for (Py_ssize_t i = 0; i < nreal; i++) {
+        float v = to_f32(load_word(in, i0 + i, size), kind);
+        int x = val[i];
+        int st = sig[i] ? 2 * x + base : 2 * x + (x > 0) - (x < 0);
+        float o = v + (float)st * copysignf(h, v);
+        store_word(out, i0 + i, size, from_f32(o, kind));
+    }
+    for (Py_ssize_t i = nreal; i < n; i++) { /* the zero padding of the last group */
+        int x = val[i];
+        float o = (float)(2 * x + (x > 0) - (x < 0)) * h;
+        store_word(out, i0 + i, size, from_f32(o, kind));
+    }
+}
+
+typedef struct {
+    Expander syms, flds;
+    uint8_t sig[CH];
+    int8_t val[CH];
+} PlaneWork;
+
+INLINE Py_ssize_t plane_kernel_k(int kind, int size, const uint8_t *in, Py_ssize_t n_in,
+                                 uint8_t *out, Py_ssize_t total, Py_ssize_t gsize,
+                                 const uint8_t *scales, int e_floor, int k1, int r,
+                                 PlaneWork *wk, const int8_t (*table)[8], int per) {
+    Py_ssize_t nsig = 0;
+    for (Py_ssize_t c0 = 0; c0 < total; c0 += CH) {
+        Py_ssize_t n = total - c0 < CH ? total - c0 : CH;
+        if (wk->syms.end - wk->syms.pos < CH) expand_syms(&wk->syms, table, per);
+        if (wk->flds.end - wk->flds.pos < CH) expand_fields(&wk->flds, r);
+        nsig += sig_flags(kind, size, in, c0, n, n_in, wk->sig);
+#ifdef HAVE_SSSE3_MERGE
+        if (use_ssse3)
+            merge_ssse3(wk->sig, n, &wk->syms, &wk->flds, wk->val);
+        else
+#endif
+            merge(wk->sig, n, &wk->syms, &wk->flds, wk->val);
+        for (Py_ssize_t i = c0; i < c0 + n;) {
+            Py_ssize_t g = i / gsize, gend = (g + 1) * gsize;
+            if (gend > c0 + n) gend = c0 + n;
+            float h = pow2f((int)scales[g] + e_floor - k1 - 1);
+            plane_compute(kind, size, in, i, gend - i, n_in, out, wk->sig + (i - c0),
+                          wk->val + (i - c0), h, r);
+            i = gend;
+        }
+    }
+    return nsig;
+}
+
+CLONES static Py_ssize_t plane_kernel(const Fmt *f, const uint8_t *in, Py_ssize_t n_in, uint8_t *out,
+                               Py_ssize_t total, Py_ssize_t gsize, const uint8_t *scales,
+                               int e_floor, int k1, int r, PlaneWork *wk) {
+    const int8_t(*table)[8] = (const int8_t(*)[8])TABLE[r];
+    int per = PER[r];
+    switch (f->kind) {
+    case K_BF16:
+        return plane_kernel_k(K_BF16, 2, in, n_in, out, total, gsize, scales, e_floor, k1, r,
+                              wk, table, per);
+    case K_F32:
+        return plane_kernel_k(K_F32, 4, in, n_in, out, total, gsize, scales, e_floor, k1, r,
+                              wk, table, per);
+    default:
+        return plane_kernel_k(K_F16, 2, in, n_in, out, total, gsize, scales, e_floor, k1, r,
+                              wk, table, per);
+    }
 }
 
 static PyObject *py_decode_planes(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *prior_o, *out_o, *scales_o, *codes_o, *ref_o;
     Py_ssize_t n_in, gsize;
     int e_floor, size, ebits, mbits, k1, r;
@@ -362,17 +509,17 @@ static PyObject *py_decode_planes(PyObject *self, PyObject *args) {
     }
     int per = PER[r], bad_code = 0, bad_scale = 0;
     const uint8_t *cp = codes->buf, *sp = scales->buf;
-    Syms *s = PyMem_RawMalloc(sizeof(Syms));
-    if (!s) {
+    PlaneWork *wk = PyMem_RawMalloc(sizeof(PlaneWork));
+    if (!wk) {
         release_views(&v);
         return PyErr_NoMemory();
     }
-    s->codes = cp;
-    s->ncodes = codes->len;
-    s->ci = 0;
-    s->per = per;
-    s->table = (const int8_t(*)[8])TABLE[r];
-    s->pos = s->end = 0;
+    wk->syms.src = cp;
+    wk->syms.len = codes->len;
+    wk->flds.src = ref->buf;
+    wk->flds.len = ref->len;
+    wk->syms.at = wk->flds.at = 0;
+    wk->syms.pos = wk->syms.end = wk->flds.pos = wk->flds.end = 0;
     Py_ssize_t nsig = 0;
     Py_BEGIN_ALLOW_THREADS;
     int amax = 0, emax = 0;
@@ -381,10 +528,10 @@ static PyObject *py_decode_planes(PyObject *self, PyObject *args) {
     bad_code = amax >= APOW[r];
     bad_scale = emax + e_floor > (1 << (ebits - 1)); /* e_ceil */
     if (!bad_code && !bad_scale)
-        plane_kernel(&f, prior ? prior->buf : NULL, n_in, out->buf, total, gsize, sp, e_floor,
-                     k1, r, s, ref->buf, ref->len, &nsig);
+        nsig = plane_kernel(&f, prior ? prior->buf : NULL, n_in, out->buf, total, gsize, sp,
+                            e_floor, k1, r, wk);
     Py_END_ALLOW_THREADS;
-    PyMem_RawFree(s);
+    PyMem_RawFree(wk);
     Py_ssize_t nsym = total - nsig;
     Py_ssize_t want_codes = (nsym + per - 1) / per;
     Py_ssize_t want_ref = (Py_ssize_t)(((int64_t)nsig * r + 7) / 8);
@@ -447,7 +594,18 @@ INLINE void remainder_loop(int size, int mbits, const uint8_t *in, Py_ssize_t n_
     *bad_io = bad;
 }
 
+CLONES static void remainder_kernel(int size, int mbits, const uint8_t *in, Py_ssize_t n_in,
+                                    uint8_t *out, Py_ssize_t total, const uint8_t *raw,
+                                    Py_ssize_t nrest, const uint8_t *low, Py_ssize_t lowlen,
+                                    int64_t *bpos, Py_ssize_t *j, int *bad) {
+    if (size == 2)
+        remainder_loop(2, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad);
+    else
+        remainder_loop(4, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad);
+}
+
 static PyObject *py_decode_remainder(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *prior_o, *out_o, *raw_o, *low_o;
     Py_ssize_t n_in;
     int size, ebits, mbits;
@@ -474,12 +632,8 @@ static PyObject *py_decode_remainder(PyObject *self, PyObject *args) {
     int bad = 0;
     if (rawlen == nrest * size) {
         Py_BEGIN_ALLOW_THREADS;
-        if (size == 2)
-            remainder_loop(2, mbits, prior->buf, n_in, out->buf, total, raw->buf, nrest,
-                           low->buf, lowlen, &bpos, &j, &bad);
-        else
-            remainder_loop(4, mbits, prior->buf, n_in, out->buf, total, raw->buf, nrest,
-                           low->buf, lowlen, &bpos, &j, &bad);
+        remainder_kernel(size, mbits, prior->buf, n_in, out->buf, total, raw->buf, nrest,
+                         low->buf, lowlen, &bpos, &j, &bad);
         Py_END_ALLOW_THREADS;
     }
     release_views(&v);
@@ -526,24 +680,89 @@ INLINE uint8_t pack_digits(const uint8_t *d, int per, int a) {
 }
 
 /* Compact one step's digits (of the weights still 0) and fields (of the others) of a chunk
- * of magnitudes q, and pack whole bytes / groups of 8 fields into the outputs. */
-static void step_chunk(Step *st, const uint32_t *q, const uint8_t *neg, Py_ssize_t n) {
+ * of magnitudes q, and pack whole bytes / groups of 8 fields into the outputs. ``t`` is
+ * scratch of 3 * (n + 16) bytes. */
+static void compact(const uint8_t *sig, const uint8_t *dig, const uint8_t *fld, Py_ssize_t n,
+                    uint8_t *db, uint8_t *rb, Py_ssize_t *nd_io, Py_ssize_t *nr_io);
+#ifdef HAVE_SSSE3_MERGE
+__attribute__((target("ssse3"))) static void compact_ssse3(const uint8_t *sig,
+                                                           const uint8_t *dig,
+                                                           const uint8_t *fld, Py_ssize_t n,
+                                                           uint8_t *db, uint8_t *rb,
+                                                           Py_ssize_t *nd_io,
+                                                           Py_ssize_t *nr_io) {
+    Py_ssize_t nd = *nd_io, nr = *nr_io, i = 0;
+    const __m128i zero = _mm_setzero_si128();
+    for (; i + 16 <= n; i += 16) {
+        __m128i sg = _mm_loadu_si128((const __m128i *)(sig + i));
+        unsigned mask = (unsigned)_mm_movemask_epi8(_mm_cmpgt_epi8(sg, zero));
+        for (int h = 0; h < 2; h++) {
+            unsigned m = (mask >> (8 * h)) & 0xffu, nm = m ^ 0xffu;
+            __m128i d = _mm_loadl_epi64((const __m128i *)(dig + i + 8 * h));
+            __m128i f = _mm_loadl_epi64((const __m128i *)(fld + i + 8 * h));
+            __m128i cf = _mm_loadl_epi64((const __m128i *)COMPRESS[m]);
+            __m128i cd = _mm_loadl_epi64((const __m128i *)COMPRESS[nm]);
+            _mm_storel_epi64((__m128i *)(rb + nr), _mm_shuffle_epi8(f, cf));
+            _mm_storel_epi64((__m128i *)(db + nd), _mm_shuffle_epi8(d, cd));
+            nr += POP[m];
+            nd += POP[nm];
+        }
+    }
+    *nd_io = nd;
+    *nr_io = nr;
+    compact(sig + i, dig + i, fld + i, n - i, db, rb, nd_io, nr_io);
+}
+#endif
+
+static void compact(const uint8_t *sig, const uint8_t *dig, const uint8_t *fld, Py_ssize_t n,
+                    uint8_t *db, uint8_t *rb, Py_ssize_t *nd_io, Py_ssize_t *nr_io) {
+    Py_ssize_t nd = *nd_io, nr = *nr_io;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        db[nd] = dig[i];
+        rb[nr] = fld[i];
+        nd += !sig[i];
+        nr += sig[i];
+    }
+    *nd_io = nd;
+    *nr_io = nr;
+}
+
+CLONES static void step_chunk(Step *st, const uint32_t *q, const uint8_t *neg, Py_ssize_t n,
+                       uint8_t *t) {
     uint8_t *db = st->dbuf, *rb = st->rbuf;
     Py_ssize_t nd = st->npd, nr = st->npr;
     const int hi = st->hi, lo = st->lo, off = st->off;
     const uint32_t mask = st->mask;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    uint8_t *tsig = t, *tdig = t + n + 16, *tfld = t + 2 * (n + 16);
+    for (Py_ssize_t i = 0; i < n; i++) { /* vectorised */
         uint32_t qi = q[i];
-        int sig = (qi >> hi) != 0;
-        uint32_t b = (qi >> lo) & mask;
-        db[nd] = (uint8_t)(neg[i] ? off - (int)b : off + (int)b);
-        rb[nr] = (uint8_t)b;
-        nd += !sig;
-        nr += sig;
+        uint32_t b = (qi >> lo) & mask, ng = neg[i];
+        tsig[i] = (qi >> hi) != 0;
+        tdig[i] = (uint8_t)(off + (int)((b ^ (0u - ng)) + ng)); /* off -/+ b */
+        tfld[i] = (uint8_t)b;
     }
+#ifdef HAVE_SSSE3_MERGE
+    if (use_ssse3)
+        compact_ssse3(tsig, tdig, tfld, n, db, rb, &nd, &nr);
+    else
+#endif
+        compact(tsig, tdig, tfld, n, db, rb, &nd, &nr);
     Py_ssize_t full = nd / st->per * st->per;
     uint8_t *co = st->codes + st->ncodes;
-    for (Py_ssize_t k = 0; k < full; k += st->per) *co++ = pack_digits(db + k, st->per, st->a);
+    switch (st->per) { /* constant per: unrolled */
+    case 5:
+        for (Py_ssize_t k = 0; k < full; k += 5) *co++ = pack_digits(db + k, 5, 3);
+        break;
+    case 2:
+        for (Py_ssize_t k = 0; k < full; k += 2) *co++ = pack_digits(db + k, 2, st->a);
+        break;
+    case 1:
+        memcpy(co, db, (size_t)full);
+        co += full;
+        break;
+    default:
+        for (Py_ssize_t k = 0; k < full; k += st->per) *co++ = pack_digits(db + k, st->per, st->a);
+    }
     st->ncodes = co - st->codes;
     memmove(db, db + full, (size_t)(nd - full));
     st->npd = (int)(nd - full);
@@ -561,7 +780,7 @@ static void step_flush(Step *st) {
         st->codes[st->ncodes++] = pack_digits(st->dbuf, st->per, st->a);
     }
     if (st->npr) {
-        uint8_t tmp[8];
+        uint8_t tmp[16];
         memset(st->rbuf + st->npr, 0, 8);
         pack_fields8(tmp, st->rbuf, st->r);
         int nb = (st->npr * st->r + 7) / 8;
@@ -570,27 +789,26 @@ static void step_flush(Step *st) {
     }
 }
 
-typedef struct { /* MSB-first bit writer, fields of at most 32 bits */
+typedef struct { /* MSB-first bit writer: acc holds ``fill`` (< 8) pending bits at its top */
     uint8_t *out;
     uint64_t acc;
     int fill;
 } BitWriter;
 
-INLINE void bw_put(BitWriter *w, uint32_t v, int width) {
-    w->acc = (w->acc << width) | v;
+/* Append the low ``width`` (<= 56) bits of v (v < 2**width); writes 8 bytes at out. */
+INLINE void bw_put(BitWriter *w, uint64_t v, int width) {
+    w->acc |= (v << 1) << (63 - w->fill - width);
     w->fill += width;
-    uint32_t top = (uint32_t)(w->acc >> ((w->fill - 32) & 63));
-    top = BE32(top);
-    memcpy(w->out, &top, 4);
-    int adv = w->fill >= 32;
-    w->out += 4 * adv;
-    w->fill -= 32 * adv;
+    uint64_t be = BE64(w->acc);
+    memcpy(w->out, &be, 8);
+    w->out += w->fill >> 3;
+    w->acc <<= w->fill & ~7;
+    w->fill &= 7;
 }
 
 static void bw_flush(BitWriter *w) {
-    if (w->fill) {
-        uint32_t x = (uint32_t)(w->acc << (32 - w->fill));
-        for (int i = 0; i < (w->fill + 7) / 8; i++) *w->out++ = (uint8_t)(x >> (24 - 8 * i));
+    if (w->fill) { /* its byte is written, zero-padded */
+        w->out++;
         w->fill = 0;
     }
 }
@@ -605,8 +823,8 @@ typedef struct {
     uint8_t *rest; /* rest words, native order, then shuffled by the caller */
     Py_ssize_t nrest;
     BitWriter low;
-    uint32_t *q;
-    uint8_t *neg;
+    uint32_t *q, *lowv;
+    uint8_t *neg, *width, *tmp;
 } Enc;
 
 /* Group exponent E of a group's words: the smallest with every finite |x| < 2**E. */
@@ -622,64 +840,117 @@ INLINE int group_exponent(const Fmt *f, uint32_t amax, int e_floor, int e_ceil) 
 }
 
 INLINE void enc_group(Enc *e, int size, const uint8_t *words, Py_ssize_t i0, Py_ssize_t n,
-                      Py_ssize_t navail, uint32_t *q, uint8_t *neg, uint8_t *scale) {
+                      Py_ssize_t navail, uint32_t *q, uint8_t *neg, uint8_t *width,
+                      uint32_t *low, uint8_t *scale) {
     const Fmt *f = &e->f;
     uint32_t amax = 0;
     Py_ssize_t nreal = navail < n ? (navail > 0 ? navail : 0) : n;
-    for (Py_ssize_t i = 0; i < nreal; i++) {
-        uint32_t a = load_word(words, i0 + i, size) & f->absmask;
-        a = a < f->infbits ? a : 0;
-        amax = a > amax ? a : amax;
+    const uint32_t absmask = f->absmask, infbits = f->infbits, mantmask = f->mantmask;
+    const int mbits = f->mbits;
+    if (size == 2) {
+        uint16_t m16 = 0; /* vectorised: max over the finite magnitudes */
+        for (Py_ssize_t i = 0; i < nreal; i++) {
+            uint16_t a = (uint16_t)(load_word(words, i0 + i, 2) & absmask);
+            uint16_t keep = a & (uint16_t)(0u - (a < infbits));
+            m16 = m16 > keep ? m16 : keep;
+        }
+        amax = m16;
+    } else {
+        for (Py_ssize_t i = 0; i < nreal; i++) {
+            uint32_t a = load_word(words, i0 + i, 4) & absmask;
+            uint32_t keep = a & (0u - (a < infbits));
+            amax = amax > keep ? amax : keep;
+        }
     }
     int E = group_exponent(f, amax, e->e_floor, e->e_ceil);
     *scale = (uint8_t)(E - e->e_floor);
-    const int top = e->top, mbits = f->mbits, shift_base = 1 - f->bias - mbits - E + top;
+    /* q = floor(|x| / 2**(E - top)) = the significand shifted right by d = (E - top) -
+     * (exponent of x's lsb), and d >= 1 for every finite x (e_floor's clamp): then the
+     * midpoint's marker is bit d - 1 and the remainder is the d low bits. */
+    const int dbase = E - e->top - 1 + f->bias + mbits; /* d = dbase - max(be, 1) + 1 */
+    for (Py_ssize_t i = 0; i < nreal; i++) { /* vectorised */
+        uint32_t w = load_word(words, i0 + i, size);
+        uint32_t a = w & absmask;
+        uint32_t be = a >> mbits;
+        uint32_t m = (a & mantmask) | (be ? mantmask + 1 : 0u);
+        int d = dbase + 1 - (int)(be > 1 ? be : 1);
+        d = d > 31 ? 31 : d < 0 ? 0 : d;
+        uint32_t qi = a < infbits ? m >> d : 0u;
+        q[i] = qi;
+        neg[i] = (uint8_t)(w >> (8 * size - 1));
+        width[i] = (uint8_t)(qi ? d : 0);
+        low[i] = w & ((qi ? 1u << d : 1u) - 1u);
+    }
+    for (Py_ssize_t i = nreal; i < n; i++) { /* the zero padding of the last group */
+        q[i] = 0;
+        neg[i] = 0;
+        width[i] = 0;
+        low[i] = 0;
+    }
+}
+
+/* The remainder of a chunk: the low bits of the weights with q != 0, the whole words of the
+ * others (the zero padding too). */
+INLINE void enc_remainder(Enc *e, int size, const uint8_t *words, Py_ssize_t i0, Py_ssize_t n,
+                          const uint32_t *q, const uint8_t *width, const uint32_t *low) {
     BitWriter bw = e->low;
     uint8_t *rest = e->rest;
     Py_ssize_t nrest = e->nrest;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t w = i < nreal ? load_word(words, i0 + i, size) : 0u;
-        uint32_t a = w & f->absmask;
-        uint32_t be = a >> mbits;
-        uint32_t m = (a & f->mantmask) | (be ? f->implicit : 0u);
-        int sh = shift_base + (int)(be ? be - 1 : 0); /* exponent of the lsb - (E - top) */
-        uint32_t qi = sh >= 0 ? m << (sh & 31) : (sh > -32 ? m >> ((-sh) & 31) : 0u);
-        qi = a < f->infbits ? qi : 0u;
-        q[i] = qi;
-        neg[i] = (uint8_t)(w >> (8 * size - 1));
-        /* remainder: the bits below the midpoint's marker and the marker position, or the
-         * whole word when the prior is 0 */
-        int width = qi ? -sh : 0;
-        uint32_t lowv = w & (uint32_t)((1ull << width) - 1);
-        bw_put(&bw, lowv, width);
-        store_word(rest, nrest, size, w);
-        nrest += !qi;
+    Py_ssize_t nreal = e->numel - i0;
+    nreal = nreal < 0 ? 0 : nreal > n ? n : nreal;
+    /* fields in pairs (float32: <= 24 bits each) or fours (16-bit words: <= 11 bits), so
+     * that one put takes at most 48 bits */
+    Py_ssize_t i = 0;
+    if (size == 2) {
+        for (; i + 4 <= nreal; i += 4) {
+            int w0 = width[i], w1 = width[i + 1], w2 = width[i + 2], w3 = width[i + 3];
+            uint64_t v = ((((((uint64_t)low[i] << w1) | low[i + 1]) << w2) | low[i + 2]) << w3) |
+                         low[i + 3];
+            bw_put(&bw, v, w0 + w1 + w2 + w3);
+        }
+    } else {
+        for (; i + 2 <= nreal; i += 2) {
+            int w1 = width[i + 1];
+            bw_put(&bw, ((uint64_t)low[i] << w1) | low[i + 1], width[i] + w1);
+        }
     }
+    for (; i < nreal; i++) bw_put(&bw, low[i], width[i]);
+    for (i = 0; i < nreal; i++) {
+        store_word(rest, nrest, size, load_word(words, i0 + i, size));
+        nrest += q[i] == 0;
+    }
+    for (Py_ssize_t i = nreal; i < n; i++) store_word(rest, nrest++, size, 0u);
     e->low = bw;
     e->nrest = nrest;
 }
 
-static void enc_run(Enc *e, Py_ssize_t chunk_groups) {
+CLONES static void enc_run(Enc *e, Py_ssize_t chunk_groups) {
     const Py_ssize_t gsize = e->gsize, ngroups = e->total / gsize;
     for (Py_ssize_t g0 = 0; g0 < ngroups; g0 += chunk_groups) {
         Py_ssize_t g1 = g0 + chunk_groups < ngroups ? g0 + chunk_groups : ngroups;
         for (Py_ssize_t g = g0; g < g1; g++) {
             Py_ssize_t i0 = g * gsize;
-            uint32_t *q = e->q + (g - g0) * gsize;
-            uint8_t *neg = e->neg + (g - g0) * gsize;
+            Py_ssize_t o = (g - g0) * gsize;
             if (e->f.size == 2)
-                enc_group(e, 2, e->words, i0, gsize, e->numel - i0, q, neg, e->scales + g);
+                enc_group(e, 2, e->words, i0, gsize, e->numel - i0, e->q + o, e->neg + o,
+                          e->width + o, e->lowv + o, e->scales + g);
             else
-                enc_group(e, 4, e->words, i0, gsize, e->numel - i0, q, neg, e->scales + g);
+                enc_group(e, 4, e->words, i0, gsize, e->numel - i0, e->q + o, e->neg + o,
+                          e->width + o, e->lowv + o, e->scales + g);
         }
         Py_ssize_t n = (g1 - g0) * gsize;
-        for (int s = 0; s < e->nsteps; s++) step_chunk(&e->steps[s], e->q, e->neg, n);
+        if (e->f.size == 2)
+            enc_remainder(e, 2, e->words, g0 * gsize, n, e->q, e->width, e->lowv);
+        else
+            enc_remainder(e, 4, e->words, g0 * gsize, n, e->q, e->width, e->lowv);
+        for (int s = 0; s < e->nsteps; s++) step_chunk(&e->steps[s], e->q, e->neg, n, e->tmp);
     }
     for (int s = 0; s < e->nsteps; s++) step_flush(&e->steps[s]);
     bw_flush(&e->low);
 }
 
 static PyObject *py_encode(PyObject *self, PyObject *args) {
+    (void)self;
     PyObject *words_o, *steps_o;
     Py_ssize_t gsize;
     int size, ebits, mbits, e_floor, e_ceil, top;
@@ -750,19 +1021,22 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     Py_ssize_t chunk_groups = gsize >= 4096 ? 1 : 4096 / gsize;
     Py_ssize_t chunk = chunk_groups * gsize;
     size_t per_step = (size_t)chunk + 16;
-    scratch = PyMem_RawMalloc((size_t)chunk * 5 + 2 * per_step * (size_t)(e->nsteps + 1));
+    scratch = PyMem_RawMalloc((size_t)chunk * 10 + per_step * (size_t)(2 * e->nsteps + 3));
     resttmp = PyMem_RawMalloc((size_t)total * (size_t)size + 8);
     if (!scratch || !resttmp) {
         PyErr_NoMemory();
         goto done;
     }
     e->q = (uint32_t *)scratch;
-    e->neg = scratch + (size_t)chunk * 4;
-    uint8_t *sb = scratch + (size_t)chunk * 5;
+    e->lowv = (uint32_t *)(scratch + (size_t)chunk * 4);
+    e->neg = scratch + (size_t)chunk * 8;
+    e->width = scratch + (size_t)chunk * 9;
+    uint8_t *sb = scratch + (size_t)chunk * 10;
     for (int s = 0; s < e->nsteps; s++) {
         e->steps[s].dbuf = sb + (2 * (size_t)s) * per_step;
         e->steps[s].rbuf = sb + (2 * (size_t)s + 1) * per_step;
     }
+    e->tmp = sb + 2 * (size_t)e->nsteps * per_step;
     e->rest = resttmp;
     Py_BEGIN_ALLOW_THREADS;
     enc_run(e, chunk_groups);
@@ -828,6 +1102,9 @@ PyMODINIT_FUNC PyInit__groupplane(void) {
     Py_DECREF(errors);
     if (!FormatError) return NULL;
     init_tables();
+#ifdef HAVE_SSSE3_MERGE
+    init_expand();
+#endif
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddIntConstant(m, "FORMAT", FORMAT_VERSION) < 0) {
