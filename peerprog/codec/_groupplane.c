@@ -557,27 +557,76 @@ static PyObject *py_decode_planes(PyObject *self, PyObject *args) {
 }
 
 /* The remainder: exact words from the prior (midpoints, or 0: then the word comes whole from
- * the byte-shuffled ``raw``) and the packed low bits. */
+ * the byte-shuffled ``raw``) and the packed low bits, chunk by chunk in four passes. */
+typedef struct {
+    uint8_t width[CH + 8];
+    uint32_t low[CH + 8];
+} RemWork;
+
 INLINE void remainder_loop(int size, int mbits, const uint8_t *in, Py_ssize_t n_in,
                            uint8_t *out, Py_ssize_t total, const uint8_t *raw,
                            Py_ssize_t nrest, const uint8_t *low, Py_ssize_t lowlen,
-                           int64_t *bpos_io, Py_ssize_t *j_io, int *bad_io) {
+                           int64_t *bpos_io, Py_ssize_t *j_io, int *bad_io, RemWork *wk) {
     int64_t bpos = 0;
     Py_ssize_t j = 0;
-    int bad = 0;
-    const int maxw = mbits + 1;
-    for (Py_ssize_t i = 0; i < total; i++) {
-        uint32_t pw = i < n_in ? load_word(in, i, size) : 0u;
-        int sig = pw != 0;
-        int t = ctz32(pw | 0x80000000u);
-        int width = sig ? t + 1 : 0;
-        bad |= width > maxw;
-        uint64_t win = window(low, lowlen, (Py_ssize_t)(bpos >> 3));
-        uint32_t lowv = (uint32_t)(((win << (bpos & 7)) >> 1) >> (63 - width));
-        bpos += width;
-        uint32_t mask = (uint32_t)((2ull << t) - 1);
-        uint32_t rw = 0;
-        if (!sig) {
+    uint32_t bad = 0;
+    const uint32_t maxw = (uint32_t)mbits + 1;
+    uint8_t *width = wk->width;
+    uint32_t *lowv = wk->low;
+    for (Py_ssize_t c0 = 0; c0 < total; c0 += CH) {
+        Py_ssize_t n = total - c0 < CH ? total - c0 : CH;
+        Py_ssize_t nreal = n_in - c0;
+        nreal = nreal < 0 ? 0 : nreal > n ? n : nreal;
+        /* 1. the marker's position from the prior: width = its index + 1 (vectorised: the
+         * lowest set bit's exponent as a float) */
+        for (Py_ssize_t i = 0; i < nreal; i++) {
+            uint32_t pw = load_word(in, c0 + i, size);
+            uint32_t m = pw & (0u - pw);
+            uint32_t wd = ((bits_of((float)(int32_t)m) >> 23) & 0xffu) - 126u;
+            width[i] = (uint8_t)(wd & (0u - (pw != 0)));
+        }
+        uint8_t wmax = 0; /* widths past maxw: not this codec's prior (at most 32: no
+                           * read goes wrong, the error is raised after the pass) */
+        for (Py_ssize_t i = 0; i < nreal; i++) wmax = wmax > width[i] ? wmax : width[i];
+        bad |= wmax > maxw;
+        for (Py_ssize_t i = nreal; i < n; i++) width[i] = 0;
+        /* 2. the low bits, in order: a few fields per 64-bit window */
+        Py_ssize_t i = 0;
+        const int group = size == 2 ? 4 : 2; /* at most 4 * 11 or 2 * 24 bits */
+        for (; i + group <= n; i += group) {
+            uint64_t x = window(low, lowlen, (Py_ssize_t)(bpos >> 3)) << (bpos & 7);
+            for (int k = 0; k < group; k++) {
+                int wd = width[i + k];
+                lowv[i + k] = (uint32_t)((x >> 1) >> (63 - wd));
+                x <<= wd;
+                bpos += wd;
+            }
+        }
+        for (; i < n; i++) {
+            int wd = width[i];
+            uint64_t x = window(low, lowlen, (Py_ssize_t)(bpos >> 3)) << (bpos & 7);
+            lowv[i] = (uint32_t)((x >> 1) >> (63 - wd));
+            bpos += wd;
+        }
+        /* 3. the prior above the marker, the low bits from it down (vectorised) */
+        for (i = 0; i < nreal; i++) {
+            uint32_t pw = load_word(in, c0 + i, size);
+            uint32_t m = pw & (0u - pw);
+            store_word(out, c0 + i, size, (pw & ~(2u * m - 1u)) | lowv[i]);
+        }
+        /* 4. the words whose prior is 0 (and the padding), whole */
+        for (i = 0; i < n; i++) {
+            if (i < nreal && (i & 31) == 0) { /* skip 32 at a time when none is 0 */
+                Py_ssize_t b1 = i + 32 < nreal ? i + 32 : nreal;
+                unsigned z = 0;
+                for (Py_ssize_t k = i; k < b1; k++) z |= load_word(in, c0 + k, size) == 0;
+                if (!z) {
+                    i = b1 - 1;
+                    continue;
+                }
+            }
+            if (i < nreal && load_word(in, c0 + i, size)) continue;
+            uint32_t rw = 0;
             if (j < nrest) {
                 if (size == 2)
                     rw = ((uint32_t)raw[j] << 8) | raw[nrest + j];
@@ -586,22 +635,24 @@ INLINE void remainder_loop(int size, int mbits, const uint8_t *in, Py_ssize_t n_
                          ((uint32_t)raw[2 * nrest + j] << 8) | raw[3 * nrest + j];
             }
             j++;
+            store_word(out, c0 + i, size, rw);
         }
-        store_word(out, i, size, sig ? (pw & ~mask) | lowv : rw);
     }
     *bpos_io = bpos;
     *j_io = j;
-    *bad_io = bad;
+    *bad_io = bad != 0;
 }
 
 CLONES static void remainder_kernel(int size, int mbits, const uint8_t *in, Py_ssize_t n_in,
                                     uint8_t *out, Py_ssize_t total, const uint8_t *raw,
                                     Py_ssize_t nrest, const uint8_t *low, Py_ssize_t lowlen,
-                                    int64_t *bpos, Py_ssize_t *j, int *bad) {
+                                    int64_t *bpos, Py_ssize_t *j, int *bad, RemWork *wk) {
     if (size == 2)
-        remainder_loop(2, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad);
+        remainder_loop(2, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad,
+                       wk);
     else
-        remainder_loop(4, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad);
+        remainder_loop(4, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad,
+                       wk);
 }
 
 static PyObject *py_decode_remainder(PyObject *self, PyObject *args) {
@@ -631,10 +682,16 @@ static PyObject *py_decode_remainder(PyObject *self, PyObject *args) {
     int64_t bpos = 0;
     int bad = 0;
     if (rawlen == nrest * size) {
+        RemWork *wk = PyMem_RawMalloc(sizeof(RemWork));
+        if (!wk) {
+            release_views(&v);
+            return PyErr_NoMemory();
+        }
         Py_BEGIN_ALLOW_THREADS;
         remainder_kernel(size, mbits, prior->buf, n_in, out->buf, total, raw->buf, nrest,
-                         low->buf, lowlen, &bpos, &j, &bad);
+                         low->buf, lowlen, &bpos, &j, &bad, wk);
         Py_END_ALLOW_THREADS;
+        PyMem_RawFree(wk);
     }
     release_views(&v);
     if (bad) {
