@@ -41,7 +41,6 @@ def _load() -> ModuleType | None:
 ext = _load()
 
 _PER = {r: next(p for p in range(8, 0, -1) if (2 ** (r + 1) - 1) ** p <= 256) for r in range(1, 8)}
-_U32 = np.dtype("<u4")
 
 
 def _u32(n: int) -> bytes:
