@@ -64,6 +64,17 @@ and commands in ``bench/CODEC_NOTES.md``): G = 64; power-of-two scales (as good 
 real-valued fp16 scales, and they make every intermediate value exact); zstd as the entropy
 coder (1–4% above the order-0 entropy, ~10× faster to decode than an exact ANS coder).
 
+Implementation: two backends with byte-identical streams and identical decodes (each decodes
+the other's; property-tested). ``"c"``: the extension :mod:`peerprog.codec._groupplane`
+(``_groupplane.c``, compiled by ``setup.py`` at ``pip install``; optional, skipped with a
+warning where there is no compiler), one fused pass over the tensor per plane step and per
+remainder (:mod:`~peerprog.codec.groupplane_native`); ``"numpy"``: the reference kernels of
+:mod:`~peerprog.codec.groupplane_planes` and :mod:`~peerprog.codec.varbits`, many passes
+per level, ~10-30x slower. The C backend is used when the extension imports (and was built
+for this interface version), else numpy; the environment variable ``PEERPROG_GROUPPLANE``
+(``c`` / ``numpy``) or :func:`set_backend` forces one (:func:`backends`, :func:`backend`).
+``analyse`` and ``plan`` and the whole tensors are numpy/zstd in both.
+
 Rate allocation (:func:`plan`): every tensor starts with 1 plane; then plane steps are taken
 greedily by estimated error reduction per byte, the error of a tensor being its squared
 error over its squared norm (``weighting`` ``"relative"``: each tensor's signal-to-noise
