@@ -405,23 +405,23 @@ __attribute__((target("ssse3"))) static void merge_ssse3(const uint8_t *sig, Py_
 }
 #endif
 
-/* New values of one group segment [i0, i0 + n) with half step h. */
+/* New values of weights [i0, i0 + n), weight i's half step hs[i - i0]. */
 INLINE void plane_compute(int kind, int size, const uint8_t *in, Py_ssize_t i0, Py_ssize_t n,
                           Py_ssize_t n_in, uint8_t *out, const uint8_t *sig, const int8_t *val,
-                          float h, int r) {
+                          const float *hs, int r) {
     const int base = 1 - (1 << r);
     Py_ssize_t nreal = n_in - i0;
     nreal = nreal < 0 ? 0 : nreal > n ? n : nreal;
-    for (Py_ssize_t i = 0; i < nreal; i++) {
+    for (Py_ssize_t i = 0; i < nreal; i++) { /* vectorised */
         float v = to_f32(load_word(in, i0 + i, size), kind);
         int x = val[i];
         int st = sig[i] ? 2 * x + base : 2 * x + (x > 0) - (x < 0);
-        float o = v + (float)st * copysignf(h, v);
+        float o = v + (float)st * copysignf(hs[i], v);
         store_word(out, i0 + i, size, from_f32(o, kind));
     }
     for (Py_ssize_t i = nreal; i < n; i++) { /* the zero padding of the last group */
         int x = val[i];
-        float o = (float)(2 * x + (x > 0) - (x < 0)) * h;
+        float o = (float)(2 * x + (x > 0) - (x < 0)) * hs[i];
         store_word(out, i0 + i, size, from_f32(o, kind));
     }
 }
@@ -430,13 +430,14 @@ typedef struct {
     Expander syms, flds;
     uint8_t sig[CH];
     int8_t val[CH];
+    float hs[CH];
 } PlaneWork;
 
 INLINE Py_ssize_t plane_kernel_k(int kind, int size, const uint8_t *in, Py_ssize_t n_in,
                                  uint8_t *out, Py_ssize_t total, Py_ssize_t gsize,
                                  const uint8_t *scales, int e_floor, int k1, int r,
                                  PlaneWork *wk, const int8_t (*table)[8], int per) {
-    Py_ssize_t nsig = 0;
+    Py_ssize_t nsig = 0, g = 0, goff = 0; /* the group of weight c0, and its offset */
     for (Py_ssize_t c0 = 0; c0 < total; c0 += CH) {
         Py_ssize_t n = total - c0 < CH ? total - c0 : CH;
         if (wk->syms.end - wk->syms.pos < CH) expand_syms(&wk->syms, table, per);
@@ -448,14 +449,19 @@ INLINE Py_ssize_t plane_kernel_k(int kind, int size, const uint8_t *in, Py_ssize
         else
 #endif
             merge(wk->sig, n, &wk->syms, &wk->flds, wk->val);
-        for (Py_ssize_t i = c0; i < c0 + n;) {
-            Py_ssize_t g = i / gsize, gend = (g + 1) * gsize;
-            if (gend > c0 + n) gend = c0 + n;
+        /* each weight's half step 2**(E - k1 - 1), group by group */
+        for (Py_ssize_t i = 0; i < n;) {
+            Py_ssize_t seg = gsize - goff < n - i ? gsize - goff : n - i;
             float h = pow2f((int)scales[g] + e_floor - k1 - 1);
-            plane_compute(kind, size, in, i, gend - i, n_in, out, wk->sig + (i - c0),
-                          wk->val + (i - c0), h, r);
-            i = gend;
+            for (Py_ssize_t k = 0; k < seg; k++) wk->hs[i + k] = h;
+            i += seg;
+            goff += seg;
+            if (goff == gsize) {
+                goff = 0;
+                g++;
+            }
         }
+        plane_compute(kind, size, in, c0, n, n_in, out, wk->sig, wk->val, wk->hs, r);
     }
     return nsig;
 }

@@ -94,6 +94,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from peerprog.codec import groupplane_native as native
@@ -198,7 +199,34 @@ class Settings:
 
 
 def settings(params: Mapping[str, ParamValue] | None) -> Settings:
-    """Checked codec params (defaults filled in); FormatError on bad ones."""
+    """Checked codec params (defaults filled in); FormatError on bad ones.
+
+    Valid results are cached by the params' values and types (every tensor of a model has
+    the same params, and checking them cost more than decoding a small tensor)."""
+    key = _settings_key(params)
+    hit = _SETTINGS.get(key) if key is not None else None
+    if hit is not None:
+        return hit
+    out = _settings(params)
+    if key is not None and len(_SETTINGS) < 64:
+        _SETTINGS[key] = out
+    return out
+
+
+_SETTINGS: dict[bytes, Settings] = {}
+
+
+def _settings_key(params: Mapping[str, ParamValue] | None) -> bytes | None:
+    """The params as msgpack (exact: True is not 1, 1 is not 1.0), or None if they are not
+    msgpack values."""
+    try:
+        key: bytes = msgpack.packb(dict(params or {}))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return key
+
+
+def _settings(params: Mapping[str, ParamValue] | None) -> Settings:
     p: dict[str, ParamValue] = default_params()
     for key, value in (params or {}).items():
         if key not in _DEFAULTS and key != "levels":
