@@ -353,6 +353,8 @@ static void merge(const uint8_t *sig, Py_ssize_t n, Expander *syms, Expander *fl
  * 8-bit mask m (0x80, a zero, in the others); POP[m]: the set lanes. */
 static uint8_t EXPAND[256][8];
 static uint8_t COMPRESS[256][8]; /* the set lanes of m, gathered to the front */
+static uint8_t COMPRESS16[256][16], COMPRESS32[16][16]; /* the same for 2- and 4-byte lanes */
+static int use_avx2;
 static uint8_t POP[256];
 static int use_ssse3;
 
@@ -366,8 +368,28 @@ static void init_expand(void) {
         }
         POP[m] = (uint8_t)k;
     }
+    for (int m = 0; m < 256; m++) {
+        int k = 0;
+        memset(COMPRESS16[m], 0x80, 16);
+        for (int i = 0; i < 8; i++)
+            if ((m >> i) & 1) {
+                COMPRESS16[m][2 * k] = (uint8_t)(2 * i);
+                COMPRESS16[m][2 * k + 1] = (uint8_t)(2 * i + 1);
+                k++;
+            }
+    }
+    for (int m = 0; m < 16; m++) {
+        int k = 0;
+        memset(COMPRESS32[m], 0x80, 16);
+        for (int i = 0; i < 4; i++)
+            if ((m >> i) & 1) {
+                for (int b = 0; b < 4; b++) COMPRESS32[m][4 * k + b] = (uint8_t)(4 * i + b);
+                k++;
+            }
+    }
     __builtin_cpu_init();
     use_ssse3 = __builtin_cpu_supports("ssse3");
+    use_avx2 = __builtin_cpu_supports("avx2");
 }
 
 /* merge() 16 weights at a time: the significant lanes take the next fields, the others
@@ -730,6 +752,14 @@ typedef struct {
     int npd, npr;         /* pending (not yet packed) at the head of dbuf / rbuf */
 } Step;
 
+/* 8 fields of r bits, MSB first, into out[0..r) (and 8 - r bytes of garbage after). */
+INLINE void pack_fields8_store(uint8_t *out, const uint8_t *fld, int r) {
+    uint64_t x = 0;
+    for (int j = 0; j < 8; j++) x |= (uint64_t)fld[j] << (r * (7 - j));
+    uint64_t be = BE64(x << (64 - 8 * r));
+    memcpy(out, &be, 8);
+}
+
 INLINE void pack_fields8(uint8_t *out, const uint8_t *fld, int r) {
     uint64_t x = 0;
     for (int j = 0; j < 8; j++) x = (x << r) | fld[j];
@@ -777,6 +807,37 @@ __attribute__((target("ssse3"))) static void compact_ssse3(const uint8_t *sig,
 }
 #endif
 
+#ifdef HAVE_SSSE3_MERGE
+/* 1-bit fields (bytes 0/1), MSB first: each group of 8 reversed, its bits to the tops of the
+ * bytes, pmovmskb; returns the fields consumed (a multiple of 16). */
+__attribute__((target("ssse3"))) static Py_ssize_t pack1_ssse3(const uint8_t *f, Py_ssize_t n,
+                                                               uint8_t *out) {
+    const __m128i rev = _mm_setr_epi8(7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8);
+    Py_ssize_t k = 0;
+    for (; k + 16 <= n; k += 16, out += 2) {
+        __m128i x = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(f + k)), rev);
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_slli_epi16(x, 7));
+        out[0] = (uint8_t)m;
+        out[1] = (uint8_t)(m >> 8);
+    }
+    return k;
+}
+
+/* Digits in pairs (d0 + a * d1, a <= 15) by pmaddubsw, 16 codes at a time; returns the
+ * digits consumed (the caller packs the tail). */
+__attribute__((target("ssse3"))) static Py_ssize_t pack2_ssse3(const uint8_t *d, Py_ssize_t n,
+                                                               uint8_t *out, int a) {
+    const __m128i w = _mm_set1_epi16((short)((a << 8) | 1));
+    Py_ssize_t k = 0;
+    for (; k + 32 <= n; k += 32, out += 16) {
+        __m128i s0 = _mm_maddubs_epi16(_mm_loadu_si128((const __m128i *)(d + k)), w);
+        __m128i s1 = _mm_maddubs_epi16(_mm_loadu_si128((const __m128i *)(d + k + 16)), w);
+        _mm_storeu_si128((__m128i *)out, _mm_packus_epi16(s0, s1));
+    }
+    return k;
+}
+#endif
+
 static void compact(const uint8_t *sig, const uint8_t *dig, const uint8_t *fld, Py_ssize_t n,
                     uint8_t *db, uint8_t *rb, Py_ssize_t *nd_io, Py_ssize_t *nr_io) {
     Py_ssize_t nd = *nd_io, nr = *nr_io;
@@ -790,19 +851,67 @@ static void compact(const uint8_t *sig, const uint8_t *dig, const uint8_t *fld, 
     *nr_io = nr;
 }
 
-CLONES static void step_chunk(Step *st, const uint32_t *q, const uint8_t *neg, Py_ssize_t n,
-                       uint8_t *t) {
+/* Stage 1 of a step: significance, digit and field of each weight (vectorised; q16 for the
+ * 16-bit dtypes, whose magnitudes have at most 10 bits: twice the lanes). */
+#define STEP_STAGE1(QT, QB) /* QB: the shift counts' mask (they are below the width) */       \
+    for (Py_ssize_t i = i0; i < n; i++) {                                                  \
+        QT qi = ((const QT *)q)[i];                                                        \
+        uint8_t b = (uint8_t)((QT)(qi >> (lo & QB)) & (QT)mask), ng = neg[i];              \
+        uint8_t nm = (uint8_t)(0u - ng);                                                   \
+        tsig[i] = (uint8_t)((QT)(qi >> (hi & QB)) != 0);                                   \
+        tdig[i] = (uint8_t)(off8 + (uint8_t)((uint8_t)(b ^ nm) + ng)); /* off -/+ b */     \
+        tfld[i] = b;                                                                       \
+    }
+
+#ifdef HAVE_SSSE3_MERGE
+/* STEP_STAGE1 for 16-bit magnitudes in 16-bit lanes, 32 weights at a time; returns the
+ * weights done. */
+__attribute__((target("avx2"))) static Py_ssize_t stage1_avx2(const uint16_t *q,
+                                                              const uint8_t *neg, Py_ssize_t n,
+                                                              int lo, int hi, uint32_t mask,
+                                                              int off, uint8_t *tsig,
+                                                              uint8_t *tdig, uint8_t *tfld) {
+    const __m128i clo = _mm_cvtsi32_si128(lo), chi = _mm_cvtsi32_si128(hi);
+    const __m256i m16 = _mm256_set1_epi16((short)mask), zero = _mm256_setzero_si256();
+    const __m256i one8 = _mm256_set1_epi8(1), off8 = _mm256_set1_epi8((char)off);
+    Py_ssize_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i q0 = _mm256_loadu_si256((const __m256i *)(q + i));
+        __m256i q1 = _mm256_loadu_si256((const __m256i *)(q + i + 16));
+        __m256i b0 = _mm256_and_si256(_mm256_srl_epi16(q0, clo), m16);
+        __m256i b1 = _mm256_and_si256(_mm256_srl_epi16(q1, clo), m16);
+        __m256i z0 = _mm256_cmpeq_epi16(_mm256_srl_epi16(q0, chi), zero);
+        __m256i z1 = _mm256_cmpeq_epi16(_mm256_srl_epi16(q1, chi), zero);
+        __m256i b = _mm256_permute4x64_epi64(_mm256_packus_epi16(b0, b1), 0xd8);
+        __m256i z = _mm256_permute4x64_epi64(_mm256_packs_epi16(z0, z1), 0xd8);
+        __m256i ng = _mm256_loadu_si256((const __m256i *)(neg + i));
+        __m256i nm = _mm256_sub_epi8(zero, ng);
+        __m256i d = _mm256_add_epi8(off8, _mm256_add_epi8(_mm256_xor_si256(b, nm), ng));
+        _mm256_storeu_si256((__m256i *)(tsig + i), _mm256_andnot_si256(z, one8));
+        _mm256_storeu_si256((__m256i *)(tdig + i), d);
+        _mm256_storeu_si256((__m256i *)(tfld + i), b);
+    }
+    return i;
+}
+#endif
+
+CLONES static void step_chunk(Step *st, const void *q, int qsize, const uint8_t *neg,
+                              Py_ssize_t n, uint8_t *t) {
     uint8_t *db = st->dbuf, *rb = st->rbuf;
     Py_ssize_t nd = st->npd, nr = st->npr;
     const int hi = st->hi, lo = st->lo, off = st->off;
     const uint32_t mask = st->mask;
     uint8_t *tsig = t, *tdig = t + n + 16, *tfld = t + 2 * (n + 16);
-    for (Py_ssize_t i = 0; i < n; i++) { /* vectorised */
-        uint32_t qi = q[i];
-        uint32_t b = (qi >> lo) & mask, ng = neg[i];
-        tsig[i] = (qi >> hi) != 0;
-        tdig[i] = (uint8_t)(off + (int)((b ^ (0u - ng)) + ng)); /* off -/+ b */
-        tfld[i] = (uint8_t)b;
+    const uint8_t off8 = (uint8_t)off;
+    Py_ssize_t i0 = 0;
+    if (qsize == 2) {
+#ifdef HAVE_SSSE3_MERGE
+        if (use_avx2)
+            i0 = stage1_avx2((const uint16_t *)q, neg, n, lo, hi, mask, off, tsig, tdig, tfld);
+#endif
+        STEP_STAGE1(uint16_t, 15)
+    } else {
+        STEP_STAGE1(uint32_t, 31)
     }
 #ifdef HAVE_SSSE3_MERGE
     if (use_ssse3)
@@ -816,9 +925,15 @@ CLONES static void step_chunk(Step *st, const uint32_t *q, const uint8_t *neg, P
     case 5:
         for (Py_ssize_t k = 0; k < full; k += 5) *co++ = pack_digits(db + k, 5, 3);
         break;
-    case 2:
-        for (Py_ssize_t k = 0; k < full; k += 2) *co++ = pack_digits(db + k, 2, st->a);
+    case 2: {
+        Py_ssize_t k = 0;
+#ifdef HAVE_SSSE3_MERGE
+        if (use_ssse3) k = pack2_ssse3(db, full, co, st->a);
+        co += k / 2;
+#endif
+        for (; k < full; k += 2) *co++ = pack_digits(db + k, 2, st->a);
         break;
+    }
     case 1:
         memcpy(co, db, (size_t)full);
         co += full;
@@ -829,9 +944,30 @@ CLONES static void step_chunk(Step *st, const uint32_t *q, const uint8_t *neg, P
     st->ncodes = co - st->codes;
     memmove(db, db + full, (size_t)(nd - full));
     st->npd = (int)(nd - full);
-    Py_ssize_t fullr = nr & ~(Py_ssize_t)7;
+    Py_ssize_t fullr = nr & ~(Py_ssize_t)7, rb_done = 0;
     uint8_t *ro = st->ref + st->nref;
-    for (Py_ssize_t k = 0; k < fullr; k += 8, ro += st->r) pack_fields8(ro, rb + k, st->r);
+#ifdef HAVE_SSSE3_MERGE
+    if (st->r == 1 && use_ssse3) { /* bits: 16 fields per movemask */
+        Py_ssize_t k = pack1_ssse3(rb, fullr, ro);
+        ro += k / 8;
+        rb_done = k;
+    }
+#endif
+    switch (st->r) { /* constant r: unrolled, one 8-byte store per 8 fields */
+#define PACK_R(R)                                                                          \
+    case R:                                                                                \
+        for (Py_ssize_t k = rb_done; k < fullr; k += 8, ro += R)                          \
+            pack_fields8_store(ro, rb + k, R);                                                 \
+        break;
+        PACK_R(1)
+        PACK_R(2)
+        PACK_R(3)
+        PACK_R(4)
+        PACK_R(5)
+        PACK_R(6)
+        PACK_R(7)
+#undef PACK_R
+    }
     st->nref = ro - st->ref;
     memmove(rb, rb + fullr, (size_t)(nr - fullr));
     st->npr = (int)(nr - fullr);
@@ -903,7 +1039,7 @@ INLINE int group_exponent(const Fmt *f, uint32_t amax, int e_floor, int e_ceil) 
 }
 
 INLINE void enc_group(Enc *e, int size, const uint8_t *words, Py_ssize_t i0, Py_ssize_t n,
-                      Py_ssize_t navail, uint32_t *q, uint8_t *neg, uint8_t *width,
+                      Py_ssize_t navail, void *q, uint8_t *neg, uint8_t *width,
                       uint32_t *low, uint8_t *scale) {
     const Fmt *f = &e->f;
     uint32_t amax = 0;
@@ -939,23 +1075,58 @@ INLINE void enc_group(Enc *e, int size, const uint8_t *words, Py_ssize_t i0, Py_
         int d = dbase + 1 - (int)(be > 1 ? be : 1);
         d = d > 31 ? 31 : d < 0 ? 0 : d;
         uint32_t qi = a < infbits ? m >> d : 0u;
-        q[i] = qi;
+        if (size == 2) /* at most 10 bits */
+            ((uint16_t *)q)[i] = (uint16_t)qi;
+        else
+            ((uint32_t *)q)[i] = qi;
         neg[i] = (uint8_t)(w >> (8 * size - 1));
         width[i] = (uint8_t)(qi ? d : 0);
         low[i] = w & ((qi ? 1u << d : 1u) - 1u);
     }
     for (Py_ssize_t i = nreal; i < n; i++) { /* the zero padding of the last group */
-        q[i] = 0;
+        if (size == 2)
+            ((uint16_t *)q)[i] = 0;
+        else
+            ((uint32_t *)q)[i] = 0;
         neg[i] = 0;
         width[i] = 0;
         low[i] = 0;
     }
 }
 
+#ifdef HAVE_SSSE3_MERGE
+/* The words whose width is 0 (q == 0) appended to rest, 8 (16-bit) or 4 (32-bit) words per
+ * shuffle; returns the weights done. rest has 16 bytes of room past its end. */
+__attribute__((target("ssse3"))) static Py_ssize_t rest_ssse3(int size, const uint8_t *words,
+                                                              Py_ssize_t i0, Py_ssize_t n,
+                                                              const uint8_t *width,
+                                                              uint8_t *rest,
+                                                              Py_ssize_t *nrest_io) {
+    Py_ssize_t nrest = *nrest_io, i = 0;
+    const __m128i zero = _mm_setzero_si128();
+    const int lanes = 16 / size;
+    for (; i + 16 <= n; i += 16) {
+        __m128i wd = _mm_loadu_si128((const __m128i *)(width + i));
+        unsigned zm = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(wd, zero));
+        if (!zm) continue;
+        for (int h = 0; h < 16; h += lanes) {
+            unsigned m = (zm >> h) & ((1u << lanes) - 1);
+            __m128i w = _mm_loadu_si128((const __m128i *)(words + (i0 + i + h) * size));
+            __m128i c = _mm_loadu_si128(
+                (const __m128i *)(size == 2 ? COMPRESS16[m] : COMPRESS32[m]));
+            _mm_storeu_si128((__m128i *)(rest + nrest * size), _mm_shuffle_epi8(w, c));
+            nrest += POP[m];
+        }
+    }
+    *nrest_io = nrest;
+    return i;
+}
+#endif
+
 /* The remainder of a chunk: the low bits of the weights with q != 0, the whole words of the
  * others (the zero padding too). */
 INLINE void enc_remainder(Enc *e, int size, const uint8_t *words, Py_ssize_t i0, Py_ssize_t n,
-                          const uint32_t *q, const uint8_t *width, const uint32_t *low) {
+                          const uint8_t *width, const uint32_t *low) {
     BitWriter bw = e->low;
     uint8_t *rest = e->rest;
     Py_ssize_t nrest = e->nrest;
@@ -978,9 +1149,17 @@ INLINE void enc_remainder(Enc *e, int size, const uint8_t *words, Py_ssize_t i0,
         }
     }
     for (; i < nreal; i++) bw_put(&bw, low[i], width[i]);
-    for (i = 0; i < nreal; i++) {
-        store_word(rest, nrest, size, load_word(words, i0 + i, size));
-        nrest += q[i] == 0;
+    i = 0;
+#ifdef HAVE_SSSE3_MERGE
+    if (use_ssse3) i = rest_ssse3(size, words, i0, nreal, width, rest, &nrest);
+#endif
+    for (; i < nreal; i += 32) { /* q == 0: rare; 32 at a time when none is */
+        Py_ssize_t b1 = i + 32 < nreal ? i + 32 : nreal;
+        unsigned z = 0;
+        for (Py_ssize_t k = i; k < b1; k++) z |= width[k] == 0;
+        if (z)
+            for (Py_ssize_t k = i; k < b1; k++)
+                if (width[k] == 0) store_word(rest, nrest++, size, load_word(words, i0 + k, size));
     }
     for (Py_ssize_t i = nreal; i < n; i++) store_word(rest, nrest++, size, 0u);
     e->low = bw;
@@ -995,7 +1174,7 @@ CLONES static void enc_run(Enc *e, Py_ssize_t chunk_groups) {
             Py_ssize_t i0 = g * gsize;
             Py_ssize_t o = (g - g0) * gsize;
             if (e->f.size == 2)
-                enc_group(e, 2, e->words, i0, gsize, e->numel - i0, e->q + o, e->neg + o,
+                enc_group(e, 2, e->words, i0, gsize, e->numel - i0, (uint16_t *)e->q + o, e->neg + o,
                           e->width + o, e->lowv + o, e->scales + g);
             else
                 enc_group(e, 4, e->words, i0, gsize, e->numel - i0, e->q + o, e->neg + o,
@@ -1003,10 +1182,11 @@ CLONES static void enc_run(Enc *e, Py_ssize_t chunk_groups) {
         }
         Py_ssize_t n = (g1 - g0) * gsize;
         if (e->f.size == 2)
-            enc_remainder(e, 2, e->words, g0 * gsize, n, e->q, e->width, e->lowv);
+            enc_remainder(e, 2, e->words, g0 * gsize, n, e->width, e->lowv);
         else
-            enc_remainder(e, 4, e->words, g0 * gsize, n, e->q, e->width, e->lowv);
-        for (int s = 0; s < e->nsteps; s++) step_chunk(&e->steps[s], e->q, e->neg, n, e->tmp);
+            enc_remainder(e, 4, e->words, g0 * gsize, n, e->width, e->lowv);
+        for (int s = 0; s < e->nsteps; s++)
+            step_chunk(&e->steps[s], e->q, e->f.size, e->neg, n, e->tmp);
     }
     for (int s = 0; s < e->nsteps; s++) step_flush(&e->steps[s]);
     bw_flush(&e->low);
@@ -1085,7 +1265,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     Py_ssize_t chunk = chunk_groups * gsize;
     size_t per_step = (size_t)chunk + 16;
     scratch = PyMem_RawMalloc((size_t)chunk * 10 + per_step * (size_t)(2 * e->nsteps + 3));
-    resttmp = PyMem_RawMalloc((size_t)total * (size_t)size + 8);
+    resttmp = PyMem_RawMalloc((size_t)total * (size_t)size + 32);
     if (!scratch || !resttmp) {
         PyErr_NoMemory();
         goto done;
