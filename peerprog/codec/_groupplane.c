@@ -464,13 +464,20 @@ INLINE Py_ssize_t plane_kernel_k(int kind, int size, const uint8_t *in, Py_ssize
         Py_ssize_t n = total - c0 < CH ? total - c0 : CH;
         if (wk->syms.end - wk->syms.pos < CH) expand_syms(&wk->syms, table, per);
         if (wk->flds.end - wk->flds.pos < CH) expand_fields(&wk->flds, r);
-        nsig += sig_flags(kind, size, in, c0, n, n_in, wk->sig);
+        const int8_t *val = wk->val;
+        if (n_in <= c0) { /* no prior (level 0) or the padding: every weight has a symbol */
+            memset(wk->sig, 0, (size_t)n);
+            val = wk->syms.buf + wk->syms.pos;
+            wk->syms.pos += (int)n;
+        } else {
+            nsig += sig_flags(kind, size, in, c0, n, n_in, wk->sig);
 #ifdef HAVE_SSSE3_MERGE
-        if (use_ssse3)
-            merge_ssse3(wk->sig, n, &wk->syms, &wk->flds, wk->val);
-        else
+            if (use_ssse3)
+                merge_ssse3(wk->sig, n, &wk->syms, &wk->flds, wk->val);
+            else
 #endif
-            merge(wk->sig, n, &wk->syms, &wk->flds, wk->val);
+                merge(wk->sig, n, &wk->syms, &wk->flds, wk->val);
+        }
         /* each weight's half step 2**(E - k1 - 1), group by group */
         for (Py_ssize_t i = 0; i < n;) {
             Py_ssize_t seg = gsize - goff < n - i ? gsize - goff : n - i;
@@ -483,7 +490,7 @@ INLINE Py_ssize_t plane_kernel_k(int kind, int size, const uint8_t *in, Py_ssize
                 g++;
             }
         }
-        plane_compute(kind, size, in, c0, n, n_in, out, wk->sig, wk->val, wk->hs, r);
+        plane_compute(kind, size, in, c0, n, n_in, out, wk->sig, val, wk->hs, r);
     }
     return nsig;
 }
