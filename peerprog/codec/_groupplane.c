@@ -54,11 +54,16 @@ static __forceinline int clz32(uint32_t x) {
 #define BSWAP32 __builtin_bswap32
 #endif
 
-/* x86-64 with GCC on Linux: the kernels also in an AVX2 build, picked at load (ifunc). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
+/* x86-64 (GCC, clang): each kernel is also compiled for AVX2 + BMI2 (variable shifts without
+ * the cl register) and picked once at load when the CPU has them (use_v3). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_V3 1
+#define V3_TARGET __attribute__((target("avx2,bmi,bmi2,popcnt")))
+#endif
+static int use_v3;
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -390,6 +395,10 @@ static void init_expand(void) {
     __builtin_cpu_init();
     use_ssse3 = __builtin_cpu_supports("ssse3");
     use_avx2 = __builtin_cpu_supports("avx2");
+#ifdef HAVE_V3
+    use_v3 = use_avx2 && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+             __builtin_cpu_supports("popcnt");
+#endif
 }
 
 /* merge() 16 weights at a time: the significant lanes take the next fields, the others
@@ -495,9 +504,10 @@ INLINE Py_ssize_t plane_kernel_k(int kind, int size, const uint8_t *in, Py_ssize
     return nsig;
 }
 
-CLONES static Py_ssize_t plane_kernel(const Fmt *f, const uint8_t *in, Py_ssize_t n_in, uint8_t *out,
-                               Py_ssize_t total, Py_ssize_t gsize, const uint8_t *scales,
-                               int e_floor, int k1, int r, PlaneWork *wk) {
+INLINE Py_ssize_t plane_kernel_impl(const Fmt *f, const uint8_t *in, Py_ssize_t n_in,
+                                   uint8_t *out, Py_ssize_t total, Py_ssize_t gsize,
+                                   const uint8_t *scales, int e_floor, int k1, int r,
+                                   PlaneWork *wk) {
     const int8_t(*table)[8] = (const int8_t(*)[8])TABLE[r];
     int per = PER[r];
     switch (f->kind) {
@@ -511,6 +521,20 @@ CLONES static Py_ssize_t plane_kernel(const Fmt *f, const uint8_t *in, Py_ssize_
         return plane_kernel_k(K_F16, 2, in, n_in, out, total, gsize, scales, e_floor, k1, r,
                               wk, table, per);
     }
+}
+
+#define PLANE_ARGS                                                                         \
+    const Fmt *f, const uint8_t *in, Py_ssize_t n_in, uint8_t *out, Py_ssize_t total,      \
+        Py_ssize_t gsize, const uint8_t *scales, int e_floor, int k1, int r, PlaneWork *wk
+#define PLANE_NAMES f, in, n_in, out, total, gsize, scales, e_floor, k1, r, wk
+#ifdef HAVE_V3
+V3_TARGET static Py_ssize_t plane_kernel_v3(PLANE_ARGS) { return plane_kernel_impl(PLANE_NAMES); }
+#endif
+static Py_ssize_t plane_kernel(PLANE_ARGS) {
+#ifdef HAVE_V3
+    if (use_v3) return plane_kernel_v3(PLANE_NAMES);
+#endif
+    return plane_kernel_impl(PLANE_NAMES);
 }
 
 static PyObject *py_decode_planes(PyObject *self, PyObject *args) {
@@ -591,6 +615,31 @@ static PyObject *py_decode_planes(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* Whether one of the n (<= 16) words at ``in[i..]`` is 0. */
+INLINE int any_zero(int size, const uint8_t *in, Py_ssize_t i, Py_ssize_t n) {
+#if defined(__SSE2__)
+    if (n == 16) {
+        const __m128i zero = _mm_setzero_si128();
+        const uint8_t *p = in + i * size;
+        __m128i z;
+        if (size == 2) {
+            z = _mm_or_si128(_mm_cmpeq_epi16(_mm_loadu_si128((const __m128i *)p), zero),
+                             _mm_cmpeq_epi16(_mm_loadu_si128((const __m128i *)(p + 16)), zero));
+        } else {
+            z = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi32(_mm_loadu_si128((const __m128i *)p), zero),
+                             _mm_cmpeq_epi32(_mm_loadu_si128((const __m128i *)(p + 16)), zero)),
+                _mm_or_si128(_mm_cmpeq_epi32(_mm_loadu_si128((const __m128i *)(p + 32)), zero),
+                             _mm_cmpeq_epi32(_mm_loadu_si128((const __m128i *)(p + 48)), zero)));
+        }
+        return _mm_movemask_epi8(z) != 0;
+    }
+#endif
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (!load_word(in, i + k, size)) return 1;
+    return 0;
+}
+
 /* The remainder: exact words from the prior (midpoints, or 0: then the word comes whole from
  * the byte-shuffled ``raw``) and the packed low bits, chunk by chunk in four passes. */
 typedef struct {
@@ -649,28 +698,23 @@ INLINE void remainder_loop(int size, int mbits, const uint8_t *in, Py_ssize_t n_
             uint32_t m = pw & (0u - pw);
             store_word(out, c0 + i, size, (pw & ~(2u * m - 1u)) | lowv[i]);
         }
-        /* 4. the words whose prior is 0 (and the padding), whole */
-        for (i = 0; i < n; i++) {
-            if (i < nreal && (i & 31) == 0) { /* skip 32 at a time when none is 0 */
-                Py_ssize_t b1 = i + 32 < nreal ? i + 32 : nreal;
-                unsigned z = 0;
-                for (Py_ssize_t k = i; k < b1; k++) z |= load_word(in, c0 + k, size) == 0;
-                if (!z) {
-                    i = b1 - 1;
-                    continue;
+        /* 4. the words whose prior is 0 (and the padding), whole: found 16 at a time */
+        for (i = 0; i < n; i += 16) {
+            Py_ssize_t b1 = i + 16 < n ? i + 16 : n;
+            if (b1 <= nreal && !any_zero(size, in, c0 + i, b1 - i)) continue;
+            for (Py_ssize_t k = i; k < b1; k++) {
+                if (k < nreal && load_word(in, c0 + k, size)) continue;
+                uint32_t rw = 0;
+                if (j < nrest) {
+                    if (size == 2)
+                        rw = ((uint32_t)raw[j] << 8) | raw[nrest + j];
+                    else
+                        rw = ((uint32_t)raw[j] << 24) | ((uint32_t)raw[nrest + j] << 16) |
+                             ((uint32_t)raw[2 * nrest + j] << 8) | raw[3 * nrest + j];
                 }
+                j++;
+                store_word(out, c0 + k, size, rw);
             }
-            if (i < nreal && load_word(in, c0 + i, size)) continue;
-            uint32_t rw = 0;
-            if (j < nrest) {
-                if (size == 2)
-                    rw = ((uint32_t)raw[j] << 8) | raw[nrest + j];
-                else
-                    rw = ((uint32_t)raw[j] << 24) | ((uint32_t)raw[nrest + j] << 16) |
-                         ((uint32_t)raw[2 * nrest + j] << 8) | raw[3 * nrest + j];
-            }
-            j++;
-            store_word(out, c0 + i, size, rw);
         }
     }
     *bpos_io = bpos;
@@ -678,16 +722,34 @@ INLINE void remainder_loop(int size, int mbits, const uint8_t *in, Py_ssize_t n_
     *bad_io = bad != 0;
 }
 
-CLONES static void remainder_kernel(int size, int mbits, const uint8_t *in, Py_ssize_t n_in,
-                                    uint8_t *out, Py_ssize_t total, const uint8_t *raw,
-                                    Py_ssize_t nrest, const uint8_t *low, Py_ssize_t lowlen,
-                                    int64_t *bpos, Py_ssize_t *j, int *bad, RemWork *wk) {
+INLINE void remainder_kernel_impl(int size, int mbits, const uint8_t *in, Py_ssize_t n_in,
+                                  uint8_t *out, Py_ssize_t total, const uint8_t *raw,
+                                  Py_ssize_t nrest, const uint8_t *low, Py_ssize_t lowlen,
+                                  int64_t *bpos, Py_ssize_t *j, int *bad, RemWork *wk) {
     if (size == 2)
         remainder_loop(2, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad,
                        wk);
     else
         remainder_loop(4, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad,
                        wk);
+}
+
+#define REM_ARGS                                                                           \
+    int size, int mbits, const uint8_t *in, Py_ssize_t n_in, uint8_t *out, Py_ssize_t total, \
+        const uint8_t *raw, Py_ssize_t nrest, const uint8_t *low, Py_ssize_t lowlen,       \
+        int64_t *bpos, Py_ssize_t *j, int *bad, RemWork *wk
+#define REM_NAMES size, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad, wk
+#ifdef HAVE_V3
+V3_TARGET static void remainder_kernel_v3(REM_ARGS) { remainder_kernel_impl(REM_NAMES); }
+#endif
+static void remainder_kernel(REM_ARGS) {
+#ifdef HAVE_V3
+    if (use_v3) {
+        remainder_kernel_v3(REM_NAMES);
+        return;
+    }
+#endif
+    remainder_kernel_impl(REM_NAMES);
 }
 
 static PyObject *py_decode_remainder(PyObject *self, PyObject *args) {
@@ -902,7 +964,7 @@ __attribute__((target("avx2"))) static Py_ssize_t stage1_avx2(const uint16_t *q,
 }
 #endif
 
-CLONES static void step_chunk(Step *st, const void *q, int qsize, const uint8_t *neg,
+INLINE void step_chunk(Step *st, const void *q, int qsize, const uint8_t *neg,
                               Py_ssize_t n, uint8_t *t) {
     uint8_t *db = st->dbuf, *rb = st->rbuf;
     Py_ssize_t nd = st->npd, nr = st->npr;
@@ -1173,7 +1235,7 @@ INLINE void enc_remainder(Enc *e, int size, const uint8_t *words, Py_ssize_t i0,
     e->nrest = nrest;
 }
 
-CLONES static void enc_run(Enc *e, Py_ssize_t chunk_groups) {
+INLINE void enc_run_impl(Enc *e, Py_ssize_t chunk_groups) {
     const Py_ssize_t gsize = e->gsize, ngroups = e->total / gsize;
     for (Py_ssize_t g0 = 0; g0 < ngroups; g0 += chunk_groups) {
         Py_ssize_t g1 = g0 + chunk_groups < ngroups ? g0 + chunk_groups : ngroups;
@@ -1197,6 +1259,19 @@ CLONES static void enc_run(Enc *e, Py_ssize_t chunk_groups) {
     }
     for (int s = 0; s < e->nsteps; s++) step_flush(&e->steps[s]);
     bw_flush(&e->low);
+}
+
+#ifdef HAVE_V3
+V3_TARGET static void enc_run_v3(Enc *e, Py_ssize_t chunk_groups) { enc_run_impl(e, chunk_groups); }
+#endif
+static void enc_run(Enc *e, Py_ssize_t chunk_groups) {
+#ifdef HAVE_V3
+    if (use_v3) {
+        enc_run_v3(e, chunk_groups);
+        return;
+    }
+#endif
+    enc_run_impl(e, chunk_groups);
 }
 
 static PyObject *py_encode(PyObject *self, PyObject *args) {
@@ -1327,6 +1402,27 @@ done:
 
 /* ------------------------------------------------------------------------ module */
 
+static int cpu_ssse3, cpu_avx2, cpu_v3; /* what the CPU has (use_* may be switched off) */
+
+static PyObject *py_simd(PyObject *self, PyObject *args) {
+    (void)self;
+    int enable = -1;
+    if (!PyArg_ParseTuple(args, "|p", &enable)) return NULL;
+#ifdef HAVE_SSSE3_MERGE
+    if (enable >= 0) {
+        use_ssse3 = enable && cpu_ssse3;
+        use_avx2 = enable && cpu_avx2;
+#ifdef HAVE_V3
+        use_v3 = enable && cpu_v3;
+#endif
+    }
+    return PyBool_FromLong(use_ssse3 || use_avx2 || use_v3);
+#else
+    (void)cpu_ssse3, (void)cpu_avx2, (void)cpu_v3;
+    return PyBool_FromLong(0);
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"encode", py_encode, METH_VARARGS,
      "encode(words, gsize, size, ebits, mbits, e_floor, e_ceil, top, steps) -> "
@@ -1334,6 +1430,9 @@ static PyMethodDef methods[] = {
     {"decode_planes", py_decode_planes, METH_VARARGS,
      "decode_planes(prior, n_in, out, scales, e_floor, gsize, size, ebits, mbits, k1, r, "
      "codes, refine)"},
+    {"simd", py_simd, METH_VARARGS,
+     "simd([enable]) -> whether the SIMD kernels (SSSE3, AVX2, BMI2; as the CPU has them) "
+     "are used; simd(False) selects the portable ones (for tests)"},
     {"decode_remainder", py_decode_remainder, METH_VARARGS,
      "decode_remainder(prior, n_in, out, raw, low, size, ebits, mbits)"},
     {NULL, NULL, 0, NULL},
@@ -1354,6 +1453,9 @@ PyMODINIT_FUNC PyInit__groupplane(void) {
     init_tables();
 #ifdef HAVE_SSSE3_MERGE
     init_expand();
+    cpu_ssse3 = use_ssse3;
+    cpu_avx2 = use_avx2;
+    cpu_v3 = use_v3;
 #endif
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -2,7 +2,8 @@
 decodes (incremental and from scratch, each backend from the other's priors), on fp32,
 bf16 and fp16 with special values, odd shapes, any plane schedule and group size; and on
 corrupted streams both backends agree — FormatError from both, or the same array (the C
-decoder must never crash or write out of bounds: these bytes come from the network)."""
+decoder must never crash or write out of bounds: these bytes come from the network). The C
+kernels run both with their SIMD paths and with the portable ones."""
 
 from __future__ import annotations
 
@@ -34,6 +35,25 @@ SPECIAL = {
 }  # fmt: skip
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 KINDS = ["normal", "special", "bits", "const", "zeros", "tiny", "groups"]
+
+
+class simd:
+    """Run a block with the C kernels' SIMD paths on or off (off: the portable kernels of
+    CPUs without SSSE3 / AVX2 and of other architectures)."""
+
+    def __init__(self, enable: bool) -> None:
+        self.enable = enable
+
+    def __enter__(self) -> None:
+        ext = gp.native.ext
+        assert ext is not None
+        self.prev = ext.simd()
+        ext.simd(self.enable)
+
+    def __exit__(self, *exc: object) -> None:
+        ext = gp.native.ext
+        assert ext is not None
+        ext.simd(self.prev)
 
 
 class use:
@@ -155,8 +175,23 @@ groups = st.sampled_from([1, 3, 8, 50, 64, 100, 1024, 1500, 5000])
     group=groups,
     ladder=ladders,
     max_planes=st.sampled_from([1, 4, 7, 12, 23]),
+    vector=st.booleans(),
 )
 def test_c_and_numpy_give_identical_streams_and_decodes(
+    dtype: str,
+    shape: tuple[int, ...],
+    seed: int,
+    kind: str,
+    group: int,
+    ladder: list[int],
+    max_planes: int,
+    vector: bool,
+) -> None:
+    with simd(vector):
+        _check_identical(dtype, shape, seed, kind, group, ladder, max_planes)
+
+
+def _check_identical(
     dtype: str,
     shape: tuple[int, ...],
     seed: int,
@@ -183,19 +218,25 @@ def test_c_and_numpy_give_identical_streams_and_decodes(
     assert _raw(by_c[-1]) == _raw(t.array)
 
 
-def test_the_planned_ladder_on_a_large_tensor_is_identical() -> None:
+@pytest.mark.parametrize("vector", [True, False])
+def test_the_planned_ladder_on_a_large_tensor_is_identical(vector: bool) -> None:
     """The default plan on a 256x4099 tensor per dtype (groups crossing rows, padding)."""
-    for dtype in FLOATS:
-        t = _tensor(dtype, (256, 4099), 7, "special")
-        params = {"small_tensor_elements": 0, "vector_elements": 0}
-        pl = gp.plan(params, [gp.analyse("w", t, params)])
-        tp = pl.tensors["w"]
-        c = _encode("c", t, tp, pl.params)
-        assert c == _encode("numpy", t, tp, pl.params)
-        a = list(_levels("c", pl.params, t, tp, c))
-        b = list(_levels("numpy", pl.params, t, tp, c))
-        assert [_raw(x) for x in a] == [_raw(x) for x in b]
-        assert _raw(a[-1]) == _raw(t.array)
+    with simd(vector):
+        for dtype in FLOATS:
+            _check_planned(dtype)
+
+
+def _check_planned(dtype: str) -> None:
+    t = _tensor(dtype, (256, 4099), 7, "special")
+    params = {"small_tensor_elements": 0, "vector_elements": 0}
+    pl = gp.plan(params, [gp.analyse("w", t, params)])
+    tp = pl.tensors["w"]
+    c = _encode("c", t, tp, pl.params)
+    assert c == _encode("numpy", t, tp, pl.params)
+    a = list(_levels("c", pl.params, t, tp, c))
+    b = list(_levels("numpy", pl.params, t, tp, c))
+    assert [_raw(x) for x in a] == [_raw(x) for x in b]
+    assert _raw(a[-1]) == _raw(t.array)
 
 
 # ---------------------------------------------------------------------------- malformed
@@ -295,8 +336,24 @@ def _case(dtype: str, group: int) -> tuple[dict[str, Any], RawTensor, dict[str, 
     pos=st.floats(0, 1),
     value=st.integers(0, 255),
     part=st.integers(0, 3),
+    vector=st.booleans(),
 )
 def test_corrupt_levels_give_the_same_outcome_in_c_and_numpy(
+    dtype: str,
+    group: int,
+    level: int,
+    where: str,
+    op: str,
+    pos: float,
+    value: int,
+    part: int,
+    vector: bool,
+) -> None:
+    with simd(vector):
+        _check_corrupt(dtype, group, level, where, op, pos, value, part)
+
+
+def _check_corrupt(
     dtype: str, group: int, level: int, where: str, op: str, pos: float, value: int, part: int
 ) -> None:
     params, t, tp, pieces = _case(dtype, group)
