@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FORMAT_VERSION 1
+#define FORMAT_VERSION 2
 #define MAX_STEP 7
 
 #if defined(_MSC_VER)
@@ -457,84 +457,119 @@ INLINE void plane_compute(int kind, int size, const uint8_t *in, Py_ssize_t i0, 
     }
 }
 
-typedef struct {
+typedef struct { /* one plane step's decoding state across chunks */
     Expander syms, flds;
+    const int8_t (*table)[8];
+    int per, r, k1;
+    Py_ssize_t nsig;
+} StepDec;
+
+typedef struct { /* per chunk */
     uint8_t sig[CH];
     int8_t val[CH];
     float hs[CH];
-} PlaneWork;
+} PlaneScratch;
 
-INLINE Py_ssize_t plane_kernel_k(int kind, int size, const uint8_t *in, Py_ssize_t n_in,
-                                 uint8_t *out, Py_ssize_t total, Py_ssize_t gsize,
-                                 const uint8_t *scales, int e_floor, int k1, int r,
-                                 PlaneWork *wk, const int8_t (*table)[8], int per) {
-    Py_ssize_t nsig = 0, g = 0, goff = 0; /* the group of weight c0, and its offset */
-    for (Py_ssize_t c0 = 0; c0 < total; c0 += CH) {
-        Py_ssize_t n = total - c0 < CH ? total - c0 : CH;
-        if (wk->syms.end - wk->syms.pos < CH) expand_syms(&wk->syms, table, per);
-        if (wk->flds.end - wk->flds.pos < CH) expand_fields(&wk->flds, r);
-        const int8_t *val = wk->val;
-        if (n_in <= c0) { /* no prior (level 0) or the padding: every weight has a symbol */
-            memset(wk->sig, 0, (size_t)n);
-            val = wk->syms.buf + wk->syms.pos;
-            wk->syms.pos += (int)n;
-        } else {
-            nsig += sig_flags(kind, size, in, c0, n, n_in, wk->sig);
-#ifdef HAVE_SSSE3_MERGE
-            if (use_ssse3)
-                merge_ssse3(wk->sig, n, &wk->syms, &wk->flds, wk->val);
-            else
-#endif
-                merge(wk->sig, n, &wk->syms, &wk->flds, wk->val);
-        }
-        /* each weight's half step 2**(E - k1 - 1), group by group */
-        for (Py_ssize_t i = 0; i < n;) {
-            Py_ssize_t seg = gsize - goff < n - i ? gsize - goff : n - i;
-            float h = pow2f((int)scales[g] + e_floor - k1 - 1);
-            for (Py_ssize_t k = 0; k < seg; k++) wk->hs[i + k] = h;
-            i += seg;
-            goff += seg;
-            if (goff == gsize) {
-                goff = 0;
-                g++;
-            }
-        }
-        plane_compute(kind, size, in, c0, n, n_in, out, wk->sig, val, wk->hs, r);
-    }
-    return nsig;
+static void step_init(StepDec *st, int k1, int r, const uint8_t *codes, Py_ssize_t ncodes,
+                      const uint8_t *ref, Py_ssize_t nref) {
+    st->syms.src = codes;
+    st->syms.len = ncodes;
+    st->flds.src = ref;
+    st->flds.len = nref;
+    st->syms.at = st->flds.at = 0;
+    st->syms.pos = st->syms.end = st->flds.pos = st->flds.end = 0;
+    st->table = (const int8_t(*)[8])TABLE[r];
+    st->per = PER[r];
+    st->r = r;
+    st->k1 = k1;
+    st->nsig = 0;
 }
 
-INLINE Py_ssize_t plane_kernel_impl(const Fmt *f, const uint8_t *in, Py_ssize_t n_in,
-                                   uint8_t *out, Py_ssize_t total, Py_ssize_t gsize,
-                                   const uint8_t *scales, int e_floor, int k1, int r,
-                                   PlaneWork *wk) {
-    const int8_t(*table)[8] = (const int8_t(*)[8])TABLE[r];
-    int per = PER[r];
+/* One chunk of n weights of a plane step: ``in`` and ``out`` point at the chunk (they may be
+ * the same), its first n_in words are the prior (the others, and all when n_in <= 0, are +0);
+ * the chunk starts at offset goff of group g. */
+INLINE void plane_chunk(int kind, int size, const uint8_t *in, Py_ssize_t n_in, uint8_t *out,
+                        Py_ssize_t n, Py_ssize_t g, Py_ssize_t goff, Py_ssize_t gsize,
+                        const uint8_t *scales, int e_floor, StepDec *st, PlaneScratch *sc) {
+    if (st->syms.end - st->syms.pos < CH) expand_syms(&st->syms, st->table, st->per);
+    if (st->flds.end - st->flds.pos < CH) expand_fields(&st->flds, st->r);
+    const int8_t *val = sc->val;
+    if (n_in <= 0) { /* no prior (level 0) or the padding: every weight has a symbol */
+        memset(sc->sig, 0, (size_t)n);
+        val = st->syms.buf + st->syms.pos;
+        st->syms.pos += (int)n;
+        n_in = 0;
+    } else {
+        st->nsig += sig_flags(kind, size, in, 0, n, n_in, sc->sig);
+#ifdef HAVE_SSSE3_MERGE
+        if (use_ssse3)
+            merge_ssse3(sc->sig, n, &st->syms, &st->flds, sc->val);
+        else
+#endif
+            merge(sc->sig, n, &st->syms, &st->flds, sc->val);
+    }
+    /* each weight's half step 2**(E - k1 - 1), group by group */
+    for (Py_ssize_t i = 0; i < n;) {
+        Py_ssize_t seg = gsize - goff < n - i ? gsize - goff : n - i;
+        float h = pow2f((int)scales[g] + e_floor - st->k1 - 1);
+        for (Py_ssize_t k = 0; k < seg; k++) sc->hs[i + k] = h;
+        i += seg;
+        goff += seg;
+        if (goff == gsize) {
+            goff = 0;
+            g++;
+        }
+    }
+    plane_compute(kind, size, in, 0, n, n_in, out, sc->sig, val, sc->hs, st->r);
+}
+
+INLINE void plane_kernel_k(int kind, int size, const uint8_t *in, Py_ssize_t n_in,
+                           uint8_t *out, Py_ssize_t total, Py_ssize_t gsize,
+                           const uint8_t *scales, int e_floor, StepDec *st,
+                           PlaneScratch *sc) {
+    for (Py_ssize_t c0 = 0; c0 < total; c0 += CH) {
+        Py_ssize_t n = total - c0 < CH ? total - c0 : CH;
+        plane_chunk(kind, size, in ? in + c0 * size : NULL, n_in - c0, out + c0 * size, n,
+                    c0 / gsize, c0 % gsize, gsize, scales, e_floor, st, sc);
+    }
+}
+
+INLINE void plane_kernel_impl(const Fmt *f, const uint8_t *in, Py_ssize_t n_in, uint8_t *out,
+                              Py_ssize_t total, Py_ssize_t gsize, const uint8_t *scales,
+                              int e_floor, StepDec *st, PlaneScratch *sc) {
     switch (f->kind) {
     case K_BF16:
-        return plane_kernel_k(K_BF16, 2, in, n_in, out, total, gsize, scales, e_floor, k1, r,
-                              wk, table, per);
+        plane_kernel_k(K_BF16, 2, in, n_in, out, total, gsize, scales, e_floor, st, sc);
+        break;
     case K_F32:
-        return plane_kernel_k(K_F32, 4, in, n_in, out, total, gsize, scales, e_floor, k1, r,
-                              wk, table, per);
+        plane_kernel_k(K_F32, 4, in, n_in, out, total, gsize, scales, e_floor, st, sc);
+        break;
     default:
-        return plane_kernel_k(K_F16, 2, in, n_in, out, total, gsize, scales, e_floor, k1, r,
-                              wk, table, per);
+        plane_kernel_k(K_F16, 2, in, n_in, out, total, gsize, scales, e_floor, st, sc);
     }
 }
 
 #define PLANE_ARGS                                                                         \
     const Fmt *f, const uint8_t *in, Py_ssize_t n_in, uint8_t *out, Py_ssize_t total,      \
-        Py_ssize_t gsize, const uint8_t *scales, int e_floor, int k1, int r, PlaneWork *wk
-#define PLANE_NAMES f, in, n_in, out, total, gsize, scales, e_floor, k1, r, wk
+        Py_ssize_t gsize, const uint8_t *scales, int e_floor, StepDec *st, PlaneScratch *sc
+#define PLANE_NAMES f, in, n_in, out, total, gsize, scales, e_floor, st, sc
 #ifdef HAVE_V3
-V3_TARGET static Py_ssize_t plane_kernel_v3(PLANE_ARGS) { return plane_kernel_impl(PLANE_NAMES); }
+V3_TARGET static void plane_kernel_v3(PLANE_ARGS) { plane_kernel_impl(PLANE_NAMES); }
 #endif
-static Py_ssize_t plane_kernel(PLANE_ARGS) {
+static void plane_kernel(PLANE_ARGS) {
 #ifdef HAVE_V3
-    if (use_v3) return plane_kernel_v3(PLANE_NAMES);
+    if (use_v3) {
+        plane_kernel_v3(PLANE_NAMES);
+        return;
+    }
 #endif
-    return plane_kernel_impl(PLANE_NAMES);
+    plane_kernel_impl(PLANE_NAMES);
+}
+
+static int max_byte(const uint8_t *p, Py_ssize_t n) {
+    uint8_t m = 0;
+    for (Py_ssize_t i = 0; i < n; i++) m = m > p[i] ? m : p[i];
+    return m;
 }
 
 static PyObject *py_decode_planes(PyObject *self, PyObject *args) {
@@ -568,29 +603,25 @@ static PyObject *py_decode_planes(PyObject *self, PyObject *args) {
     }
     int per = PER[r], bad_code = 0, bad_scale = 0;
     const uint8_t *cp = codes->buf, *sp = scales->buf;
-    PlaneWork *wk = PyMem_RawMalloc(sizeof(PlaneWork));
-    if (!wk) {
+    StepDec *st = PyMem_RawMalloc(sizeof(StepDec));
+    PlaneScratch *sc = PyMem_RawMalloc(sizeof(PlaneScratch));
+    if (!st || !sc) {
+        PyMem_RawFree(st);
+        PyMem_RawFree(sc);
         release_views(&v);
         return PyErr_NoMemory();
     }
-    wk->syms.src = cp;
-    wk->syms.len = codes->len;
-    wk->flds.src = ref->buf;
-    wk->flds.len = ref->len;
-    wk->syms.at = wk->flds.at = 0;
-    wk->syms.pos = wk->syms.end = wk->flds.pos = wk->flds.end = 0;
-    Py_ssize_t nsig = 0;
+    step_init(st, k1, r, cp, codes->len, ref->buf, ref->len);
     Py_BEGIN_ALLOW_THREADS;
-    int amax = 0, emax = 0;
-    for (Py_ssize_t i = 0; i < codes->len; i++) amax = cp[i] > amax ? cp[i] : amax;
-    for (Py_ssize_t g = 0; g < ngroups; g++) emax = sp[g] > emax ? sp[g] : emax;
-    bad_code = amax >= APOW[r];
-    bad_scale = emax + e_floor > (1 << (ebits - 1)); /* e_ceil */
+    bad_code = max_byte(cp, codes->len) >= APOW[r];
+    bad_scale = max_byte(sp, ngroups) + e_floor > (1 << (ebits - 1)); /* e_ceil */
     if (!bad_code && !bad_scale)
-        nsig = plane_kernel(&f, prior ? prior->buf : NULL, n_in, out->buf, total, gsize, sp,
-                            e_floor, k1, r, wk);
+        plane_kernel(&f, prior ? prior->buf : NULL, n_in, out->buf, total, gsize, sp, e_floor,
+                     st, sc);
     Py_END_ALLOW_THREADS;
-    PyMem_RawFree(wk);
+    Py_ssize_t nsig = st->nsig;
+    PyMem_RawFree(st);
+    PyMem_RawFree(sc);
     Py_ssize_t nsym = total - nsig;
     Py_ssize_t want_codes = (nsym + per - 1) / per;
     Py_ssize_t want_ref = (Py_ssize_t)(((int64_t)nsig * r + 7) / 8);
@@ -647,98 +678,107 @@ typedef struct {
     uint32_t low[CH + 8];
 } RemWork;
 
-INLINE void remainder_loop(int size, int mbits, const uint8_t *in, Py_ssize_t n_in,
-                           uint8_t *out, Py_ssize_t total, const uint8_t *raw,
-                           Py_ssize_t nrest, const uint8_t *low, Py_ssize_t lowlen,
-                           int64_t *bpos_io, Py_ssize_t *j_io, int *bad_io, RemWork *wk) {
-    int64_t bpos = 0;
-    Py_ssize_t j = 0;
-    uint32_t bad = 0;
-    const uint32_t maxw = (uint32_t)mbits + 1;
+typedef struct { /* the remainder's decoding state across chunks */
+    const uint8_t *raw, *low;
+    Py_ssize_t nrest, lowlen, j;
+    int64_t bpos;
+    uint32_t bad;
+    int mbits;
+} RemDec;
+
+/* One chunk of n words: ``in`` (the prior, its first nreal words; the rest +0) and ``out``
+ * point at the chunk. */
+INLINE void remainder_chunk(int size, const uint8_t *in, Py_ssize_t nreal, uint8_t *out,
+                            Py_ssize_t n, RemDec *rd, RemWork *wk) {
+    int64_t bpos = rd->bpos;
+    Py_ssize_t j = rd->j;
+    uint32_t bad = rd->bad;
+    const uint32_t maxw = (uint32_t)rd->mbits + 1;
+    const uint8_t *raw = rd->raw, *low = rd->low;
+    const Py_ssize_t nrest = rd->nrest, lowlen = rd->lowlen;
     uint8_t *width = wk->width;
     uint32_t *lowv = wk->low;
-    for (Py_ssize_t c0 = 0; c0 < total; c0 += CH) {
-        Py_ssize_t n = total - c0 < CH ? total - c0 : CH;
-        Py_ssize_t nreal = n_in - c0;
-        nreal = nreal < 0 ? 0 : nreal > n ? n : nreal;
-        /* 1. the marker's position from the prior: width = its index + 1 (vectorised: the
-         * lowest set bit's exponent as a float) */
-        for (Py_ssize_t i = 0; i < nreal; i++) {
-            uint32_t pw = load_word(in, c0 + i, size);
-            uint32_t m = pw & (0u - pw);
-            uint32_t wd = ((bits_of((float)(int32_t)m) >> 23) & 0xffu) - 126u;
-            width[i] = (uint8_t)(wd & (0u - (pw != 0)));
-        }
-        uint8_t wmax = 0; /* widths past maxw: not this codec's prior (at most 32: no
-                           * read goes wrong, the error is raised after the pass) */
-        for (Py_ssize_t i = 0; i < nreal; i++) wmax = wmax > width[i] ? wmax : width[i];
-        bad |= wmax > maxw;
-        for (Py_ssize_t i = nreal; i < n; i++) width[i] = 0;
-        /* 2. the low bits, in order: a few fields per 64-bit window */
-        Py_ssize_t i = 0;
-        const int group = size == 2 ? 4 : 2; /* at most 4 * 11 or 2 * 24 bits */
-        for (; i + group <= n; i += group) {
-            uint64_t x = window(low, lowlen, (Py_ssize_t)(bpos >> 3)) << (bpos & 7);
-            for (int k = 0; k < group; k++) {
-                int wd = width[i + k];
-                lowv[i + k] = (uint32_t)((x >> 1) >> (63 - wd));
-                x <<= wd;
-                bpos += wd;
-            }
-        }
-        for (; i < n; i++) {
-            int wd = width[i];
-            uint64_t x = window(low, lowlen, (Py_ssize_t)(bpos >> 3)) << (bpos & 7);
-            lowv[i] = (uint32_t)((x >> 1) >> (63 - wd));
+    nreal = nreal < 0 ? 0 : nreal > n ? n : nreal;
+    /* 1. the marker's position from the prior: width = its index + 1 (vectorised: the
+     * lowest set bit's exponent as a float) */
+    for (Py_ssize_t i = 0; i < nreal; i++) {
+        uint32_t pw = load_word(in, i, size);
+        uint32_t m = pw & (0u - pw);
+        uint32_t wd = ((bits_of((float)(int32_t)m) >> 23) & 0xffu) - 126u;
+        width[i] = (uint8_t)(wd & (0u - (pw != 0)));
+    }
+    uint8_t wmax = 0; /* widths past maxw: not this codec's prior (at most 32: no
+                       * read goes wrong, the error is raised after the pass) */
+    for (Py_ssize_t i = 0; i < nreal; i++) wmax = wmax > width[i] ? wmax : width[i];
+    bad |= wmax > maxw;
+    for (Py_ssize_t i = nreal; i < n; i++) width[i] = 0;
+    /* 2. the low bits, in order: a few fields per 64-bit window */
+    Py_ssize_t i = 0;
+    const int group = size == 2 ? 4 : 2; /* at most 4 * 11 or 2 * 24 bits */
+    for (; i + group <= n; i += group) {
+        uint64_t x = window(low, lowlen, (Py_ssize_t)(bpos >> 3)) << (bpos & 7);
+        for (int k = 0; k < group; k++) {
+            int wd = width[i + k];
+            lowv[i + k] = (uint32_t)((x >> 1) >> (63 - wd));
+            x <<= wd;
             bpos += wd;
         }
-        /* 3. the prior above the marker, the low bits from it down (vectorised) */
-        for (i = 0; i < nreal; i++) {
-            uint32_t pw = load_word(in, c0 + i, size);
-            uint32_t m = pw & (0u - pw);
-            store_word(out, c0 + i, size, (pw & ~(2u * m - 1u)) | lowv[i]);
-        }
-        /* 4. the words whose prior is 0 (and the padding), whole: found 16 at a time */
-        for (i = 0; i < n; i += 16) {
-            Py_ssize_t b1 = i + 16 < n ? i + 16 : n;
-            if (b1 <= nreal && !any_zero(size, in, c0 + i, b1 - i)) continue;
-            for (Py_ssize_t k = i; k < b1; k++) {
-                if (k < nreal && load_word(in, c0 + k, size)) continue;
-                uint32_t rw = 0;
-                if (j < nrest) {
-                    if (size == 2)
-                        rw = ((uint32_t)raw[j] << 8) | raw[nrest + j];
-                    else
-                        rw = ((uint32_t)raw[j] << 24) | ((uint32_t)raw[nrest + j] << 16) |
-                             ((uint32_t)raw[2 * nrest + j] << 8) | raw[3 * nrest + j];
-                }
-                j++;
-                store_word(out, c0 + k, size, rw);
+    }
+    for (; i < n; i++) {
+        int wd = width[i];
+        uint64_t x = window(low, lowlen, (Py_ssize_t)(bpos >> 3)) << (bpos & 7);
+        lowv[i] = (uint32_t)((x >> 1) >> (63 - wd));
+        bpos += wd;
+    }
+    /* 3. the prior above the marker, the low bits from it down (vectorised) */
+    for (i = 0; i < nreal; i++) {
+        uint32_t pw = load_word(in, i, size);
+        uint32_t m = pw & (0u - pw);
+        store_word(out, i, size, (pw & ~(2u * m - 1u)) | lowv[i]);
+    }
+    /* 4. the words whose prior is 0 (and the padding), whole: found 16 at a time */
+    for (i = 0; i < n; i += 16) {
+        Py_ssize_t b1 = i + 16 < n ? i + 16 : n;
+        if (b1 <= nreal && !any_zero(size, in, i, b1 - i)) continue;
+        for (Py_ssize_t k = i; k < b1; k++) {
+            if (k < nreal && load_word(in, k, size)) continue;
+            uint32_t rw = 0;
+            if (j < nrest) {
+                if (size == 2)
+                    rw = ((uint32_t)raw[j] << 8) | raw[nrest + j];
+                else
+                    rw = ((uint32_t)raw[j] << 24) | ((uint32_t)raw[nrest + j] << 16) |
+                         ((uint32_t)raw[2 * nrest + j] << 8) | raw[3 * nrest + j];
             }
+            j++;
+            store_word(out, k, size, rw);
         }
     }
-    *bpos_io = bpos;
-    *j_io = j;
-    *bad_io = bad != 0;
+    rd->bpos = bpos;
+    rd->j = j;
+    rd->bad = bad;
 }
 
-INLINE void remainder_kernel_impl(int size, int mbits, const uint8_t *in, Py_ssize_t n_in,
-                                  uint8_t *out, Py_ssize_t total, const uint8_t *raw,
-                                  Py_ssize_t nrest, const uint8_t *low, Py_ssize_t lowlen,
-                                  int64_t *bpos, Py_ssize_t *j, int *bad, RemWork *wk) {
+INLINE void remainder_loop(int size, const uint8_t *in, Py_ssize_t n_in, uint8_t *out,
+                           Py_ssize_t total, RemDec *rd, RemWork *wk) {
+    for (Py_ssize_t c0 = 0; c0 < total; c0 += CH) {
+        Py_ssize_t n = total - c0 < CH ? total - c0 : CH;
+        remainder_chunk(size, in + c0 * size, n_in - c0, out + c0 * size, n, rd, wk);
+    }
+}
+
+INLINE void remainder_kernel_impl(int size, const uint8_t *in, Py_ssize_t n_in, uint8_t *out,
+                                  Py_ssize_t total, RemDec *rd, RemWork *wk) {
     if (size == 2)
-        remainder_loop(2, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad,
-                       wk);
+        remainder_loop(2, in, n_in, out, total, rd, wk);
     else
-        remainder_loop(4, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad,
-                       wk);
+        remainder_loop(4, in, n_in, out, total, rd, wk);
 }
 
 #define REM_ARGS                                                                           \
-    int size, int mbits, const uint8_t *in, Py_ssize_t n_in, uint8_t *out, Py_ssize_t total, \
-        const uint8_t *raw, Py_ssize_t nrest, const uint8_t *low, Py_ssize_t lowlen,       \
-        int64_t *bpos, Py_ssize_t *j, int *bad, RemWork *wk
-#define REM_NAMES size, mbits, in, n_in, out, total, raw, nrest, low, lowlen, bpos, j, bad, wk
+    int size, const uint8_t *in, Py_ssize_t n_in, uint8_t *out, Py_ssize_t total, RemDec *rd, \
+        RemWork *wk
+#define REM_NAMES size, in, n_in, out, total, rd, wk
 #ifdef HAVE_V3
 V3_TARGET static void remainder_kernel_v3(REM_ARGS) { remainder_kernel_impl(REM_NAMES); }
 #endif
@@ -775,9 +815,8 @@ static PyObject *py_decode_remainder(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the tensor");
         return NULL;
     }
-    Py_ssize_t nrest = raw->len / size, rawlen = raw->len, lowlen = low->len, j = 0;
-    int64_t bpos = 0;
-    int bad = 0;
+    Py_ssize_t nrest = raw->len / size, rawlen = raw->len, lowlen = low->len;
+    RemDec rd = {raw->buf, low->buf, nrest, lowlen, 0, 0, 0, mbits};
     if (rawlen == nrest * size) {
         RemWork *wk = PyMem_RawMalloc(sizeof(RemWork));
         if (!wk) {
@@ -785,11 +824,13 @@ static PyObject *py_decode_remainder(PyObject *self, PyObject *args) {
             return PyErr_NoMemory();
         }
         Py_BEGIN_ALLOW_THREADS;
-        remainder_kernel(size, mbits, prior->buf, n_in, out->buf, total, raw->buf, nrest,
-                         low->buf, lowlen, &bpos, &j, &bad, wk);
+        remainder_kernel(size, prior->buf, n_in, out->buf, total, &rd, wk);
         Py_END_ALLOW_THREADS;
         PyMem_RawFree(wk);
     }
+    Py_ssize_t j = rd.j;
+    int64_t bpos = rd.bpos;
+    int bad = rd.bad != 0;
     release_views(&v);
     if (bad) {
         PyErr_SetString(FormatError, "prior values are not midpoints of this codec");
@@ -806,6 +847,200 @@ static PyObject *py_decode_remainder(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------ from scratch */
+
+/* Levels 0..n in one pass: each chunk goes through every plane step in cache (a level's first
+ * step sees the padding as +0, as the per-level decoder does), then through the remainder if
+ * the last level is there, and is written out once. */
+INLINE void levels_k(int kind, int size, uint8_t *out, Py_ssize_t numel, Py_ssize_t total,
+                     Py_ssize_t gsize, const uint8_t *scales, int e_floor, int nsteps,
+                     StepDec *steps, const uint8_t *first, RemDec *rd, PlaneScratch *sc,
+                     RemWork *rw, uint8_t *cbuf) {
+    for (Py_ssize_t c0 = 0; c0 < total; c0 += CH) {
+        Py_ssize_t n = total - c0 < CH ? total - c0 : CH, real = numel - c0;
+        uint8_t *dst = rd ? cbuf : out + c0 * size;
+        for (int s = 0; s < nsteps; s++)
+            plane_chunk(kind, size, s ? dst : NULL, s == 0 ? 0 : first[s] ? real : n, dst, n,
+                        c0 / gsize, c0 % gsize, gsize, scales, e_floor, &steps[s], sc);
+        if (rd) remainder_chunk(size, cbuf, real, out + c0 * size, n, rd, rw);
+    }
+}
+
+INLINE void levels_impl(const Fmt *f, uint8_t *out, Py_ssize_t numel, Py_ssize_t total,
+                        Py_ssize_t gsize, const uint8_t *scales, int e_floor, int nsteps,
+                        StepDec *steps, const uint8_t *first, RemDec *rd, PlaneScratch *sc,
+                        RemWork *rw, uint8_t *cbuf) {
+    switch (f->kind) {
+    case K_BF16:
+        levels_k(K_BF16, 2, out, numel, total, gsize, scales, e_floor, nsteps, steps, first, rd,
+                 sc, rw, cbuf);
+        break;
+    case K_F32:
+        levels_k(K_F32, 4, out, numel, total, gsize, scales, e_floor, nsteps, steps, first, rd,
+                 sc, rw, cbuf);
+        break;
+    default:
+        levels_k(K_F16, 2, out, numel, total, gsize, scales, e_floor, nsteps, steps, first, rd,
+                 sc, rw, cbuf);
+    }
+}
+
+#define LEVELS_ARGS                                                                        \
+    const Fmt *f, uint8_t *out, Py_ssize_t numel, Py_ssize_t total, Py_ssize_t gsize,      \
+        const uint8_t *scales, int e_floor, int nsteps, StepDec *steps, const uint8_t *first, \
+        RemDec *rd, PlaneScratch *sc, RemWork *rw, uint8_t *cbuf
+#define LEVELS_NAMES f, out, numel, total, gsize, scales, e_floor, nsteps, steps, first, rd, sc, rw, cbuf
+#ifdef HAVE_V3
+V3_TARGET static void levels_v3(LEVELS_ARGS) { levels_impl(LEVELS_NAMES); }
+#endif
+static void levels(LEVELS_ARGS) {
+#ifdef HAVE_V3
+    if (use_v3) {
+        levels_v3(LEVELS_NAMES);
+        return;
+    }
+#endif
+    levels_impl(LEVELS_NAMES);
+}
+
+#define MAX_STEPS 160
+
+static PyObject *py_decode_levels(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *out_o, *scales_o, *steps_o, *rem_o;
+    Py_ssize_t numel, gsize;
+    int e_floor, size, ebits, mbits;
+    if (!PyArg_ParseTuple(args, "OnOiniiiOO", &out_o, &numel, &scales_o, &e_floor, &gsize,
+                          &size, &ebits, &mbits, &steps_o, &rem_o))
+        return NULL;
+    Fmt f;
+    if (fmt_init(&f, size, ebits, mbits) < 0) return NULL;
+    PyObject *seq = PySequence_Fast(steps_o, "steps must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t nsteps = PySequence_Fast_GET_SIZE(seq);
+    PyObject *result = NULL;
+    Views v = {.n = 0};
+    Py_buffer *out, *scales, *raw = NULL, *low = NULL;
+    Py_buffer *codes[MAX_STEPS], *refs[MAX_STEPS];
+    int k1s[MAX_STEPS], rs[MAX_STEPS];
+    uint8_t first[MAX_STEPS];
+    StepDec *st = NULL;
+    PlaneScratch *sc = NULL;
+    RemWork *rw = NULL;
+    uint8_t *cbuf = NULL;
+    Views *vs = NULL; /* the step buffers: 2 views per step */
+    int nvs = 0;
+    if (nsteps < 1 || nsteps > MAX_STEPS || gsize < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad steps");
+        goto done;
+    }
+    if (get_view(&v, out_o, &out, 1) < 0 || get_view(&v, scales_o, &scales, 0) < 0) goto done;
+    if (rem_o != Py_None) {
+        PyObject *r_raw, *r_low;
+        if (!PyArg_ParseTuple(rem_o, "OO", &r_raw, &r_low)) goto done;
+        if (get_view(&v, r_raw, &raw, 0) < 0 || get_view(&v, r_low, &low, 0) < 0) goto done;
+    }
+    Py_ssize_t total = out->len / size, ngroups = total / gsize;
+    if (out->len != total * size || total != ngroups * gsize || scales->len < ngroups ||
+        numel < 0 || numel > total) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the tensor");
+        goto done;
+    }
+    vs = PyMem_Calloc((size_t)(nsteps + 3) / 4 + 1, sizeof(Views));
+    if (!vs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t s = 0; s < nsteps; s++) {
+        PyObject *c_o, *r_o;
+        int fst;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, s), "iipOO", &k1s[s], &rs[s], &fst,
+                              &c_o, &r_o))
+            goto done;
+        first[s] = (uint8_t)fst;
+        if (rs[s] < 1 || rs[s] > MAX_STEP || k1s[s] < rs[s] || k1s[s] > mbits) {
+            PyErr_SetString(PyExc_ValueError, "bad plane step");
+            goto done;
+        }
+        Views *w = &vs[s / 4];
+        nvs = (int)(s / 4) + 1;
+        if (get_view(w, c_o, &codes[s], 0) < 0 || get_view(w, r_o, &refs[s], 0) < 0) goto done;
+    }
+    st = PyMem_RawMalloc(sizeof(StepDec) * (size_t)nsteps);
+    sc = PyMem_RawMalloc(sizeof(PlaneScratch));
+    rw = PyMem_RawMalloc(sizeof(RemWork));
+    cbuf = PyMem_RawMalloc((size_t)CH * 4);
+    if (!st || !sc || !rw || !cbuf) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t s = 0; s < nsteps; s++)
+        step_init(&st[s], k1s[s], rs[s], codes[s]->buf, codes[s]->len, refs[s]->buf,
+                  refs[s]->len);
+    RemDec rd = {raw ? raw->buf : NULL, low ? low->buf : NULL, raw ? raw->len / size : 0,
+                 low ? low->len : 0, 0, 0, 0, mbits};
+    int bad_code = 0, bad_scale = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    for (Py_ssize_t s = 0; s < nsteps; s++)
+        bad_code |= max_byte(codes[s]->buf, codes[s]->len) >= APOW[rs[s]];
+    bad_scale = max_byte(scales->buf, ngroups) + e_floor > (1 << (ebits - 1)); /* e_ceil */
+    if (!bad_code && !bad_scale && (!raw || raw->len % size == 0))
+        levels(&f, out->buf, numel, total, gsize, scales->buf, e_floor, (int)nsteps, st, first,
+               raw ? &rd : NULL, sc, rw, cbuf);
+    Py_END_ALLOW_THREADS;
+    if (bad_scale) {
+        PyErr_SetString(FormatError, "group exponent out of range");
+        goto done;
+    }
+    if (bad_code) {
+        PyErr_SetString(FormatError, "symbol byte out of range");
+        goto done;
+    }
+    for (Py_ssize_t s = 0; s < nsteps; s++) {
+        Py_ssize_t nsig = st[s].nsig, nsym = total - nsig;
+        Py_ssize_t want_codes = (nsym + PER[rs[s]] - 1) / PER[rs[s]];
+        Py_ssize_t want_ref = (Py_ssize_t)(((int64_t)nsig * rs[s] + 7) / 8);
+        if (refs[s]->len != want_ref) {
+            PyErr_Format(FormatError, "step %zd: refinement bits of %zd bytes, expected %zd", s,
+                         refs[s]->len, want_ref);
+            goto done;
+        }
+        if (codes[s]->len != want_codes) {
+            PyErr_Format(FormatError, "step %zd: %zd symbol bytes, expected %zd", s,
+                         codes[s]->len, want_codes);
+            goto done;
+        }
+    }
+    if (raw) {
+        if (rd.bad) {
+            PyErr_SetString(FormatError, "prior values are not midpoints of this codec");
+            goto done;
+        }
+        if (raw->len % size || rd.j != rd.nrest) {
+            PyErr_Format(FormatError, "remainder of %zd whole bytes, expected %zd", raw->len,
+                         (Py_ssize_t)(rd.j * size));
+            goto done;
+        }
+        if (low->len != (Py_ssize_t)((rd.bpos + 7) / 8)) {
+            PyErr_Format(FormatError, "%zd bytes of packed bits, expected %zd", low->len,
+                         (Py_ssize_t)((rd.bpos + 7) / 8));
+            goto done;
+        }
+    }
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    for (int i = 0; i < nvs; i++) release_views(&vs[i]);
+    PyMem_Free(vs);
+    release_views(&v);
+    PyMem_RawFree(st);
+    PyMem_RawFree(sc);
+    PyMem_RawFree(rw);
+    PyMem_RawFree(cbuf);
+    Py_DECREF(seq);
+    return result;
 }
 
 /* ------------------------------------------------------------------------ encode */
@@ -1430,6 +1665,9 @@ static PyMethodDef methods[] = {
     {"decode_planes", py_decode_planes, METH_VARARGS,
      "decode_planes(prior, n_in, out, scales, e_floor, gsize, size, ebits, mbits, k1, r, "
      "codes, refine)"},
+    {"decode_levels", py_decode_levels, METH_VARARGS,
+     "decode_levels(out, numel, scales, e_floor, gsize, size, ebits, mbits, "
+     "[(k1, r, first_of_level, codes, refine)], (raw, low) | None): levels 0..n in one pass"},
     {"simd", py_simd, METH_VARARGS,
      "simd([enable]) -> whether the SIMD kernels (SSSE3, AVX2, BMI2; as the CPU has them) "
      "are used; simd(False) selects the portable ones (for tests)"},

@@ -595,6 +595,10 @@ def decode_tensor(
         if not isinstance(prior, np.ndarray) or prior.dtype != dt.storage or prior.size != numel:
             raise ValueError(f"prior of tensor {name!r} is not a {dt.name} array of {numel}")
         return _next_level(geo, ks, gsize, ngroups, numel, shape, pieces, n, prior, what)
+    if _c() and n > 0:
+        fused = _scratch_c(geo, ks, gsize, ngroups, numel, shape, pieces, n, name)
+        if fused is not None:
+            return fused
     out: Array | None = None
     for m in range(n + 1):
         wm = f"tensor {name!r} level {m}"
@@ -608,6 +612,49 @@ def decode_tensor(
             out = _next_level(geo, ks, gsize, ngroups, numel, shape, pieces[: m + 1], m, out, wm)
     assert out is not None
     return out
+
+
+def _scratch_c(
+    geo: Geometry,
+    ks: list[int],
+    gsize: int,
+    ngroups: int,
+    numel: int,
+    shape: tuple[int, ...],
+    pieces: Sequence[Buffer],
+    n: int,
+    name: str,
+) -> Array | None:
+    """Levels 0..n from scratch by the C kernels in one pass (the same checks as level by
+    level); None when the streams are too large for that (see native.levels)."""
+    w0 = f"tensor {name!r} level 0"
+    first = _substeps(0, ks[0])
+    parts = _parts(pieces[0], 1 + len(first), w0)
+    scale_bytes = native.scales(geo, parts[0], ngroups, w0)
+    if len(split_u32(parts[1], w0)[1]):
+        raise FormatError(f"{w0}: junk after level 0's symbols")
+    steps: list[native.Step] = [
+        (b, b - a, i == 0, part, w0)
+        for i, ((a, b), part) in enumerate(zip(first, parts[1:], strict=True))
+    ]
+    rem: tuple[Buffer, str] | None = None
+    for m in range(1, n + 1):
+        wm = f"tensor {name!r} level {m}"
+        if m == len(ks):
+            (part,) = _parts(pieces[m], 1, wm)
+            rem = (part, wm)
+            continue
+        sub = _substeps(ks[m - 1], ks[m])
+        if not sub and len(memoryview(pieces[m])):
+            raise FormatError(f"{wm}: data in a level that does not refine the tensor")
+        level = _parts(pieces[m], len(sub), wm) if sub else []
+        steps += [
+            (b, b - a, i == 0, p, wm) for i, ((a, b), p) in enumerate(zip(sub, level, strict=True))
+        ]
+    out = np.empty(ngroups * gsize, geo.word)
+    if not native.levels(geo, out, numel, scale_bytes, gsize, steps, rem):
+        return None
+    return out[:numel].view(geo.dt.storage).reshape(shape)
 
 
 def _first_c(

@@ -1,10 +1,16 @@
 """groupplane's levels through the C kernels of :mod:`peerprog.codec._groupplane`.
 
-The C extension does one fused pass over a tensor per plane step (significance, symbols,
-refinement bits, midpoints or the prior's read-back) and per remainder, on the dtype's words;
-zstd stays here (the ``zstandard`` package). The byte format is exactly that of the numpy
+The C extension (``_groupplane.c``, CPython buffer protocol only) makes one pass over a
+tensor per plane step and one for the remainder, chunk by chunk in cache: the decoder reads
+the prior's significance, expands the symbol and refinement streams into the weights' order,
+computes the midpoints in float32 exactly as numpy does; the encoder computes the group
+exponents and magnitudes once, then each step's symbols and refinement fields and the
+remainder's bits. zstd stays here (the ``zstandard`` package). On x86-64 the hot loops have
+SSSE3 / AVX2 / BMI2 versions chosen at load from the CPU's features (``ext.simd(False)``
+selects the portable C, which other CPUs use). The byte format is exactly that of the numpy
 kernels in :mod:`peerprog.codec.groupplane_planes` (the reference): both produce identical
-streams and decode each other's (property-tested in ``tests/unit/test_codec_groupplane_c.py``).
+streams and decode each other's (property-tested in ``tests/unit/test_codec_groupplane_c.py``,
+SIMD and portable).
 
 :data:`ext` is the extension module, or None when it is not built (or was built from another
 format version): :mod:`peerprog.codec.groupplane` then uses the numpy kernels.
@@ -27,7 +33,7 @@ from peerprog.codec import zstd
 from peerprog.codec.groupplane_planes import Array, Buffer, Geometry, compress_dense, split_u32
 from peerprog.errors import FormatError
 
-FORMAT = 1  # the kernels' interface version; a stale build is not used
+FORMAT = 2  # the kernels' interface version; a stale build is not used
 
 
 def _load() -> ModuleType | None:
@@ -93,15 +99,20 @@ def encode(
 # ---------------------------------------------------------------------------- decode
 
 
-def _frame(frame: Buffer, limit: int, what: str) -> Array:
-    """A zstd frame's content, of the size it declares, at most ``limit`` bytes."""
+def _declared(frame: Buffer, limit: int, what: str) -> int:
+    """The content size a zstd frame declares, checked to be at most ``limit`` bytes."""
     try:
-        declared = zstandard.frame_content_size(frame)
+        declared: int = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as e:
         raise FormatError(f"{what}: not a zstd frame ({e})") from None
     if not 0 <= declared <= limit:
         raise FormatError(f"{what}: zstd frame declares {declared} bytes, at most {limit}")
-    return zstd.decompress_exact(frame, declared, what)
+    return declared
+
+
+def _frame(frame: Buffer, limit: int, what: str) -> Array:
+    """A zstd frame's content, of the size it declares, at most ``limit`` bytes."""
+    return zstd.decompress_exact(frame, _declared(frame, limit, what), what)
 
 
 def scales(geo: Geometry, frame: Buffer, ngroups: int, what: str) -> Array:
@@ -147,3 +158,48 @@ def remainder(geo: Geometry, prior: Array, out: Array, part: Buffer, what: str) 
     frame, low = split_u32(part, what)
     raw = _frame(frame, out.size * size, what)
     k.decode_remainder(prior, prior.size, out, raw, low, size, ebits, mbits)
+
+
+Step = tuple[int, int, bool, Buffer, str]  # (k1, r, first step of its level, part, what)
+
+
+def levels(
+    geo: Geometry,
+    out: Array,
+    numel: int,
+    scale_bytes: Array,
+    gsize: int,
+    steps: Sequence[Step],
+    rem: tuple[Buffer, str] | None,
+) -> bool:
+    """Decode levels 0..n from scratch into ``out`` in one pass (every plane step of every
+    level, then the remainder part ``rem`` if the last level is there). False, having done
+    nothing, when the symbol frames together declare more than the tensor's size (then the
+    caller decodes level by level, which never holds more than one frame)."""
+    k = _kernels()
+    size, ebits, mbits = _args(geo)
+    total = out.size
+    frames = []
+    budget = total * size
+    for k1, r, first, part, what in steps:
+        frame, refine = split_u32(part, what)
+        budget -= _declared(frame, -(-total // _PER[r]), what)
+        frames.append((k1, r, first, frame, refine, what))
+    remargs = None
+    if rem is not None:
+        part, what = rem
+        frame, low = split_u32(part, what)
+        budget -= _declared(frame, total * size, what)
+        remargs = (frame, low, what)
+    if budget < 0:
+        return False
+    args = [
+        (k1, r, first, zstd.decompress_exact(f, zstandard.frame_content_size(f), w), refine)
+        for k1, r, first, f, refine, w in frames
+    ]
+    raw = None
+    if remargs is not None:
+        f, low, w = remargs
+        raw = (zstd.decompress_exact(f, zstandard.frame_content_size(f), w), low)
+    k.decode_levels(out, numel, scale_bytes, geo.e_floor, gsize, size, ebits, mbits, args, raw)
+    return True

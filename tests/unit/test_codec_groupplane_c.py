@@ -384,6 +384,39 @@ def test_huge_declared_frames_are_refused_before_allocating() -> None:
                              good[n - 1], "w")  # fmt: skip
 
 
+def test_frames_declaring_more_than_the_tensor_are_decoded_level_by_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From scratch, all levels' symbols are held at once only while their frames together
+    declare at most the tensor's size; past that, level by level (at most one at a time)."""
+    params, t, tp, pieces = _case("bfloat16", 64)
+    calls: list[object] = []
+    real = gp.native.levels
+
+    def spy(*args: Any) -> bool:
+        try:
+            calls.append(real(*args))
+        except FormatError as e:
+            calls.append(e)
+            raise
+        return calls[-1] is True
+
+    monkeypatch.setattr(gp.native, "levels", spy)
+    total = -(-t.array.size // 64) * 64
+    bad = list(pieces)
+    parts = _split(bad[-1])  # the remainder's frame declares the whole tensor
+    (m,) = struct.unpack_from("<I", parts[0])
+    frame = zstd.compress(b"\0" * total * 2, symbols=True)
+    bad[-1] = _join([struct.pack("<I", len(frame)) + frame + parts[0][4 + m :]])
+    n = len(pieces) - 1
+    assert _outcome("c", params, t, tp, bad, n, None) is None
+    assert calls == [False]  # over the budget: not fused, and level by level it fails
+    assert _outcome("numpy", params, t, tp, bad, n, None) is None
+    calls.clear()
+    assert _outcome("c", params, t, tp, pieces, n, None) == _raw(t.array)
+    assert calls == [True]
+
+
 def test_backend_selection() -> None:
     assert gp.backends()[0] == "c" and "numpy" in gp.backends()
     with use("numpy"):
