@@ -17,7 +17,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP): pyproject.toml demo/pyproject.toml | $(PY)
+# setup.py compiles groupplane's optional C kernels: a changed source re-runs the install.
+$(STAMP): pyproject.toml demo/pyproject.toml setup.py peerprog/codec/_groupplane.c | $(PY)
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[test,torch]' -e './demo[plot]'
 	touch $(STAMP)

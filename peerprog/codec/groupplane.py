@@ -64,6 +64,17 @@ and commands in ``bench/CODEC_NOTES.md``): G = 64; power-of-two scales (as good 
 real-valued fp16 scales, and they make every intermediate value exact); zstd as the entropy
 coder (1–4% above the order-0 entropy, ~10× faster to decode than an exact ANS coder).
 
+Implementation: two backends with byte-identical streams and identical decodes (each decodes
+the other's; property-tested). ``"c"``: the extension :mod:`peerprog.codec._groupplane`
+(``_groupplane.c``, compiled by ``setup.py`` at ``pip install``; optional, skipped with a
+warning where there is no compiler), one fused pass over the tensor per plane step and per
+remainder (:mod:`~peerprog.codec.groupplane_native`); ``"numpy"``: the reference kernels of
+:mod:`~peerprog.codec.groupplane_planes` and :mod:`~peerprog.codec.varbits`, many passes
+per level, ~10-30x slower. The C backend is used when the extension imports (and was built
+for this interface version), else numpy; the environment variable ``PEERPROG_GROUPPLANE``
+(``c`` / ``numpy``) or :func:`set_backend` forces one (:func:`backends`, :func:`backend`).
+``analyse`` and ``plan`` and the whole tensors are numpy/zstd in both.
+
 Rate allocation (:func:`plan`): every tensor starts with 1 plane; then plane steps are taken
 greedily by estimated error reduction per byte, the error of a tensor being its squared
 error over its squared norm (``weighting`` ``"relative"``: each tensor's signal-to-noise
@@ -78,12 +89,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import numpy as np
 
+from peerprog.codec import groupplane_native as native
 from peerprog.codec import zstd
 from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import DType, dtype
@@ -130,6 +144,43 @@ _DEFAULTS: dict[str, ParamValue] = {
 }
 
 
+# ---------------------------------------------------------------------------- backends
+
+
+def backends() -> tuple[str, ...]:
+    """The kernels available here: ``"c"`` (when the extension is built) and ``"numpy"``."""
+    return ("c", "numpy") if native.ext is not None else ("numpy",)
+
+
+def backend() -> str:
+    """The kernels in use (see the module docstring)."""
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Use the ``"c"`` or the ``"numpy"`` kernels from now on (ValueError if unavailable)."""
+    global _backend
+    if name not in backends():
+        raise ValueError(f"groupplane backend {name!r} is not available (have {backends()})")
+    _backend = name
+
+
+def _initial_backend() -> str:
+    want = os.environ.get("PEERPROG_GROUPPLANE", "")
+    if want in ("", "auto"):
+        return backends()[0]
+    if want not in backends():
+        raise RuntimeError(f"PEERPROG_GROUPPLANE={want!r}: available are {backends()}")
+    return want
+
+
+_backend = _initial_backend()
+
+
+def _c() -> bool:
+    return _backend == "c"
+
+
 def default_params() -> dict[str, ParamValue]:
     """The codec params used when the publisher gives none (before :func:`plan` adds
     ``levels``)."""
@@ -148,7 +199,34 @@ class Settings:
 
 
 def settings(params: Mapping[str, ParamValue] | None) -> Settings:
-    """Checked codec params (defaults filled in); FormatError on bad ones."""
+    """Checked codec params (defaults filled in); FormatError on bad ones.
+
+    Valid results are cached by the params' values and types (every tensor of a model has
+    the same params, and checking them cost more than decoding a small tensor)."""
+    key = _settings_key(params)
+    hit = _SETTINGS.get(key) if key is not None else None
+    if hit is not None:
+        return hit
+    out = _settings(params)
+    if key is not None and len(_SETTINGS) < 64:
+        _SETTINGS[key] = out
+    return out
+
+
+_SETTINGS: dict[bytes, Settings] = {}
+
+
+def _settings_key(params: Mapping[str, ParamValue] | None) -> bytes | None:
+    """The params as msgpack (exact: True is not 1, 1 is not 1.0), or None if they are not
+    msgpack values."""
+    try:
+        key: bytes = msgpack.packb(dict(params or {}))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return key
+
+
+def _settings(params: Mapping[str, ParamValue] | None) -> Settings:
     p: dict[str, ParamValue] = default_params()
     for key, value in (params or {}).items():
         if key not in _DEFAULTS and key != "levels":
@@ -431,6 +509,10 @@ def encode_tensor(
         data = shuffle(flat.view(dt.word)) if dt.is_float else flat.view(np.uint8)
         return {"whole": True}, [compress_dense(data.data), *([b""] * (nlevels - 1))]
     geo = _geometry(dt, s)
+    if _c():
+        levels = [_substeps(a, b) for a, b in itertools.pairwise([0, *ks])]
+        pieces_c = native.encode(geo, flat.view(dt.word), gsize, ks, levels)
+        return {"group": gsize, "planes": list(ks)}, list(pieces_c)
     ngroups = -(-flat.size // gsize)
     words = padded(flat.view(dt.word), ngroups * gsize)
     v = to_f32(geo, words).reshape(ngroups, gsize)
@@ -513,15 +595,79 @@ def decode_tensor(
         if not isinstance(prior, np.ndarray) or prior.dtype != dt.storage or prior.size != numel:
             raise ValueError(f"prior of tensor {name!r} is not a {dt.name} array of {numel}")
         return _next_level(geo, ks, gsize, ngroups, numel, shape, pieces, n, prior, what)
+    if _c() and n > 0:
+        fused = _scratch_c(geo, ks, gsize, ngroups, numel, shape, pieces, n, name)
+        if fused is not None:
+            return fused
     out: Array | None = None
     for m in range(n + 1):
         wm = f"tensor {name!r} level {m}"
-        if out is None:
+        if out is None and _c():
+            words = _first_c(geo, ks, gsize, ngroups, pieces[0], wm)
+            out = words[:numel].view(dt.storage).reshape(shape)
+        elif out is None:
             v0 = _first(geo, ks, gsize, ngroups, pieces[0], wm)[1]
             out = from_f32(geo, v0.reshape(-1)[:numel]).reshape(shape)
         else:
             out = _next_level(geo, ks, gsize, ngroups, numel, shape, pieces[: m + 1], m, out, wm)
     assert out is not None
+    return out
+
+
+def _scratch_c(
+    geo: Geometry,
+    ks: list[int],
+    gsize: int,
+    ngroups: int,
+    numel: int,
+    shape: tuple[int, ...],
+    pieces: Sequence[Buffer],
+    n: int,
+    name: str,
+) -> Array | None:
+    """Levels 0..n from scratch by the C kernels in one pass (the same checks as level by
+    level); None when the streams are too large for that (see native.levels)."""
+    w0 = f"tensor {name!r} level 0"
+    first = _substeps(0, ks[0])
+    parts = _parts(pieces[0], 1 + len(first), w0)
+    scale_bytes = native.scales(geo, parts[0], ngroups, w0)
+    if len(split_u32(parts[1], w0)[1]):
+        raise FormatError(f"{w0}: junk after level 0's symbols")
+    steps: list[native.Step] = [
+        (b, b - a, i == 0, part, w0)
+        for i, ((a, b), part) in enumerate(zip(first, parts[1:], strict=True))
+    ]
+    rem: tuple[Buffer, str] | None = None
+    for m in range(1, n + 1):
+        wm = f"tensor {name!r} level {m}"
+        if m == len(ks):
+            (part,) = _parts(pieces[m], 1, wm)
+            rem = (part, wm)
+            continue
+        sub = _substeps(ks[m - 1], ks[m])
+        if not sub and len(memoryview(pieces[m])):
+            raise FormatError(f"{wm}: data in a level that does not refine the tensor")
+        level = _parts(pieces[m], len(sub), wm) if sub else []
+        steps += [
+            (b, b - a, i == 0, p, wm) for i, ((a, b), p) in enumerate(zip(sub, level, strict=True))
+        ]
+    out = np.empty(ngroups * gsize, geo.word)
+    if not native.levels(geo, out, numel, scale_bytes, gsize, steps, rem):
+        return None
+    return out[:numel].view(geo.dt.storage).reshape(shape)
+
+
+def _first_c(
+    geo: Geometry, ks: list[int], gsize: int, ngroups: int, piece: Buffer, what: str
+) -> Array:
+    """Level 0 by the C kernels: flat words, padded to whole groups."""
+    steps = _substeps(0, ks[0])
+    parts = _parts(piece, 1 + len(steps), what)
+    scale_bytes = native.scales(geo, parts[0], ngroups, what)
+    if len(split_u32(parts[1], what)[1]):
+        raise FormatError(f"{what}: junk after level 0's symbols")
+    out = np.empty(ngroups * gsize, geo.word)
+    native.plane_steps(geo, None, 0, out, scale_bytes, gsize, steps, parts[1:], what)
     return out
 
 
@@ -563,6 +709,18 @@ def _next_level(
             raise FormatError(f"{what}: data in a level that does not refine the tensor")
         return prior
     scales, _ = split_u32(pieces[0], f"{what} (level 0)")
+    if _c():
+        scale_bytes = native.scales(geo, scales, ngroups, f"{what} (level 0)")
+        pw = np.ascontiguousarray(prior).reshape(-1).view(geo.word)
+        out = np.empty(ngroups * gsize, geo.word)
+        if last:
+            (part,) = _parts(piece, 1, what)
+            native.remainder(geo, pw, out, part, what)
+        else:
+            steps = _substeps(k0, k1)
+            parts = _parts(piece, len(steps), what)
+            native.plane_steps(geo, pw, numel, out, scale_bytes, gsize, steps, parts, what)
+        return out[:numel].view(geo.dt.storage).reshape(shape)
     exps = decode_scales(geo, scales, ngroups, f"{what} (level 0)")
     words = padded(np.ascontiguousarray(prior).reshape(-1).view(geo.word), ngroups * gsize)
     if last:

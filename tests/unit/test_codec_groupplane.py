@@ -1,6 +1,7 @@
-"""groupplane: bit-exact round trips, incremental = from-scratch decoding, nested intervals
-(error never grows with a level), rate allocation without empty levels, canonical params, and
-malformed input as FormatError (never a crash or a huge allocation)."""
+"""groupplane, with each backend (C kernels and numpy): bit-exact round trips, incremental =
+from-scratch decoding, nested intervals (error never grows with a level), rate allocation
+without empty levels, canonical params, and malformed input as FormatError (never a crash or
+a huge allocation)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -32,6 +33,15 @@ SPECIAL = {
     "bfloat16": [0x7FC0, 0x7F80, 0xFF80, 0x8000, 0x0001, 0x807F, 0x7F7F, 0xFFC1],
     "float16": [0x7E00, 0x7C00, 0xFC00, 0x8000, 0x0001, 0x83FF, 0x7BFF, 0xFE01],
 }
+
+
+@pytest.fixture(autouse=True, scope="module", params=gp.backends())
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs with each available backend (C kernels, numpy)."""
+    prev = gp.backend()
+    gp.set_backend(request.param)
+    yield request.param
+    gp.set_backend(prev)
 
 
 def _values(dtype: str, shape: tuple[int, ...], seed: int, kind: str) -> np.ndarray[Any, Any]:
