@@ -4,8 +4,8 @@ yardsticks measured in the same run: round-to-nearest 4-bit with a scale per 128
 (lossy), ZipNN (lossless; round trip verified), ``bitplane`` and ``paper``.
 
 Needs the ``bench`` extra and the LM trained by ``scripts/train_lm.py``. Prints JSON, writes
-it to ``--json``, and with ``--write`` the tables into ``bench/CODEC_NOTES.md`` and the
-chart ``bench/codec_quality.png``.
+it to ``--json``, and with ``--write`` the tables into BENCHMARKS.md (sweeps: into
+``bench/CODEC_NOTES.md``) and the chart ``bench/codec_quality.png``.
 
     nice -n 10 python -m bench.codec_real --write
     nice -n 10 python -m bench.codec_real --models lm --sweep group=32,64,128
@@ -432,7 +432,7 @@ def main() -> None:
             f"sweep-{args.models}-{args.sweep.split('=')[0]}", sweep_markdown(doc, cmd), NOTES
         )
     if args.write and "models" in doc:
-        write_section("real", markdown(doc, "nice -n 10 python -m bench.codec_real --write"), NOTES)
+        write_section("real", markdown(doc, "nice -n 10 python -m bench.codec_real --write"))
         chart(doc, CHART)
 
 

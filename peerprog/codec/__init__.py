@@ -1,9 +1,10 @@
 """Progressive codecs: split a state dict into significance levels, merge any prefix back.
 
-Pure (numpy and zstd only). ``bitplane`` is the default and lossless; ``paper`` is the
-yardstick from Lee et al. 2021 (per-tensor min-max 16-bit codes cut into 2-bit pieces);
-``rowplane`` (lossless) codes fixed-point magnitude bit planes with significance coding and
-gives better quality per byte than both in its early levels.
+Pure (numpy and zstd; groupplane's optional C kernels need only the CPython headers).
+``groupplane`` is the default and lossless: a scale per group of weights, magnitude bit planes
+most significant first, the exact remainder last. ``bitplane`` (lossless) cuts the float bits
+themselves into levels; ``paper`` is the yardstick from Lee et al. 2021 (per-tensor min-max
+16-bit codes cut into 2-bit pieces, lossy).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from peerprog.codec.dtypes import DTYPES, DType, dtype
 from peerprog.codec.groupplane_codec import GroupplaneCodec
 from peerprog.codec.layout import ParamValue, Segment, TensorLayout
 from peerprog.codec.paper import PaperCodec
-from peerprog.codec.rowplane import RowplaneCodec
 from peerprog.errors import InputError
 
-DEFAULT_CODEC = "bitplane"
+DEFAULT_CODEC = "groupplane"
 
 CODECS: dict[str, Codec] = {
-    c.name: c for c in (GroupplaneCodec(), BitplaneCodec(), PaperCodec(), RowplaneCodec())
+    c.name: c for c in (GroupplaneCodec(), BitplaneCodec(), PaperCodec())
 }
 
 
@@ -51,7 +51,6 @@ __all__ = [
     "PaperCodec",
     "ParamValue",
     "RawTensor",
-    "RowplaneCodec",
     "Segment",
     "TensorLayout",
     "dtype",

@@ -83,7 +83,7 @@ def test_models_list_and_status(setup: Setup) -> None:
     (doc,) = [d for d in answer.json() if d["name"] == NAME]
     assert set(doc) == STATUS_FIELDS
     assert doc["name"] == NAME and doc["model_id"] == setup.model_id and doc["version"] == 1
-    assert doc["codec"] == "bitplane" and doc["complete"] is True
+    assert doc["codec"] == "groupplane" and doc["complete"] is True
     assert doc["level"] == setup.levels_total - 1 == doc["levels_total"] - 1
     assert doc["bytes_received"] == doc["bytes_total"] == setup.publish["total_bytes"]
     assert doc["peers"] >= 1

@@ -84,7 +84,7 @@ def test_publish_json_matches_design(published: dict[str, object]) -> None:
         "total_bytes",
         "levels",
     }
-    assert doc["name"] == "digits-cnn" and doc["version"] == 1 and doc["codec"] == "bitplane"
+    assert doc["name"] == "digits-cnn" and doc["version"] == 1 and doc["codec"] == "groupplane"
     assert doc["source_bytes"] == sum(t.nbytes for t in read_model(MODEL).values())
     cum = 0
     for i, lv in enumerate(doc["levels"]):

@@ -59,6 +59,11 @@ def modules() -> dict[str, Path]:
 def import_graph() -> dict[str, set[str]]:
     """Module → the peerprog modules (or third-party top-level names) it imports."""
     mods = modules()
+    # compiled extensions, known by their type stubs: modules of their own, not the package
+    stubs = {
+        ".".join(("peerprog", *p.relative_to(ROOT).with_suffix("").parts))
+        for p in ROOT.rglob("*.pyi")
+    }
     graph: dict[str, set[str]] = {}
     for name, path in mods.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -73,7 +78,7 @@ def import_graph() -> dict[str, set[str]]:
                     base = ".".join([*up, base] if base else up)
                 for a in node.names:
                     full = f"{base}.{a.name}"
-                    found.add(full if full in mods else base)
+                    found.add(full if full in mods or full in stubs else base)
         graph[name] = found
     return graph
 

@@ -8,7 +8,7 @@ import pytest
 from peerprog.codec import RawTensor, get_codec
 
 
-@pytest.mark.parametrize("name", ["bitplane", "paper", "rowplane"])
+@pytest.mark.parametrize("name", ["groupplane", "bitplane", "paper"])
 @pytest.mark.parametrize("prefix", ["all", "first"])
 def test_take_equals_tensors_and_spends_decoder(name: str, prefix: str) -> None:
     rng = np.random.default_rng(5)
