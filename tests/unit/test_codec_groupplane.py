@@ -346,3 +346,28 @@ def test_codec_imports_no_torch_or_asyncio() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "", f"peerprog.codec.groupplane imported: {out.stdout.strip()}"
+
+
+def test_tensors_encode_at_once_in_threads() -> None:
+    """Publish encodes tensors in a thread pool: the codec keeps no shared compressor (one
+    such crashed the process) and each thread's streams decode to its tensor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    tensors = [
+        {"w": RawTensor("float32", rng.standard_normal(30_000).astype(np.float32))}
+        for _ in range(8)
+    ]
+
+    def round_trip(ts: dict[str, RawTensor]) -> bool:
+        for _ in range(4):
+            params, enc = _encode(ts)
+            tp, pieces = enc["w"]
+            if not np.array_equal(
+                _raw(_decode_all(params, ts["w"], tp, pieces)[-1]), _raw(ts["w"].array)
+            ):
+                return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(round_trip, tensors))
