@@ -26,7 +26,8 @@ class NodeSection:
     name: str = "peerprog-node"
     """A name for this node, shown to peers and in logs."""
     data_dir: str = "./peerprog-data"
-    """The store folder (DESIGN.md store layout)."""
+    """The node's store folder: manifests, level files, the record of verified chunks,
+    names, and the lock file ``daemon.pid`` (one daemon per folder)."""
     listen: str = "127.0.0.1:7070"
     """``host:port`` of the peer protocol server; port 0 picks a free one."""
     public_url: str = ""

@@ -1,4 +1,5 @@
-"""The endpoints of DESIGN.md "Local API" (the unix socket and the TCP listener share them).
+"""The endpoints of the local API, documented for users in ``docs/api.md`` (the unix socket
+and the TCP listener share them).
 
 | request | answer |
 | --- | --- |
@@ -8,6 +9,7 @@
 | ``GET /v1/models/<name>`` | the status JSON of the newest version |
 | ``GET /v1/models/<name>/best`` | the best approximation as safetensors (:mod:`.best`) |
 | ``GET /v1/models/<name>/events`` | server-sent events as levels complete (:mod:`.events`) |
+| ``POST /v1/store/rescan`` | take up models published into the store meanwhile |
 | ``GET /v1/status`` | the node's status JSON |
 | ``GET /metrics`` | Prometheus text (:mod:`.metrics`) |
 """

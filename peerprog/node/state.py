@@ -117,7 +117,7 @@ class ModelState:
         return gained
 
     def summary(self) -> dict[str, object]:
-        """The JSON status of DESIGN.md's local API (``GET /v1/models/<name>``)."""
+        """The model's status JSON of the local API (``GET /v1/models/<name>``, ``docs/api.md``)."""
         m = self.manifest
         return {
             "name": m.name,
