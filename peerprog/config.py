@@ -69,6 +69,11 @@ class PeersSection(PeerTableConfig, VersionConfig):
     have_poll_interval: float = 1.0
     """Seconds between polls of a peer's ``have`` bitfield while fetching from it."""
 
+    def __post_init__(self) -> None:
+        # a dataclass runs only the first base's __post_init__: both bases check their keys
+        PeerTableConfig.__post_init__(self)
+        VersionConfig.__post_init__(self)
+
 
 @dataclass(frozen=True)
 class ModelsSection:

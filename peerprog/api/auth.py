@@ -172,7 +172,7 @@ def cors_headers(origin: str, *, preflight: bool) -> dict[str, str]:
     if preflight:
         headers.update(
             {
-                "Access-Control-Allow-Methods": "GET, HEAD, PUT, POST, OPTIONS",
+                "Access-Control-Allow-Methods": "GET, HEAD, PUT, POST, DELETE, OPTIONS",
                 "Access-Control-Allow-Headers": "Authorization, If-None-Match, Last-Event-ID",
                 "Access-Control-Max-Age": "600",
             }

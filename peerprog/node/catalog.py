@@ -221,7 +221,11 @@ class Catalog:
         self, signed: SignedManifest, files: ModelFiles, held: Bitfield, *, where: str
     ) -> ModelState:
         m = signed.manifest
-        state = self._state(signed, held, origin=held.count() == len(m.chunks))
+        complete = held.count() == len(m.chunks)
+        # an edge that fetched the whole model is a complete holder, not the origin
+        state = self._state(
+            signed, held, origin=complete and self.store.published_here(signed.model_id)
+        )
         self._adopt(state, files)
         log.info(
             "%s: %s v%d: %d/%d chunks, level %d",

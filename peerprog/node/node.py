@@ -129,6 +129,14 @@ class Node:
             self.port = site.port
             if not self.url:
                 self.url = f"http://{host}:{self.port}"
+                if host in ("0.0.0.0", "::", ""):
+                    log.warning(
+                        "node.listen = %s:%d listens on every address, but peers cannot reach "
+                        "%s: set node.public_url to the address they should use",
+                        host,
+                        self.port,
+                        self.url,
+                    )
             self.table.set_self(self.url)
             log.info(
                 "node %s serving peers on %s (%d models in store)",

@@ -47,6 +47,9 @@ MANIFEST = "manifest.msgpack"
 WANTED = "wanted"
 LOCK = ".lock"
 DECODED = "decoded"
+PUBLISHED = "published"
+"""An empty file in a model's folder: the model was published into this store (this node
+is its origin), not fetched."""
 V1_CHUNKS = "chunks"
 
 
@@ -140,6 +143,10 @@ class Store:
             for p in (self.root / "models").iterdir()
             if valid_model_id(p.name) and (p / MANIFEST).is_file()
         )
+
+    def published_here(self, model_id: str) -> bool:
+        """Whether the model was published into this store rather than fetched."""
+        return (self.model_dir(model_id) / PUBLISHED).is_file()
 
     def has_manifest(self, model_id: str) -> bool:
         return self.manifest_path(model_id).is_file()

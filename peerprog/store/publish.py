@@ -33,7 +33,7 @@ from peerprog.manifest.canonical import pack
 from peerprog.manifest.chunking import chunk_size_for
 from peerprog.manifest.model import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from peerprog.store.atomic import fsync_dir, write_atomic
-from peerprog.store.disk import MANIFEST, Store
+from peerprog.store.disk import MANIFEST, PUBLISHED, Store
 from peerprog.store.levels import LEVELS, RECORD_VERSION
 from peerprog.swarm import Bitfield
 
@@ -240,6 +240,7 @@ def publish_model(
         )
         signed = seal(manifest, key)
         _write_record(staged, manifest)
+        write_atomic(staged / PUBLISHED, b"")
         write_atomic(staged / MANIFEST, signed.envelope)
         store.commit(staged, signed.model_id)
     store.set_name(name, signed.model_id)

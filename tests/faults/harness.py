@@ -180,7 +180,7 @@ class StoreReport:
     """``.tmp-*`` leftovers (allowed after a crash; removed when the store is opened)."""
 
 
-MODEL_FILES = {"manifest.msgpack", "levels", "verified", "decoded"}
+MODEL_FILES = {"manifest.msgpack", "levels", "verified", "decoded", "published"}
 
 
 def check_store(

@@ -193,6 +193,7 @@ async def test_the_pages_own_origin_may_post_but_no_other(tcp: Served) -> None:
         "/v1/tickets", headers={"Origin": ALLOWED, "Access-Control-Request-Method": "POST"}
     )
     assert pre.status == 204 and "POST" in pre.headers["Access-Control-Allow-Methods"]
+    assert "DELETE" in pre.headers["Access-Control-Allow-Methods"]  # DELETE /v1/models/<name>
     resp = await c.post("/v1/tickets", headers={**AUTH, "Origin": ALLOWED})
     assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == ALLOWED
 

@@ -102,3 +102,27 @@ async def test_a_manifest_that_cannot_be_stored_is_a_store_error(tmp_path: Path)
     assert await cat.take_up(v1, "test") is None
     assert disk.error is not None and "No space left on device" in disk.error
     assert not cat.models
+
+
+async def test_only_a_model_published_here_is_loaded_as_its_origin(tmp_path: Path) -> None:
+    """An edge that fetched a whole model and restarts holds it complete, but is not the
+    model's origin (it would announce itself as the seed); a store ``publish`` wrote is."""
+    from peerprog.swarm import Bitfield
+    from tests.unit.test_api_support import publish_sample
+
+    store = Store(tmp_path / "edge")  # what a finished fetch leaves behind
+    v1, chunks = version(1)
+    store.put_manifest(v1)
+    files = store.open_files(v1)
+    for i, data in enumerate(chunks):
+        files.write_chunk(i, data)
+    files.record(Bitfield.full(len(chunks)))
+    files.close()
+    for root, origin in (("edge", False), ("seed", True)):
+        if root == "seed":
+            publish_sample(tmp_path / "seed")
+        cat = Catalog(Store(tmp_path / root), frozenset([PUB]), DiskGuard(1.0, lambda: 1 << 40))
+        (loaded,) = cat.load_store()
+        cat.start(lambda state, files: asyncio.sleep(0))
+        assert loaded.complete and loaded.origin is origin, root
+        await cat.aclose()

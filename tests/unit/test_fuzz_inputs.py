@@ -146,6 +146,9 @@ def test_parse_config_raises_only_input_error(doc: dict[str, Any]) -> None:
         ("peers", "bootstrap", ["http://"]),
         ("peers", "bootstrap", ["http://a b:1"]),
         ("node", "listen", "127.0.0.1:-1"),
+        ("peers", "max_failures", 0),
+        ("peers", "max_candidates_per_peer", 0),  # a second base class's own check
+        ("peers", "max_candidates_per_name", 0),
     ],
 )
 def test_values_the_node_cannot_run_with_are_refused(section: str, key: str, value: Any) -> None:
