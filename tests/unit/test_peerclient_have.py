@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 
 from peerprog.errors import PeerFault
-import msgpack
-
 from peerprog.node.protocol import decode_have_delta, encode_have, encode_have_delta
 from peerprog.swarm import Bitfield
 from peerprog.swarm.havelog import HaveDelta, HaveLog
