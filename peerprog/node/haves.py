@@ -128,6 +128,8 @@ class Haves:
         self._clock = clock
         self._seed = seed
         self._seeding: dict[str, _Seeding] = {}
+        self._closing = False
+        self._waits: set[asyncio.Event] = set()  # the events held long-polls wait on
 
     def _seeding_of(self, state: ModelState) -> _Seeding | None:
         if not (self._enabled and state.origin and state.complete):
@@ -174,11 +176,24 @@ class Haves:
                 tick = s.seeder.config.scan_interval  # the seeder looks again (expiry, starving)
             delta = stream.since(epoch, seq)
             left = deadline - loop.time()
-            if delta.full is not None or delta.added or left <= 0:
+            if delta.full is not None or delta.added or left <= 0 or self._closing:
                 return delta
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, tick)):
-                    await news.wait()
+            self._waits.add(news)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, tick)):
+                        await news.wait()
+            finally:
+                self._waits.discard(news)
+
+    def close(self) -> None:
+        """The node stops: every held long-poll answers now (the server's shutdown waits
+        for its handlers), and no edge's stream is read any more."""
+        self._closing = True
+        for news in list(self._waits):
+            news.set()
+        for s in self._seeding.values():
+            s.close()
 
     def on_request(self, state: ModelState, peer: str, chunks: Iterable[int]) -> None:
         """The level-range handler starts sending ``chunks`` to ``peer``."""

@@ -138,6 +138,7 @@ class Node:
             runner = web.AppRunner(build_app(service), access_log=None, handler_cancellation=True)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
+            stack.callback(self.haves.close)  # before the cleanup: it waits for handlers
             limits = listen_limits(self.config.limits)
             site = GuardedSite(runner, host, port, limits, key="node.listen")
             await site.start()
