@@ -63,16 +63,15 @@ class _Seeding:
         self.seeder = SuperSeeder([lv.chunks for lv in m.levels], seed=seed)
         self.edges: dict[str, _Edge] = {}
 
-    def touch(self, peer: str, now: float) -> tuple[_Edge, bool]:
-        """``peer`` was heard from; its edge, and whether it is new."""
+    def touch(self, peer: str, now: float) -> _Edge:
+        """``peer`` was heard from: its edge (a new one if it was not known)."""
         edge = self.edges.get(peer)
-        new = edge is None
         if edge is None:
             n = len(self.state.manifest.chunks)
             edge = self.edges[peer] = _Edge(HaveLog(n, epoch=new_epoch()))
             self.seeder.add_peer(peer, Bitfield(n), now)
         edge.heard = now
-        return edge, new
+        return edge
 
     def drop(self, peer: str, now: float) -> None:
         edge = self.edges.pop(peer, None)
@@ -129,7 +128,13 @@ class Haves:
         self._seed = seed
         self._seeding: dict[str, _Seeding] = {}
         self._closing = False
+        self._unreachable: set[str] = set()  # edges whose stream failed: not read again
         self._waits: set[asyncio.Event] = set()  # the events held long-polls wait on
+
+    def peer_name(self, url: str, remote: str) -> str:
+        """The name of the node asking: the URL it says it is (``Peerprog-Node``) if the
+        peer table knows that node, else its address (a node cannot make up edges)."""
+        return url if url and self._root_of(url) is not None else remote
 
     def _seeding_of(self, state: ModelState) -> _Seeding | None:
         if not (self._enabled and state.origin and state.complete):
@@ -141,10 +146,11 @@ class Haves:
 
     def _edge(self, s: _Seeding, peer: str) -> _Edge:
         now = self._clock()
-        edge, new = s.touch(peer, now)
-        if new:
-            root = self._root_of(peer)
-            if root is not None and not self._scope.closed:
+        edge = s.touch(peer, now)
+        watch = edge.watcher is None and peer not in self._unreachable
+        if watch and not (self._closing or self._scope.closed):
+            root = self._root_of(peer)  # its announce may come after its first have request
+            if root is not None:
                 edge.watcher = self._scope.spawn(
                     self._watch(s, peer, root), name=f"have of edge {peer}"
                 )
@@ -243,4 +249,5 @@ class Haves:
                 s.pump(now)
         except (TransportError, PeerFault) as e:
             log.debug("super-seeding: the have stream of %s ended: %s", peer, e)
+            self._unreachable.add(peer)  # if it still asks, it is one the seeder cannot read
             s.drop(peer, self._clock())

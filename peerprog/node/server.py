@@ -116,7 +116,7 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
 def peer_of(request: web.Request) -> str:
     """Who asks: the URL in its ``Peerprog-Node`` header, else its address."""
     url = request.headers.get(NODE_HEADER, "").rstrip("/")
-    return url if valid_url(url) else (request.remote or "")
+    return _svc(request).haves.peer_name(url if valid_url(url) else "", request.remote or "")
 
 
 def parse_since(text: str) -> tuple[str, int]:
