@@ -114,6 +114,19 @@ class LimitsSection:
     max_connections_per_address: int = 128
     """Most connections one remote address may hold open to the peer port or the API's TCP
     address (0: no limit); more are answered 503 and closed."""
+    upload_slots: int = 4
+    """Chunk uploads the peer server sends at once (at least 1)."""
+    upload_queue: int = 2
+    """Chunk requests that may wait for an upload slot; more are answered 503 with
+    ``Retry-After`` (the requester tries another peer meanwhile)."""
+
+
+@dataclass(frozen=True)
+class SwarmSection:
+    super_seeding: bool = True
+    """On the origin of a model (the node it was published into), show each edge only
+    the chunks offered to it, so that each chunk leaves the origin about once and the
+    edges trade the rest (:mod:`peerprog.swarm.seeding`)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ class Config:
     peers: PeersSection = field(default_factory=PeersSection)
     models: ModelsSection = field(default_factory=ModelsSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    swarm: SwarmSection = field(default_factory=SwarmSection)
 
     @property
     def base_dir(self) -> Path:
@@ -162,6 +176,10 @@ def _check(value: Any, typ: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise InputError(f"config: {key} must be a list")
         return [_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"config: {key} must be true or false")
+        return value
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(f"config: {key} must be a number")
@@ -266,6 +284,7 @@ def _validate(cfg: Config) -> Config:
         ("limits.max_in_flight", cfg.limits.max_in_flight),
         ("limits.header_timeout", cfg.limits.header_timeout),
         ("limits.keepalive_timeout", cfg.limits.keepalive_timeout),
+        ("limits.upload_slots", cfg.limits.upload_slots),
     ):
         if value <= 0:
             raise InputError(f"config: {key} must be positive")

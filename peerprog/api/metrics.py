@@ -76,6 +76,12 @@ MODEL_FAMILIES: tuple[tuple[str, str, str, Callable[[ModelView], float]], ...] =
         "Bytes of this model served to peers.",
         lambda s: s.metrics.bytes_uploaded,
     ),
+    (
+        "peerprog_model_uploads_declined_total",
+        "counter",
+        "Chunk requests of this model answered 503: every upload slot taken.",
+        lambda s: s.metrics.uploads_declined,
+    ),
 )
 
 

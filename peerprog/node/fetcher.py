@@ -23,10 +23,19 @@ from typing import Any, Protocol, TypeVar
 
 from peerprog.errors import PeerFault, VerificationError
 from peerprog.node.diskguard import CHUNKS, DiskGuard
-from peerprog.node.peerclient import NotFound, RangeBody, TransportError
+from peerprog.node.peerclient import Busy, NotFound, RangeBody, Refused, TransportError
 from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
-from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig, Source, SourceState
+from peerprog.swarm import (
+    Bitfield,
+    Request,
+    Scheduler,
+    SchedulerConfig,
+    Source,
+    SourceState,
+    havelog,
+)
+from peerprog.swarm.havelog import HaveDelta
 
 log = logging.getLogger("peerprog.fetch")
 T = TypeVar("T")
@@ -34,12 +43,18 @@ RUN_BYTES = 16 << 20
 """Most bytes asked of a peer in one request (a run of consecutive chunks)."""
 REFRESH = 1.0
 """Longest time between two looks at the sources (new peers also wake the loop at once)."""
+LONG_POLL = 25.0
+"""Most seconds a peer may hold our ``have?since=`` long-poll (at most half the request
+timeout, so that the read timeout never cuts a held answer)."""
 
 
 class ChunkTransport(Protocol):
     """The requests a fetch makes (:class:`~peerprog.node.peerclient.PeerClient`)."""
 
     async def get_have(self, root: str, model_id: str, count: int) -> Bitfield: ...
+    async def get_have_since(
+        self, root: str, model_id: str, count: int, since: tuple[str, int], wait: float
+    ) -> HaveDelta: ...
     async def get_manifest(self, root: str, model_id: str) -> bytes: ...
     def get_range(
         self,
@@ -162,26 +177,49 @@ class Fetcher:
             self._pollers[src.key] = self._scope.spawn(self._poll(src), name=f"have {src.key}")
 
     async def _poll(self, src: Source) -> None:
-        """Keep the scheduler's view of what ``src`` holds up to date while it answers."""
+        """Keep the scheduler's view of what ``src`` holds up to date while it answers: a
+        peer's have stream, long-polled (a peer that does not take ``since``, and web
+        seeds, are polled every ``have_poll_interval`` seconds)."""
         loop = asyncio.get_running_loop()
-        m = self.state.manifest
-        have: Bitfield | None = None
+        n = len(self.state.manifest.chunks)
+        wait = min(LONG_POLL, self._settings.request_timeout / 2)
+        held: Bitfield | None = None  # what src holds, as far as we know (None: everything)
+        since: tuple[str, int] | None = None if src.kind == "web_seed" else ("", 0)
         try:
             if src.kind == "web_seed":  # holds everything, if it holds the model at all
                 await self._transport.get_manifest(src.root, self.model_id)
             while not self.sched.complete:
-                if src.kind != "web_seed":
-                    have = await self._transport.get_have(src.root, self.model_id, len(m.chunks))
+                delta: HaveDelta | None = None
+                if since is not None:
+                    try:
+                        delta = await self._transport.get_have_since(
+                            src.root, self.model_id, n, since, wait
+                        )
+                    except (Refused, NotFound):  # an older peer: poll its plain have
+                        since = None
+                        continue
+                    since = (delta.epoch, delta.seq) if delta.epoch else None
+                elif src.kind != "web_seed":
+                    full = await self._transport.get_have(src.root, self.model_id, n)
+                    delta = HaveDelta("", 0, full=full)
+                if delta is not None:
+                    if delta.full is not None:
+                        held = delta.full.copy()
+                    elif held is None:
+                        raise PeerFault(f"{src.key}: a have delta before its bitfield")
+                    else:
+                        for i in delta.added:
+                            held.set(i)
                 now = loop.time()
                 if self._dir.source_answered(src.key, self.model_id, now) is SourceState.ACTIVE:
-                    if src.key in self.sched.peers():
-                        if have is not None:
-                            self.sched.set_have(src.key, have, now)
-                    else:
-                        self.sched.add_peer(src.key, have, now)
+                    if src.key not in self.sched.peers():
+                        self.sched.add_peer(src.key, None if held is None else held.copy(), now)
                         self.state.sources.add(src.key)
+                    elif delta is not None:
+                        havelog.apply(self.sched, src.key, delta, now)
                     self.wake()
-                await asyncio.sleep(self._settings.have_poll_interval)
+                if since is None:
+                    await asyncio.sleep(self._settings.have_poll_interval)
         except (TransportError, PeerFault) as e:
             if not isinstance(e, NotFound):
                 log.debug("%s: %s", src.key, e)
@@ -300,6 +338,11 @@ class Fetcher:
                 raise TransportError(f"{peer}: no chunk {missing[0]} in its answer")
         except (VerificationError, PeerFault) as e:
             self._on_bad(run[0], e)
+        except Busy as e:  # its upload slots are taken: not a failure
+            log.debug("chunks %d-%d: %s", run[0].index, run[-1].index, e)
+            self.state.metrics.requests_declined += 1
+            declined = [r.index for r in run if r.index not in self.state.have]
+            self.sched.on_busy(peer, declined, loop.time(), e.retry_after)
         except TransportError as e:
             log.debug("chunks %d-%d from %s failed: %s", run[0].index, run[-1].index, peer, e)
             for r in run:

@@ -27,6 +27,7 @@ from peerprog.node.decoded import Built
 from peerprog.node.discovery import Discovery
 from peerprog.node.diskguard import DiskGuard, free_bytes
 from peerprog.node.fetcher import Fetcher, FetchSettings
+from peerprog.node.haves import Haves
 from peerprog.node.peerclient import PeerClient
 from peerprog.node.protocol import PREFIX, Announce
 from peerprog.node.ratelimit import TokenBucket
@@ -36,6 +37,7 @@ from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
 from peerprog.store import ModelFiles, Store
 from peerprog.swarm import ModelRef, Peer, PeerTable, SchedulerConfig, VersionPolicy
+from peerprog.swarm.uploads import UploadConfig, UploadSlots
 
 log = logging.getLogger("peerprog.node")
 
@@ -52,7 +54,10 @@ class Node:
         """The URL peers reach this node at (known once started)."""
         self.port: int | None = None
         self.disk = DiskGuard(limits.disk_full_pause, lambda: free_bytes(self.store.root))
-        self.upload = Upload(TokenBucket(limits.upload_bytes_per_s))
+        self.upload = Upload(
+            TokenBucket(limits.upload_bytes_per_s),
+            UploadSlots(UploadConfig(limits.upload_slots, limits.upload_queue)),
+        )
         self.client = PeerClient(
             TokenBucket(limits.download_bytes_per_s),
             max_connections=limits.max_connections,
@@ -75,6 +80,14 @@ class Node:
             clock=_loop_time,
         )
         self._scope = TaskScope(f"node {config.node.name}")
+        self.haves = Haves(
+            super_seeding=config.swarm.super_seeding,
+            client=self.client,
+            root_of=self._known_root,
+            scope=self._scope,
+            clock=_loop_time,
+            seed=hash(config.node.name) & 0xFFFFFFFF,
+        )
         self.discovery = Discovery(
             self.table,
             self.client,
@@ -99,6 +112,7 @@ class Node:
         self.catalog.level_listeners.append(announce)
         self.catalog.take_up_listeners.append(announce)
         self.catalog.forget_listeners.append(self.table.forget_model)
+        self.catalog.forget_listeners.append(self.haves.forget)
         self._stack: contextlib.AsyncExitStack | None = None
         self._workers = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="chunks")
         """Verify and write received chunks, several at once."""
@@ -119,10 +133,12 @@ class Node:
                 self.discovery.on_announce,
                 self.upload,
                 self.config.limits,
+                self.haves,
             )
             runner = web.AppRunner(build_app(service), access_log=None, handler_cancellation=True)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
+            stack.callback(self.haves.close)  # before the cleanup: it waits for handlers
             limits = listen_limits(self.config.limits)
             site = GuardedSite(runner, host, port, limits, key="node.listen")
             await site.start()
@@ -138,6 +154,7 @@ class Node:
                         self.url,
                     )
             self.table.set_self(self.url)
+            self.client.node_url = self.url
             log.info(
                 "node %s serving peers on %s (%d models in store)",
                 self.config.node.name,
@@ -201,6 +218,10 @@ class Node:
             await fetcher.run()
         finally:
             unsubscribe()
+
+    def _known_root(self, url: str) -> str | None:
+        """The peer-protocol root of ``url`` if the peer table knows that node."""
+        return self.table.root_of(url) if self.table.get(url) is not None else None
 
     def _resolve_soon(self) -> None:
         self.resolver.resolve_soon()

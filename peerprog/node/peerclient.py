@@ -16,9 +16,20 @@ import aiohttp
 
 from peerprog.errors import PeerFault, PeerprogError
 from peerprog.manifest.envelope import MAX_ENVELOPE_BYTES
-from peerprog.node.protocol import Announce, decode_announce, decode_have
+from peerprog.node.protocol import (
+    Announce,
+    decode_announce,
+    decode_have,
+    decode_have_delta,
+    have_delta_limit,
+)
 from peerprog.node.ratelimit import TokenBucket, throttle
 from peerprog.swarm import Bitfield
+from peerprog.swarm.havelog import HaveDelta
+
+NODE_HEADER = "Peerprog-Node"
+"""The header naming the requesting node (its advertised URL), for the answering node's
+super-seeding (which edge asks)."""
 
 
 class TransportError(PeerprogError):
@@ -27,6 +38,26 @@ class TransportError(PeerprogError):
 
 class NotFound(TransportError):
     """The source answered 404: it does not hold what was asked for."""
+
+
+class Refused(TransportError):
+    """The source answered 400: it does not understand the request (an older peer)."""
+
+
+class Busy(TransportError):
+    """The source answered 503: its upload slots are taken (not a fault)."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds it asked us to wait (``Retry-After``), if it said."""
+
+
+def _retry_after(header: str | None) -> float | None:
+    """A ``Retry-After`` of seconds (an HTTP date, or garbage: None), at most an hour."""
+    if header is None or not (header.isascii() and header.strip().isdigit()):
+        return None
+    return min(3600.0, float(header.strip()))
 
 
 class RangeBody:
@@ -90,6 +121,13 @@ class PeerClient:
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._limits = (max_connections, max_connections_per_peer)
+        self.node_url = ""
+        """This node's advertised URL, sent as :data:`NODE_HEADER` (once known)."""
+
+    def _headers(self, **more: str) -> dict[str, str]:
+        headers = {NODE_HEADER: self.node_url} if self.node_url else {}
+        headers.update(more)
+        return headers
 
     async def __aenter__(self) -> PeerClient:
         limit, per_host = self._limits
@@ -133,9 +171,14 @@ class PeerClient:
     async def _get(
         self, url: str, limit: int, *, throttled: bool = False, timeout: float | None = None
     ) -> bytes:
-        async with self._transport_errors(url, timeout), self.session.get(url) as resp:
+        async with (
+            self._transport_errors(url, timeout),
+            self.session.get(url, headers=self._headers()) as resp,
+        ):
             if resp.status == 404:
                 raise NotFound(f"{url}: 404")
+            if resp.status == 400:
+                raise Refused(f"{url}: 400")
             if resp.status != 200:
                 raise TransportError(f"{url}: HTTP {resp.status}")
             if resp.content_length is not None and resp.content_length > limit:
@@ -169,6 +212,18 @@ class PeerClient:
         data = await self._get(f"{root}/models/{model_id}/have", count // 8 + 256)
         return decode_have(data, count)
 
+    async def get_have_since(
+        self, root: str, model_id: str, count: int, since: tuple[str, int], wait: float
+    ) -> HaveDelta:
+        """``GET have?since=<epoch>:<seq>&wait=<s>``: the chunks the peer verified after
+        ``since`` (it holds the request up to ``wait`` seconds for news), or its whole
+        bitfield. :class:`Refused` from a peer that does not take ``since``; a body that
+        is not a valid answer is the peer's fault (:class:`PeerFault`)."""
+        epoch, seq = since
+        url = f"{root}/models/{model_id}/have?since={epoch}:{seq}&wait={wait:g}"
+        data = await self._get(url, have_delta_limit(count), timeout=wait + self.timeout)
+        return decode_have_delta(data, count)
+
     @asynccontextmanager
     async def get_range(
         self,
@@ -185,7 +240,7 @@ class PeerClient:
         :attr:`RangeBody.start` is then 0. :class:`NotFound` for 404/416,
         :class:`PeerFault` for an answer that is not the bytes asked for."""
         url = f"{root}/models/{model_id}/levels/{level}"
-        headers = {"Range": f"bytes={start}-{stop - 1}"}
+        headers = self._headers(Range=f"bytes={start}-{stop - 1}")
         async with (
             self._transport_errors(url, timeout) as bound,
             self.session.get(url, headers=headers) as resp,
@@ -193,6 +248,9 @@ class PeerClient:
             coded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
             if resp.status in (404, 416):
                 raise NotFound(f"{url}: {resp.status}")
+            if resp.status == 503:
+                after = _retry_after(resp.headers.get("Retry-After"))
+                raise Busy(f"{url}: 503 (busy, retry after {after} s)", after)
             if resp.status == 206:
                 first, last = _content_range(resp.headers.get("Content-Range", ""), url)
                 if (first, last + 1) != (start, stop):
@@ -212,7 +270,7 @@ class PeerClient:
     async def announce(self, root: str, ann: Announce, limit: int) -> Announce:
         """Announce to the peer serving under ``root``; its answer (peer exchange)."""
         url = f"{root}/announce"
-        headers = {"Content-Type": "application/msgpack"}
+        headers = self._headers(**{"Content-Type": "application/msgpack"})
         async with (
             self._transport_errors(url, None),
             self.session.post(url, data=ann.encode(), headers=headers) as resp,

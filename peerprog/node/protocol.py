@@ -13,11 +13,14 @@ from peerprog.errors import PeerFault
 from peerprog.manifest import valid_model_id, valid_name
 from peerprog.manifest.canonical import pack, unpack
 from peerprog.swarm import Bitfield, ModelRef
+from peerprog.swarm.havelog import HaveDelta
 from peerprog.urls import valid_url
 
 PREFIX = "/p2p/v1"
 MAX_ANNOUNCE_MODELS = 256
 MAX_EXCHANGED_PEERS = 64
+MAX_EPOCH = 64
+"""Longest epoch of a have stream (a node's is 16 hex digits)."""
 
 
 @dataclass(frozen=True)
@@ -113,3 +116,64 @@ def decode_have(data: bytes, count: int) -> Bitfield:
     ):
         raise PeerFault("have: malformed bitfield message")
     return Bitfield.from_bytes(count, d["bitfield"])
+
+
+def valid_epoch(epoch: str) -> bool:
+    """Is ``epoch`` a have-stream epoch as this protocol writes them (may be empty)?"""
+    return len(epoch) <= MAX_EPOCH and all(
+        c.isascii() and (c.isalnum() or c in "._-") for c in epoch
+    )
+
+
+def have_delta_limit(count: int) -> int:
+    """Largest body of a ``have?since=`` answer for a model of ``count`` chunks (every
+    index as a 5-byte msgpack integer, or the bitfield, plus the envelope)."""
+    return 5 * count + 512
+
+
+def encode_have_delta(delta: HaveDelta) -> bytes:
+    """``GET /have?since=`` body: ``{epoch, seq, added}``, or ``{epoch, seq, count,
+    bitfield}`` when the asked ``since`` could not be resumed."""
+    if delta.full is not None:
+        return pack(
+            {
+                "epoch": delta.epoch,
+                "seq": delta.seq,
+                "count": len(delta.full),
+                "bitfield": delta.full.to_bytes(),
+            }
+        )
+    return pack({"epoch": delta.epoch, "seq": delta.seq, "added": list(delta.added)})
+
+
+def _count_of(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def decode_have_delta(data: bytes, count: int) -> HaveDelta:
+    """Parse a ``have?since=`` answer for a model of ``count`` chunks. A plain ``have``
+    body (a peer that ignores ``since``) is read as a full answer of epoch ``""``."""
+    d = unpack(data, "have")
+    if not isinstance(d, dict):
+        raise PeerFault("have: body is not a map")
+    if "epoch" not in d:
+        return HaveDelta("", 0, full=decode_have(data, count))
+    epoch, seq = d.get("epoch"), _count_of(d.get("seq"))
+    if not isinstance(epoch, str) or not valid_epoch(epoch):
+        raise PeerFault("have: epoch must be a short string of letters, digits, '.', '_', '-'")
+    if seq is None or seq < 0:
+        raise PeerFault("have: seq must be an integer >= 0")
+    if "bitfield" in d:
+        bits = d["bitfield"]
+        if _count_of(d.get("count")) != count or not isinstance(bits, bytes):
+            raise PeerFault(f"have: the full answer must be {count} chunks' bitfield")
+        return HaveDelta(epoch, seq, full=Bitfield.from_bytes(count, bits))
+    added = d.get("added")
+    if not isinstance(added, list) or len(added) > count:
+        raise PeerFault(f"have: added must be a list of at most {count} chunk indices")
+    for i in added:
+        if _count_of(i) is None or not 0 <= i < count:
+            raise PeerFault(f"have: added holds {i!r}, not a chunk index below {count}")
+    if len(added) > seq:
+        raise PeerFault(f"have: {len(added)} chunks added but the stream is at {seq}")
+    return HaveDelta(epoch, seq, tuple(added))

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiohttp import web
@@ -23,15 +24,28 @@ from aiohttp import web
 from peerprog.config import LimitsSection
 from peerprog.errors import PeerFault
 from peerprog.manifest import valid_model_id, valid_name
-from peerprog.node.protocol import PREFIX, Announce, decode_announce, encode_have
+from peerprog.node.haves import Haves
+from peerprog.node.peerclient import NODE_HEADER
+from peerprog.node.protocol import (
+    PREFIX,
+    Announce,
+    decode_announce,
+    encode_have,
+    encode_have_delta,
+    valid_epoch,
+)
 from peerprog.node.ratelimit import TokenBucket, throttle
 from peerprog.node.state import ModelState
 from peerprog.sendfile import send_range
 from peerprog.store import ModelFiles
+from peerprog.swarm.uploads import QUEUE, SERVE, UploadSlots
+from peerprog.urls import valid_url
 
 log = logging.getLogger("peerprog.server")
 MSGPACK = "application/msgpack"
 SEND_PIECE = 16384
+MAX_WAIT = 30.0
+"""Longest a ``have?since=`` long-poll is held (a larger ``wait`` is cut to this)."""
 
 
 class Served(Protocol):
@@ -48,7 +62,13 @@ class Upload:
     """The upload cap and what went through it."""
 
     bucket: TokenBucket
+    slots: UploadSlots
+    """Which range requests are sent now, wait, or are declined (503)."""
     bytes: int = 0
+    declined: int = 0
+    """Range requests answered 503."""
+    waiting: dict[object, asyncio.Future[None]] = field(default_factory=dict)
+    """Queued requests, each woken when its slot comes."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,7 @@ class PeerService:
     on_announce: Callable[[Announce], Announce]
     upload: Upload
     limits: LimitsSection
+    haves: Haves
 
 
 SERVICE = web.AppKey("peerprog_peer_service", PeerService)
@@ -92,8 +113,48 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     return web.Response(body=_model(request).signed.envelope, content_type=MSGPACK)
 
 
+def peer_of(request: web.Request) -> str:
+    """Who asks: the URL in its ``Peerprog-Node`` header, else its address."""
+    url = request.headers.get(NODE_HEADER, "").rstrip("/")
+    return _svc(request).haves.peer_name(url if valid_url(url) else "", request.remote or "")
+
+
+def parse_since(text: str) -> tuple[str, int]:
+    """``<epoch>:<seq>`` → (epoch, seq); 400 naming ``since`` if malformed."""
+    epoch, colon, seq = text.partition(":")
+    if not (colon and valid_epoch(epoch) and seq.isascii() and seq.isdigit() and len(seq) <= 12):
+        raise web.HTTPBadRequest(text="bad since: want <epoch>:<seq>")
+    return epoch, int(seq)
+
+
+def parse_wait(text: str | None) -> float:
+    """Seconds a long-poll may be held (absent: 0), at most :data:`MAX_WAIT`; 400 naming
+    ``wait`` if it is not a number >= 0."""
+    if text is None:
+        return 0.0
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = math.nan
+    if not math.isfinite(wait) or wait < 0 or len(text) > 16:
+        raise web.HTTPBadRequest(text="bad wait: want seconds >= 0")
+    return min(wait, MAX_WAIT)
+
+
 async def get_have(request: web.Request) -> web.StreamResponse:
-    return web.Response(body=encode_have(_model(request).have), content_type=MSGPACK)
+    """The chunks held (plain), or with ``since=<epoch>:<seq>`` those verified after it,
+    answered when there are some or after ``wait`` seconds (a long-poll). On a
+    super-seeding origin, what it offers the asking peer."""
+    state = _model(request)
+    haves = _svc(request).haves
+    peer = peer_of(request)
+    since = request.query.get("since")
+    if since is None:
+        return web.Response(body=encode_have(haves.plain(state, peer)), content_type=MSGPACK)
+    epoch, seq = parse_since(since)
+    wait = parse_wait(request.query.get("wait"))
+    delta = await haves.since(state, peer, epoch, seq, wait)
+    return web.Response(body=encode_have_delta(delta), content_type=MSGPACK)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -156,17 +217,55 @@ async def get_level(request: web.Request) -> web.StreamResponse:
     resp.content_length = stop - start
     bucket = svc.upload.bucket
     pace = None if bucket.unlimited else functools.partial(throttle, bucket)
+    peer = peer_of(request)
+    key = object()
+    await _take_slot(svc.upload, state, key)
     try:
+        svc.haves.on_request(state, peer, chunks)
         with open(files.level_path(level), "rb") as f:
             await send_range(request, resp, f, start, stop - start, pace=pace, piece=SEND_PIECE)
     except ConnectionResetError:  # the peer left, or gave the request up: not an error
         log.debug("level %d to %s: the peer closed the connection", level, request.remote)
         return resp
+    finally:
+        _free_slot(svc.upload, key)
+        svc.haves.on_sent(state, peer, chunks)
     if request.method != "HEAD":
         state.metrics.bytes_uploaded += stop - start
         state.metrics.chunks_uploaded += len(chunks)
         svc.upload.bytes += stop - start
     return resp
+
+
+async def _take_slot(upload: Upload, state: ModelState, key: object) -> None:
+    """Wait for an upload slot for ``key``, or answer 503 with ``Retry-After``."""
+    loop = asyncio.get_running_loop()
+    verdict = upload.slots.request(key, loop.time())
+    if verdict == SERVE:
+        return
+    if verdict == QUEUE:
+        fut = upload.waiting[key] = loop.create_future()
+        try:
+            await fut
+        except BaseException:
+            _free_slot(upload, key)  # gone while waiting, or just as its slot came
+            raise
+        return
+    assert isinstance(verdict, float)
+    upload.declined += 1
+    state.metrics.uploads_declined += 1
+    raise web.HTTPServiceUnavailable(
+        headers={"Retry-After": str(max(1, math.ceil(verdict)))}, text="upload slots busy"
+    )
+
+
+def _free_slot(upload: Upload, key: object) -> None:
+    """``key``'s upload ended (or it stopped waiting): the next waiting request starts."""
+    upload.waiting.pop(key, None)
+    started = upload.slots.end(key, asyncio.get_running_loop().time())
+    if started is not None:
+        fut = upload.waiting.pop(started)
+        fut.set_result(None)
 
 
 def _chunks_in(files: ModelFiles, chunks: range, start: int, stop: int) -> list[int]:

@@ -5,11 +5,14 @@ Read by the peer server and the local API; changed by its fetcher (through the c
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
 from dataclasses import dataclass, field
 
 from peerprog.manifest import Manifest, SignedManifest
 from peerprog.swarm import SOURCE_KINDS, Bitfield
+from peerprog.swarm.havelog import HaveLog
 
 
 @dataclass
@@ -28,6 +31,10 @@ class ModelMetrics:
     level_complete_at: dict[int, float] = field(default_factory=dict)
     bytes_uploaded: int = 0
     chunks_uploaded: int = 0
+    uploads_declined: int = 0
+    """Range requests of this model answered 503 (every upload slot taken)."""
+    requests_declined: int = 0
+    """Our range requests that a peer answered 503 (busy: tried again later)."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -43,6 +50,8 @@ class ModelMetrics:
             "level_complete_at": {str(k): v for k, v in sorted(self.level_complete_at.items())},
             "bytes_uploaded": self.bytes_uploaded,
             "chunks_uploaded": self.chunks_uploaded,
+            "uploads_declined": self.uploads_declined,
+            "requests_declined": self.requests_declined,
         }
 
 
@@ -55,6 +64,9 @@ class ModelState:
         self.origin = origin
         self.metrics = ModelMetrics()
         self.sources: set[str] = set()
+        self.havelog = HaveLog(len(signed.manifest.chunks), have.indices(), epoch=new_epoch())
+        """The numbered record of the chunks held, for peers' ``have?since=``."""
+        self._news = asyncio.Event()
         self._missing = [
             sum(1 for i in lv.chunks if i not in have) for lv in signed.manifest.levels
         ]
@@ -110,11 +122,18 @@ class ModelState:
         if index in self.have:
             return False
         self.have.set(index)
+        self.havelog.add(index)
+        self._news.set()  # wakes the long-polls waiting for this model's news
+        self._news = asyncio.Event()
         self._missing[self.manifest.level_of_chunk(index)] -= 1
         new_best = self._compute_best_level()
         gained = new_best > self.best_level
         self.best_level = new_best
         return gained
+
+    def news(self) -> asyncio.Event:
+        """An event set at the next chunk recorded (a fresh one after each)."""
+        return self._news
 
     def summary(self) -> dict[str, object]:
         """The model's status JSON of the local API (``GET /v1/models/<name>``, ``docs/api.md``)."""
@@ -131,3 +150,8 @@ class ModelState:
             "complete": self.complete,
             "peers": len(self.sources),
         }
+
+
+def new_epoch() -> str:
+    """A fresh have-stream epoch (one life of a log)."""
+    return secrets.token_hex(8)

@@ -18,7 +18,7 @@ import pytest
 from peerprog.manifest import Manifest, SignedManifest, chunk_data
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.fetcher import Fetcher, FetchSettings
-from peerprog.node.peerclient import TransportError
+from peerprog.node.peerclient import Refused, TransportError
 from peerprog.node.state import ModelState
 from peerprog.store.levels import chunk_offsets
 from peerprog.swarm import Bitfield, PeerTable, PeerTableConfig, SchedulerConfig
@@ -48,6 +48,11 @@ class FakeClient:
 
     async def get_have(self, root: str, model_id: str, count: int) -> Bitfield:
         return Bitfield.full(count)
+
+    async def get_have_since(
+        self, root: str, model_id: str, count: int, since: tuple[str, int], wait: float
+    ) -> Any:
+        raise Refused("an older peer: no have stream")  # the fetcher polls get_have
 
     async def get_manifest(self, root: str, model_id: str) -> bytes:
         raise AssertionError("not a web seed")

@@ -101,6 +101,8 @@ def check_usable(cfg: Config) -> None:
     """What an accepted config promises the node: numbers it can run with, paths it can
     open, names and URLs that are valid."""
     assert cfg.limits.max_in_flight >= 1
+    assert cfg.limits.upload_slots >= 1 and cfg.limits.upload_queue >= 0
+    assert isinstance(cfg.swarm.super_seeding, bool)
     assert 0 < cfg.limits.request_timeout < float("inf")
     assert 0 < cfg.peers.announce_interval < float("inf")
     assert 0 < cfg.peers.have_poll_interval < float("inf")
