@@ -19,9 +19,7 @@ from peerprog.errors import InputError
 
 DEFAULT_CODEC = "groupplane"
 
-CODECS: dict[str, Codec] = {
-    c.name: c for c in (GroupplaneCodec(), BitplaneCodec(), PaperCodec())
-}
+CODECS: dict[str, Codec] = {c.name: c for c in (GroupplaneCodec(), BitplaneCodec(), PaperCodec())}
 
 
 def get_codec(name: str) -> Codec:
