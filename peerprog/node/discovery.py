@@ -2,9 +2,11 @@
 
 The node announces what it holds to every peer in its table at start, every
 ``announce_interval`` seconds, and soon after it gains a level; each answer tells it the
-peers and models the other side knows. Which peers there are, and which are healthy, is
-the peer table's call (:mod:`peerprog.swarm.peertable`): this module only sends, receives
-and reports.
+peers and models the other side knows. A peer first learnt of from another is announced to
+at once: nodes started together learn of each other from the seed's answers, and an early
+one would otherwise not know the later ones until its next round. Which peers there are,
+and which are healthy, is the peer table's call (:mod:`peerprog.swarm.peertable`): this
+module only sends, receives and reports.
 """
 
 from __future__ import annotations
@@ -120,6 +122,9 @@ class Discovery:
         if peer is None:
             return
         log.info("new peer %s (%s)", peer.url, peer.node)
+        if peer.last_seen is None and peer.url not in self._announcing:  # passed on to us
+            self._announcing.add(peer.url)
+            self._scope.spawn(self._announce_to(peer.url, self._me()), name=f"announce {peer.url}")
         for notify in list(self._subscribers):
             notify()
 

@@ -39,3 +39,19 @@ def test_a_stopped_edge_leaves_every_table_and_is_not_passed_on(tmp_path: Path) 
         doc = seed.request("GET", "/v1/status").json()
         assert doc["peers"] == 2
         assert {p["state"] for p in doc["peer_list"]} == {"known"}
+
+
+def test_nodes_started_together_know_each_other_well_before_the_next_round(
+    tmp_path: Path,
+) -> None:
+    """A peer passed on by the seed is announced to at once, so the edge that started first
+    learns of a later one without waiting ``announce_interval`` (60 s here)."""
+    slow = {"peers": {"announce_interval": 60.0}}
+    with Cluster(tmp_path) as c:
+        c.publish()
+        seed = c.start(c.seed(extra=slow))
+        first = c.start(c.node("edge-0", bootstrap=[seed], extra=slow))
+        wait_until(lambda: peer_names(first) == {"seed"}, 15, "edge-0 to know the seed")
+        later = c.start(c.node("edge-1", bootstrap=[seed], extra=slow))
+        for node, other in ((later, "edge-0"), (first, "edge-1")):
+            wait_until(lambda n=node, o=other: o in peer_names(n), 15, f"{node.name}'s peers")
