@@ -123,6 +123,8 @@ class LimitsSection:
 
 @dataclass(frozen=True)
 class SwarmSection:
+    """``[swarm]``: how the origin of a model shares it."""
+
     super_seeding: bool = True
     """On the origin of a model (the node it was published into), show each edge only
     the chunks offered to it, so that each chunk leaves the origin about once and the

@@ -78,6 +78,7 @@ SECTION_INTROS = {
         "looking up new versions."
     ),
     "models": "Which models the node fetches and keeps.",
+    "swarm": "How the node shares the models it is the origin of.",
     "limits": (
         "Caps on bandwidth, connections and waits. They hold for the peer port "
         "(`node.listen`) and, where it says so, for the API's TCP listener."
