@@ -68,6 +68,9 @@ DEFAULT_LEVELS_MB = "125,187.5,250,312.5,375,665"
 then the exact rest (66.5% of the bf16 bytes, as the bitplane codec measures)."""
 
 SENT, QUEUED, FLOWING, ENDED, CANCELLED = range(5)
+FULL, FREE = -1, -2
+"""In place of a chunk index in a push: the sender's upload places are all taken / one is
+free again (``--advertise``)."""
 
 
 def layout(cumulative_mb: Sequence[float], chunk_size: int) -> tuple[list[range], list[int]]:
@@ -122,6 +125,7 @@ class Node:
     serving: set[Run] = field(default_factory=set)  # the uploads it sends
     queue: deque[Run] = field(default_factory=deque)  # uploads waiting for a slot
     armed: float | None = None
+    full_said: bool = False  # what it last told its peers of its upload places
     level_at: list[float] = field(default_factory=list)
     done_at: float | None = None
     timeouts: int = 0
@@ -195,6 +199,7 @@ class Sim:
         self.dirty: set[int] = set()
         self.touched: set[int] = set()
         self.alive_edges: list[int] = []
+        self.finished = 0  # edges exact, or gone without it
         self.seeder: SuperSeeder | None = None
         if args.superseed:
             self.seeder = SuperSeeder(
@@ -288,9 +293,7 @@ class Sim:
                 self.end = t_end
                 self.cut_short = True
                 return
-            if t_end > self.args.max_time or all(
-                x.done_at is not None or (not x.alive and x.join <= t_end) for x in edges
-            ):
+            if t_end > self.args.max_time or self.finished == len(edges):
                 self.end = t_end
                 return
             if not self.net.flows and not self.pushes and not self.dirty and self.heap:
@@ -300,6 +303,7 @@ class Sim:
 
     def on_join(self, e: Node) -> None:
         if e.leave <= self.now:
+            self.finished += 1
             return
         e.alive = True
         e.have = Bitfield(self.nchunks)
@@ -329,6 +333,8 @@ class Sim:
                 continue
             assert x.sched is not None
             x.sched.add_peer(y.name, self.have_of(y, x), self.now, origin=y.nid == 0)
+            if y.full_said:
+                x.sched.set_full(y.name, True, self.now)
             self.dirty.add(x.nid)
             if not self.push:
                 self.at(self.now + self.args.poll + self.lat(x, y), self.poll_answer, x, y)
@@ -403,7 +409,29 @@ class Sim:
             tick = math.ceil((self.now + self.lat(x, y)) / dt)
             self.pushes.setdefault(tick, []).append((y, x, index))
 
+    def advertise(self, x: Node) -> None:
+        """``--advertise``: ``x``'s have stream tells its neighbours still fetching when its
+        upload places become all taken, or one frees again (uploads.py, rule 3)."""
+        up = self.uploads[x.nid]
+        if not self.args.advertise or up is None or up.full == x.full_said or not x.alive:
+            return
+        x.full_said = up.full
+        msg = FULL if x.full_said else FREE
+        dt = self.dt
+        for nid in x.neighbors:
+            y = self.nodes[nid]
+            if nid == 0 or y.sched is None or y.sched.complete:
+                continue
+            tick = math.ceil((self.now + self.lat(x, y)) / dt)
+            self.pushes.setdefault(tick, []).append((y, x, msg))
+
     def apply_push(self, y: Node, x: Node, index: int) -> None:
+        if index < 0:
+            if self.fetching(y) and x.nid in y.neighbors:
+                assert y.sched is not None
+                if y.sched.set_full(x.name, index == FULL, self.now):
+                    self.dirty.add(y.nid)
+            return
         if y.nid == 0:
             if y.alive and self.seeder is not None and x.nid in y.neighbors:
                 self.seeder.add_have(x.name, index, self.now)
@@ -419,6 +447,8 @@ class Sim:
             return
         x.alive = False
         x.leave = self.now
+        if x.nid != 0 and x.done_at is None:
+            self.finished += 1
         if x.nid in self.alive_edges:
             self.alive_edges.remove(x.nid)
         for run in list(x.runs):
@@ -547,6 +577,7 @@ class Sim:
             up = self.uploads[p.nid]
             if up is not None:
                 up.end(run, self.now)
+                self.advertise(p)
         run.state = CANCELLED
 
     def end_run(self, e: Node, run: Run) -> None:
@@ -578,9 +609,11 @@ class Sim:
         verdict = up.request(run, self.now)
         if verdict == SERVE:
             self.start_flow(run)
+            self.advertise(p)
         elif verdict == QUEUE:
             run.state = QUEUED
             p.queue.append(run)
+            self.advertise(p)
         else:
             assert isinstance(verdict, float)
             run.state = CANCELLED
@@ -618,6 +651,7 @@ class Sim:
                 assert isinstance(nxt, Run)
                 p.queue.remove(nxt)
                 self.start_flow(nxt)
+            self.advertise(p)
 
     def segment_done(self, fid: int, tf: float, t_end: float) -> None:
         """The last byte of a chunk left its sender at ``tf``: it lands one latency later;
@@ -665,6 +699,7 @@ class Sim:
         self.announce(e, index)
         if e.sched.complete:
             e.done_at = self.now
+            self.finished += 1
             for other in list(e.runs):  # the fetch ends: its requests are cancelled
                 self.stop(other)
             e.tasks.clear()
@@ -882,6 +917,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--seed-upload-queue", type=int, default=None, help="the seed's (default: as edges)"
     )
+    ap.add_argument("--advertise", action="store_true", help="nodes push full / free upload places")
     ap.add_argument("--superseed", action="store_true", help="the seed super-seeds")
     ap.add_argument("--offer-depth", type=int, default=4, help="SeedingConfig.depth")
     ap.add_argument("--seed-slots", type=int, default=8, help="SeedingConfig.slots")
