@@ -26,6 +26,7 @@ import heapq
 import json
 import math
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -289,6 +290,13 @@ class Sim:
                     )
                 )
                 last_sample, up_before, seed_before = t_end, up_now, seed_now
+                if self.args.verbose and round(t_end) % 10 == 0:
+                    print(
+                        f"t={t_end:.0f}s wall={time.perf_counter() - self.started:.0f}s"
+                        f" level0={self.timeline[-1][4]} exact={self.timeline[-1][5]}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             if k % 100 == 0 and time.perf_counter() - self.started > self.args.wall_limit:
                 self.end = t_end
                 self.cut_short = True
@@ -486,9 +494,9 @@ class Sim:
             return
         assert e.sched is not None
         reqs = e.sched.next_requests(now)
-        self.touched.add(e.nid)
-        if not reqs:
+        if not reqs:  # its deadlines are as they were, or later (a backoff ended)
             return
+        self.touched.add(e.nid)
         for group in _runs(reqs, self.spans, RUN_BYTES):
             p = self.nodes[int(group[0].peer)]
             run = Run(e, p, [r.index for r in group], len(group))
@@ -931,6 +939,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--label", default="", help="name of this variant in the output")
     ap.add_argument("--png", default="", help="write the CDFs here")
     ap.add_argument("--json", default="", help="also write the JSON here")
+    ap.add_argument("--verbose", action="store_true", help="progress on stderr every 10 s")
     ap.add_argument("--samples", action="store_true", help="keep per-edge samples in the JSON")
     args = ap.parse_args(argv)
     runs = []

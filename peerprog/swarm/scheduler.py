@@ -201,16 +201,23 @@ class Scheduler:
         it has a free place; requests already in flight there are not touched. Ignored for
         unknown or banned peers.
 
-        Returns whether :meth:`next_requests` may answer differently: the peer became free
-        and may be asked now (not backing off, room in its budget and in
-        ``max_in_flight_total``)."""
+        Returns whether :meth:`next_requests` may answer differently: the peer became free,
+        may be asked now (not backing off, room in its budget and in
+        ``max_in_flight_total``) and holds a chunk we miss that is not in flight."""
         st = self._peers.get(peer)
         if st is None or st.full == full:
             return False
         st.full = full
         if full or self._total >= self._config.max_in_flight_total:
             return False
-        return st.usable(now) and len(st.in_flight) < st.budget(self._config, self._table.mean_size)
+        if not st.usable(now) or len(st.in_flight) >= st.budget(
+            self._config, self._table.mean_size
+        ):
+            return False
+        wanted = st.mask & ~self._table.held.mask()
+        for index in self._flying:
+            wanted &= ~(1 << (self._top - index))
+        return wanted != 0
 
     def remove_peer(self, peer: str, now: float) -> list[Request]:
         """Forget a peer (gone, disconnected). Returns its requests in flight, for the shell

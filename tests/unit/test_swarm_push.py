@@ -283,3 +283,19 @@ def test_upload_slots_say_when_every_place_is_taken() -> None:
     assert up.request("r2", 0.0) == QUEUE and up.full
     assert isinstance(up.request("r3", 0.1), float)  # declined: still full
     assert up.end("r1", 1.0) == "r2" and not up.full  # r2 took the slot: a queue place frees
+
+
+def test_free_again_calls_for_requests_only_if_the_peer_has_something_we_want() -> None:
+    s = make([4], min_in_flight_per_peer=1, max_in_flight_per_peer=1, endgame_chunks=0)
+    s.add_peer("a", bits(4, [0]), 0.0)
+    s.add_peer("b", bits(4, [0]), 0.0)
+    (r,) = s.next_requests(0.0)
+    other = "b" if r.peer == "a" else "a"
+    s.set_full(other, True, 0.1)
+    assert s.set_full(other, False, 0.2) is False  # its only chunk is in flight already
+    s.on_chunk(r.peer, 0, 0.3)
+    s.set_full(other, True, 0.4)
+    assert s.set_full(other, False, 0.5) is False  # and now we hold it
+    s.add_have(other, 3, 0.6)
+    s.set_full(other, True, 0.7)
+    assert s.set_full(other, False, 0.8) is True
