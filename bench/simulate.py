@@ -944,11 +944,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     runs = []
     for n in (int(x) for x in args.nodes.split(",")):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         sim = Sim(args, n)
         sim.run()
         res = sim.results()
         res["run_seconds"] = round(time.perf_counter() - t0, 1)
+        res["cpu_seconds"] = round(time.process_time() - cpu0, 1)
         runs.append(res)
     opts = {k: v for k, v in vars(args).items() if k not in ("png", "json", "samples")}
     if opts["linger"] == math.inf:

@@ -83,7 +83,7 @@ class Scheduler:
     @property
     def complete(self) -> bool:
         """Do we hold every chunk?"""
-        return not any(self._table.missing)
+        return self._table.missing_total == 0
 
     @property
     def best_level(self) -> int:
