@@ -20,9 +20,9 @@ consecutive chunks). A *place* is a slot or a place in the queue.
 
 3. **Full.** The node is *full* while every place is taken (:attr:`UploadSlots.full`); it
    tells its peers when it becomes full and when a place frees again, in its have
-   stream. A peer then asks a holder with a free place instead of being declined: with
-   a few holders of a new chunk and many who want it, 503s would otherwise be most of the
-   requests (at 1,000 edges, four in five).
+   stream. A peer then asks a holder with a free place first. Broadcast, it does not end
+   the 503s: the peers that hear of a free place at once race for it (simulated at
+   1,000 edges, about half of the requests are declined with or without it).
 
 The requester's side of a 503 is ``Scheduler.on_busy`` (no request to that peer before its
 ``Retry-After``); of rule 3, ``Scheduler.set_full`` (no request to a full peer).
