@@ -9,8 +9,10 @@ one ``next_requests(now)`` call are grouped by ``fetcher._runs`` into HTTP reque
 of consecutive chunks (at most ``fetcher.RUN_BYTES``); each is one flow from its sender,
 each chunk lands (``on_chunk``) one latency after its last byte; ``on_progress`` while the
 body arrives, ``on_failed`` and the peer table's judgement when a request fails,
-``on_busy`` for a 503, ``handle_timer`` at ``next_deadline()``. The seed runs the real
-``SuperSeeder`` (``--superseed``). See ``bench/SIM_NOTES.md`` for the model, the capacity
+``on_busy`` for a 503, ``handle_timer`` at ``next_deadline()``; with ``--advertise`` a
+node's have stream also says when its upload places are all taken or one frees
+(``UploadSlots.full``, ``set_full``). The seed runs the real ``SuperSeeder``
+(``--superseed``). See ``bench/SIM_NOTES.md`` for the model, the capacity
 distribution and the results.
 
     nice -n 10 .venv/bin/python -m bench.simulate --nodes 10,100,1000 --png sim.png
