@@ -9,8 +9,10 @@ one ``next_requests(now)`` call are grouped by ``fetcher._runs`` into HTTP reque
 of consecutive chunks (at most ``fetcher.RUN_BYTES``); each is one flow from its sender,
 each chunk lands (``on_chunk``) one latency after its last byte; ``on_progress`` while the
 body arrives, ``on_failed`` and the peer table's judgement when a request fails,
-``on_busy`` for a 503, ``handle_timer`` at ``next_deadline()``. The seed runs the real
-``SuperSeeder`` (``--superseed``). See ``bench/SIM_NOTES.md`` for the model, the capacity
+``on_busy`` for a 503, ``handle_timer`` at ``next_deadline()``; with ``--advertise`` a
+node's have stream also says when its upload places are all taken or one frees
+(``UploadSlots.full``, ``set_full``). The seed runs the real ``SuperSeeder``
+(``--superseed``). See ``bench/SIM_NOTES.md`` for the model, the capacity
 distribution and the results.
 
     nice -n 10 .venv/bin/python -m bench.simulate --nodes 10,100,1000 --png sim.png
@@ -26,6 +28,7 @@ import heapq
 import json
 import math
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -68,6 +71,9 @@ DEFAULT_LEVELS_MB = "125,187.5,250,312.5,375,665"
 then the exact rest (66.5% of the bf16 bytes, as the bitplane codec measures)."""
 
 SENT, QUEUED, FLOWING, ENDED, CANCELLED = range(5)
+FULL, FREE = -1, -2
+"""In place of a chunk index in a push: the sender's upload places are all taken / one is
+free again (``--advertise``)."""
 
 
 def layout(cumulative_mb: Sequence[float], chunk_size: int) -> tuple[list[range], list[int]]:
@@ -122,6 +128,7 @@ class Node:
     serving: set[Run] = field(default_factory=set)  # the uploads it sends
     queue: deque[Run] = field(default_factory=deque)  # uploads waiting for a slot
     armed: float | None = None
+    full_said: bool = False  # what it last told its peers of its upload places
     level_at: list[float] = field(default_factory=list)
     done_at: float | None = None
     timeouts: int = 0
@@ -195,6 +202,7 @@ class Sim:
         self.dirty: set[int] = set()
         self.touched: set[int] = set()
         self.alive_edges: list[int] = []
+        self.finished = 0  # edges exact, or gone without it
         self.seeder: SuperSeeder | None = None
         if args.superseed:
             self.seeder = SuperSeeder(
@@ -284,13 +292,18 @@ class Sim:
                     )
                 )
                 last_sample, up_before, seed_before = t_end, up_now, seed_now
+                if self.args.verbose and round(t_end) % 10 == 0:
+                    print(
+                        f"t={t_end:.0f}s wall={time.perf_counter() - self.started:.0f}s"
+                        f" level0={self.timeline[-1][4]} exact={self.timeline[-1][5]}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             if k % 100 == 0 and time.perf_counter() - self.started > self.args.wall_limit:
                 self.end = t_end
                 self.cut_short = True
                 return
-            if t_end > self.args.max_time or all(
-                x.done_at is not None or (not x.alive and x.join <= t_end) for x in edges
-            ):
+            if t_end > self.args.max_time or self.finished == len(edges):
                 self.end = t_end
                 return
             if not self.net.flows and not self.pushes and not self.dirty and self.heap:
@@ -300,6 +313,7 @@ class Sim:
 
     def on_join(self, e: Node) -> None:
         if e.leave <= self.now:
+            self.finished += 1
             return
         e.alive = True
         e.have = Bitfield(self.nchunks)
@@ -329,6 +343,8 @@ class Sim:
                 continue
             assert x.sched is not None
             x.sched.add_peer(y.name, self.have_of(y, x), self.now, origin=y.nid == 0)
+            if y.full_said:
+                x.sched.set_full(y.name, True, self.now)
             self.dirty.add(x.nid)
             if not self.push:
                 self.at(self.now + self.args.poll + self.lat(x, y), self.poll_answer, x, y)
@@ -403,7 +419,29 @@ class Sim:
             tick = math.ceil((self.now + self.lat(x, y)) / dt)
             self.pushes.setdefault(tick, []).append((y, x, index))
 
+    def advertise(self, x: Node) -> None:
+        """``--advertise``: ``x``'s have stream tells its neighbours still fetching when its
+        upload places become all taken, or one frees again (uploads.py, rule 3)."""
+        up = self.uploads[x.nid]
+        if not self.args.advertise or up is None or up.full == x.full_said or not x.alive:
+            return
+        x.full_said = up.full
+        msg = FULL if x.full_said else FREE
+        dt = self.dt
+        for nid in x.neighbors:
+            y = self.nodes[nid]
+            if nid == 0 or y.sched is None or y.sched.complete:
+                continue
+            tick = math.ceil((self.now + self.lat(x, y)) / dt)
+            self.pushes.setdefault(tick, []).append((y, x, msg))
+
     def apply_push(self, y: Node, x: Node, index: int) -> None:
+        if index < 0:
+            if self.fetching(y) and x.nid in y.neighbors:
+                assert y.sched is not None
+                if y.sched.set_full(x.name, index == FULL, self.now):
+                    self.dirty.add(y.nid)
+            return
         if y.nid == 0:
             if y.alive and self.seeder is not None and x.nid in y.neighbors:
                 self.seeder.add_have(x.name, index, self.now)
@@ -419,6 +457,8 @@ class Sim:
             return
         x.alive = False
         x.leave = self.now
+        if x.nid != 0 and x.done_at is None:
+            self.finished += 1
         if x.nid in self.alive_edges:
             self.alive_edges.remove(x.nid)
         for run in list(x.runs):
@@ -456,9 +496,9 @@ class Sim:
             return
         assert e.sched is not None
         reqs = e.sched.next_requests(now)
-        self.touched.add(e.nid)
-        if not reqs:
+        if not reqs:  # its deadlines are as they were, or later (a backoff ended)
             return
+        self.touched.add(e.nid)
         for group in _runs(reqs, self.spans, RUN_BYTES):
             p = self.nodes[int(group[0].peer)]
             run = Run(e, p, [r.index for r in group], len(group))
@@ -547,6 +587,7 @@ class Sim:
             up = self.uploads[p.nid]
             if up is not None:
                 up.end(run, self.now)
+                self.advertise(p)
         run.state = CANCELLED
 
     def end_run(self, e: Node, run: Run) -> None:
@@ -578,9 +619,11 @@ class Sim:
         verdict = up.request(run, self.now)
         if verdict == SERVE:
             self.start_flow(run)
+            self.advertise(p)
         elif verdict == QUEUE:
             run.state = QUEUED
             p.queue.append(run)
+            self.advertise(p)
         else:
             assert isinstance(verdict, float)
             run.state = CANCELLED
@@ -618,6 +661,7 @@ class Sim:
                 assert isinstance(nxt, Run)
                 p.queue.remove(nxt)
                 self.start_flow(nxt)
+            self.advertise(p)
 
     def segment_done(self, fid: int, tf: float, t_end: float) -> None:
         """The last byte of a chunk left its sender at ``tf``: it lands one latency later;
@@ -665,6 +709,7 @@ class Sim:
         self.announce(e, index)
         if e.sched.complete:
             e.done_at = self.now
+            self.finished += 1
             for other in list(e.runs):  # the fetch ends: its requests are cancelled
                 self.stop(other)
             e.tasks.clear()
@@ -882,6 +927,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--seed-upload-queue", type=int, default=None, help="the seed's (default: as edges)"
     )
+    ap.add_argument("--advertise", action="store_true", help="nodes push full / free upload places")
     ap.add_argument("--superseed", action="store_true", help="the seed super-seeds")
     ap.add_argument("--offer-depth", type=int, default=4, help="SeedingConfig.depth")
     ap.add_argument("--seed-slots", type=int, default=8, help="SeedingConfig.slots")
@@ -895,15 +941,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--label", default="", help="name of this variant in the output")
     ap.add_argument("--png", default="", help="write the CDFs here")
     ap.add_argument("--json", default="", help="also write the JSON here")
+    ap.add_argument("--verbose", action="store_true", help="progress on stderr every 10 s")
     ap.add_argument("--samples", action="store_true", help="keep per-edge samples in the JSON")
     args = ap.parse_args(argv)
     runs = []
     for n in (int(x) for x in args.nodes.split(",")):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         sim = Sim(args, n)
         sim.run()
         res = sim.results()
         res["run_seconds"] = round(time.perf_counter() - t0, 1)
+        res["cpu_seconds"] = round(time.process_time() - cpu0, 1)
         runs.append(res)
     opts = {k: v for k, v in vars(args).items() if k not in ("png", "json", "samples")}
     if opts["linger"] == math.inf:

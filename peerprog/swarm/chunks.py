@@ -49,6 +49,8 @@ class ChunkTable:
         """``held`` as a list, for the picker's hot loops."""
         self.missing = [len(r) for r in levels]
         """Per level: chunks we do not hold."""
+        self.missing_total = sum(self.missing)
+        """Chunks we do not hold."""
         self.avail = [0] * n
         """Per chunk: known usable peers with a bitfield that have it (seeds not included)."""
         self.seeds = 0
@@ -102,6 +104,7 @@ class ChunkTable:
         self.is_held[index] = True
         level = self.level_of(index)
         self.missing[level] -= 1
+        self.missing_total -= 1
         if self.avail[index]:
             self.fetchable_missing[level] -= 1
         self.failed_by.pop(index, None)

@@ -16,6 +16,8 @@ that a call returns, and arms a timer for :meth:`Scheduler.next_deadline`::
     # after any of these: next_requests again, re-arm the timer at next_deadline()
     # a peer's have: add_peer / set_have (a whole bitfield), add_have (a pushed delta;
     # havelog.apply hands over one answer of its resumable have stream)
+    # a peer's upload places: set_full (its have stream says they are all taken, or that
+    # one is free again): a full peer is not asked, so it need not decline with a 503
 
 The choice of chunks is in ``picker.py`` (one file, the whole rule); per-peer rate,
 budget, timeout and backoff are in ``peers.py``; holder counts in ``chunks.py``.
@@ -81,7 +83,7 @@ class Scheduler:
     @property
     def complete(self) -> bool:
         """Do we hold every chunk?"""
-        return not any(self._table.missing)
+        return self._table.missing_total == 0
 
     @property
     def best_level(self) -> int:
@@ -169,8 +171,8 @@ class Scheduler:
         and if we knew it already.
 
         Returns whether the news may change what :meth:`next_requests` answers: we miss the
-        chunk and the peer may be asked now (not backing off, room in its budget and in
-        ``max_in_flight_total``), or it now holds every chunk. When it returns False the
+        chunk and the peer may be asked now (not backing off or full, room in its budget
+        and in ``max_in_flight_total``), or it now holds every chunk. When it returns False the
         shell need not call :meth:`next_requests` for it (the other peers' options are
         unchanged)."""
         st = self._peers.get(peer)
@@ -187,7 +189,35 @@ class Scheduler:
             return False
         if st.have.count() == self._table.n:
             return True
-        return st.usable(now) and len(st.in_flight) < st.budget(self._config, self._table.mean_size)
+        return (
+            not st.full
+            and st.usable(now)
+            and len(st.in_flight) < st.budget(self._config, self._table.mean_size)
+        )
+
+    def set_full(self, peer: str, full: bool, now: float) -> bool:
+        """A known peer said (in its have stream) that all its upload places are taken
+        (``full``) or that one is free again. A full peer gets no new request until it says
+        it has a free place; requests already in flight there are not touched. Ignored for
+        unknown or banned peers.
+
+        Returns whether :meth:`next_requests` may answer differently: the peer became free,
+        may be asked now (not backing off, room in its budget and in
+        ``max_in_flight_total``) and holds a chunk we miss that is not in flight."""
+        st = self._peers.get(peer)
+        if st is None or st.full == full:
+            return False
+        st.full = full
+        if full or self._total >= self._config.max_in_flight_total:
+            return False
+        if not st.usable(now) or len(st.in_flight) >= st.budget(
+            self._config, self._table.mean_size
+        ):
+            return False
+        wanted = st.mask & ~self._table.held.mask()
+        for index in self._flying:
+            wanted &= ~(1 << (self._top - index))
+        return wanted != 0
 
     def remove_peer(self, peer: str, now: float) -> list[Request]:
         """Forget a peer (gone, disconnected). Returns its requests in flight, for the shell
@@ -229,6 +259,8 @@ class Scheduler:
         floor = min_budget(config, mean)
         slots: list[Slot] = []
         for st, last in usable:
+            if st.full:
+                continue
             budget = st.budget(config, mean)
             if swarm and last:
                 budget = min(budget, floor)

@@ -241,3 +241,61 @@ def test_busy_peer_with_our_requests_in_flight_is_capped_not_shunned() -> None:
     assert s.next_requests(0.1) == []  # three in flight: the cap
     s.on_chunk("a", reqs[0].index, 0.2)
     assert len(s.next_requests(0.2)) == 2  # one more than before: probing for a slot
+
+
+# -- a peer that said its upload places are all taken is not asked ---------------------------
+
+
+def test_full_peer_is_not_asked_and_the_chunk_goes_to_a_holder_with_room() -> None:
+    s = make([4], min_in_flight_per_peer=1, max_in_flight_per_peer=1)
+    s.add_peer("a", bits(4, [0]), 0.0)
+    s.add_peer("b", bits(4, [1]), 0.0)
+    assert s.set_full("a", True, 0.0) is False  # becoming full never calls for requests
+    assert pairs(s.next_requests(0.0)) == {("b", 1)}  # 0 is rarer, but its holder is full
+    assert s.add_have("a", 2, 0.1) is False  # news from a full peer: nothing to ask
+    assert s.next_requests(0.1) == []
+    assert s.set_full("a", True, 0.2) is False  # no change
+    assert s.set_full("a", False, 0.3) is True  # a free place: ask again
+    assert {r.peer for r in s.next_requests(0.3)} == {"a"}
+
+
+def test_full_peer_keeps_its_requests_in_flight_and_free_respects_backoff() -> None:
+    s = make([4], min_in_flight_per_peer=2, max_in_flight_per_peer=2, busy_backoff=0.5)
+    s.add_peer("a", bits(4, range(4)), 0.0)
+    first = s.next_requests(0.0)
+    assert len(first) == 2
+    s.set_full("a", True, 0.1)
+    assert len(s.in_flight("a")) == 2  # not cancelled, not judged
+    s.on_chunk("a", first[0].index, 0.2)
+    assert s.next_requests(0.2) == []  # room in its budget, but it is full
+    s.on_busy("a", first[1].index, 0.3, retry_after=2.0)  # nothing left there: backs off
+    assert s.set_full("a", False, 0.4) is False  # free, but Retry-After still holds
+    assert s.next_requests(0.4) == [] and len(s.next_requests(2.3)) == 1  # capped by the 503
+    assert s.set_full("nobody", True, 0.5) is False
+
+
+def test_upload_slots_say_when_every_place_is_taken() -> None:
+    from peerprog.swarm.uploads import QUEUE, SERVE, UploadConfig, UploadSlots
+
+    up = UploadSlots(UploadConfig(slots=1, queue=1))
+    assert not up.full
+    assert up.request("r1", 0.0) == SERVE and not up.full
+    assert up.request("r2", 0.0) == QUEUE and up.full
+    assert isinstance(up.request("r3", 0.1), float)  # declined: still full
+    assert up.end("r1", 1.0) == "r2" and not up.full  # r2 took the slot: a queue place frees
+
+
+def test_free_again_calls_for_requests_only_if_the_peer_has_something_we_want() -> None:
+    s = make([4], min_in_flight_per_peer=1, max_in_flight_per_peer=1, endgame_chunks=0)
+    s.add_peer("a", bits(4, [0]), 0.0)
+    s.add_peer("b", bits(4, [0]), 0.0)
+    (r,) = s.next_requests(0.0)
+    other = "b" if r.peer == "a" else "a"
+    s.set_full(other, True, 0.1)
+    assert s.set_full(other, False, 0.2) is False  # its only chunk is in flight already
+    s.on_chunk(r.peer, 0, 0.3)
+    s.set_full(other, True, 0.4)
+    assert s.set_full(other, False, 0.5) is False  # and now we hold it
+    s.add_have(other, 3, 0.6)
+    s.set_full(other, True, 0.7)
+    assert s.set_full(other, False, 0.8) is True
