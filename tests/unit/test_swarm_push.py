@@ -3,41 +3,11 @@ the soft level barrier, progress-based timeouts and the byte floor of a peer's b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import pytest
 
-from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig
+from peerprog.swarm import Scheduler
 from peerprog.swarm.havelog import HaveLog, apply
-
-KIB = 1024
-MIB = 1024 * KIB
-
-
-def levels_of(*counts: int) -> list[range]:
-    ranges, start = [], 0
-    for count in counts:
-        ranges.append(range(start, start + count))
-        start += count
-    return ranges
-
-
-def make(counts: Sequence[int], size: int = 256 * KIB, **config: Any) -> Scheduler:
-    sizes = [size] * sum(counts)
-    return Scheduler(levels_of(*counts), sizes, (), SchedulerConfig(**config), seed=1)
-
-
-def bits(n: int, members: Sequence[int]) -> Bitfield:
-    bf = Bitfield(n)
-    for i in members:
-        bf.set(i)
-    return bf
-
-
-def pairs(requests: Sequence[Request]) -> set[tuple[str, int]]:
-    return {(r.peer, r.index) for r in requests}
-
+from tests.unit.swarmkit import KIB, MIB, bits, make, pairs
 
 # -- pushed have deltas --------------------------------------------------------------------
 

@@ -3,40 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
-from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig
-
-KIB = 1024
-
-
-def levels_of(*counts: int) -> list[range]:
-    ranges, start = [], 0
-    for count in counts:
-        ranges.append(range(start, start + count))
-        start += count
-    return ranges
-
-
-def make(
-    counts: Sequence[int],
-    size: int = 256 * KIB,
-    have: Sequence[int] = (),
-    seed: int = 1,
-    **config: Any,
-) -> Scheduler:
-    """A scheduler for levels of ``counts`` chunks of ``size`` bytes."""
-    sizes = [size] * sum(counts)
-    return Scheduler(levels_of(*counts), sizes, have, SchedulerConfig(**config), seed=seed)
-
-
-def bits(n: int, members: Sequence[int]) -> Bitfield:
-    bf = Bitfield(n)
-    for i in members:
-        bf.set(i)
-    return bf
+from peerprog.swarm import Bitfield, Request, Scheduler
+from tests.unit.swarmkit import KIB, bits, make
 
 
 def indices(requests: Sequence[Request]) -> list[int]:

@@ -4,39 +4,11 @@ spreaders first (``seeding.py``, rule 6)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from peerprog.swarm import Bitfield, Request, Scheduler, SchedulerConfig
+from peerprog.swarm import Bitfield
 from peerprog.swarm.seeding import SeedingConfig, SuperSeeder
-
-KIB = 1024
-MIB = 1024 * KIB
-
-
-def levels_of(*counts: int) -> list[range]:
-    ranges, start = [], 0
-    for count in counts:
-        ranges.append(range(start, start + count))
-        start += count
-    return ranges
-
-
-def make(counts: Sequence[int], size: int = 256 * KIB, **config: Any) -> Scheduler:
-    sizes = [size] * sum(counts)
-    return Scheduler(levels_of(*counts), sizes, (), SchedulerConfig(**config), seed=1)
-
-
-def bits(n: int, members: Sequence[int]) -> Bitfield:
-    bf = Bitfield(n)
-    for i in members:
-        bf.set(i)
-    return bf
-
-
-def pairs(requests: Sequence[Request]) -> set[tuple[str, int]]:
-    return {(r.peer, r.index) for r in requests}
-
+from tests.unit.swarmkit import MIB, bits, make, pairs
 
 # -- rule 3: the origin is the last resort, a finished peer is not -------------------------
 
