@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +77,6 @@ def start_chromium(profile: Path, *, width: int = 1280, height: int = 900) -> An
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_script_timeout(60)
     return driver
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Call ``check`` until it returns something true; TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 def console_errors(driver: Any) -> list[str]:

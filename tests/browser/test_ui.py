@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from peerprog.reference import digits
-from tests.browser.chromium import console_errors, poll, start_chromium
+from tests.browser.chromium import console_errors, start_chromium
 from tests.integration.cluster import TOKEN, Cluster, Daemon, free_port, run_cli
+from tests.integration.cluster import wait_until as poll
 
 NAME = digits.MODEL_NAME
 PAPER = "digits-cnn-paper"
@@ -384,4 +385,8 @@ def test_a_wrong_token_gets_nothing(setup: Setup) -> None:
     # the right token, for contrast
     setup.open(f"{seed.tcp_url}/ui/#token={TOKEN}")
     last = seed.client().status(NAME)["levels_total"] - 1
-    poll(lambda: model_card(d, NAME) == [last, True], 30, "the seed's model on the dashboard")
+    poll(
+        lambda: list(model_card(d, NAME) or ()) == [last, True],
+        30,
+        "the seed's model on the dashboard",
+    )
