@@ -69,6 +69,9 @@ class Catalog:
         self._ignored: set[str] = set()
         """Ids in the store that did not verify (logged once; read again at a restart)."""
         self._record_now = asyncio.Event()
+        self._undecoded: dict[str, ModelState] = {}
+        """Models with a level reached whose record is not yet durable: decoded (served to
+        apps) only once it is, so that what an app was given survives a crash."""
         self._asked: set[str] = set(store.wanted())
         """Names an app asked for (persisted); with the config's ``want``, the wanted."""
         self._wanted: set[str] = set(want) | self._asked
@@ -326,7 +329,8 @@ class Catalog:
         self._unrecorded.add(state.model_id)
         if state.add_chunk(index):
             self._record_now.set()  # a level is durable as soon as it is complete
-            self._level_reached(state)
+            self._undecoded[state.model_id] = state
+            self._level_reached(state, decode=False)
 
     async def drop(self, model_id: str) -> None:
         """Forget a model at once; stop its fetch (and wait for it), then remove its files."""
@@ -339,6 +343,7 @@ class Catalog:
         files = self._files.pop(model_id, None)
         decoded = self._decoded.pop(model_id, None)
         self._unrecorded.discard(model_id)
+        self._undecoded.pop(model_id, None)
         if decoded is not None:
             decoded.stop()
         if state is not None:
@@ -411,8 +416,13 @@ class Catalog:
             self._record_now.clear()
             if self._unrecorded:
                 began = self._clock()
+                reached, self._undecoded = self._undecoded, {}
                 jobs = self._record_jobs()
                 failed = await asyncio.to_thread(_write_records, self.store, jobs)
+                for mid, state in reached.items():
+                    decoded = self._decoded.get(mid)
+                    if self._models.get(mid) is state and decoded is not None:
+                        decoded.level_reached()
                 for what, mid, message in failed:
                     self._unrecorded.add(mid)  # tried again at the next round
                     self._disk.failed(what, message, began)
@@ -433,7 +443,7 @@ class Catalog:
         self._unrecorded.clear()
         return jobs
 
-    def _level_reached(self, state: ModelState) -> None:
+    def _level_reached(self, state: ModelState, *, decode: bool = True) -> None:
         m = state.manifest
         state.metrics.level_complete_at[state.best_level] = time.time()
         log.info(
@@ -449,7 +459,8 @@ class Catalog:
             for old in superseded(self.versions(m.name), self._keep):
                 log.info("dropping %s v%d: v%d is exact", m.name, old.version, m.version)
                 self._forget(old.model_id)
-        self._decoded[state.model_id].level_reached()
+        if decode:
+            self._decoded[state.model_id].level_reached()
         for listener in list(self.level_listeners):
             listener(state)
 

@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
@@ -183,7 +184,12 @@ class Store:
             os.rename(folder, gone)
         except FileNotFoundError:
             return
-        shutil.rmtree(gone, ignore_errors=True)
+        for _ in range(20):  # a decode thread being stopped may still add a file meanwhile
+            shutil.rmtree(gone, ignore_errors=True)
+            if not gone.exists():
+                return
+            time.sleep(0.05)
+        log.warning("store: could not remove %s entirely", gone)
 
     # --- level files -----------------------------------------------------------------------
 

@@ -147,6 +147,11 @@ class Card {
     this.complete ||= complete;
     this.root.dataset.level = String(this.level);
     this.root.dataset.complete = this.complete ? "true" : "false";
+    if (modelId !== null) { // an event moves the label too, not only the next poll
+      const state = this.complete ? "exact" : this.level >= 0 ? "approximate" : "none";
+      this.f.state.dataset.state = state;
+      this.f.state.textContent = state === "none" ? "no level yet" : state;
+    }
   }
 
   drawLevels(doc, transfer) {
