@@ -279,7 +279,8 @@ class Cluster:
         return node
 
     def wait_ready(self, node: Daemon, timeout: float = 30.0) -> None:
-        """Wait until ``node``'s API socket accepts connections (RuntimeError if it died)."""
+        """Wait until ``node``'s API socket (and TCP listener, if any) accepts connections
+        (RuntimeError if it died)."""
 
         def ready() -> bool:
             if not node.running:
@@ -287,6 +288,11 @@ class Cluster:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 try:
                     s.connect(str(node.socket))
+                except OSError:
+                    return False
+            if node.tcp_port is not None:  # the TCP listener starts just after the socket
+                try:
+                    socket.create_connection(("127.0.0.1", node.tcp_port), timeout=1).close()
                 except OSError:
                     return False
             return True
