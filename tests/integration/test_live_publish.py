@@ -19,6 +19,14 @@ from tests.integration.cluster import (
 )
 
 
+def publish_args(c: Cluster, socket: Path) -> list[str]:
+    """``peerprog publish`` of the reference model into the seed store, telling ``socket``."""
+    return [
+        "publish", str(REFERENCE_MODEL), "--name", REFERENCE_NAME, "--key", str(c.key_path),
+        "--store", str(c.seed_store), "--socket", str(socket),
+    ]  # fmt: skip
+
+
 def served_version(node: Daemon) -> int:
     doc: dict[str, Any] = node.request("GET", f"/v1/models/{REFERENCE_NAME}").json()
     return int(doc.get("version", 0)) if doc.get("level", -1) >= 0 else 0
@@ -42,18 +50,7 @@ def test_publish_socket_tells_the_node_at_once(tmp_path: Path) -> None:
         c.publish()
         seed = c.start(c.seed(extra={"models": {"rescan_interval": 0}}))
         assert served_version(seed) == 1
-        out = run_cli(
-            "publish",
-            str(REFERENCE_MODEL),
-            "--name",
-            REFERENCE_NAME,
-            "--key",
-            str(c.key_path),
-            "--store",
-            str(c.seed_store),
-            "--socket",
-            str(seed.socket),
-        )
+        out = run_cli(*publish_args(c, seed.socket))
         assert "serves it now" in out
         assert served_version(seed) == 2  # no wait: told before publish returned
 
@@ -61,23 +58,9 @@ def test_publish_socket_tells_the_node_at_once(tmp_path: Path) -> None:
 def test_publish_socket_to_no_node_warns_and_still_publishes(tmp_path: Path) -> None:
     with Cluster(tmp_path) as c:
         c.publish()
+        args = publish_args(c, tmp_path / "nobody.sock")
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "peerprog",
-                "publish",
-                str(REFERENCE_MODEL),
-                "--name",
-                REFERENCE_NAME,
-                "--key",
-                str(c.key_path),
-                "--store",
-                str(c.seed_store),
-                "--socket",
-                str(tmp_path / "nobody.sock"),
-                "--json",
-            ],
+            [sys.executable, "-m", "peerprog", *args, "--json"],
             capture_output=True,
             text=True,
             timeout=120,
