@@ -69,6 +69,9 @@ class Catalog:
         self._ignored: set[str] = set()
         """Ids in the store that did not verify (logged once; read again at a restart)."""
         self._record_now = asyncio.Event()
+        self._writing: asyncio.Future[list[tuple[str, str, str]]] | None = None
+        """The records being written by the recorder: one writer at a time, so an older
+        record never replaces a newer one (shutdown waits for it, it is not cancelled)."""
         self._undecoded: dict[str, ModelState] = {}
         """Models with a level reached whose record is not yet durable: decoded (served to
         apps) only once it is, so that what an app was given survives a crash."""
@@ -378,6 +381,8 @@ class Catalog:
         for scope in list(self._scopes.values()):
             await scope.aclose()
         await self._root.aclose()
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
         await asyncio.to_thread(_write_records, self.store, self._record_jobs())
         for files in self._files.values():
             files.close()
@@ -417,19 +422,28 @@ class Catalog:
             if self._unrecorded:
                 began = self._clock()
                 reached, self._undecoded = self._undecoded, {}
-                jobs = self._record_jobs()
-                failed = await asyncio.to_thread(_write_records, self.store, jobs)
+                failed = await self._write(self._record_jobs())
                 for mid, state in reached.items():
                     decoded = self._decoded.get(mid)
                     if self._models.get(mid) is state and decoded is not None:
                         decoded.level_reached()
-                for what, mid, message in failed:
-                    self._unrecorded.add(mid)  # tried again at the next round
+                for what, _, message in failed:
                     self._disk.failed(what, message, began)
                 kinds = {what for what, _, _ in failed}
                 for what in ("record", "name"):
                     if what not in kinds:
                         self._disk.succeeded(what, began)
+
+    async def _write(self, jobs: list[RecordJob]) -> list[tuple[str, str, str]]:
+        """Write ``jobs`` in a worker, shielded from cancellation; a model whose record
+        failed is written again at the next round."""
+        self._writing = asyncio.ensure_future(asyncio.to_thread(_write_records, self.store, jobs))
+        self._writing.add_done_callback(self._rewrite_failed)
+        return await asyncio.shield(self._writing)
+
+    def _rewrite_failed(self, done: asyncio.Future[list[tuple[str, str, str]]]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self._unrecorded.update(mid for _, mid, _ in done.result())
 
     def _record_jobs(self) -> list[RecordJob]:
         """The records to write now, and whether each model's name should point at it: the

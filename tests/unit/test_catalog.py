@@ -16,6 +16,7 @@ from peerprog.node.catalog import Catalog
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
 from peerprog.store import ModelFiles, Store
+from peerprog.swarm import Bitfield
 from tests.unit.samples import KEY, PUB, make_manifest
 
 
@@ -107,7 +108,6 @@ async def test_a_manifest_that_cannot_be_stored_is_a_store_error(tmp_path: Path)
 async def test_only_a_model_published_here_is_loaded_as_its_origin(tmp_path: Path) -> None:
     """An edge that fetched a whole model and restarts holds it complete, but is not the
     model's origin (it would announce itself as the seed); a store ``publish`` wrote is."""
-    from peerprog.swarm import Bitfield
     from tests.unit.test_api_support import publish_sample
 
     store = Store(tmp_path / "edge")  # what a finished fetch leaves behind
@@ -126,3 +126,56 @@ async def test_only_a_model_published_here_is_loaded_as_its_origin(tmp_path: Pat
         cat.start(lambda state, files: asyncio.sleep(0))
         assert loaded.complete and loaded.origin is origin, root
         await cat.aclose()
+
+
+async def test_a_record_still_being_written_at_shutdown_is_not_replaced_by_an_older_one(
+    tmp_path: Path,
+) -> None:
+    """The recorder writes a record (slowly: a loaded disk) when level 0 completes; the rest
+    arrives and the node stops meanwhile. Shutdown waits for that write (two writers could
+    leave the older record last, or write through closed files), and the record it leaves
+    names every chunk."""
+    import threading
+
+    cat, store, _ = catalog(tmp_path)
+    v1, chunks = version(1)
+    level0 = list(v1.manifest.levels[0].chunks)
+    order: list[str] = []
+    rest = asyncio.Event()
+
+    async def fetch(state: ModelState, files: ModelFiles) -> None:
+        record, calls = files.record, []
+
+        def slow_record(have: Bitfield) -> None:
+            calls.append(have)
+            if len(calls) > 1:
+                return record(have)
+            loop.call_soon_threadsafe(rest.set)
+            try:
+                threading.Event().wait(0.5)
+                record(have)
+            finally:
+                order.append("slow record written")
+
+        files.record = slow_record  # type: ignore[method-assign]
+        for i in level0:
+            await asyncio.to_thread(files.write_chunk, i, chunks[i])
+            cat.chunk_stored(state, i)
+        await rest.wait()  # the first record is being written
+        for i in range(len(chunks)):
+            if i not in level0:
+                await asyncio.to_thread(files.write_chunk, i, chunks[i])
+                cat.chunk_stored(state, i)
+
+    loop = asyncio.get_running_loop()
+    cat.start(fetch)
+    state = await cat.take_up(v1, "test")
+    assert state is not None
+    while not state.complete:
+        await asyncio.sleep(0.01)
+    await cat.aclose()
+    order.append("closed")
+    await asyncio.sleep(1.0)  # a write left running would end meanwhile
+    assert order == ["slow record written", "closed"]
+    with store.open_files(v1) as files:
+        assert files.recorded().count() == len(chunks)
