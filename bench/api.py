@@ -4,11 +4,12 @@ In one run: a float32 model of about ``--mb`` MB is written as a safetensors fil
 published into a store; a daemon serves that store. Then:
 
 * disk: ``safetensors.numpy.load_file`` of the file (page cache warm), best of ``--repeat``;
-* best: ``Client.best`` over the unix socket (numpy arrays viewing the received bytes),
-  first request (which decodes the model and builds the snapshot) and later ones;
+* best: ``Client.best`` over the unix socket (numpy arrays mapping the received file),
+  once the exact level's decoded file exists;
 * memory: the daemon's RSS while idle, while ``--clients`` clients read ``best`` at once
-  before any snapshot exists (the build included), and again once it exists (the cost of
-  the clients alone). Clients read and discard, so only the daemon's memory is measured.
+  as soon as the daemon starts (the decode to disk included), and again once the decoded
+  file exists (the cost of the clients alone). Clients read and discard, so only the
+  daemon's memory is measured.
 
 Targets: best latency ≤ 2× the disk read; memory growth with the clients ≤ 1.5× one copy
 of the model. Prints JSON; ``--write`` also updates the "Local API" section of
@@ -134,7 +135,7 @@ def run(mb: float, clients: int, repeat: int) -> dict[str, Any]:
         sampler = RssSampler(seed.pid)
         idle = settle(sampler)
 
-        # 1. clients at once before any snapshot exists (the build is part of it)
+        # 1. clients at once as the daemon starts (the decode to disk is part of it)
         with RssSampler(seed.pid) as cold:
             t0 = time.perf_counter()
             sizes = asyncio.run(read_best_many(seed.socket, clients))
@@ -149,7 +150,7 @@ def run(mb: float, clients: int, repeat: int) -> dict[str, Any]:
         first = client.best(NAME)
         assert first.exact and first.level == first.levels_total - 1
 
-        # 3. clients at once with the snapshot built (the clients' own cost)
+        # 3. clients at once with the decoded file built (the clients' own cost)
         with RssSampler(seed.pid) as warm:
             t0 = time.perf_counter()
             asyncio.run(read_best_many(seed.socket, clients))
@@ -179,8 +180,8 @@ def run(mb: float, clients: int, repeat: int) -> dict[str, Any]:
         },
         "daemon_rss_bytes": {
             "idle": idle,
-            "snapshot_built": built,
-            "snapshot_over_model": round((built - idle) / model_bytes, 2),
+            "decoded_built": built,
+            "decoded_over_model": round((built - idle) / model_bytes, 2),
             "cold_burst_peak": cold.peak,
             "cold_burst_growth_over_model": round(cold_growth / model_bytes, 2),
             "warm_burst_peak": warm.peak,
@@ -190,7 +191,7 @@ def run(mb: float, clients: int, repeat: int) -> dict[str, Any]:
         "clients": clients,
         "burst_s": {"cold": round(cold_burst_s, 2), "warm": round(warm_burst_s, 2)},
         "burst_mb_s": round(clients * file_bytes / warm_burst_s / MB, 1),
-        "snapshots_built": status["api"]["snapshots_built"],
+        "decoded_builds": status["api"]["snapshots_built"],
         "targets": {
             "latency_le_2x_disk": best_s <= 2 * disk_s,
             "warm_growth_le_1_5x_model": warm_growth <= 1.5 * model_bytes,
@@ -220,11 +221,11 @@ def markdown(doc: dict[str, Any]) -> str:
             "| measure | value | target | met |",
             "| --- | --- | --- | --- |",
             f"| `safetensors.numpy.load_file` (disk) | {lat['disk_load_file'] * 1000:.0f} ms | | |",
-            f"| `Client.best` (snapshot built) | {lat['best'] * 1000:.0f} ms "
+            f"| `Client.best` (decoded file built) | {lat['best'] * 1000:.0f} ms "
             f"({lat['best_throughput_mb_s']:.0f} MB/s) | | |",
             f"| best / disk | {lat['best_over_disk']:.2f}× | ≤ 2× | "
             f"{ok(t['latency_le_2x_disk'])} |",
-            f"| daemon RSS growth, {doc['clients']} clients, snapshot built | "
+            f"| daemon RSS growth, {doc['clients']} clients, decoded file built | "
             f"{rss['warm_burst_growth'] / MB:.0f} MB = "
             f"{rss['warm_burst_growth_over_model']:.2f}× the model | ≤ 1.5× | "
             f"{ok(t['warm_growth_le_1_5x_model'])} |",
@@ -232,15 +233,14 @@ def markdown(doc: dict[str, Any]) -> str:
             f"(decode and build included) | "
             f"{rss['cold_burst_growth_over_model']:.2f}× the model | ≤ 1.5× | "
             f"{ok(t['cold_growth_le_1_5x_model'])} |",
-            f"| snapshot held after the burst | {rss['snapshot_over_model']:.2f}× the model | | |",
+            f"| daemon RSS after the build, over idle | {rss['decoded_over_model']:.2f}× the model | | |",
             f"| {doc['clients']} clients × {size:.0f} MB | {doc['burst_s']['warm']:.1f} s "
             f"({doc['burst_mb_s']:.0f} MB/s) | | |",
             "",
-            "Clients share one snapshot per model and level, written to each socket in "
-            "256 KiB views of it, so they cost the daemon almost nothing. The first request "
-            "decodes the model: for a moment the daemon holds the decoder's words and the "
-            "new arrays `Decoder.tensors()` copies out of them (two copies); a decoder that "
-            "handed its arrays over at the last level would bring that to about one.",
+            "Each level is decoded once, tensor by tensor, into a safetensors file on disk; "
+            "every `best` answer is that file sent by `sendfile`, so clients cost the daemon "
+            "almost nothing and the decode holds about one tensor at a time. `Client.best` "
+            "reads the answer into a file and maps it.",
             "",
         ]
     )
