@@ -233,7 +233,8 @@ def markdown(doc: dict[str, Any]) -> str:
             f"(decode and build included) | "
             f"{rss['cold_burst_growth_over_model']:.2f}× the model | ≤ 1.5× | "
             f"{ok(t['cold_growth_le_1_5x_model'])} |",
-            f"| daemon RSS after the build, over idle | {rss['decoded_over_model']:.2f}× the model | | |",
+            f"| daemon RSS after the build, over idle | "
+            f"{rss['decoded_over_model']:.2f}× the model | | |",
             f"| {doc['clients']} clients × {size:.0f} MB | {doc['burst_s']['warm']:.1f} s "
             f"({doc['burst_mb_s']:.0f} MB/s) | | |",
             "",
