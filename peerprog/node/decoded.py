@@ -33,9 +33,10 @@ from peerprog.node.tasks import TaskScope
 from peerprog.store import ModelFiles, Unusable, build_level
 
 log = logging.getLogger("peerprog.node")
-DECODE_BYTES_PER_S = 500e6
+DECODE_BYTES_PER_S = 150e6
 """A first guess of how fast a level is decoded (source bytes per second), until one is
-measured."""
+measured: on the low side of groupplane's whole-ladder speed, since a build that was not
+worth it also slows the download it shares the cores with."""
 
 
 @dataclass(frozen=True)
