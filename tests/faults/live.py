@@ -69,6 +69,7 @@ async def live_node(root: Path, socket_dir: Path) -> AsyncIterator[Live]:
     api = ApiServer(node)
     try:
         await api.start()
+        await _decode(api)
         yield Live(node, api, signed, root, data_dir)
     finally:
         await api.stop()
@@ -85,6 +86,18 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
             if not p.is_socket():
                 out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
     return out
+
+
+async def _decode(api: ApiServer) -> None:
+    """Have the node build the decoded level that ``best`` serves (derived data, written
+    into the store at the first request), so that the store stays as it is afterwards."""
+    import aiohttp
+
+    connector = aiohttp.UnixConnector(path=str(api.socket_path))
+    url = "http://localhost/v1/models/tiny/best?min_level=max"
+    async with aiohttp.ClientSession(connector=connector) as s, s.get(url) as resp:
+        assert resp.status == 200, resp.status
+        await resp.read()
 
 
 def loops_alive(node: Node) -> bool:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
@@ -191,6 +191,8 @@ async def test_api_requests(
     query: list[tuple[str, str]],
     headers: dict[str, str],
 ) -> None:
+    # removing the model under test is a request like any other, but ends the fuzzing
+    assume(not (method == "DELETE" and template == "/v1/models/{x}" and segment == "tiny"))
     before = tree(live.root)
     path = template.format(x=encode(segment, raw))
     qs = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query)
@@ -206,7 +208,12 @@ async def test_api_requests(
         doc = json.loads(body)
         assert set(doc) == {"error", "detail"}
         assert status != 503 or doc["error"] == "level not reached"
-    assert tree(live.root) == before
+    after = tree(live.root)
+    if method in ("PUT", "DELETE") and status < 400:
+        # an accepted want (or unwant) of a name is recorded in the store: only there
+        before.pop("store/wanted", None)
+        after.pop("store/wanted", None)
+    assert after == before
     assert loops_alive(live.node)
 
 
