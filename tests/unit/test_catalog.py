@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import threading
 from pathlib import Path
 
 import pytest
@@ -135,8 +136,6 @@ async def test_a_record_still_being_written_at_shutdown_is_not_replaced_by_an_ol
     arrives and the node stops meanwhile. Shutdown waits for that write (two writers could
     leave the older record last, or write through closed files), and the record it leaves
     names every chunk."""
-    import threading
-
     cat, store, _ = catalog(tmp_path)
     v1, chunks = version(1)
     level0 = list(v1.manifest.levels[0].chunks)
