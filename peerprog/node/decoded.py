@@ -90,6 +90,7 @@ class DecodedLevels:
     async def get(self, level: int) -> Built:
         """A decoded file of at least ``level`` (which the model has reached), built now
         if need be. :class:`Unusable` if the level cannot be built from the store."""
+        self._lost()
         while self.built is None or self.built.level < level:
             self._start()
             waiter = asyncio.ensure_future(self._changed.wait())
@@ -100,6 +101,19 @@ class DecodedLevels:
             if self.error is not None and (self.built is None or self.built.level < level):
                 raise Unusable(self.error)
         return self.built
+
+    def _lost(self) -> None:
+        """Forget the built file if something removed it (an operator cleaning the store):
+        derived data, built again from the verified chunks."""
+        built = self.built
+        if built is not None and not built.path.exists():
+            log.warning(
+                "%s: the decoded level %d is gone from %s; building it again",
+                self._state.manifest.name,
+                built.level,
+                built.path.parent,
+            )
+            self.built = None
 
     def stop(self) -> None:
         """Stop a build under way (the model is dropped)."""

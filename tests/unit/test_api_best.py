@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -98,6 +99,15 @@ async def test_concurrent_requests_share_one_build(node: FakeNode) -> None:
     node.receive(state, 2)
     built = await asyncio.gather(*(node.decoded(state, 2) for _ in range(20)))
     assert node.decoded_builds() == 2 and {b.level for b in built} == {2}
+
+
+async def test_a_decoded_file_removed_from_the_store_is_built_again(node: FakeNode) -> None:
+    (state,) = node.models.values()
+    first = await node.decoded(state, 0)
+    data = first.path.read_bytes()
+    shutil.rmtree(first.path.parent)  # an operator cleaning up derived data
+    again = await node.decoded(state, 0)
+    assert again.path.read_bytes() == data and node.decoded_builds() == 2
 
 
 async def test_a_cancelled_request_does_not_cancel_the_build(node: FakeNode) -> None:
