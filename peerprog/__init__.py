@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 from peerprog._version import __version__
 
 if TYPE_CHECKING:
-    from peerprog.api.client import AsyncClient, BestModel, Client
+    from peerprog.api.client import AsyncClient, BestDir, BestModel, Client
 
-__all__ = ["AsyncClient", "BestModel", "Client", "__version__"]
+__all__ = ["AsyncClient", "BestDir", "BestModel", "Client", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Client", "AsyncClient", "BestModel"):
+    if name in ("Client", "AsyncClient", "BestModel", "BestDir"):
         from peerprog.api import client
 
         return getattr(client, name)

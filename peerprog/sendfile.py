@@ -56,3 +56,31 @@ async def send_range(
         await resp.write(data)
         offset += len(data)
     await resp.write_eof()
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=a-b`` (or ``a-``, ``-n``) of a ``size``-byte file as (start, stop);
+    None without a header; :class:`web.HTTPRequestRangeNotSatisfiable` if it is malformed,
+    several ranges, or outside the file."""
+    if header is None:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    ok = unit.strip().lower() == "bytes" and bool(dash) and "," not in spec
+    ok = ok and all(not x or (x.isascii() and x.isdigit() and len(x) <= 18) for x in (first, last))
+    if not ok or (not first and not last):
+        raise unsatisfiable(size)
+    if not first:  # the last n bytes
+        start, stop = max(0, size - int(last)), size
+    else:
+        start = int(first)
+        stop = min(size, int(last) + 1) if last else size
+    if start >= stop or start >= size:
+        raise unsatisfiable(size)
+    return start, stop
+
+
+def unsatisfiable(size: int) -> web.HTTPRequestRangeNotSatisfiable:
+    return web.HTTPRequestRangeNotSatisfiable(
+        headers={"Content-Range": f"bytes */{size}"}, text="range not held"
+    )

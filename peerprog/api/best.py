@@ -1,4 +1,5 @@
-"""What a ``best`` request is answered with: a model's decoded level file on disk.
+"""What a ``best`` or ``tree`` request is answered with: a model's decoded level on disk
+(a safetensors file, or a repository's folder).
 
 The node keeps each model's newest decoded level as a safetensors file (built as levels
 complete, or when first asked for); every request for that model and level is answered
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peerprog.codec import exact_at
+from peerprog.manifest import Manifest
 
 PIECE = 1 << 20
 """Bytes sent at a time to a client of the TCP listener (paced by its reading)."""
@@ -31,7 +33,14 @@ class BestFile:
     """Bytes of the levels decoded (0..level), as published."""
     bytes_total: int
     path: Path
+    """The decoded safetensors file, or a repository's folder."""
     size: int
+    manifest: Manifest
+
+    @property
+    def repository(self) -> bool:
+        """A repository: served as a tree of files, not one safetensors file."""
+        return self.manifest.is_repository
 
     @property
     def etag(self) -> str:

@@ -8,6 +8,10 @@ Both talk HTTP to the local daemon over its unix socket (``$PEERPROG_SOCKET``, e
     client.load_into(net, "digits-cnn")                       # a torch module
     for model in client.watch("digits-cnn"):                  # each better level
         ...
+    d = client.best_dir("bert-base", "models/bert")           # a repository, as a folder
+    AutoModel.from_pretrained(d.path)
+    for d in client.watch("bert-base", dest="models/bert"):   # swapped in at each level
+        ...
 
 Errors are typed (:mod:`peerprog.api.errors`): :class:`UnknownModel`, :class:`LevelTimeout`,
 :class:`DaemonNotRunning` (its message names the socket), :class:`BadRequest`.
@@ -22,10 +26,11 @@ import os
 import socket as _socket
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, overload
 
-from peerprog.api.errors import ApiError, LevelTimeout
+from peerprog.api.errors import ApiError, LevelGone, LevelTimeout
 from peerprog.api.model import PIECE, BestModel, BestSink
+from peerprog.api.tree import BestDir, DirStage, Tree, parse_tree
 from peerprog.api.wire import (
     Event,
     EventParser,
@@ -33,20 +38,37 @@ from peerprog.api.wire import (
     best_path,
     default_socket,
     error_of,
+    file_path,
     json_body,
     model_path,
     not_running,
     remove_path,
+    tree_path,
 )
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["AsyncClient", "BestModel", "Client"]
+__all__ = ["AsyncClient", "BestDir", "BestModel", "Client"]
 
 Answer = tuple[int, Mapping[str, str], bytearray]
 """Status, headers (names in lower case), body."""
 WATCH_WAIT = 60.0
+TREE_TRIES = 5
+"""Times a directory is begun again when the daemon moves on to a newer level mid-way."""
+PathArg = str | os.PathLike[str]
+
+
+def _tree_answer(status: int, headers: Mapping[str, str], body: bytearray) -> Tree | None:
+    if status == 304:
+        return None
+    if status >= 400:
+        raise error_of(status, body, headers.get("retry-after"))
+    return parse_tree(json_body(body), headers)
+
+
+def _gone(name: str) -> LevelGone:
+    return LevelGone(f"{name}: the daemon kept moving to newer levels; try again")
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -215,6 +237,42 @@ class Client:
             )
             return _best_answer(status, got, body, sink)
 
+    def best_dir(
+        self, name: str, dest: PathArg, min_level: Level = None, wait: float | None = None
+    ) -> BestDir:
+        """The best level of the repository ``name`` as the directory ``dest``, which an
+        app's library loads (``from_pretrained(dest)``). Each file is streamed to disk;
+        the directory is swapped into place whole (a reader sees the old level or the new,
+        never half), and files carried whole that ``dest`` already holds are linked, not
+        fetched again. ``dest`` must be new, empty, or a directory peerprog wrote.
+        ``min_level`` and ``wait`` as for :meth:`best`."""
+        got = self._best_dir(name, Path(dest), min_level, wait, None)
+        assert got is not None
+        return got
+
+    def _best_dir(
+        self, name: str, dest: Path, min_level: Level, wait: float | None, etag: str | None
+    ) -> BestDir | None:
+        for _ in range(TREE_TRIES):
+            headers = {"If-None-Match": etag} if etag else None
+            tree = _tree_answer(
+                *self._request("GET", tree_path(name, min_level, wait), headers=headers, wait=wait)
+            )
+            if tree is None:
+                return None
+            try:
+                with DirStage(dest, tree) as stage:
+                    for f in stage.to_fetch():
+                        with stage.open(f) as out:
+                            target = file_path(name, f.path, tree.model_id, tree.level)
+                            status, got, body = self._request("GET", target, sink=out)
+                            if status >= 400:
+                                raise error_of(status, body, got.get("retry-after"))
+                    return stage.finish()
+            except LevelGone:
+                min_level, etag = tree.level, None  # a newer level came meanwhile: take it
+        raise _gone(name)
+
     def best_torch(
         self, name: str, min_level: Level = None, wait: float | None = None
     ) -> dict[str, Any]:
@@ -235,12 +293,31 @@ class Client:
         model.load_into(module, strict=strict)
         return model
 
+    @overload
     def watch(
-        self, name: str, *, wait: float = WATCH_WAIT, until_last: bool = True
-    ) -> Iterator[BestModel]:
+        self, name: str, *, wait: float = ..., until_last: bool = ..., dest: None = None
+    ) -> Iterator[BestModel]: ...
+    @overload
+    def watch(
+        self, name: str, *, wait: float = ..., until_last: bool = ..., dest: PathArg
+    ) -> Iterator[BestDir]: ...
+    def watch(
+        self,
+        name: str,
+        *,
+        wait: float = WATCH_WAIT,
+        until_last: bool = True,
+        dest: PathArg | None = None,
+    ) -> Iterator[BestModel] | Iterator[BestDir]:
         """Each new best model of ``name`` as the node gets it: the current one first,
         then one per level (or new version) reached, until the last level (with
-        ``until_last``). Long-polls; never busy-waits."""
+        ``until_last``). With ``dest``, a repository: each is the directory ``dest``
+        (:meth:`best_dir`), swapped to the new level. Long-polls; never busy-waits."""
+        if dest is not None:
+            return self._watch_dir(name, Path(dest), wait, until_last)
+        return self._watch(name, wait, until_last)
+
+    def _watch(self, name: str, wait: float, until_last: bool) -> Iterator[BestModel]:
         etag: str | None = None
         while True:
             try:
@@ -252,6 +329,20 @@ class Client:
             etag = model.etag
             yield model
             if until_last and model.last:
+                return
+
+    def _watch_dir(self, name: str, dest: Path, wait: float, until_last: bool) -> Iterator[BestDir]:
+        etag: str | None = None
+        while True:
+            try:
+                got = self._best_dir(name, dest, None, max(1.0, wait), etag)
+            except LevelTimeout:
+                continue
+            if got is None:
+                continue
+            etag = got.etag
+            yield got
+            if until_last and got.last:
                 return
 
 
@@ -407,6 +498,39 @@ class AsyncClient:
             )
             return _best_answer(status, got, body, sink)
 
+    async def best_dir(
+        self, name: str, dest: PathArg, min_level: Level = None, wait: float | None = None
+    ) -> BestDir:
+        """As :meth:`Client.best_dir`."""
+        got = await self._best_dir(name, Path(dest), min_level, wait, None)
+        assert got is not None
+        return got
+
+    async def _best_dir(
+        self, name: str, dest: Path, min_level: Level, wait: float | None, etag: str | None
+    ) -> BestDir | None:
+        for _ in range(TREE_TRIES):
+            headers = {"If-None-Match": etag} if etag else None
+            tree = _tree_answer(
+                *await self._request(
+                    "GET", tree_path(name, min_level, wait), headers=headers, wait=wait
+                )
+            )
+            if tree is None:
+                return None
+            try:
+                with DirStage(dest, tree) as stage:
+                    for f in stage.to_fetch():
+                        with stage.open(f) as out:
+                            target = file_path(name, f.path, tree.model_id, tree.level)
+                            status, got, body = await self._request("GET", target, sink=out)
+                            if status >= 400:
+                                raise error_of(status, body, got.get("retry-after"))
+                    return stage.finish()
+            except LevelGone:
+                min_level, etag = tree.level, None  # a newer level came meanwhile: take it
+        raise _gone(name)
+
     async def best_torch(
         self, name: str, min_level: Level = None, wait: float | None = None
     ) -> dict[str, Any]:
@@ -442,6 +566,23 @@ class AsyncClient:
             etag = model.etag
             yield model
             if until_last and model.last:
+                return
+
+    async def watch_dir(
+        self, name: str, dest: PathArg, *, wait: float = WATCH_WAIT, until_last: bool = True
+    ) -> AsyncIterator[BestDir]:
+        """As :meth:`Client.watch` with ``dest``: ``async for d in c.watch_dir(name, dest)``."""
+        etag: str | None = None
+        while True:
+            try:
+                got = await self._best_dir(name, Path(dest), None, max(1.0, wait), etag)
+            except LevelTimeout:
+                continue
+            if got is None:
+                continue
+            etag = got.etag
+            yield got
+            if until_last and got.last:
                 return
 
     async def events(self, name: str) -> AsyncIterator[Event]:

@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from peerprog.api.best import BestFile, etag_of
-from peerprog.api.errors import ApiError, LevelTimeout, UnknownModel
+from peerprog.api.errors import ApiError, LevelGone, LevelTimeout, UnknownModel
 from peerprog.api.notify import LevelNotifier
 from peerprog.api.query import BestQuery
 from peerprog.api.view import ModelView, NodeView
@@ -97,7 +97,29 @@ class ApiContext:
             bytes_total=m.total_bytes,
             path=built.path,
             size=built.size,
+            manifest=m,
         )
+
+    async def served_level(self, name: str, model_id: str, level: int) -> BestFile:
+        """The decoded level a file request names; :class:`LevelGone` if the node serves
+        another level or version of ``name`` now, :class:`UnknownModel` if none."""
+        state = self.node.newest_served(name)
+        if state is None:
+            if not self.knows(name):
+                raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
+            raise LevelGone(f"{name}: no level is served now")
+        if (model_id and state.model_id != model_id) or level > state.best_level:
+            raise LevelGone(
+                f"{name}: level {level} of {model_id[:12] or 'that version'} is not served now "
+                f"(now: level {state.best_level} of {state.model_id[:12]}); ask for the tree again"
+            )
+        best = await self._decoded(state)
+        if best.level != level:
+            raise LevelGone(
+                f"{name}: level {level} is no longer served (now: level {best.level}); "
+                "ask for the tree again"
+            )
+        return best
 
 
 def etag_matches(etag: str, if_none_match: str | None) -> bool:

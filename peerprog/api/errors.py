@@ -62,6 +62,14 @@ class UnknownModel(ApiError):
     code = "unknown model"
 
 
+class LevelGone(ApiError):
+    """A file of a repository's level the node no longer serves: a newer level or version
+    replaced it; ask for the tree again (410)."""
+
+    status = 410
+    code = "level gone"
+
+
 class LevelTimeout(ApiError):
     """The level asked for was not reached within ``wait`` seconds (503, ``Retry-After``)."""
 
@@ -84,7 +92,7 @@ class DaemonNotRunning(ApiError):
 
 
 _BY_CODE: dict[str, type[ApiError]] = {
-    cls.code: cls for cls in (BadRequest, Unauthorized, OriginNotAllowed, UnknownModel)
+    cls.code: cls for cls in (BadRequest, Unauthorized, OriginNotAllowed, UnknownModel, LevelGone)
 }
 
 

@@ -8,6 +8,8 @@ and the TCP listener share them).
 | ``DELETE /v1/models/<name>`` | stop fetching it and delete it (``?keep_data=true``: keep it) |
 | ``GET /v1/models/<name>`` | the status JSON of the newest version |
 | ``GET /v1/models/<name>/best`` | the best approximation as safetensors (:mod:`.best`) |
+| ``GET /v1/models/<name>/tree`` | a repository's best level: its files as JSON |
+| ``GET /v1/models/<name>/files/<path>`` | one file of that level (``model_id``, ``level``) |
 | ``GET /v1/models/<name>/events`` | server-sent events as levels complete (:mod:`.events`) |
 | ``POST /v1/store/rescan`` | take up models published into the store meanwhile |
 | ``GET /v1/status`` | the node's status JSON |
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 
@@ -25,13 +28,15 @@ from aiohttp import web
 
 from peerprog._version import __version__
 from peerprog.api.context import ApiContext
-from peerprog.api.errors import BadRequest, LevelTimeout, UnknownModel
+from peerprog.api.errors import BadRequest, LevelGone, LevelTimeout, UnknownModel
 from peerprog.api.events import stream_events
 from peerprog.api.metrics import CONTENT_TYPE, render_metrics
 from peerprog.api.query import parse_best_query
 from peerprog.api.view import ModelView
 from peerprog.manifest import valid_name
-from peerprog.sendfile import send_range
+from peerprog.manifest.tree import path_problem
+from peerprog.sendfile import parse_range, send_range
+from peerprog.store import tree_doc
 from peerprog.swarm import SOURCE_KINDS, Peer
 
 CTX = web.AppKey("peerprog_api", ApiContext)
@@ -47,6 +52,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/models/{name}", delete_model)
     app.router.add_get("/v1/models/{name}", get_model)
     app.router.add_get("/v1/models/{name}/best", get_best)
+    app.router.add_get("/v1/models/{name}/tree", get_tree)
+    app.router.add_get("/v1/models/{name}/files/{path:.+}", get_file)
     app.router.add_get("/v1/models/{name}/events", get_events, allow_head=False)
     app.router.add_post("/v1/store/rescan", post_rescan)
     app.router.add_get("/v1/status", get_status)
@@ -74,6 +81,7 @@ def wanted_placeholder(name: str, problem: str | None) -> dict[str, object]:
         "bytes_total": None,
         "complete": False,
         "peers": 0,
+        "files": None,
         "problem": problem,
     }
 
@@ -148,6 +156,12 @@ async def get_best(request: web.Request) -> web.StreamResponse:
             except LevelTimeout:
                 stats.best_timeouts += 1
                 raise
+            if best.repository:
+                raise BadRequest(
+                    f"{name} is a repository of {len(best.manifest.files)} files: fetch it as a "
+                    f"directory (GET {request.path.removesuffix('/best')}/tree, then each "
+                    "file; Client.best_dir; peerprog fetch --out DIR)"
+                )
             headers = {**best.headers(), "Cache-Control": "no-cache"}
             if not_modified:
                 stats.best_not_modified += 1
@@ -174,6 +188,66 @@ async def get_best(request: web.Request) -> web.StreamResponse:
         raise LevelTimeout(f"{name}: its decoded file keeps changing; try again", retry_after=1)
     finally:
         stats.best_in_flight -= 1
+
+
+async def get_tree(request: web.Request) -> web.Response:
+    """A repository's best level (``min_level``, ``wait`` and ``If-None-Match`` as for
+    ``best``) as its tree document: the model, the level, and every file."""
+    ctx = request.app[CTX]
+    name = model_name(request)
+    query = parse_best_query(request.query.items())
+    best, not_modified = await ctx.resolve_best(name, query, request.headers.get("If-None-Match"))
+    if not best.repository:
+        raise BadRequest(f"{name} is one model file, not a repository: GET its best")
+    headers = {**best.headers(), "Cache-Control": "no-cache"}
+    if not_modified:
+        return web.Response(status=304, headers=headers)
+    return web.json_response(tree_doc(best.manifest, best.model_id, best.level), headers=headers)
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    """One file of a repository's level, ``?model_id=<id>&level=<n>`` as the tree gave
+    them (``Range`` answered 206); 410 once the node serves another level or version."""
+    ctx = request.app[CTX]
+    name = model_name(request)
+    path = request.match_info["path"]
+    problem = path_problem(path)
+    if problem is not None:
+        raise BadRequest(f"file path {path[:80]!r} {problem}")
+    text = request.query.get("level", "")
+    if not text.isascii() or not text.isdigit() or len(text) > 6:
+        raise BadRequest("level must be the level number the tree gave")
+    model_id = request.query.get("model_id", "")
+    best = await ctx.served_level(name, model_id, int(text))
+    entry = best.manifest.file(path)
+    if entry is None:
+        raise UnknownModel(f"{name} has no file {path[:200]!r}")
+    try:
+        fd = os.open(best.path / path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:  # replaced by a newer level between the check and the open
+        raise LevelGone(f"{name}: level {best.level} is no longer served") from None
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        span = parse_range(request.headers.get("Range"), size)
+        start, stop = span if span is not None else (0, size)
+        headers = {
+            **best.headers(),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "no-cache",
+        }
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        resp = web.StreamResponse(status=206 if span else 200, headers=headers)
+        resp.content_length = stop - start
+        widen_send_buffer(request)
+        try:
+            await send_range(request, resp, f, start, stop - start)
+        except ConnectionResetError:  # the app left mid-answer: its choice
+            return resp
+    if request.method != "HEAD":
+        ctx.stats.bytes_sent += stop - start
+    return resp
 
 
 def widen_send_buffer(request: web.Request) -> None:

@@ -38,6 +38,22 @@ def remove_path(name: str, keep_data: bool) -> str:
 
 def best_path(name: str, min_level: Level = None, wait: float | None = None) -> str:
     """The path and query of a ``best`` request."""
+    return level_path(name, "best", min_level, wait)
+
+
+def tree_path(name: str, min_level: Level = None, wait: float | None = None) -> str:
+    """The path and query of a ``tree`` request (a repository's best level)."""
+    return level_path(name, "tree", min_level, wait)
+
+
+def file_path(name: str, path: str, model_id: str, level: int) -> str:
+    """The path and query of one file of a repository's level."""
+    query = urlencode({"model_id": model_id, "level": str(level)})
+    return model_path(name, "files/" + quote(path, safe="/")) + "?" + query
+
+
+def level_path(name: str, tail: str, min_level: Level, wait: float | None) -> str:
+    """``/v1/models/<name>/<tail>`` with ``min_level`` and ``wait`` checked into its query."""
     query: dict[str, str] = {}
     if min_level is not None:
         if min_level != "max" and not (isinstance(min_level, int) and min_level >= 0):
@@ -47,7 +63,7 @@ def best_path(name: str, min_level: Level = None, wait: float | None = None) -> 
         if wait < 0:
             raise BadRequest(f"wait must be ≥ 0 seconds, not {wait!r}")
         query["wait"] = f"{wait:g}"
-    path = model_path(name, "best")
+    path = model_path(name, tail)
     return f"{path}?{urlencode(query)}" if query else path
 
 

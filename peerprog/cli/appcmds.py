@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from peerprog.api.client import BestModel, Client
+from peerprog.api.client import BestDir, BestModel, Client
 from peerprog.api.errors import LevelTimeout
 from peerprog.api.query import MAX_WAIT
 from peerprog.api.wire import Level
@@ -96,7 +96,7 @@ class Fetch:
         self.name = name
         self.min_level = min_level
         self.wait = wait
-        self.result: BestModel | None = None
+        self.result: BestModel | BestDir | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -104,12 +104,25 @@ class Fetch:
     def start(self) -> None:
         self._thread.start()
 
+    def _repository(self) -> bool:
+        """Whether the model is a repository (written as a folder), once a source offers
+        it (the main thread gives up on a name no source knows)."""
+        while True:
+            doc = self.client.status(self.name)
+            if doc.get("model_id") is not None:
+                return bool(doc.get("files"))
+            time.sleep(0.2)
+
     def _run(self) -> None:
         try:
             wait = MAX_WAIT if self.wait is None else self.wait
             while True:
                 try:
-                    if self.out:
+                    if self.out and self._repository():
+                        self.result = self.client.best_dir(
+                            self.name, self.out, self.min_level, wait
+                        )
+                    elif self.out:
                         self.result = self.client.best_path(
                             self.name, self.out, self.min_level, wait
                         )
@@ -198,7 +211,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         raise fetch.error
     model = fetch.result
     assert model is not None
-    written = len(memoryview(model.raw)) if args.out else None
+    if isinstance(model, BestDir):
+        written: int | None = sum(f.size for f in model.files)
+    else:
+        written = len(memoryview(model.raw)) if args.out else None
     doc = {
         "name": model.name,
         "model_id": model.model_id,
@@ -218,8 +234,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         "exact" if model.exact else f"{model.bytes_received / model.bytes_total:.0%} of the bytes"
     )
     line = f"{model.name} v{model.version}: {model.level + 1}/{model.levels_total} levels ({what})"
-    if args.out:
-        line += f": wrote {args.out} ({human_bytes(len(memoryview(model.raw)))})"
+    if args.out and isinstance(model, BestDir):
+        line += f": wrote {args.out}/ ({len(model.files)} files, {human_bytes(written or 0)})"
+    elif args.out:
+        line += f": wrote {args.out} ({human_bytes(written or 0)})"
     print(line)
     return 0
 
@@ -309,7 +327,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=FIND_TIMEOUT,
         help=f"give up after S seconds if no source knows the name (default {FIND_TIMEOUT:g})",
     )
-    p.add_argument("--out", help="write the model there (safetensors)")
+    p.add_argument(
+        "--out",
+        help="write the model there: a safetensors file, or for a repository a directory "
+        "(new, empty, or one peerprog wrote; swapped into place whole)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_fetch)
 

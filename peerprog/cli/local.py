@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from peerprog.cli.output import human_bytes, human_seconds, print_json
 from peerprog.codec import CODECS, DEFAULT_CODEC, exact_at
 from peerprog.errors import InputError, PeerprogError
+from peerprog.store.scan import RepoScan, scan_repo
 from peerprog.manifest import SignedManifest, generate_key_file, load_key_file, valid_name
-from peerprog.store import Store, Unusable, publish_file
+from peerprog.manifest.tree import MARKER, RepoFile
+from peerprog.store import Store, Unusable, publish_file, publish_repo
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -42,25 +46,39 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if done == total:
             sys.stderr.write("\n")
 
-    result = publish_file(
-        Path(args.source),
-        name=args.name,
-        key=key,
-        store=store,
-        codec=args.codec,
-        chunk_size=args.chunk_size,
-        params=dict(args.codec_param) or None,
-        progress=progress,
-    )
+    source = Path(args.source)
+    options: dict[str, Any] = {
+        "name": args.name,
+        "key": key,
+        "store": store,
+        "codec": args.codec,
+        "chunk_size": args.chunk_size,
+        "params": dict(args.codec_param) or None,
+        "progress": progress,
+    }
+    scan = None
+    if source.is_dir():
+        scan = scan_repo(source, args.include, args.exclude)
+        result = publish_repo(source, scan=scan, **options)
+    elif args.include or args.exclude:
+        raise InputError(f"{source}: --include and --exclude choose files of a folder")
+    else:
+        result = publish_file(source, **options)
     told = tell_node(args.socket) if args.socket else None
     if args.json:
         doc = result.to_json()
         if told is not None:
             doc["node_told"] = told
+        if scan is not None:
+            doc["excluded_files"] = scan.excluded
+            doc["duplicate_weights"] = list(scan.duplicates)
         print_json(doc)
         return 0
     m = result.signed.manifest
     print(f"published {m.name} version {m.version} ({m.codec}) as {result.signed.model_id}")
+    if scan is not None:
+        for line in repo_summary(scan, m.files, len(m.tensors)):
+            print(line)
     print(f"  source {human_bytes(result.source_bytes)}, encoded {human_bytes(result.total_bytes)}")
     for lv in result.levels:
         frac = lv.cumulative_bytes / max(1, result.source_bytes)
@@ -68,6 +86,32 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if told:
         print(f"  the node at {args.socket} serves it now")
     return 0
+
+
+def repo_summary(scan: RepoScan, files: Sequence[RepoFile], tensors: int) -> list[str]:
+    """What a publish of a folder coded and what it carried whole."""
+    coded = [f for f in files if f.coded]
+    whole = [f for f in files if not f.coded]
+    lines = [
+        f"  coded {len(coded)} safetensors file(s), {tensors:,} tensors, "
+        f"{human_bytes(sum(f.size for f in coded))}",
+        f"  carried whole in level 0: {len(whole)} file(s), "
+        f"{human_bytes(sum(f.size for f in whole))}"
+        + (f"; left out {scan.excluded} by --include/--exclude" if scan.excluded else ""),
+    ]
+    shown = whole if len(whole) <= 12 else whole[:10]
+    lines += [f"    {f.path}  {human_bytes(f.size)}" for f in shown]
+    if len(shown) < len(whole):
+        lines.append(f"    ... and {len(whole) - len(shown)} more")
+    if scan.duplicates:
+        dup = sum(f.size for f in whole if f.path in set(scan.duplicates))
+        lines.append(
+            f"  note: {len(scan.duplicates)} file(s) look like another copy of the weights "
+            f"({', '.join(scan.duplicates[:4])}{' ...' if len(scan.duplicates) > 4 else ''}; "
+            f"{human_bytes(dup)}), carried whole ahead of every level: leave them out with "
+            "--exclude to make level 0 smaller"
+        )
+    return lines
 
 
 def codec_param(text: str) -> tuple[str, Any]:
@@ -154,6 +198,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     m = signed.manifest
     level = parse_level(args.level, m.levels_total)
     out = Path(args.out)
+    if m.is_repository:
+        check_out_dir(out)
     try:
         nbytes = store.decode(signed, level, out)
     except Unusable:
@@ -170,11 +216,31 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         "out": str(out),
         "bytes": nbytes,
     }
+    if m.is_repository:
+        doc["files"] = len(m.files)
     if args.json:
         print_json(doc)
     else:
-        print(f"wrote {out}: {m.name} level {level}/{m.levels_total - 1} ({human_bytes(nbytes)})")
+        what = f"{len(m.files)} files, " if m.is_repository else ""
+        print(
+            f"wrote {out}: {m.name} level {level}/{m.levels_total - 1} "
+            f"({what}{human_bytes(nbytes)})"
+        )
     return 0
+
+
+def check_out_dir(out: Path) -> None:
+    """A repository is written as a folder: ``out`` must be new, empty, or one peerprog
+    wrote (it has the marker), never an app's own folder."""
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder (a repository is written as one)")
+    if not (out / MARKER).is_file() and any(out.iterdir()):
+        raise InputError(
+            f"{out}: a folder peerprog did not write (it has no {MARKER}); "
+            "remove it or choose another"
+        )
 
 
 def not_intact(store: Store, signed: SignedManifest, level: int) -> str:
@@ -236,6 +302,10 @@ def inspect_doc(store: Store, signed: SignedManifest) -> dict[str, object]:
         "complete": len(held) == len(m.chunks),
         "metadata": m.metadata,
         "levels": levels,
+        "files": [
+            {"path": f.path, "size": f.size, "coded": f.coded, "sha256": f.sha256.hex()}
+            for f in m.files
+        ],
     }
 
 
@@ -255,8 +325,15 @@ def inspect_lines(doc: dict[str, Any]) -> list[str]:
         f"{doc['tensors']} tensors",
         f"  encoded    {human_bytes(doc['total_bytes'])} in {doc['chunks']} chunks of "
         f"{human_bytes(doc['chunk_size'])}; {held}",
-        "  level  bytes       bits/weight  of source  chunks held  rel. error",
     ]
+    files = doc["files"]
+    if files:
+        coded = sum(1 for f in files if f["coded"])
+        lines.append(
+            f"  files      {len(files)} ({coded} coded safetensors, {len(files) - coded} "
+            f"carried whole: {human_bytes(sum(f['size'] for f in files if not f['coded']))})"
+        )
+    lines.append("  level  bytes       bits/weight  of source  chunks held  rel. error")
     for lv in doc["levels"]:
         err = lv["quality"].get("rel_rmse_ppm")
         rel = "" if err is None else f"{err / 1e6:.2e}" if err else "exact"
@@ -288,13 +365,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     store = Store(Path(args.store), create=False)
-    rows = [["name", "version", "id", "levels", "size", "state"]]
+    rows = [["name", "version", "id", "levels", "files", "size", "state"]]
     docs = []
     for model_id in store.model_ids():
         try:
             signed = store.load_manifest(model_id, None)
         except PeerprogError as e:
-            rows.append(["?", "?", model_id[:12], "", "", f"unreadable: {e}"])
+            rows.append(["?", "?", model_id[:12], "", "", "", f"unreadable: {e}"])
             continue
         docs.append(inspect_doc(store, signed))
     docs.sort(key=lambda d: (str(d["name"]), -int(d["version"])))  # type: ignore[call-overload]
@@ -311,6 +388,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 str(d["version"]),
                 str(d["model_id"])[:12],
                 f"{full}/{len(lv)}",
+                str(len(d["files"])) if d["files"] else "-",  # type: ignore[arg-type]
                 human_bytes(int(d["total_bytes"])),  # type: ignore[call-overload]
                 state,
             ]
@@ -333,7 +411,27 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("publish", help="encode, sign and store a model")
-    p.add_argument("source", help=".safetensors, .pt/.pth state dict or .npz")
+    p.add_argument(
+        "source",
+        help="a folder (a repository: every .safetensors file coded, every other file carried "
+        "whole), or one .safetensors, .pt/.pth state dict or .npz file",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="publish only the files of the folder matching GLOB (as huggingface-cli "
+        "download's; a pattern ending in / means that folder); repeatable",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out the files matching GLOB, e.g. '*.bin' or 'onnx/'; repeatable "
+        "(.git/ is always left out)",
+    )
     p.add_argument(
         "--name",
         required=True,
@@ -372,7 +470,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("reconstruct", help="write a level's approximation as safetensors")
+    p = sub.add_parser(
+        "reconstruct",
+        help="write a level's approximation: a safetensors file, or a repository's folder",
+    )
     p.add_argument("name", help="model name, id, or the start of an id")
     p.add_argument("--store", required=True)
     p.add_argument("--level", required=True, help="a level number or 'max'")

@@ -26,7 +26,7 @@ import numpy as np
 from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import DTYPES, name_of
 from peerprog.errors import FormatError, InputError
-from peerprog.formats.safetensors import MAX_HEADER, check_entry
+from peerprog.formats.safetensors import MAX_HEADER, check_entry, check_metadata, check_spans
 
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz")
 _MADV_DONTNEED = 4
@@ -132,30 +132,35 @@ class _Safetensors(ModelReader):
             (hlen,) = struct.unpack("<Q", head)
             if hlen > MAX_HEADER or 8 + hlen > size:
                 raise FormatError("not a safetensors file: header length out of range (truncated?)")
+            raw = self._file.read(hlen)
             try:
-                header = json.loads(self._file.read(hlen))
+                header = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise FormatError(f"not a safetensors file: bad JSON header ({e})") from None
             if not isinstance(header, dict):
                 raise FormatError("not a safetensors file: header is not a JSON object")
-            meta = header.pop("__metadata__", None) or {}
-            if not isinstance(meta, dict):
-                raise FormatError("safetensors __metadata__ is not an object")
-            self.metadata = {str(k): str(v) for k, v in meta.items()}
+            self.metadata = check_metadata(header.pop("__metadata__", None))
+            self.header = head + raw
+            """The file's header as it is on disk: the 8-byte length and the JSON."""
             self._base = 8 + hlen
             body = size - self._base
             self._spans: dict[str, tuple[int, int]] = {}
+            infos: dict[str, TensorInfo] = {}
             for name, info in header.items():
                 dname, shape, start, end = check_entry(name, info, body)
-                self._infos.append(TensorInfo(name, dname, shape))
+                infos[name] = TensorInfo(name, dname, shape)
                 self._spans[name] = (start, end)
+            self.data_order = check_spans(self._spans, body)
+            """The tensors' names in the order of their data in the file."""
+            self._infos = list(infos.values())
+            self._by_name = infos
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         except BaseException:
             self._file.close()
             raise
 
     def read(self, name: str) -> RawTensor:
-        info = next(i for i in self._infos if i.name == name)
+        info = self._by_name[name]
         start, end = self._spans[name]
         dt = DTYPES[info.dtype]
         if end == start or self._map is None:

@@ -99,13 +99,14 @@ def parse_safetensors(
     if not isinstance(header, dict):
         raise FormatError("not a safetensors file: header is not a JSON object")
     body = view[8 + hlen :]
-    meta_raw = header.pop("__metadata__", None) or {}
-    if not isinstance(meta_raw, dict):
-        raise FormatError("safetensors __metadata__ is not an object")
-    metadata = {str(k): str(v) for k, v in meta_raw.items()}
+    metadata = check_metadata(header.pop("__metadata__", None))
     tensors: dict[str, RawTensor] = {}
+    spans: dict[str, tuple[int, int]] = {}
     for name, info in header.items():
+        _, _, start, end = check_entry(name, info, len(body))
+        spans[name] = (start, end)
         tensors[name] = _tensor(name, info, body, copy)
+    check_spans(spans, len(body))
     return tensors, metadata
 
 
@@ -131,6 +132,49 @@ def check_entry(name: str, info: object, body_size: int) -> tuple[str, tuple[int
     if not 0 <= start <= end <= body_size or end - start != numel * dt.itemsize:
         raise FormatError(f"safetensors tensor {name!r}: data out of range or wrong size")
     return dt.name, tuple(shape), start, end
+
+
+def check_metadata(meta: object) -> dict[str, str]:
+    """A header's ``__metadata__``: a map of strings to strings (the format allows nothing
+    else); :class:`FormatError` if it is not."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise FormatError("safetensors __metadata__ is not an object")
+    for k, v in meta.items():
+        if not isinstance(v, str):
+            raise FormatError(
+                f"safetensors __metadata__ value of {k!r:.60} is not a string (the format "
+                "allows only strings)"
+            )
+    return dict(meta)
+
+
+def check_spans(spans: Mapping[str, tuple[int, int]], body_size: int) -> list[str]:
+    """The tensors' names in the order of their data, checked as the format requires: the
+    data section is covered exactly, with no tensor overlapping another and no hole."""
+    order = sorted(spans, key=lambda n: spans[n])
+    pos = 0
+    prev = None
+    for name in order:
+        start, end = spans[name]
+        if start < pos:
+            raise FormatError(
+                f"safetensors tensor {name!r:.80}: its data overlaps tensor {prev!r:.80}'s"
+            )
+        if start > pos:
+            raise FormatError(
+                f"safetensors tensor {name!r:.80}: a gap of {start - pos} bytes before its data "
+                "(the format allows none)"
+            )
+        pos = end
+        prev = name
+    if pos != body_size:
+        raise FormatError(
+            f"safetensors data section has {body_size - pos} bytes no tensor covers "
+            "(truncated header or trailing data)"
+        )
+    return order
 
 
 def _tensor(name: str, info: object, body: memoryview, copy: bool) -> RawTensor:

@@ -17,6 +17,7 @@ from peerprog.codec.dtypes import DTYPES
 from peerprog.codec.layout import ParamValue, Segment, TensorLayout
 from peerprog.errors import VerificationError
 from peerprog.manifest.canonical import pack, unpack
+from peerprog.manifest.tree import RepoFile, parse_files
 
 FORMAT_VERSION = 1
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
@@ -77,6 +78,22 @@ class Manifest:
     created: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+    files: tuple[RepoFile, ...] = ()
+    """A repository's files (:mod:`peerprog.manifest.tree`); empty for a single model file."""
+
+    @property
+    def is_repository(self) -> bool:
+        """Published from a folder: apps get a directory, not one safetensors file."""
+        return bool(self.files)
+
+    def file(self, path: str) -> RepoFile | None:
+        """The repository file at ``path``, if there is one."""
+        index = self.__dict__.get("_files_by_path")
+        if index is None:
+            index = {f.path: f for f in self.files}
+            object.__setattr__(self, "_files_by_path", index)
+        found: RepoFile | None = index.get(path)
+        return found
 
     @property
     def total_bytes(self) -> int:
@@ -94,9 +111,12 @@ class Manifest:
         raise IndexError(index)
 
     def to_body(self) -> bytes:
-        """The canonical msgpack body."""
+        """The canonical msgpack body (``files`` only for a repository, so a single file's
+        body is as it always was)."""
+        extra = {"files": [f.to_wire() for f in self.files]} if self.files else {}
         return pack(
             {
+                **extra,
                 "format": self.format,
                 "name": self.name,
                 "version": self.version,
@@ -175,6 +195,8 @@ def parse_body(body: bytes) -> Manifest:
     chunks = _parse_chunks(_get(m, "chunks", list, ""), chunk_size)
     levels = _parse_levels(_get(m, "levels", list, ""), chunks)
     tensors = _parse_tensors(_get(m, "tensors", list, ""), levels)
+    files = parse_files(m["files"], levels[0].bytes, len(tensors)) if "files" in m else ()
+    _check_sizes(files, tensors)
     return Manifest(
         name=name,
         version=_nat(m, "version", ""),
@@ -188,7 +210,25 @@ def parse_body(body: bytes) -> Manifest:
         created=_nat(m, "created", ""),
         metadata=metadata,
         format=fmt,
+        files=files,
     )
+
+
+def _check_sizes(files: tuple[RepoFile, ...], tensors: tuple[TensorLayout, ...]) -> None:
+    """A coded file is its header and its tensors' data, nothing else; its tensors are
+    named after it."""
+    for f in files:
+        if not f.coded:
+            continue
+        data = 0
+        prefix = f.path + "/"
+        for i in f.tensors:
+            t = tensors[i]
+            if not t.name.startswith(prefix):
+                raise VerificationError(f"manifest: tensor {t.name!r:.80} is not in {f.path!r}")
+            data += t.numel * DTYPES[t.dtype].itemsize
+        if f.blob.length + data != f.size:
+            raise VerificationError(f"manifest: {f.path!r} size does not match its tensors")
 
 
 def _parse_chunks(raw: list[Any], chunk_size: int) -> tuple[Chunk, ...]:

@@ -2,10 +2,11 @@
 
 Each level reached is written as a safetensors file, ``decoded/<level>.safetensors``,
 tensor by tensor from the previous level's file and the new level's bytes
-(:func:`peerprog.store.build_level`, in a worker thread). The newest file is kept and older
-ones are removed: an answer still sending one holds it open, so removing it is safe. While
-the store's disk is full, the file is written in the system's temporary directory instead,
-so that apps are still served.
+(:func:`peerprog.store.build_level`, in a worker thread); a repository's level is a folder,
+``decoded/<level>/``, holding every file of the tree (:func:`peerprog.store.build_tree`).
+The newest level is kept and older ones are removed: an answer still sending one holds it
+open, so removing it is safe. While the store's disk is full, the level is written in the
+system's temporary directory instead, so that apps are still served.
 
 For a model the node wants, levels are built as they complete — except one that would be
 superseded before it is built (the next level is due sooner than a build takes): on a fast
@@ -30,7 +31,8 @@ from pathlib import Path
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
-from peerprog.store import ModelFiles, Unusable, build_level
+from peerprog.store import ModelFiles, Unusable, build_level, build_tree
+from peerprog.swarm import Bitfield
 
 log = logging.getLogger("peerprog.node")
 DECODE_BYTES_PER_S = 150e6
@@ -41,7 +43,7 @@ worth it also slows the download it shares the cores with."""
 
 @dataclass(frozen=True)
 class Built:
-    """A decoded level file."""
+    """A decoded level: a safetensors file, or a repository's folder."""
 
     level: int
     path: Path
@@ -145,21 +147,14 @@ class DecodedLevels:
                 level = s.best_level
                 old = self.built
                 prior = old.path if old is not None and old.level == level - 1 else None
-                path = folder / f"{level}.safetensors"
+                repo = s.manifest.is_repository
+                path = folder / (str(level) if repo else f"{level}.safetensors")
                 folder.mkdir(exist_ok=True)
                 t0 = time.monotonic()
                 began = asyncio.get_running_loop().time()
                 try:
                     size = await asyncio.to_thread(
-                        build_level,
-                        s.manifest,
-                        s.model_id,
-                        self._files,
-                        s.have.copy(),
-                        level,
-                        path,
-                        prior=prior,
-                        cancel=self._cancel,
+                        self._build_one, s.have.copy(), level, path, prior
                     )
                 except OSError as e:
                     if e.errno not in (errno.ENOSPC, errno.EDQUOT) or folder != self._folder:
@@ -188,11 +183,36 @@ class DecodedLevels:
                     "%s v%d: level %d decoded in %.2f s", s.manifest.name, s.version, level, took
                 )
                 if old is not None and old.path != path:
-                    with contextlib.suppress(OSError):
-                        old.path.unlink()
+                    await asyncio.to_thread(_remove, old.path)
                 self._wake()
         finally:
             self._wake()
+
+    def _build_one(self, held: Bitfield, level: int, path: Path, prior: Path | None) -> int:
+        """Build ``level`` at ``path`` from the chunks ``held`` (blocking: in a worker
+        thread)."""
+        s = self._state
+        if s.manifest.is_repository:
+            return build_tree(
+                s.manifest,
+                self._files,
+                held,
+                level,
+                path,
+                prior=prior,
+                cancel=self._cancel,
+                model_id=s.model_id,
+            )
+        return build_level(
+            s.manifest,
+            s.model_id,
+            self._files,
+            held,
+            level,
+            path,
+            prior=prior,
+            cancel=self._cancel,
+        )
 
     def _failed(self, level: int, e: Exception) -> None:
         self.error = str(e)
@@ -206,3 +226,12 @@ class DecodedLevels:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def _remove(path: Path) -> None:
+    """Remove a superseded decoded level (a file, or a repository's folder)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()

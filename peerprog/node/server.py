@@ -36,7 +36,7 @@ from peerprog.node.protocol import (
 )
 from peerprog.node.ratelimit import TokenBucket, throttle
 from peerprog.node.state import ModelState
-from peerprog.sendfile import send_range
+from peerprog.sendfile import parse_range, send_range, unsatisfiable
 from peerprog.store import ModelFiles
 from peerprog.swarm.uploads import QUEUE, SERVE, UploadSlots
 from peerprog.urls import valid_url
@@ -157,34 +157,6 @@ async def get_have(request: web.Request) -> web.StreamResponse:
     return web.Response(body=encode_have_delta(delta), content_type=MSGPACK)
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``Range: bytes=a-b`` (or ``a-``, ``-n``) of a ``size``-byte file as (start, stop);
-    None without a header; :class:`web.HTTPRequestRangeNotSatisfiable` if it is malformed,
-    several ranges, or outside the file."""
-    if header is None:
-        return None
-    unit, _, spec = header.strip().partition("=")
-    first, dash, last = spec.strip().partition("-")
-    ok = unit.strip().lower() == "bytes" and bool(dash) and "," not in spec
-    ok = ok and all(not x or (x.isascii() and x.isdigit() and len(x) <= 18) for x in (first, last))
-    if not ok or (not first and not last):
-        raise _unsatisfiable(size)
-    if not first:  # the last n bytes
-        start, stop = max(0, size - int(last)), size
-    else:
-        start = int(first)
-        stop = min(size, int(last) + 1) if last else size
-    if start >= stop or start >= size:
-        raise _unsatisfiable(size)
-    return start, stop
-
-
-def _unsatisfiable(size: int) -> web.HTTPRequestRangeNotSatisfiable:
-    return web.HTTPRequestRangeNotSatisfiable(
-        headers={"Content-Range": f"bytes */{size}"}, text="range not held"
-    )
-
-
 async def get_level(request: web.Request) -> web.StreamResponse:
     """A byte range of a level file (206), or the whole level (200), by ``sendfile``;
     416 unless every chunk it touches is held, verified and intact."""
@@ -209,7 +181,7 @@ async def get_level(request: web.Request) -> web.StreamResponse:
                 log.error("not serving chunk %d of %s…: damaged on disk", i, state.model_id[:12])
         if span is None:
             raise web.HTTPNotFound(text="level not held whole")
-        raise _unsatisfiable(lv.bytes)
+        raise unsatisfiable(lv.bytes)
     headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{lv.bytes}"

@@ -149,6 +149,7 @@ class ModelState:
             "bytes_total": m.total_bytes,
             "complete": self.complete,
             "peers": len(self.sources),
+            "files": len(m.files),
         }
 
 

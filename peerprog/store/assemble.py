@@ -16,7 +16,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +134,10 @@ class DecodedFile:
             self._file.close()
             raise
 
-    def array(self, layout: TensorLayout) -> np.ndarray[Any, Any] | None:
-        info = self._header.get(layout.name)
+    def array(self, layout: TensorLayout, key: str | None = None) -> np.ndarray[Any, Any] | None:
+        """The tensor ``layout`` describes, found under ``key`` (default: its name); None if
+        the file does not hold it as described."""
+        info = self._header.get(layout.name if key is None else key)
         dt = DTYPES[layout.dtype]
         if not isinstance(info, dict) or info.get("shape") != list(layout.shape):
             return None
@@ -149,6 +151,56 @@ class DecodedFile:
         with contextlib.suppress(BufferError):
             self._map.close()
         self._file.close()
+
+
+Prior = Callable[[TensorLayout], "np.ndarray[Any, Any] | None"]
+"""A tensor's array at the level before, if there is one to refine."""
+
+
+def decode_into(
+    manifest: Manifest,
+    files: ModelFiles,
+    level: int,
+    jobs: Iterable[tuple[TensorLayout, int, int, Prior]],
+    cancel: threading.Event | None = None,
+) -> None:
+    """Decode each job's tensor at ``level`` and write it into file descriptor ``fd`` at
+    ``offset``: ``(layout, fd, offset, prior)``. :data:`DECODE_THREADS` tensors at a time;
+    :class:`Cancelled` if ``cancel`` is set meanwhile. Blocking."""
+    codec = get_codec(manifest.codec)
+    params = manifest.codec_params
+    stop = threading.Event()
+
+    def one(t: TensorLayout, fd: int, offset: int, prior: Prior) -> None:
+        if stop.is_set() or (cancel is not None and cancel.is_set()):
+            raise Cancelled()
+        try:
+            arr = codec.decode_tensor(params, t, _Pieces(files, t, level), prior(t))
+        except FormatError as e:
+            raise FormatError(f"model {manifest.name}: level {level}: {e}") from None
+        data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], offset + done)
+
+    # the pool is left (its workers done) before the caller closes or removes its files
+    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool:
+        pending: list[Future[None]] = []
+        try:
+            for job in jobs:
+                pending.append(pool.submit(one, *job))
+                if len(pending) > DECODE_THREADS:
+                    pending.pop(0).result()
+            for fut in pending:
+                fut.result()
+        except BaseException:
+            stop.set()
+            raise
+
+
+def needed_chunks(manifest: Manifest, level: int) -> list[int]:
+    """The chunks of levels 0..``level``."""
+    return [i for lv in manifest.levels[: level + 1] for i in lv.chunks]
 
 
 def build_level(
@@ -165,15 +217,14 @@ def build_level(
     """Write ``manifest`` decoded at ``level`` to ``out`` (atomically); ``prior`` is its
     decoded file of level ``level - 1``, if there is one. Returns the file's size.
     :class:`Unusable` if a chunk it needs is missing or damaged, :class:`Cancelled` if
-    ``cancel`` is set meanwhile. Blocking."""
-    needed = [i for lv in manifest.levels[: level + 1] for i in lv.chunks]
+    ``cancel`` is set meanwhile. Blocking. (A repository is built as a folder:
+    :func:`peerprog.store.assemble_tree.build_tree`.)"""
+    needed = needed_chunks(manifest, level)
     if not files.usable(needed, held):
         raise Unusable(f"model {manifest.name}: level {level} is not held whole and intact")
-    codec = get_codec(manifest.codec)
-    params = manifest.codec_params
     lay = file_layout(manifest.tensors, level_metadata(manifest, model_id, level))
     tmp = out.parent / f"{TMP_PREFIX}{out.name}.{os.getpid()}.{threading.get_ident()}"
-    before = prior_file = None
+    prior_file = None
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(fd, lay.size)
@@ -183,34 +234,11 @@ def build_level(
                 prior_file = DecodedFile(prior)
         before = prior_file
 
-        stop = threading.Event()
+        def previous(t: TensorLayout) -> np.ndarray[Any, Any] | None:
+            return before.array(t) if before is not None else None
 
-        def one(t: TensorLayout) -> None:
-            if stop.is_set() or (cancel is not None and cancel.is_set()):
-                raise Cancelled()
-            p = before.array(t) if before is not None else None
-            try:
-                arr = codec.decode_tensor(params, t, _Pieces(files, t, level), p)
-            except FormatError as e:
-                raise FormatError(f"model {manifest.name}: level {level}: {e}") from None
-            data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
-            done = 0
-            while done < len(data):
-                done += os.pwrite(fd, data[done:], lay.offsets[t.name] + done)
-
-        # the pool is left (its workers done) before the file is closed or removed
-        with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool:
-            pending: list[Future[None]] = []
-            try:
-                for t in manifest.tensors:
-                    pending.append(pool.submit(one, t))
-                    if len(pending) > DECODE_THREADS:
-                        pending.pop(0).result()
-                for fut in pending:
-                    fut.result()
-            except BaseException:
-                stop.set()
-                raise
+        jobs = ((t, fd, lay.offsets[t.name], previous) for t in manifest.tensors)
+        decode_into(manifest, files, level, jobs, cancel)
         if not files.usable(needed, held):  # changed on disk while we read it
             raise Unusable(f"model {manifest.name}: level {level} changed on disk while decoded")
         os.replace(tmp, out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def clean_temporaries(folder: Path) -> int:
         for p in folder.iterdir():
             if p.name.startswith(TMP_PREFIX):
                 with contextlib.suppress(OSError):
-                    p.unlink()
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)  # a decoded repository level, half-written
+                    else:
+                        p.unlink()
                     n += 1
     return n

@@ -6,7 +6,8 @@
 <store>/models/<model_id>/manifest.msgpack
 <store>/models/<model_id>/levels/<n>      level n's encoded bytes; chunk k at its offset
 <store>/models/<model_id>/verified        which chunks are verified (node-private)
-<store>/models/<model_id>/decoded/        decoded levels as safetensors (node-private)
+<store>/models/<model_id>/decoded/        decoded levels as safetensors, or folders for a
+                                          repository (node-private)
 ```
 
 Every path component is validated (names, 64-hex ids, level numbers), so nothing a peer
@@ -39,6 +40,7 @@ from peerprog.manifest import (
     verify_chunk,
 )
 from peerprog.store.assemble import build_level
+from peerprog.store.assemble_tree import build_tree
 from peerprog.store.atomic import TMP_PREFIX, clean_temporaries, fsync_dir, write_atomic
 from peerprog.store.levels import LEVELS, ModelFiles
 from peerprog.swarm import Bitfield
@@ -208,12 +210,23 @@ class Store:
     def decode(
         self, signed: SignedManifest, level: int, out: Path, *, prior: Path | None = None
     ) -> int:
-        """Write a stored model decoded at ``level`` to ``out`` as safetensors (from its
-        verified chunks; ``prior``: its decoded file of the level before, if any). Returns
-        the file's size; :class:`~peerprog.store.assemble.Unusable` if a chunk is missing.
-        Blocking."""
+        """Write a stored model decoded at ``level`` to ``out`` as safetensors, or, for a
+        repository, as the folder ``out`` with its marker (from its verified chunks;
+        ``prior``: its decoded file or folder of the level before, if any). Returns the bytes
+        written; :class:`~peerprog.store.assemble.Unusable` if a chunk is missing. Blocking."""
         with self.open_files(signed) as files:
             held = files.recorded()
+            if signed.manifest.is_repository:
+                return build_tree(
+                    signed.manifest,
+                    files,
+                    held,
+                    level,
+                    out,
+                    prior=prior,
+                    durable=True,
+                    model_id=signed.model_id,
+                )
             return build_level(
                 signed.manifest, signed.model_id, files, held, level, out, prior=prior
             )

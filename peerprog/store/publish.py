@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -32,6 +32,7 @@ from peerprog.manifest import Chunk, Level, Manifest, SignedManifest, seal, vali
 from peerprog.manifest.canonical import pack
 from peerprog.manifest.chunking import chunk_size_for
 from peerprog.manifest.model import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from peerprog.manifest.tree import RepoFile
 from peerprog.store.atomic import fsync_dir, write_atomic
 from peerprog.store.disk import MANIFEST, PUBLISHED, Store
 from peerprog.store.levels import LEVELS, RECORD_VERSION
@@ -41,6 +42,19 @@ Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: ``("encode", bytes done, source bytes)``."""
 
 ENCODE_THREADS = 2
+
+
+class TreeSource(Protocol):
+    """A repository's files around the tensors (:mod:`peerprog.store.publish_tree`)."""
+
+    def write_blobs(self, append: Callable[[memoryview], None]) -> None:
+        """Append every file's level-0 bytes (whole files, safetensors headers) in order."""
+
+    def tensor_read(self, name: str, tensor: RawTensor) -> None:
+        """The tensor ``name`` went by, in stream order (its file's hash takes it in)."""
+
+    def files(self) -> tuple[RepoFile, ...]:
+        """The manifest's file entries, once everything went by."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class PublishResult:
                 {"level": s.level, "bytes": s.bytes, "cumulative_bytes": s.cumulative_bytes}
                 for s in self.levels
             ],
+            "files": [{"path": f.path, "size": f.size, "coded": f.coded} for f in m.files],
         }
 
 
@@ -170,10 +185,12 @@ def publish_model(
     metadata: Mapping[str, str] | None = None,
     quality: bool = True,
     progress: Progress | None = None,
+    tree: TreeSource | None = None,
 ) -> PublishResult:
     """Encode, chunk, sign and store the tensors of ``reader`` as the newest version of
     ``name``. The manifest's metadata is the source file's own (less ``peerprog.*`` keys)
-    with ``metadata`` over it."""
+    with ``metadata`` over it. With ``tree`` (a repository), its files' level-0 bytes lead
+    level 0 and its file entries go into the manifest."""
     if not valid_name(name):
         raise InputError(f"{name!r} is not a valid model name (letters, digits, . _ -)")
     infos = reader.infos()
@@ -203,7 +220,11 @@ def publish_model(
         writers = [_LevelWriter(staged / LEVELS / str(n), chunk_size) for n in range(nlevels)]
         layouts = []
         done = 0
+        if tree is not None:
+            tree.write_blobs(lambda piece: writers[0].append([piece]))
         for tname, tensor, enc in _encoded(reader, c, merged, plans):
+            if tree is not None:
+                tree.tensor_read(tname, tensor)
             segments = []
             for w, pieces, size in zip(writers, enc.pieces, enc.sizes(), strict=True):
                 segments.append(Segment(w.size, size))
@@ -237,6 +258,7 @@ def publish_model(
             source_bytes=source_bytes,
             created=int(time.time()),
             metadata=meta,
+            files=tree.files() if tree is not None else (),
         )
         signed = seal(manifest, key)
         _write_record(staged, manifest)

@@ -32,7 +32,7 @@ from aiohttp import ClientSession, web
 from aiohttp.typedefs import Handler
 
 from peerprog.manifest.canonical import pack
-from peerprog.node.server import parse_range
+from peerprog.sendfile import parse_range
 from peerprog.store import Store
 from peerprog.swarm import Bitfield
 

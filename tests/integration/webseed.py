@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from peerprog.node.server import parse_range
+from peerprog.sendfile import parse_range
 
 MODES = ("range", "whole", "gzip", "short", "garbage", "refuse")
 

@@ -27,6 +27,7 @@ RANKS = {
     "peerprog.errors": 0,
     "peerprog.urls": 0,
     "peerprog.sendfile": 0,
+    "peerprog.dirswap": 0,
     "peerprog.ui": 0,  # the web UI's static files; the api serves them
     "peerprog.codec": 1,
     "peerprog.swarm": 1,
@@ -43,7 +44,12 @@ RANKS = {
     "peerprog.__main__": 7,
     "peerprog": 7,
 }
-API_CLIENT_SIDE = ("peerprog.api.client", "peerprog.api.wire", "peerprog.api.model")
+API_CLIENT_SIDE = (
+    "peerprog.api.client",
+    "peerprog.api.wire",
+    "peerprog.api.model",
+    "peerprog.api.tree",
+)
 
 
 def modules() -> dict[str, Path]:
