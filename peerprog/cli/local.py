@@ -14,10 +14,10 @@ from typing import Any
 from peerprog.cli.output import human_bytes, human_seconds, print_json
 from peerprog.codec import CODECS, DEFAULT_CODEC, exact_at
 from peerprog.errors import InputError, PeerprogError
-from peerprog.store.scan import RepoScan, scan_repo
 from peerprog.manifest import SignedManifest, generate_key_file, load_key_file, valid_name
 from peerprog.manifest.tree import MARKER, RepoFile
 from peerprog.store import Store, Unusable, publish_file, publish_repo
+from peerprog.store.scan import RepoScan, scan_repo
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

@@ -18,9 +18,9 @@ from typing import Any
 from peerprog.codec.base import RawTensor
 from peerprog.codec.layout import Segment
 from peerprog.errors import InputError
-from peerprog.store.scan import RepoReader, RepoScan, scan_repo
 from peerprog.manifest.tree import SAFETENSORS, WHOLE, RepoFile
 from peerprog.store.publish import PublishResult, publish_model
+from peerprog.store.scan import RepoReader, RepoScan, scan_repo
 
 BLOCK = 4 << 20
 """Bytes read at a time from a file carried whole."""

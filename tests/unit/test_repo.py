@@ -19,10 +19,10 @@ from peerprog.codec.base import RawTensor
 from peerprog.dirswap import swap_dir
 from peerprog.errors import FormatError, InputError, VerificationError
 from peerprog.formats import write_safetensors
-from peerprog.store.scan import kept, scan_repo
 from peerprog.manifest.model import parse_body
 from peerprog.manifest.tree import MARKER, parse_files, path_problem
 from peerprog.store import Store, publish_file, publish_repo
+from peerprog.store.scan import kept, scan_repo
 
 KEY = Ed25519PrivateKey.generate()
 
