@@ -41,6 +41,12 @@ MODEL_FAMILIES: tuple[tuple[str, str, str, Callable[[ModelView], float]], ...] =
     ),
     ("peerprog_model_complete", "gauge", "1 once every chunk is held.", lambda s: int(s.complete)),
     (
+        "peerprog_model_files",
+        "gauge",
+        "Files of a repository (0 for a single model file).",
+        lambda s: len(s.manifest.files),
+    ),
+    (
         "peerprog_chunks_verified_total",
         "counter",
         "Chunks received that passed verification.",

@@ -98,7 +98,7 @@ class Card {
     f.id.hidden = wanted;
     f.open.hidden = wanted;
     f.version.textContent = wanted ? "wanted" : `v${doc.version}`;
-    f.codec.textContent = doc.codec ?? "";
+    f.codec.textContent = (doc.codec ?? "") + (doc.files ? ` · ${doc.files} files` : "");
     f.codec.hidden = !doc.codec;
     f.id.textContent = wanted ? "" : doc.model_id.slice(0, 12);
     f.id.title = doc.model_id ?? "";
