@@ -72,7 +72,7 @@ def error_json(answer: Any, status: int, code: str) -> dict[str, str]:
 
 STATUS_FIELDS = {
     "name", "model_id", "version", "codec", "level", "levels_total", "bytes_received",
-    "bytes_total", "complete", "peers", "problem",
+    "bytes_total", "complete", "peers", "problem", "files",
 }  # fmt: skip
 
 
