@@ -28,9 +28,9 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, overload
 
-from peerprog.api.errors import ApiError, LevelGone, LevelTimeout
+from peerprog.api.errors import ApiError, LevelTimeout
 from peerprog.api.model import PIECE, BestModel, BestSink
-from peerprog.api.tree import BestDir, DirStage, Tree, parse_tree
+from peerprog.api.tree import Answer, BestDir, best_dir_calls
 from peerprog.api.wire import (
     Event,
     EventParser,
@@ -38,12 +38,10 @@ from peerprog.api.wire import (
     best_path,
     default_socket,
     error_of,
-    file_path,
     json_body,
     model_path,
     not_running,
     remove_path,
-    tree_path,
 )
 
 if TYPE_CHECKING:
@@ -51,24 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncClient", "BestDir", "BestModel", "Client"]
 
-Answer = tuple[int, Mapping[str, str], bytearray]
-"""Status, headers (names in lower case), body."""
 WATCH_WAIT = 60.0
-TREE_TRIES = 5
-"""Times a directory is begun again when the daemon moves on to a newer level mid-way."""
 PathArg = str | os.PathLike[str]
-
-
-def _tree_answer(status: int, headers: Mapping[str, str], body: bytearray) -> Tree | None:
-    if status == 304:
-        return None
-    if status >= 400:
-        raise error_of(status, body, headers.get("retry-after"))
-    return parse_tree(json_body(body), headers)
-
-
-def _gone(name: str) -> LevelGone:
-    return LevelGone(f"{name}: the daemon kept moving to newer levels; try again")
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -253,25 +235,19 @@ class Client:
     def _best_dir(
         self, name: str, dest: Path, min_level: Level, wait: float | None, etag: str | None
     ) -> BestDir | None:
-        for _ in range(TREE_TRIES):
-            headers = {"If-None-Match": etag} if etag else None
-            tree = _tree_answer(
-                *self._request("GET", tree_path(name, min_level, wait), headers=headers, wait=wait)
-            )
-            if tree is None:
-                return None
-            try:
-                with DirStage(dest, tree) as stage:
-                    for f in stage.to_fetch():
-                        with stage.open(f) as out:
-                            target = file_path(name, f.path, tree.model_id, tree.level)
-                            status, got, body = self._request("GET", target, sink=out)
-                            if status >= 400:
-                                raise error_of(status, body, got.get("retry-after"))
-                    return stage.finish()
-            except LevelGone:
-                min_level, etag = tree.level, None  # a newer level came meanwhile: take it
-        raise _gone(name)
+        calls = best_dir_calls(name, dest, min_level, wait, etag)
+        try:
+            call = next(calls)
+            while True:
+                answer = self._request(
+                    "GET", call.target, headers=call.headers, wait=call.wait, sink=call.sink
+                )
+                call = calls.send(answer)
+        except StopIteration as done:
+            result: BestDir | None = done.value
+            return result
+        finally:
+            calls.close()  # on an error here: the half-written folder is removed
 
     def best_torch(
         self, name: str, min_level: Level = None, wait: float | None = None
@@ -509,27 +485,19 @@ class AsyncClient:
     async def _best_dir(
         self, name: str, dest: Path, min_level: Level, wait: float | None, etag: str | None
     ) -> BestDir | None:
-        for _ in range(TREE_TRIES):
-            headers = {"If-None-Match": etag} if etag else None
-            tree = _tree_answer(
-                *await self._request(
-                    "GET", tree_path(name, min_level, wait), headers=headers, wait=wait
+        calls = best_dir_calls(name, dest, min_level, wait, etag)
+        try:
+            call = next(calls)
+            while True:
+                answer = await self._request(
+                    "GET", call.target, headers=call.headers, wait=call.wait, sink=call.sink
                 )
-            )
-            if tree is None:
-                return None
-            try:
-                with DirStage(dest, tree) as stage:
-                    for f in stage.to_fetch():
-                        with stage.open(f) as out:
-                            target = file_path(name, f.path, tree.model_id, tree.level)
-                            status, got, body = await self._request("GET", target, sink=out)
-                            if status >= 400:
-                                raise error_of(status, body, got.get("retry-after"))
-                    return stage.finish()
-            except LevelGone:
-                min_level, etag = tree.level, None  # a newer level came meanwhile: take it
-        raise _gone(name)
+                call = calls.send(answer)
+        except StopIteration as done:
+            result: BestDir | None = done.value
+            return result
+        finally:
+            calls.close()
 
     async def best_torch(
         self, name: str, min_level: Level = None, wait: float | None = None

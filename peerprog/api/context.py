@@ -10,7 +10,7 @@ from peerprog.api.best import BestFile, etag_of
 from peerprog.api.errors import ApiError, LevelGone, LevelTimeout, UnknownModel
 from peerprog.api.notify import LevelNotifier
 from peerprog.api.query import BestQuery
-from peerprog.api.view import ModelView, NodeView
+from peerprog.api.view import DecodedView, ModelView, NodeView
 from peerprog.errors import InputError
 
 
@@ -85,6 +85,9 @@ class ApiContext:
             built = await self.node.decoded(state, state.best_level)
         except InputError as e:  # chunks damaged or gone under a model still served
             raise ApiError(f"{state.manifest.name}: cannot decode: {e}", status=503) from None
+        return self._best_file(state, built)
+
+    def _best_file(self, state: ModelView, built: DecodedView) -> BestFile:
         m = state.manifest
         return BestFile(
             model_id=state.model_id,
@@ -100,26 +103,23 @@ class ApiContext:
             manifest=m,
         )
 
-    async def served_level(self, name: str, model_id: str, level: int) -> BestFile:
-        """The decoded level a file request names; :class:`LevelGone` if the node serves
-        another level or version of ``name`` now, :class:`UnknownModel` if none."""
-        state = self.node.newest_served(name)
-        if state is None:
+    def served_level(self, name: str, model_id: str, level: int) -> BestFile:
+        """The decoded level a repository's file request names, as it is on disk now
+        (nothing is built for it): the newest level of the model, or the one before.
+        :class:`LevelGone` once neither is that level, :class:`UnknownModel` if the node
+        neither holds nor wants ``name``."""
+        state = self.node.models.get(model_id) if model_id else self.node.newest_served(name)
+        if state is None or state.manifest.name != name:
             if not self.knows(name):
                 raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
-            raise LevelGone(f"{name}: no level is served now")
-        if (model_id and state.model_id != model_id) or level > state.best_level:
+            raise LevelGone(f"{name}: {model_id[:12] or 'that version'} is not held now")
+        built = self.node.decoded_at(state.model_id, level)
+        if built is None:
             raise LevelGone(
-                f"{name}: level {level} of {model_id[:12] or 'that version'} is not served now "
-                f"(now: level {state.best_level} of {state.model_id[:12]}); ask for the tree again"
+                f"{name}: level {level} of {state.model_id[:12]} is no longer served (now: "
+                f"level {state.best_level}); ask for the tree again"
             )
-        best = await self._decoded(state)
-        if best.level != level:
-            raise LevelGone(
-                f"{name}: level {level} is no longer served (now: level {best.level}); "
-                "ask for the tree again"
-            )
-        return best
+        return self._best_file(state, built)
 
 
 def etag_matches(etag: str, if_none_match: str | None) -> bool:

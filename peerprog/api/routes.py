@@ -218,7 +218,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     if not text.isascii() or not text.isdigit() or len(text) > 6:
         raise BadRequest("level must be the level number the tree gave")
     model_id = request.query.get("model_id", "")
-    best = await ctx.served_level(name, model_id, int(text))
+    best = ctx.served_level(name, model_id, int(text))
     entry = best.manifest.file(path)
     if entry is None:
         raise UnknownModel(f"{name} has no file {path[:200]!r}")

@@ -1,8 +1,11 @@
-"""A repository handed to an app as a directory: :class:`BestDir`, and :class:`DirStage`,
+r"""A repository handed to an app as a directory: :class:`BestDir`, and :class:`DirStage`,
 which writes one level's files beside the destination and swaps them into place whole.
 
 Shared by :class:`~peerprog.api.client.Client` and
 :class:`~peerprog.api.client.AsyncClient` (they differ only in how they send requests):
+
+:func:`best_dir_calls` is the whole exchange as a generator of :class:`Call`\ s (sans-IO, as
+h11 is); each client only sends them:
 
 1. ``GET /v1/models/<name>/tree`` gives the level and its files (:func:`parse_tree`: every
    path checked, so nothing the daemon says is written outside the destination);
@@ -24,14 +27,18 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from peerprog.api.errors import ApiError
+from peerprog.api.errors import ApiError, LevelGone
+from peerprog.api.wire import Level, error_of, file_path, json_body, tree_path
 from peerprog.dirswap import swap_dir
 from peerprog.manifest.tree import MARKER, path_problem
+
+TREE_TRIES = 5
+"""Times a directory is begun again when the daemon moves on to a newer level mid-way."""
 
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -206,3 +213,47 @@ class DirStage:
             etag=self.tree.etag,
             files=self.tree.files,
         )
+
+
+Answer = tuple[int, Mapping[str, str], bytearray]
+"""Status, headers (names in lower case), body (empty when written to the call's sink)."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """A ``GET`` a client sends for :func:`best_dir_calls`."""
+
+    target: str
+    headers: Mapping[str, str] | None = None
+    wait: float | None = None
+    sink: BinaryIO | None = None
+    """Where a 200 answer's body goes (else it is returned)."""
+
+
+def best_dir_calls(
+    name: str, dest: Path, min_level: Level, wait: float | None, etag: str | None
+) -> Generator[Call, Answer, BestDir | None]:
+    """The requests that write the best level of the repository ``name`` as ``dest``: send
+    each :class:`Call` yielded and send its answer back in. Returns the :class:`BestDir`, or
+    None when the daemon answers 304 to ``etag``. A level the daemon moves past mid-way
+    (410) is begun again at the newer level."""
+    for _ in range(TREE_TRIES):
+        headers = {"If-None-Match": etag} if etag else None
+        status, got, body = yield Call(tree_path(name, min_level, wait), headers, wait)
+        if status == 304:
+            return None
+        if status >= 400:
+            raise error_of(status, body, got.get("retry-after"))
+        tree = parse_tree(json_body(body), got)
+        try:
+            with DirStage(dest, tree) as stage:
+                for f in stage.to_fetch():
+                    with stage.open(f) as out:
+                        target = file_path(name, f.path, tree.model_id, tree.level)
+                        status, got, body = yield Call(target, sink=out)
+                        if status >= 400:
+                            raise error_of(status, body, got.get("retry-after"))
+                return stage.finish()
+        except LevelGone:
+            min_level, etag = tree.level, None  # a newer level came meanwhile: take it
+    raise LevelGone(f"{name}: the daemon kept moving to newer levels; try again")

@@ -31,6 +31,7 @@ from peerprog.formats.safetensors import MAX_HEADER, check_entry, check_metadata
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".npz")
 _MADV_DONTNEED = 4
 _PAGE = mmap.PAGESIZE
+_RELEASE_BATCH = 1 << 20
 _libc: Any = None
 
 
@@ -70,7 +71,7 @@ class ModelReader:
 
     def release(self, tensor: RawTensor) -> None:
         """Done with a tensor read from the file: drop its pages from this process."""
-        _drop_pages(tensor.array)
+        drop_pages(tensor.array)
 
     def close(self) -> None:
         """Close the file."""
@@ -155,9 +156,41 @@ class _Safetensors(ModelReader):
             self._infos = list(infos.values())
             self._by_name = infos
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            self._span = (0, 0)  # the map's addresses
+            self._released = (0, 0)  # addresses released and not yet dropped
+            if self._map is not None:
+                start = np.frombuffer(self._map, np.uint8, 1).__array_interface__["data"][0]
+                self._span = (start, start + size)
         except BaseException:
             self._file.close()
             raise
+
+    def release(self, tensor: RawTensor) -> None:
+        """Drop the pages under the tensor from this process, the pages it shares with its
+        neighbours too: a model of many tensors smaller than a page would otherwise keep
+        the whole file resident. Tensors released one after the other in the file are
+        dropped together, a megabyte or more at a time. (Pages of a read-only file map:
+        one still needed is read again from the page cache.)"""
+        arr = tensor.array
+        addr = arr.__array_interface__["data"][0]
+        end = addr + arr.nbytes
+        if not arr.nbytes or not self._span[0] <= addr <= end <= self._span[1]:
+            return
+        start, stop = self._released
+        if addr == stop and start < stop:
+            self._released = (start, end)
+        else:
+            self._drop_released()
+            self._released = (addr, end)
+        if self._released[1] - self._released[0] >= _RELEASE_BATCH:
+            self._drop_released()
+
+    def _drop_released(self) -> None:
+        start, stop = self._released
+        if start < stop:
+            lo, hi = self._span  # (lo: a page boundary)
+            _madvise(max(start // _PAGE * _PAGE, lo), min(-(-stop // _PAGE) * _PAGE, hi))
+        self._released = (0, 0)
 
     def read(self, name: str) -> RawTensor:
         info = self._by_name[name]
@@ -224,7 +257,7 @@ class _Npz(ModelReader):
             self._npz.close()
 
 
-def _drop_pages(arr: np.ndarray[Any, Any]) -> None:
+def drop_pages(arr: np.ndarray[Any, Any]) -> None:
     """Tell the kernel this process no longer needs the mapped pages under ``arr`` (file
     pages stay in the page cache; only this process's resident set shrinks)."""
     global _libc
@@ -237,3 +270,13 @@ def _drop_pages(arr: np.ndarray[Any, Any]) -> None:
     end = (addr + arr.nbytes) // _PAGE * _PAGE
     if end > start:
         _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+def _madvise(start: int, end: int) -> None:
+    """Drop the pages at addresses ``start .. end`` (page-aligned) from this process."""
+    global _libc
+    if end <= start:
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)

@@ -119,6 +119,12 @@ class Catalog:
             raise KeyError(state.model_id)
         return await self._decoded[state.model_id].get(level)
 
+    def decoded_at(self, model_id: str, level: int) -> Built | None:
+        """The decoded level ``level`` of ``model_id`` if it is on disk now (never built
+        here): what a repository's file request is answered from."""
+        decoded = self._decoded.get(model_id)
+        return decoded.serving(level) if decoded is not None else None
+
     def decoded_builds(self) -> int:
         """Decoded level files built so far (of the models held now)."""
         return sum(d.builds for d in self._decoded.values())

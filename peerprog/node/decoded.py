@@ -76,6 +76,9 @@ class DecodedLevels:
         self._scope = scope
         self.ahead = ahead
         self.built: Built | None = None
+        self.previous: Built | None = None
+        """For a repository, the level before :attr:`built`, kept until the next one is
+        built: an app writing its files as a directory finishes it."""
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._cancel = threading.Event()
@@ -116,6 +119,13 @@ class DecodedLevels:
                 built.path.parent,
             )
             self.built = None
+
+    def serving(self, level: int) -> Built | None:
+        """The decoded ``level`` if it is on disk now (the newest, or the one before)."""
+        for built in (self.built, self.previous):
+            if built is not None and built.level == level and built.path.exists():
+                return built
+        return None
 
     def stop(self) -> None:
         """Stop a build under way (the model is dropped)."""
@@ -182,6 +192,8 @@ class DecodedLevels:
                 log.info(
                     "%s v%d: level %d decoded in %.2f s", s.manifest.name, s.version, level, took
                 )
+                if s.manifest.is_repository:  # the one before stays for a level more
+                    old, self.previous = self.previous, old
                 if old is not None and old.path != path:
                     await asyncio.to_thread(_remove, old.path)
                 self._wake()
@@ -192,27 +204,11 @@ class DecodedLevels:
         """Build ``level`` at ``path`` from the chunks ``held`` (blocking: in a worker
         thread)."""
         s = self._state
-        if s.manifest.is_repository:
-            return build_tree(
-                s.manifest,
-                self._files,
-                held,
-                level,
-                path,
-                prior=prior,
-                cancel=self._cancel,
-                model_id=s.model_id,
-            )
-        return build_level(
-            s.manifest,
-            s.model_id,
-            self._files,
-            held,
-            level,
-            path,
-            prior=prior,
+        build = build_tree if s.manifest.is_repository else build_level
+        return build(
+            s.manifest, s.model_id, self._files, held, level, path, prior=prior,
             cancel=self._cancel,
-        )
+        )  # fmt: skip
 
     def _failed(self, level: int, e: Exception) -> None:
         self.error = str(e)

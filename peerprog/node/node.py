@@ -269,6 +269,9 @@ class Node:
     async def decoded(self, state: ModelState, level: int) -> Built:
         return await self.catalog.decoded(state, level)
 
+    def decoded_at(self, model_id: str, level: int) -> Built | None:
+        return self.catalog.decoded_at(model_id, level)
+
     def decoded_builds(self) -> int:
         return self.catalog.decoded_builds()
 

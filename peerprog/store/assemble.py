@@ -28,6 +28,7 @@ from peerprog.codec import exact_at, get_codec
 from peerprog.codec.dtypes import DTYPES
 from peerprog.codec.layout import TensorLayout
 from peerprog.errors import FormatError, InputError
+from peerprog.formats.reader import drop_pages
 from peerprog.formats.safetensors import NAME_TO_ST
 from peerprog.manifest import Manifest
 from peerprog.store.atomic import TMP_PREFIX
@@ -35,6 +36,8 @@ from peerprog.store.levels import ModelFiles
 from peerprog.swarm import Bitfield
 
 DECODE_THREADS = 2
+INLINE_BYTES = 1 << 16
+"""Tensors smaller than this are decoded in the calling thread."""
 
 
 class Cancelled(Exception):
@@ -174,10 +177,13 @@ def decode_into(
     def one(t: TensorLayout, fd: int, offset: int, prior: Prior) -> None:
         if stop.is_set() or (cancel is not None and cancel.is_set()):
             raise Cancelled()
+        before = prior(t)
         try:
-            arr = codec.decode_tensor(params, t, _Pieces(files, t, level), prior(t))
+            arr = codec.decode_tensor(params, t, _Pieces(files, t, level), before)
         except FormatError as e:
             raise FormatError(f"model {manifest.name}: level {level}: {e}") from None
+        if before is not None:  # a view of the level before's file: its pages leave our RSS
+            drop_pages(before)
         data = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
         done = 0
         while done < len(data):
@@ -188,6 +194,10 @@ def decode_into(
         pending: list[Future[None]] = []
         try:
             for job in jobs:
+                t = job[0]
+                if t.numel * DTYPES[t.dtype].itemsize < INLINE_BYTES:
+                    one(*job)  # a pool's hand-off costs more than a small tensor's decode
+                    continue
                 pending.append(pool.submit(one, *job))
                 if len(pending) > DECODE_THREADS:
                     pending.pop(0).result()
@@ -198,9 +208,12 @@ def decode_into(
             raise
 
 
-def needed_chunks(manifest: Manifest, level: int) -> list[int]:
-    """The chunks of levels 0..``level``."""
-    return [i for lv in manifest.levels[: level + 1] for i in lv.chunks]
+def required_chunks(manifest: Manifest, files: ModelFiles, held: Bitfield, level: int) -> list[int]:
+    """The chunks of levels 0..``level``; :class:`Unusable` unless each is held and intact."""
+    needed = [i for lv in manifest.levels[: level + 1] for i in lv.chunks]
+    if not files.usable(needed, held):
+        raise Unusable(f"model {manifest.name}: level {level} is not held whole and intact")
+    return needed
 
 
 def build_level(
@@ -219,9 +232,7 @@ def build_level(
     :class:`Unusable` if a chunk it needs is missing or damaged, :class:`Cancelled` if
     ``cancel`` is set meanwhile. Blocking. (A repository is built as a folder:
     :func:`peerprog.store.assemble_tree.build_tree`.)"""
-    needed = needed_chunks(manifest, level)
-    if not files.usable(needed, held):
-        raise Unusable(f"model {manifest.name}: level {level} is not held whole and intact")
+    needed = required_chunks(manifest, files, held, level)
     lay = file_layout(manifest.tensors, level_metadata(manifest, model_id, level))
     tmp = out.parent / f"{TMP_PREFIX}{out.name}.{os.getpid()}.{threading.get_ident()}"
     prior_file = None

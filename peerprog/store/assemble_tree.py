@@ -37,7 +37,7 @@ from peerprog.store.assemble import (
     Prior,
     Unusable,
     decode_into,
-    needed_chunks,
+    required_chunks,
 )
 from peerprog.store.atomic import TMP_PREFIX, fsync_dir
 from peerprog.store.levels import ModelFiles
@@ -123,6 +123,7 @@ def _copy_out(files: ModelFiles, f: RepoFile, fd: int) -> None:
 
 def build_tree(
     manifest: Manifest,
+    model_id: str,
     files: ModelFiles,
     held: Bitfield,
     level: int,
@@ -131,20 +132,17 @@ def build_tree(
     prior: Path | None = None,
     cancel: threading.Event | None = None,
     durable: bool = False,
-    model_id: str | None = None,
 ) -> int:
     """Write the repository ``manifest`` at ``level`` as the folder ``out`` (renamed into
     place when whole; an existing ``out`` is replaced). ``prior``: its folder of level
     ``level - 1``, if there is one. ``durable``: fsync the files and folders before the
-    rename. With ``model_id``, the folder gets its :data:`~peerprog.manifest.tree.MARKER`
-    (:func:`tree_doc`). Returns the bytes of the repository's files. :class:`Unusable` if a
+    rename. The folder gets its :data:`~peerprog.manifest.tree.MARKER` (:func:`tree_doc`).
+    Returns the bytes of the repository's files. :class:`Unusable` if a
     chunk it needs is missing or damaged, :class:`~peerprog.store.assemble.Cancelled` if
     ``cancel`` is set. Blocking."""
     if not manifest.is_repository:
         raise ValueError("build_tree takes a repository manifest")
-    needed = needed_chunks(manifest, level)
-    if not files.usable(needed, held):
-        raise Unusable(f"model {manifest.name}: level {level} is not held whole and intact")
+    needed = required_chunks(manifest, files, held, level)
     tmp = out.parent / f"{TMP_PREFIX}{out.name}.{os.getpid()}.{threading.get_ident()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -169,10 +167,9 @@ def build_tree(
             previous = _prior_file(prior, f, priors)
             jobs += [(manifest.tensors[i], fd, offsets[i], previous) for i in f.tensors]
         decode_into(manifest, files, level, jobs, cancel)
-        if model_id is not None:
-            fd = _open_new(tmp, MARKER)
-            fds.append(fd)
-            os.write(fd, json.dumps(tree_doc(manifest, model_id, level), indent=1).encode())
+        fd = _open_new(tmp, MARKER)
+        fds.append(fd)
+        os.write(fd, json.dumps(tree_doc(manifest, model_id, level), indent=1).encode())
         if not files.usable(needed, held):  # changed on disk while we read it
             raise Unusable(f"model {manifest.name}: level {level} changed on disk while decoded")
         if durable:

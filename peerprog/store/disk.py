@@ -218,15 +218,9 @@ class Store:
             held = files.recorded()
             if signed.manifest.is_repository:
                 return build_tree(
-                    signed.manifest,
-                    files,
-                    held,
-                    level,
-                    out,
-                    prior=prior,
+                    signed.manifest, signed.model_id, files, held, level, out, prior=prior,
                     durable=True,
-                    model_id=signed.model_id,
-                )
+                )  # fmt: skip
             return build_level(
                 signed.manifest, signed.model_id, files, held, level, out, prior=prior
             )

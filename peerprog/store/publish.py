@@ -42,6 +42,10 @@ Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: ``("encode", bytes done, source bytes)``."""
 
 ENCODE_THREADS = 2
+WRITE_BUFFER = 1 << 20
+INLINE_BYTES = 1 << 16
+"""Tensors smaller than this are encoded in the calling thread (a pool's hand-off cost
+more than their encoding)."""
 
 
 class TreeSource(Protocol):
@@ -76,8 +80,9 @@ class PublishResult:
     levels: tuple[LevelSize, ...]
 
     def to_json(self) -> dict[str, object]:
-        """The ``publish --json`` document."""
+        """The ``publish --json`` document (with ``files`` for a repository)."""
         m = self.signed.manifest
+        files = [{"path": f.path, "size": f.size, "coded": f.coded} for f in m.files]
         return {
             "model_id": self.signed.model_id,
             "name": m.name,
@@ -89,7 +94,7 @@ class PublishResult:
                 {"level": s.level, "bytes": s.bytes, "cumulative_bytes": s.cumulative_bytes}
                 for s in self.levels
             ],
-            "files": [{"path": f.path, "size": f.size, "coded": f.coded} for f in m.files],
+            **({"files": files} if files else {}),  # a repository's
         }
 
 
@@ -109,6 +114,7 @@ class _LevelWriter:
         self._chunk_size = chunk_size
         self._hash = hashlib.sha256()
         self._fill = 0
+        self._buffer = bytearray()
         self.size = 0
         self.chunks: list[Chunk] = []
 
@@ -123,10 +129,24 @@ class _LevelWriter:
                 pos += take
                 if self._fill == self._chunk_size:
                     self._cut()
-            done = 0
-            while done < len(view):
-                done += os.write(self._fd, view[done:])
+            if len(view) < WRITE_BUFFER:  # small pieces (many small tensors) go together
+                self._buffer += view
+                if len(self._buffer) >= WRITE_BUFFER:
+                    self._flush()
+            else:
+                self._flush()
+                self._write(view)
             self.size += len(view)
+
+    def _write(self, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            done += os.write(self._fd, view[done:])
+
+    def _flush(self) -> None:
+        with memoryview(self._buffer) as view:
+            self._write(view)
+        self._buffer.clear()
 
     def _cut(self) -> None:
         self.chunks.append(Chunk(self._fill, self._hash.digest()))
@@ -136,6 +156,7 @@ class _LevelWriter:
     def finish(self) -> None:
         if self._fill:
             self._cut()
+        self._flush()
         os.fsync(self._fd)
         os.close(self._fd)
 
@@ -287,7 +308,15 @@ def _encoded(
         for name in names:
             tensor = reader.read(name)
             plan = plans.get(name)
-            pending.append((name, tensor, pool.submit(c.encode_tensor, params, name, tensor, plan)))
+            if tensor.nbytes < INLINE_BYTES:
+                fut: Future[EncodedTensor] = Future()
+                try:
+                    fut.set_result(c.encode_tensor(params, name, tensor, plan))
+                except Exception as e:
+                    fut.set_exception(e)
+            else:
+                fut = pool.submit(c.encode_tensor, params, name, tensor, plan)
+            pending.append((name, tensor, fut))
             if len(pending) >= ENCODE_THREADS:
                 n, t, fut = pending.pop(0)
                 yield n, t, fut.result()

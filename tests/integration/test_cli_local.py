@@ -174,7 +174,7 @@ def test_inspect_json(published: dict[str, object]) -> None:
     assert prefix == text
     fails("inspect", "--store", str(published["store"]), "ffffffffffff", match="no model")
     listing = run("ls", "--store", str(published["store"])).stdout.splitlines()
-    assert listing[0].split() == ["name", "version", "id", "levels", "size", "state"]
+    assert listing[0].split() == ["name", "version", "id", "levels", "files", "size", "state"]
     assert listing[1].split()[:3] == ["digits-cnn", "1", doc["model_id"][:12]]
     assert listing[1].endswith("complete")
 

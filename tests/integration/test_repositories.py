@@ -70,6 +70,7 @@ def test_apps_load_a_repository_directory_at_every_level(cluster: Cluster, tmp_p
     seen: dict[str, list[tuple[int, float]]] = {"st": [], "llama": []}
     for d in client.watch("st", dest=tmp_path / "app" / "st", wait=60):
         assert json.loads((d.path / MARKER).read_text())["level"] == d.level
+        load_hf(d.path)  # the transformer loads with no missing or unexpected key
         seen["st"].append((d.level, cosine(embed(d.path), full_emb)))
     client.want("llama")  # after the first: each arrives over the capped link in turn
     for d in client.watch("llama", dest=tmp_path / "app" / "llama", wait=60):

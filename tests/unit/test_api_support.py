@@ -93,6 +93,10 @@ class FakeNode:
     async def decoded(self, state: ModelState, level: int) -> Built:
         return await self.decoders[state.model_id].get(level)
 
+    def decoded_at(self, model_id: str, level: int) -> Built | None:
+        decoder = self.decoders.get(model_id)
+        return decoder.serving(level) if decoder is not None else None
+
     def decoded_builds(self) -> int:
         return sum(d.builds for d in self.decoders.values())
 

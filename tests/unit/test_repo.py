@@ -308,3 +308,30 @@ def test_a_directory_swap_replaces_the_whole_folder(tmp_path: Path) -> None:
     swap_dir(new, old)
     assert sorted(p.name for p in old.iterdir()) == ["a"] and (old / "a").read_text() == "new"
     assert not new.exists()
+
+
+async def test_a_repository_level_stays_served_until_the_one_after_next(tmp_path: Path) -> None:
+    """An app writing level n as a directory finishes it though level n+1 is built
+    meanwhile; once n+2 is built, level n's files are 410 (and nothing is built for them)."""
+    from peerprog.api.context import ApiContext
+    from peerprog.api.errors import LevelGone
+    from peerprog.api.query import BestQuery
+    from tests.unit.test_api_support import FakeNode
+
+    store = Store(tmp_path / "store")
+    signed = publish_repo(make_repo(tmp_path / "repo"), name="toy", key=KEY, store=store).signed
+    node = FakeNode(store)
+    state = node.add(signed, levels=1)
+    ctx = ApiContext(node)
+    assert (await ctx.resolve_best("toy", BestQuery()))[0].level == 0
+    assert ctx.served_level("toy", signed.model_id, 0).path.is_dir()
+    for level in (1, 2):
+        node.receive(state, level)
+        assert (await ctx.resolve_best("toy", BestQuery()))[0].level == level
+    assert ctx.served_level("toy", signed.model_id, 1).level == 1  # the one before: kept
+    assert (ctx.served_level("toy", "", 2).path / "config.json").read_text()
+    with pytest.raises(LevelGone, match="no longer served"):
+        ctx.served_level("toy", signed.model_id, 0)
+    assert not (store.decoded_dir(signed.model_id) / "0").exists()
+    with pytest.raises(LevelGone):
+        ctx.served_level("toy", "f" * 64, 2)
