@@ -90,7 +90,7 @@ import heapq
 import itertools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -320,34 +320,55 @@ def analyse(
     geo = _geometry(dt, s)
     gsize = group_size(tensor.array.shape, s.group)
     ngroups = -(-flat.size // gsize)
-    v = to_f32(geo, padded(flat, ngroups * gsize)).reshape(ngroups, gsize)
     take = max(1, min(ngroups, SAMPLE_ELEMENTS // gsize))
-    rows = np.linspace(0, ngroups - 1, take).astype(np.int64)
-    sv = v[rows]
+    words = padded(flat, ngroups * gsize).reshape(ngroups, gsize)
+    if take < ngroups:  # (linspace over every group gives every group)
+        words = words[np.linspace(0, ngroups - 1, take).astype(np.int64)]
+    sv = to_f32(geo, np.ascontiguousarray(words).reshape(-1)).reshape(take, gsize)
     scale = ngroups / take
-    exps = group_exponents(geo, sv)
     kmax = geo.max_planes
-    q = magnitudes(sv, exps, kmax)
-    neg = np.signbit(sv)
-    x = np.where(np.isfinite(sv), sv, 0).astype(np.float64)
-    sq_norm = float(np.sum(x * x)) * scale
+    # What group_exponents, magnitudes and midpoints would give, in fewer passes over the
+    # sample (a small tensor is analysed whole: its passes are the cost of a publish of
+    # many tensors). Every value below is exact, so the figures are the same to the bit:
+    # |x| and its scalings by powers of two in float64, (midpoint - |x|)², the magnitudes'
+    # bit lengths; and each plane count's errors are summed as np.sum sums them.
+    ax = np.abs(np.where(np.isfinite(sv), sv, 0).astype(np.float64))
+    amax = ax.max(axis=1)
+    _, e = np.frexp(amax)
+    exps = np.clip(np.where(amax > 0, e, geo.e_floor), geo.e_floor, geo.e_ceil)
+    u = ax * np.ldexp(1.0, kmax - exps)[:, None]  # |x| / 2**(E - kmax) < 2**kmax
+    q = u.astype(np.uint32)  # floor: the magnitudes after kmax planes
+    _, bitlen = np.frexp(q.astype(np.float32))
+    lengths = np.bincount(bitlen.reshape(-1), minlength=kmax + 2)
+    above = np.cumsum(lengths[::-1])[::-1]  # above[b]: magnitudes of bit length ≥ b
     plane_bits = [0.0]
-    errs = [float(np.sum(x * x)) * scale]
-    for k in range(1, kmax + 1):
-        qk = q >> np.uint32(kmax - k)
-        was = (q >> np.uint32(kmax - k + 1)) != 0
-        bit = qk & np.uint32(1)
-        n_sig = int(np.count_nonzero(was))
-        insig_bits = bit[~was]
-        n_new = int(np.count_nonzero(insig_bits))
-        n_insig = insig_bits.size
-        bits = float(n_sig)
-        if n_insig:
-            p1 = n_new / n_insig
-            bits += n_insig * _h(p1) + n_new  # significance, then the sign
-        plane_bits.append(plane_bits[-1] + bits * scale)
-        approx = midpoints(geo, qk, neg, exps, k).astype(np.float64)
-        errs.append(float(np.sum((approx - x) ** 2)) * scale)
+    errs: list[float] = []
+    # a few plane counts at a time (temporaries near SAMPLE_ELEMENTS elements); 0 planes
+    # leave every magnitude 0, and the squared errors x²: the squared norm
+    per = max(1, SAMPLE_ELEMENTS // q.size)
+    for k0 in range(0, kmax + 1, per):
+        ks = np.arange(k0, min(k0 + per, kmax + 1))
+        qk = q[None] >> (kmax - ks.astype(np.uint32))[:, None, None]  # after k planes
+        odd = qk << np.uint32(1)
+        odd |= qk != 0  # 2q + 1, or 0 where q = 0
+        sq = odd.astype(np.float64)
+        sq *= np.ldexp(1.0, exps[None, :] - ks[:, None] - 1)[:, :, None]  # the midpoints
+        sq -= ax  # ± (approx - x): the sign of x is the midpoint's
+        sq *= sq
+        sums = sq.reshape(len(ks), -1).sum(axis=1)  # each row as np.sum(row)
+        for j, k in enumerate(ks.tolist()):
+            errs.append(float(sums[j]) * scale)
+            if k == 0:
+                continue
+            n_sig = int(above[kmax - k + 2])  # non-zero after k - 1 planes
+            n_new = int(lengths[kmax - k + 1])  # non-zero after k planes, not before
+            n_insig = q.size - n_sig
+            bits = float(n_sig)
+            if n_insig:
+                p1 = n_new / n_insig
+                bits += n_insig * _h(p1) + n_new  # significance, then the sign
+            plane_bits.append(plane_bits[-1] + bits * scale)
+    sq_norm = errs[0]
     return TensorStats(
         name,
         dt.name,
@@ -614,6 +635,60 @@ def decode_tensor(
     return out
 
 
+def decode_levels(
+    params: Mapping[str, ParamValue],
+    dtype_name: str,
+    shape: Sequence[int],
+    tensor_params: Mapping[str, ParamValue],
+    pieces: Sequence[Buffer],
+    name: str = "",
+) -> Iterator[Array]:
+    """The tensor at every level ``0 .. len(pieces) - 1`` in turn: the arrays that
+    :func:`decode_tensor` gives level by level, each from the one before (the same checks
+    and errors), with the tensor's settings and scales read once rather than per level
+    (the quality figures of a publish decode every level of the tensors they measure)."""
+    if not pieces:
+        return
+    prior = decode_tensor(params, dtype_name, shape, tensor_params, pieces[:1], None, name)
+    yield prior
+    if len(pieces) == 1:
+        return
+    s = settings(params)
+    dt = dtype(dtype_name)
+    shp = tuple(int(d) for d in shape)
+    whole, gsize, ks = _tensor_settings(s, dt, shp, tensor_params, name)  # checked above
+    nlevels = s.levels or 1
+    if whole:  # the same array at every level; the later pieces must be empty
+        for m in range(1, len(pieces)):
+            if m >= nlevels:
+                raise FormatError(
+                    f"tensor {name!r}: {m + 1} pieces, the model has {nlevels} levels"
+                )
+            if len(memoryview(pieces[m])):
+                raise FormatError(
+                    f"tensor {name!r} level {m}: a whole tensor has data only in level 0"
+                )
+            yield prior
+        return
+    if not _c():
+        for m in range(1, len(pieces)):
+            prior = decode_tensor(
+                params, dtype_name, shape, tensor_params, pieces[: m + 1], prior, name
+            )
+            yield prior
+        return
+    geo = _geometry(dt, s)
+    numel = math.prod(shp)
+    ngroups = -(-numel // gsize)
+    cache: list[Array] = []
+    for m in range(1, len(pieces)):
+        if m >= nlevels:
+            raise FormatError(f"tensor {name!r}: {m + 1} pieces, the model has {nlevels} levels")
+        what = f"tensor {name!r} level {m}"
+        prior = _next_level(geo, ks, gsize, ngroups, numel, shp, pieces, m, prior, what, cache)
+        yield prior
+
+
 def _scratch_c(
     geo: Geometry,
     ks: list[int],
@@ -699,7 +774,10 @@ def _next_level(
     n: int,
     prior: Array,
     what: str,
+    scale_cache: list[Array] | None = None,
 ) -> Array:
+    """Level ``n`` from the prior (level n - 1). ``scale_cache``: level 0's scales as the C
+    kernels take them, kept across the levels of one tensor (empty until first needed)."""
     piece = pieces[n]
     last = n == len(ks)
     k0 = ks[n - 1] if not last else ks[-1]
@@ -710,7 +788,12 @@ def _next_level(
         return prior
     scales, _ = split_u32(pieces[0], f"{what} (level 0)")
     if _c():
-        scale_bytes = native.scales(geo, scales, ngroups, f"{what} (level 0)")
+        if scale_cache:
+            scale_bytes = scale_cache[0]
+        else:
+            scale_bytes = native.scales(geo, scales, ngroups, f"{what} (level 0)")
+            if scale_cache is not None:
+                scale_cache.append(scale_bytes)
         pw = np.ascontiguousarray(prior).reshape(-1).view(geo.word)
         out = np.empty(ngroups * gsize, geo.word)
         if last:

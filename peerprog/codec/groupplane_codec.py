@@ -7,7 +7,7 @@ allocates the rate over the whole model) and the whole-model conveniences.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from peerprog.codec import groupplane as gp
@@ -29,6 +29,7 @@ class GroupplanePlanner:
 
     def finish(self) -> tuple[dict[str, ParamValue], dict[str, dict[str, ParamValue]]]:
         planned = gp.plan(self._params, self._stats)
+        self._stats = []  # (a few hundred bytes a tensor, not needed any more)
         return planned.params, planned.tensors
 
 
@@ -78,6 +79,15 @@ class GroupplaneCodec:
     ) -> Array:
         return gp.decode_tensor(
             params, layout.dtype, layout.shape, layout.params, pieces, prior, layout.name
+        )
+
+    def decode_levels(
+        self, params: Mapping[str, ParamValue], layout: TensorLayout, pieces: Sequence[Any]
+    ) -> Iterator[Array]:
+        """:meth:`decode_tensor` of every level of ``pieces`` in turn, each from the one
+        before (the same arrays), the tensor's settings and scales read once."""
+        return gp.decode_levels(
+            params, layout.dtype, layout.shape, layout.params, pieces, layout.name
         )
 
     def encode(

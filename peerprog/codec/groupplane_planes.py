@@ -31,9 +31,9 @@ _DENSE_PARAMS = zstandard.ZstdCompressionParameters.from_level(9)
 
 
 def compress_dense(data: Any) -> bytes:
-    # a compressor per call: a ZstdCompressor is not thread-safe (publish encodes tensors
-    # in a thread pool; one shared compressor crashed the process)
-    out: bytes = zstandard.ZstdCompressor(compression_params=_DENSE_PARAMS).compress(data)
+    # this thread's compressor: a ZstdCompressor is not thread-safe (publish encodes
+    # tensors in a thread pool; one shared compressor crashed the process)
+    out: bytes = zstd.compressor(_DENSE_PARAMS).compress(data)
     return out
 
 

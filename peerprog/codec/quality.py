@@ -17,7 +17,7 @@ the whole model and the cost does not grow with its size.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class QualityMeter:
     ) -> None:
         """Measure one tensor (if it falls in the sample) from its encoding."""
         dt = dtype(layout.dtype)
-        if not dt.is_float:
+        if not dt.is_float or layout.numel == 0:  # (an empty tensor adds nothing)
             return
         self._seen += layout.numel
         if self._measured + layout.numel > self._share * self._seen and self._measured:
@@ -64,11 +64,14 @@ class QualityMeter:
         ref = np.ascontiguousarray(original.array).reshape(-1)
         ref2, ref_max, finite = _reference(dt, ref)
         self._sq_ref += ref2
+        # bfloat16 widened once, not at every level (a block's worth at most)
+        wide = to_float64(dt, ref) if dt.name == "bfloat16" and ref.size <= _BLOCK else None
         pieces = [b"".join(bytes(memoryview(b)) for b in level) for level in encoded.pieces]
-        prior = None
-        for lvl in range(self._n):
-            prior = codec.decode_tensor(params, layout, pieces[: lvl + 1], prior)
-            err2, err_max = _errors(dt, ref, prior.reshape(-1), finite)
+        last: Array | None = None
+        for lvl, approx in enumerate(_levels(codec, params, layout, pieces[: self._n])):
+            if approx is not last:  # a level that leaves the tensor as it was: the same errors
+                err2, err_max = _errors(dt, ref, approx.reshape(-1), finite, wide)
+                last = approx
             self._sq_err[lvl] += err2
             if err_max > 0:
                 rel = err_max / ref_max if ref_max > 0 else math.inf
@@ -98,6 +101,21 @@ def level_errors(
     return [meter.level(n) for n in range(nlevels)]
 
 
+def _levels(
+    codec: Codec, params: Mapping[str, ParamValue], layout: TensorLayout, pieces: list[bytes]
+) -> Iterator[Array]:
+    """The tensor decoded at each level of ``pieces`` in turn, each from the one before
+    (by the codec's ``decode_levels`` where it has one: the same arrays, less work)."""
+    levels = getattr(codec, "decode_levels", None)
+    if levels is not None:
+        yield from levels(params, layout, pieces)
+        return
+    prior = None
+    for lvl in range(len(pieces)):
+        prior = codec.decode_tensor(params, layout, pieces[: lvl + 1], prior)
+        yield prior
+
+
 def _alone(layout: TensorLayout) -> TensorLayout:
     return TensorLayout(
         layout.name,
@@ -123,15 +141,21 @@ def _reference(dt: DType, ref: Array) -> tuple[float, float, Array | None]:
     return ref2, ref_max, None if finite.all() else finite
 
 
-def _errors(dt: DType, ref: Array, approx: Array, mask: Array | None) -> tuple[float, float]:
+def _errors(
+    dt: DType, ref: Array, approx: Array, mask: Array | None, wide: Array | None = None
+) -> tuple[float, float]:
     """(Σ(approx - x)², max|approx - x|) over the finite elements of ``ref``; infinite if
-    the approximation of a finite element is not finite."""
+    the approximation of a finite element is not finite. ``wide``: a bfloat16 ``ref`` of
+    one block already widened to float64."""
     err2 = err_max = 0.0
     with np.errstate(all="ignore"):
         for s in range(0, ref.size, _BLOCK):
             d = to_float64(dt, approx[s : s + _BLOCK])
             r = ref[s : s + _BLOCK]
-            np.subtract(d, r if dt.name != "bfloat16" else to_float64(dt, r), out=d)
+            if dt.name != "bfloat16":
+                np.subtract(d, r, out=d)
+            else:
+                np.subtract(d, wide if wide is not None else to_float64(dt, r), out=d)
             if mask is not None:
                 d = d[mask[s : s + _BLOCK]]
             if d.size:

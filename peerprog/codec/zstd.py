@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -21,13 +22,35 @@ _SYMBOLS = zstandard.ZstdCompressionParameters(
 )
 
 
+class _Contexts(threading.local):
+    """This thread's compressors and decompressor. A (de)compressor is not thread-safe,
+    and making one per call cost more than (de)compressing a small tensor's stream; a
+    compressor used again gives the same frames as a new one (each ``compress`` is a
+    frame of its own)."""
+
+    def __init__(self) -> None:
+        self.compressors: dict[zstandard.ZstdCompressionParameters, zstandard.ZstdCompressor] = {}
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+_local = _Contexts()
+
+
+def compressor(params: zstandard.ZstdCompressionParameters) -> zstandard.ZstdCompressor:
+    """This thread's compressor with ``params`` (one of the module-level parameter sets:
+    each set used keeps its compressor for the thread's life)."""
+    c = _local.compressors.get(params)
+    if c is None:
+        c = _local.compressors[params] = zstandard.ZstdCompressor(compression_params=params)
+    return c
+
+
 def compress(data: Any, symbols: bool = False) -> bytes:
     """One zstd frame (with its content size) of the bytes-like ``data``.
 
     ``symbols`` selects settings for a stream of small symbols with little repetition.
     """
-    params = _SYMBOLS if symbols else _GENERAL
-    out: bytes = zstandard.ZstdCompressor(compression_params=params).compress(data)
+    out: bytes = compressor(_SYMBOLS if symbols else _GENERAL).compress(data)
     return out
 
 
@@ -44,7 +67,7 @@ def decompress_exact(frame: Any, size: int, what: str) -> npt.NDArray[np.uint8]:
         raise FormatError(f"{what}: not a zstd frame ({e})") from None
     if declared != size:
         raise FormatError(f"{what}: zstd frame declares {declared} bytes, expected {size}")
-    dobj = zstandard.ZstdDecompressor().decompressobj(write_size=max(size, 1))
+    dobj = _local.decompressor.decompressobj(write_size=max(size, 1))
     try:
         out = dobj.decompress(frame)
     except zstandard.ZstdError as e:

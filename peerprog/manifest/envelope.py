@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from peerprog.errors import UntrustedPublisher, VerificationError
 from peerprog.manifest import signing
-from peerprog.manifest.canonical import pack, unpack
+from peerprog.manifest.canonical import gc_paused, pack, unpack
 from peerprog.manifest.model import Manifest, model_id_of, parse_body
 
 MAX_ENVELOPE_BYTES = 64 * 1024 * 1024
@@ -32,7 +32,8 @@ class SignedManifest:
 
 def seal(manifest: Manifest, key: Ed25519PrivateKey) -> SignedManifest:
     """Sign ``manifest`` with ``key`` and wrap it in an envelope."""
-    body = manifest.to_body()
+    with gc_paused():  # (a body of many tensors: many objects, all kept until packed)
+        body = manifest.to_body()
     publisher = signing.public_key_string(key.public_key())
     envelope = pack({"body": body, "publisher": publisher, "signature": signing.sign(key, body)})
     return SignedManifest(manifest, model_id_of(body), publisher, envelope)
@@ -62,7 +63,9 @@ def open_envelope(
     if trusted is not None and publisher not in trusted:
         raise UntrustedPublisher(f"manifest publisher {publisher:.60} is not trusted")
     signing.verify(publisher, body, signature)
-    return SignedManifest(parse_body(body), model_id, publisher, envelope)
+    with gc_paused():  # (the manifest's objects all live on)
+        manifest = parse_body(body)
+    return SignedManifest(manifest, model_id, publisher, envelope)
 
 
 def verify_chunk(manifest: Manifest, index: int, data: bytes | memoryview) -> None:

@@ -313,7 +313,10 @@ def _parse_tensors(raw: list[Any], levels: tuple[Level, ...]) -> tuple[TensorLay
             if (
                 not isinstance(s, list)
                 or len(s) != 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in s)
+                or type(s[0]) is not int  # (msgpack gives exact ints; bool is not int)
+                or type(s[1]) is not int
+                or s[0] < 0
+                or s[1] < 0
                 or s[0] + s[1] > lv.bytes
             ):
                 raise VerificationError(
