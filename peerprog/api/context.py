@@ -66,8 +66,9 @@ class ApiContext:
             if state is None and not self.knows(name):
                 raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
             remaining = deadline - loop.time()
-            if state is not None and state.best_level >= query.target(state.manifest.levels_total):
-                now = etag_of(state.model_id, state.best_level)
+            level = state.durable_level if state is not None else -1
+            if state is not None and level >= query.target(state.manifest.levels_total):
+                now = etag_of(state.model_id, level)
                 if not etag_matches(now, if_none_match) or remaining <= 0:
                     try:
                         best = await self._decoded(state)
@@ -82,7 +83,7 @@ class ApiContext:
 
     async def _decoded(self, state: ModelView) -> BestFile:
         try:
-            built = await self.node.decoded(state, state.best_level)
+            built = await self.node.decoded(state, state.durable_level)
         except InputError as e:  # chunks damaged or gone under a model still served
             raise ApiError(f"{state.manifest.name}: cannot decode: {e}", status=503) from None
         return self._best_file(state, built)

@@ -339,7 +339,7 @@ class Catalog:
         if state.add_chunk(index):
             self._record_now.set()  # a level is durable as soon as it is complete
             self._undecoded[state.model_id] = state
-            self._level_reached(state, decode=False)
+            self._level_reached(state, durable=False)
 
     async def drop(self, model_id: str) -> None:
         """Forget a model at once; stop its fetch (and wait for it), then remove its files."""
@@ -428,11 +428,18 @@ class Catalog:
             if self._unrecorded:
                 began = self._clock()
                 reached, self._undecoded = self._undecoded, {}
-                failed = await self._write(self._record_jobs())
+                jobs = self._record_jobs()
+                failed = await self._write(jobs)
+                unrecorded = {mid for what, mid, _ in failed if what == "record"}
+                for state, _, have, _ in jobs:
+                    if state.model_id not in unrecorded:
+                        state.mark_durable(have)
                 for mid, state in reached.items():
                     decoded = self._decoded.get(mid)
                     if self._models.get(mid) is state and decoded is not None:
                         decoded.level_reached()
+                        for listener in list(self.level_listeners):  # apps may have it now
+                            listener(state)
                 for what, _, message in failed:
                     self._disk.failed(what, message, began)
                 kinds = {what for what, _, _ in failed}
@@ -463,7 +470,9 @@ class Catalog:
         self._unrecorded.clear()
         return jobs
 
-    def _level_reached(self, state: ModelState, *, decode: bool = True) -> None:
+    def _level_reached(self, state: ModelState, *, durable: bool = True) -> None:
+        """``state`` gained a level. Unless its record is ``durable`` already, its decode
+        and the listeners wait for the recorder (:meth:`_recorder`)."""
         m = state.manifest
         state.metrics.level_complete_at[state.best_level] = time.time()
         log.info(
@@ -479,10 +488,10 @@ class Catalog:
             for old in superseded(self.versions(m.name), self._keep):
                 log.info("dropping %s v%d: v%d is exact", m.name, old.version, m.version)
                 self._forget(old.model_id)
-        if decode:
+        if durable:
             self._decoded[state.model_id].level_reached()
-        for listener in list(self.level_listeners):
-            listener(state)
+            for listener in list(self.level_listeners):
+                listener(state)
 
 
 RecordJob = tuple[ModelState, ModelFiles, Bitfield, bool]

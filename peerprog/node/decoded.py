@@ -153,8 +153,10 @@ class DecodedLevels:
         s = self._state
         folder = self._folder
         try:
-            while s.best_level >= 0 and (self.built is None or self.built.level < s.best_level):
-                level = s.best_level
+            while s.durable_level >= 0 and (
+                self.built is None or self.built.level < s.durable_level
+            ):
+                level = s.durable_level
                 old = self.built
                 prior = old.path if old is not None and old.level == level - 1 else None
                 repo = s.manifest.is_repository

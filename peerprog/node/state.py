@@ -71,6 +71,9 @@ class ModelState:
             sum(1 for i in lv.chunks if i not in have) for lv in signed.manifest.levels
         ]
         self.best_level = self._compute_best_level()
+        self.durable_level = self.best_level
+        """The best level whose chunks are recorded durably (what was loaded from the store
+        is): apps are served no further, so that what an app was given survives a crash."""
         self.created = time.time()
         self.rate: float | None = None
         """Bytes per second verified since the first chunk came (None before a second)."""
@@ -130,6 +133,19 @@ class ModelState:
         gained = new_best > self.best_level
         self.best_level = new_best
         return gained
+
+    def mark_durable(self, recorded: Bitfield) -> bool:
+        """The chunks ``recorded`` are durable now; returns True if that raised
+        :attr:`durable_level`."""
+        level = -1
+        for lv in self.manifest.levels[: self.best_level + 1]:
+            if not all(i in recorded for i in lv.chunks):
+                break
+            level = lv.level
+        if level <= self.durable_level:
+            return False
+        self.durable_level = level
+        return True
 
     def news(self) -> asyncio.Event:
         """An event set at the next chunk recorded (a fresh one after each)."""

@@ -71,12 +71,14 @@ class FakeNode:
         for lv in signed.manifest.levels[:levels]:
             for i in lv.chunks:
                 state.add_chunk(i)
+        state.mark_durable(state.have)
         return state
 
     def receive(self, state: ModelState, level: int) -> None:
         """Complete ``level`` of ``state`` and tell the listeners, as the daemon does."""
         for i in state.manifest.levels[level].chunks:
             if state.add_chunk(i):
+                state.mark_durable(state.have)  # recorded at once, as the catalog does
                 for listener in list(self.level_listeners):
                     listener(state)
 

@@ -178,3 +178,39 @@ async def test_a_record_still_being_written_at_shutdown_is_not_replaced_by_an_ol
     assert order == ["slow record written", "closed"]
     with store.open_files(v1) as files:
         assert files.recorded().count() == len(chunks)
+
+
+async def test_a_level_is_served_only_once_its_record_is_durable(tmp_path: Path) -> None:
+    """Level 0 completes while the recorder's write is slow (a loaded disk): an app asking
+    for it meanwhile must wait, else a crash before the write would take back what it was
+    given. Once written, the level is durable and announced to the listeners."""
+    cat, _, _ = catalog(tmp_path)
+    v1, chunks = version(1)
+    level0 = list(v1.manifest.levels[0].chunks)
+    writing, release = threading.Event(), threading.Event()
+    heard: list[int] = []
+
+    async def fetch(state: ModelState, files: ModelFiles) -> None:
+        record = files.record
+
+        def slow_record(have: Bitfield) -> None:
+            writing.set()
+            release.wait(10)
+            record(have)
+
+        files.record = slow_record  # type: ignore[method-assign]
+        for i in level0:
+            await asyncio.to_thread(files.write_chunk, i, chunks[i])
+            cat.chunk_stored(state, i)
+
+    cat.level_listeners.append(lambda s: heard.append(s.durable_level))
+    cat.start(fetch)
+    state = await cat.take_up(v1, "test")
+    assert state is not None
+    await asyncio.to_thread(writing.wait, 10)
+    assert state.best_level == 0 and state.durable_level == -1 and heard == []
+    release.set()
+    while not heard:
+        await asyncio.sleep(0.01)
+    assert state.durable_level == 0 and heard == [0]
+    await cat.aclose()
