@@ -101,7 +101,7 @@ def open_model(path: Path) -> ModelReader:
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
-            reader: ModelReader = _Safetensors(path)
+            reader: ModelReader = SafetensorsReader(path)
         elif suffix in (".pt", ".pth", ".bin"):
             reader = _Torch(path)
         elif suffix == ".npz":
@@ -121,7 +121,9 @@ def open_model(path: Path) -> ModelReader:
     return reader
 
 
-class _Safetensors(ModelReader):
+class SafetensorsReader(ModelReader):
+    """A ``.safetensors`` file, checked as the format requires, its tensors views of a map."""
+
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
@@ -191,6 +193,10 @@ class _Safetensors(ModelReader):
             lo, hi = self._span  # (lo: a page boundary)
             _madvise(max(start // _PAGE * _PAGE, lo), min(-(-stop // _PAGE) * _PAGE, hi))
         self._released = (0, 0)
+
+    def info(self, name: str) -> TensorInfo | None:
+        """The tensor ``name`` as the header describes it, if the file holds it."""
+        return self._by_name.get(name)
 
     def read(self, name: str) -> RawTensor:
         info = self._by_name[name]

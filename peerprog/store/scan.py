@@ -1,4 +1,4 @@
-"""Model repositories: a folder tree as people ship models, read for publishing.
+"""Model repositories: a folder tree as people ship models, scanned and read for publishing.
 
 :func:`scan_repo` lists the files of a folder (a Hugging Face repository or cache snapshot,
 a sentence-transformers model, a diffusers pipeline) that ``--include``/``--exclude`` keep, in
@@ -10,6 +10,8 @@ snapshot whose files point into ``../../blobs/`` publishes like a plain folder. 
 :class:`RepoReader` reads the tensors of every ``.safetensors`` file as one model (each
 tensor named ``<path>/<tensor>``, in the order of their data in each file), one tensor at a
 time from memory maps, as :class:`~peerprog.formats.reader.ModelReader` does for one file.
+(It lives in the store, not in :mod:`peerprog.formats`, because it names tensors and
+checks paths by the manifest's rules.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from peerprog.codec.base import RawTensor
 from peerprog.errors import FormatError, InputError
-from peerprog.formats.reader import ModelReader, TensorInfo, _Safetensors
+from peerprog.formats.reader import ModelReader, SafetensorsReader, TensorInfo
 from peerprog.manifest.tree import MAX_FILES, path_problem, tensor_name
 
 DEFAULT_EXCLUDE = (".git/", ".cache/huggingface/", ".peerprog.json")
@@ -181,12 +183,12 @@ class RepoReader(ModelReader):
     def __init__(self, scan: RepoScan) -> None:
         super().__init__(scan.root)
         self.scan = scan
-        self.shards: list[tuple[ScannedFile, _Safetensors]] = []
-        self._where: dict[str, tuple[_Safetensors, str]] = {}
+        self.shards: list[tuple[ScannedFile, SafetensorsReader]] = []
+        self._where: dict[str, tuple[SafetensorsReader, str]] = {}
         try:
             for f in scan.coded:
                 try:
-                    reader = _Safetensors(f.source)
+                    reader = SafetensorsReader(f.source)
                 except FormatError as e:
                     raise FormatError(f"{scan.root / f.path}: {e}") from None
                 except OSError as e:
@@ -195,7 +197,8 @@ class RepoReader(ModelReader):
                 if reader.path.stat().st_size != f.size:
                     raise InputError(f"{scan.root / f.path}: changed while it was read")
                 for inner in reader.data_order:
-                    info = reader._by_name[inner]
+                    info = reader.info(inner)
+                    assert info is not None
                     qname = tensor_name(f.path, inner)
                     self._infos.append(TensorInfo(qname, info.dtype, info.shape))
                     self._where[qname] = (reader, inner)
@@ -215,7 +218,7 @@ class RepoReader(ModelReader):
             for tname, shard in weight_map.items():
                 rel = f"{folder}/{shard}" if folder else str(shard)
                 reader = coded.get(rel)
-                if reader is not None and tname not in reader._by_name:
+                if reader is not None and reader.info(tname) is None:
                     raise InputError(
                         f"{self.scan.root / f.path}: names tensor {tname!r:.80} in {shard!r}, "
                         "which does not hold it"
