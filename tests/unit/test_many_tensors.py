@@ -32,7 +32,7 @@ import peerprog
 from peerprog.codec import get_codec, quality
 from peerprog.codec import groupplane as gp
 from peerprog.codec import groupplane_planes as gpp
-from peerprog.codec.base import RawTensor
+from peerprog.codec.base import EncodedTensor, RawTensor
 from peerprog.codec.dtypes import DTYPES, dtype
 from peerprog.formats import write_safetensors
 from peerprog.manifest.canonical import _canon, pack, unpack
@@ -253,3 +253,34 @@ def test_packing_gives_the_canonical_bytes_and_errors() -> None:
         pack({"z": {"y": [1, 1.5]}})
     with pytest.raises(TypeError, match="map key 1 is not a string"):
         pack({"a": {1: 2, "b": 3}})
+
+
+def test_quality_figures_of_small_tensors_are_those_level_by_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(11)
+    codec = get_codec("groupplane")
+    tensors = {
+        f"{name}.{shape}.{kind}": awkward(rng, name, shape, kind)
+        for name in ("bfloat16", "float32", "float16")
+        for shape in [(16, 64), (40, 100), (8,)]
+        for kind in range(3)
+    }
+    encoded = codec.encode(tensors)
+
+    def figures() -> tuple[list[dict[str, int]], list[float]]:
+        meter = quality.QualityMeter(len(encoded.levels))
+        for layout in encoded.tensors:
+            pieces = tuple(
+                [memoryview(data)[s.offset : s.offset + s.length]]
+                for data, s in zip(encoded.levels, layout.segments, strict=True)
+            )
+            alone = EncodedTensor(layout.params, pieces)
+            meter.add(codec, encoded.params, quality._alone(layout), tensors[layout.name], alone)
+        return [meter.level(n) for n in range(len(encoded.levels))], meter._sq_err
+
+    together, sums = figures()
+    monkeypatch.setattr(quality, "_TOGETHER", 0)  # every tensor level by level
+    apart, sums_apart = figures()
+    assert together == apart
+    assert sums == pytest.approx(sums_apart, rel=1e-12)
