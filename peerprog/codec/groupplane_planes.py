@@ -33,7 +33,7 @@ _DENSE_PARAMS = zstandard.ZstdCompressionParameters.from_level(9)
 def compress_dense(data: Any) -> bytes:
     # this thread's compressor: a ZstdCompressor is not thread-safe (publish encodes
     # tensors in a thread pool; one shared compressor crashed the process)
-    out: bytes = zstd.compressor(_DENSE_PARAMS).compress(data)
+    out: bytes = zstd.compressor(_DENSE_PARAMS, memoryview(data).nbytes).compress(data)
     return out
 
 

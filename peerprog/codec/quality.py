@@ -128,6 +128,7 @@ def _each_level_errors(
     errors = (0.0, 0.0)
     for approx in decoded:
         if approx is not last:
+            last = None  # (the level before's array is not kept while this one is measured)
             errors = _errors(dt, ref, approx.reshape(-1), mask, wide)
             last = approx
         yield errors
