@@ -118,7 +118,7 @@ class ApiContext:
         if built is None:
             raise LevelGone(
                 f"{name}: level {level} of {state.model_id[:12]} is no longer served (now: "
-                f"level {state.best_level}); ask for the tree again"
+                f"level {state.durable_level}); ask for the tree again"
             )
         return self._best_file(state, built)
 
@@ -139,4 +139,4 @@ def _not_reached(name: str, state: ModelView | None, query: BestQuery) -> str:
     if state is None:
         return f"{name}: no level of any version is complete {waited}"
     asked = "the last level" if query.max_level else f"level {query.min_level}"
-    return f"{name}: {asked} not reached {waited} (best complete level: {state.best_level})"
+    return f"{name}: {asked} not reached {waited} (best complete level: {state.durable_level})"

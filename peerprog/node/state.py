@@ -159,11 +159,11 @@ class ModelState:
             "model_id": self.model_id,
             "version": m.version,
             "codec": m.codec,
-            "level": self.best_level,
+            "level": self.durable_level,  # what apps are served
             "levels_total": m.levels_total,
             "bytes_received": self.bytes_held,
             "bytes_total": m.total_bytes,
-            "complete": self.complete,
+            "complete": self.complete and self.durable_level == m.levels_total - 1,
             "peers": len(self.sources),
             "files": len(m.files),
         }
