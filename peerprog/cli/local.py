@@ -97,7 +97,7 @@ def repo_summary(scan: RepoScan, files: Sequence[RepoFile], tensors: int) -> lis
         f"{human_bytes(sum(f.size for f in coded))}",
         f"  carried whole in level 0: {len(whole)} file(s), "
         f"{human_bytes(sum(f.size for f in whole))}"
-        + (f"; left out {scan.excluded} by --include/--exclude" if scan.excluded else ""),
+        + (f"; left out {scan.excluded} (.git/ and --include/--exclude)" if scan.excluded else ""),
     ]
     shown = whole if len(whole) <= 12 else whole[:10]
     lines += [f"    {f.path}  {human_bytes(f.size)}" for f in shown]
