@@ -105,8 +105,10 @@ def parse_tree(doc: Any, headers: Mapping[str, str]) -> Tree:
             if problem is not None:
                 raise ApiError(f"the daemon's tree names a file whose path {problem}")
             files.append(TreeFile(f["path"], int(f["size"]), str(f["sha256"]), bool(f["coded"])))
-        for key in ("name", "model_id", "version", "level", "levels_total", "exact"):
-            doc[key]
+        keys = ("name", "model_id", "version", "level", "levels_total")
+        missing = [k for k in keys if k not in doc]
+        if missing:
+            raise KeyError(", ".join(missing))
     except (KeyError, TypeError, ValueError) as e:
         raise ApiError(f"the daemon's tree answer is malformed ({e})") from None
     return Tree(doc, headers.get("etag", ""), tuple(files))
