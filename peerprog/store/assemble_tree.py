@@ -13,13 +13,14 @@ nothing is ever written through a symlink.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import stat
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,16 +109,32 @@ def _open_new(folder: Path, path: str) -> int:
     return os.open(target, CREATE, 0o644)
 
 
+def _write_whole(folder: Path, path: str, durable: bool, fill: Callable[[int], None]) -> None:
+    """Create ``path`` under ``folder``, ``fill`` it, make it durable if asked, close it."""
+    fd = _open_new(folder, path)
+    try:
+        fill(fd)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_bytes(data: bytes, fd: int) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _copy_out(files: ModelFiles, f: RepoFile, fd: int) -> None:
+    """A whole file's bytes, out of level 0 a block at a time."""
     pos = 0
     while pos < f.blob.length:
         n = min(COPY_BLOCK, f.blob.length - pos)
         data = files.read(0, f.blob.offset + pos, n)
         if len(data) != n:
             raise Unusable(f"{f.path}: level 0 is shorter than the manifest says")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _copy_bytes(data, fd)
         pos += n
 
 
@@ -155,11 +172,11 @@ def build_tree(
             total += f.size
             if not f.coded and _link_prior(prior, tmp, f):
                 continue
+            if not f.coded:  # copied and closed at once: a tree may hold many such files
+                _write_whole(tmp, f.path, durable, functools.partial(_copy_out, files, f))
+                continue
             fd = _open_new(tmp, f.path)
             fds.append(fd)
-            if not f.coded:
-                _copy_out(files, f, fd)
-                continue
             header = files.read(0, f.blob.offset, f.blob.length)
             offsets = header_offsets(f, manifest, header)
             os.ftruncate(fd, f.size)
@@ -167,9 +184,8 @@ def build_tree(
             previous = _prior_file(prior, f, priors)
             jobs += [(manifest.tensors[i], fd, offsets[i], previous) for i in f.tensors]
         decode_into(manifest, files, level, jobs, cancel)
-        fd = _open_new(tmp, MARKER)
-        fds.append(fd)
-        os.write(fd, json.dumps(tree_doc(manifest, model_id, level), indent=1).encode())
+        doc = json.dumps(tree_doc(manifest, model_id, level), indent=1).encode()
+        _write_whole(tmp, MARKER, durable, functools.partial(_copy_bytes, doc))
         if not files.usable(needed, held):  # changed on disk while we read it
             raise Unusable(f"model {manifest.name}: level {level} changed on disk while decoded")
         if durable:

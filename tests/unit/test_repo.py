@@ -335,3 +335,22 @@ async def test_a_repository_level_stays_served_until_the_one_after_next(tmp_path
     assert not (store.decoded_dir(signed.model_id) / "0").exists()
     with pytest.raises(LevelGone):
         ctx.served_level("toy", "f" * 64, 2)
+
+
+def test_a_tree_of_more_files_than_open_descriptors_is_built(tmp_path: Path) -> None:
+    import resource
+
+    repo = make_repo(tmp_path / "repo")
+    (repo / "many").mkdir()
+    for i in range(600):
+        (repo / "many" / f"{i}.txt").write_text(str(i))
+    store = Store(tmp_path / "store")
+    signed = publish_repo(repo, name="toy", key=KEY, store=store).signed
+    out = tmp_path / "out"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+    try:
+        store.decode(signed, signed.manifest.levels_total - 1, out)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert tree_of(out) == tree_of(repo)
