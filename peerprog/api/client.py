@@ -24,9 +24,9 @@ from __future__ import annotations
 import http.client
 import os
 import socket as _socket
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, overload
 
 from peerprog.api.errors import ApiError, LevelTimeout
 from peerprog.api.model import PIECE, BestModel, BestSink
@@ -294,32 +294,60 @@ class Client:
         return self._watch(name, wait, until_last)
 
     def _watch(self, name: str, wait: float, until_last: bool) -> Iterator[BestModel]:
-        etag: str | None = None
-        while True:
-            try:
-                model = self._best(name, None, max(1.0, wait), etag)
-            except LevelTimeout:
-                continue
-            if model is None:
-                continue
-            etag = model.etag
-            yield model
-            if until_last and model.last:
-                return
+        return _watching(lambda etag: self._best(name, None, max(1.0, wait), etag), until_last)
 
     def _watch_dir(self, name: str, dest: Path, wait: float, until_last: bool) -> Iterator[BestDir]:
-        etag: str | None = None
-        while True:
-            try:
-                got = self._best_dir(name, dest, None, max(1.0, wait), etag)
-            except LevelTimeout:
-                continue
-            if got is None:
-                continue
-            etag = got.etag
-            yield got
-            if until_last and got.last:
-                return
+        return _watching(
+            lambda etag: self._best_dir(name, dest, None, max(1.0, wait), etag), until_last
+        )
+
+
+class Watched(Protocol):
+    """What a watch yields: a model or a directory, each with its tag and whether it is
+    the last level."""
+
+    @property
+    def etag(self) -> str: ...
+    @property
+    def last(self) -> bool: ...
+
+
+W = TypeVar("W", bound=Watched)
+
+
+def _watching(get: Callable[[str | None], W | None], until_last: bool) -> Iterator[W]:
+    """Long-poll ``get(etag)`` for each newer answer (None: not modified), until the last
+    level with ``until_last``."""
+    etag: str | None = None
+    while True:
+        try:
+            got = get(etag)
+        except LevelTimeout:
+            continue
+        if got is None:
+            continue
+        etag = got.etag
+        yield got
+        if until_last and got.last:
+            return
+
+
+async def _awatching(
+    get: Callable[[str | None], Awaitable[W | None]], until_last: bool
+) -> AsyncIterator[W]:
+    """As :func:`_watching`, for the asyncio client."""
+    etag: str | None = None
+    while True:
+        try:
+            got = await get(etag)
+        except LevelTimeout:
+            continue
+        if got is None:
+            continue
+        etag = got.etag
+        yield got
+        if until_last and got.last:
+            return
 
 
 def _best_answer(
@@ -519,39 +547,20 @@ class AsyncClient:
         model.load_into(module, strict=strict)
         return model
 
-    async def watch(
+    def watch(
         self, name: str, *, wait: float = WATCH_WAIT, until_last: bool = True
     ) -> AsyncIterator[BestModel]:
         """As :meth:`Client.watch`: ``async for model in client.watch(name)``."""
-        etag: str | None = None
-        while True:
-            try:
-                model = await self._best(name, None, max(1.0, wait), etag)
-            except LevelTimeout:
-                continue
-            if model is None:
-                continue
-            etag = model.etag
-            yield model
-            if until_last and model.last:
-                return
+        return _awatching(lambda etag: self._best(name, None, max(1.0, wait), etag), until_last)
 
-    async def watch_dir(
+    def watch_dir(
         self, name: str, dest: PathArg, *, wait: float = WATCH_WAIT, until_last: bool = True
     ) -> AsyncIterator[BestDir]:
         """As :meth:`Client.watch` with ``dest``: ``async for d in c.watch_dir(name, dest)``."""
-        etag: str | None = None
-        while True:
-            try:
-                got = await self._best_dir(name, Path(dest), None, max(1.0, wait), etag)
-            except LevelTimeout:
-                continue
-            if got is None:
-                continue
-            etag = got.etag
-            yield got
-            if until_last and got.last:
-                return
+        target = Path(dest)
+        return _awatching(
+            lambda etag: self._best_dir(name, target, None, max(1.0, wait), etag), until_last
+        )
 
     async def events(self, name: str) -> AsyncIterator[Event]:
         """The server-sent events of ``name`` (``level`` …, then ``complete``)."""

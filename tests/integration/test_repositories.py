@@ -123,7 +123,11 @@ def test_cli_fetch_reconstruct_inspect_and_a_new_version(cluster: Cluster, tmp_p
     run_cli("publish", str(st), "--name", "other", "--key", str(cluster.key_path),
             "--store", str(cluster.seed_store), "--socket", str(seed.socket))  # fmt: skip
     client = edge.client()
-    wait_until(lambda: client.status("st")["version"] == 2, 60, "version 2 on the edge")
+    wait_until(
+        lambda: (doc := client.status("st"))["version"] == 2 and doc["complete"],
+        60,
+        "version 2 exact on the edge",
+    )
     got = client.best_dir("st", out, min_level="max", wait=60)
     assert got.version == 2 and digests(out) == digests(st)
     client.remove("st")
