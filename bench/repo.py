@@ -37,7 +37,6 @@ Prints JSON; ``--write`` also updates the "Repositories" section of BENCHMARKS.m
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -57,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from bench.report import ROOT, machine, table, write_section
-from bench.size import digest, vm_hwm
+from bench.size import digest, tensor_digest, vm_hwm
 from peerprog.api.client import Client
 from peerprog.api.errors import LevelGone
 from tests.integration.cluster import Cluster, free_port, wait_until
@@ -357,7 +356,7 @@ def make_many_repos(many: Path, few: Path, count: int, nbytes: int, shards: int)
     write_index(few, shard_few, total)
     for k in range(shards):  # the same data bytes: only the headers differ
         a, b = many / shard_name(k, shards), few / shard_name(k, shards)
-        if data_digest(a) != data_digest(b):
+        if tensor_digest(a) != tensor_digest(b):
             raise AssertionError(f"{a.name}: the two repositories' data differ")
     return {
         "tensors": len(tensors),
@@ -368,16 +367,6 @@ def make_many_repos(many: Path, few: Path, count: int, nbytes: int, shards: int)
         "repo_bytes_few": sum(p.stat().st_size for p in few.iterdir()),
         "elements_per_expert_tensor": math.prod(tensors[1][1]),
     }
-
-
-def data_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        f.seek(8 + n)
-        h = hashlib.sha256()
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- baselines -----------------------------------------------------------------------------
