@@ -14,6 +14,7 @@ from typing import Any
 from peerprog.cli.output import human_bytes, human_seconds, print_json
 from peerprog.codec import CODECS, DEFAULT_CODEC, exact_at
 from peerprog.errors import InputError, PeerprogError
+from peerprog.formats.safetensors import read_sensitivity
 from peerprog.manifest import SignedManifest, generate_key_file, load_key_file, valid_name
 from peerprog.manifest.tree import MARKER, RepoFile
 from peerprog.store import Store, Unusable, publish_file, publish_repo
@@ -56,6 +57,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         "params": dict(args.codec_param) or None,
         "progress": progress,
     }
+    if args.sensitivity:
+        options["sensitivity"] = read_sensitivity(Path(args.sensitivity))
     scan = None
     if source.is_dir():
         scan = scan_repo(source, args.include, args.exclude)
@@ -461,6 +464,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         metavar="BYTES",
         help="bytes per chunk (default: by the model's size, 16 KiB to 4 MiB)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        metavar="FILE",
+        help="a safetensors file of how much each tensor's (or row's) error matters, by "
+        "the model's tensor names ('peerprog calibrate' writes one): the rate allocation "
+        "gives bits where they matter (default: data-free)",
     )
     p.add_argument(
         "--socket",

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from peerprog.codec.layout import ParamValue, TensorLayout
+from peerprog.codec.sensitivity import Sensitivity
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,12 @@ class Codec(Protocol):
         """How many levels a model encoded with (checked) ``params`` has."""
         ...
 
-    def planner(self, params: Mapping[str, ParamValue]) -> Planner | None:
+    def planner(
+        self, params: Mapping[str, ParamValue], sensitivity: Sensitivity | None = None
+    ) -> Planner | None:
         """For a codec that allocates its rate over the whole model: a planner to show
-        every tensor to first (None: no such pass)."""
+        every tensor to first, steered by the publisher's ``sensitivity`` if given (None:
+        no such pass; InputError if the codec cannot use a sensitivity)."""
         ...
 
     def encode_tensor(

@@ -22,7 +22,8 @@ from peerprog.codec import zstd
 from peerprog.codec.base import Encoded, EncodedTensor, RawTensor
 from peerprog.codec.dtypes import DType, dtype
 from peerprog.codec.layout import ParamValue, Segment, TensorLayout
-from peerprog.errors import FormatError
+from peerprog.codec.sensitivity import Sensitivity
+from peerprog.errors import FormatError, InputError
 
 Array = npt.NDArray[Any]
 Buffers = list[Any]  # bytes-like pieces of one tensor's segment in one level
@@ -137,8 +138,13 @@ class TensorwiseCodec(ABC):
         self.small(merged)
         return merged
 
-    def planner(self, params: Mapping[str, ParamValue]) -> None:
-        """No first pass: every tensor is encoded the same way."""
+    def planner(
+        self, params: Mapping[str, ParamValue], sensitivity: Sensitivity | None = None
+    ) -> None:
+        """No first pass: every tensor is encoded the same way (InputError if given a
+        sensitivity: nothing here would use it)."""
+        if sensitivity is not None:
+            raise InputError(f"codec {self.name!r} does not allocate its rate: no --sensitivity")
         return None
 
     def encode_tensor(

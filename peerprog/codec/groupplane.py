@@ -78,10 +78,12 @@ for this interface version), else numpy; the environment variable ``PEERPROG_GRO
 Rate allocation (:func:`plan`): every tensor starts with 1 plane; then plane steps are taken
 greedily by estimated error reduction per byte, the error of a tensor being its squared
 error over its squared norm (``weighting`` ``"relative"``: each tensor's signal-to-noise
-counts alike) or its plain squared error (``"absolute"``). :func:`analyse` estimates both
-from a sample of groups. Levels close when the estimated cumulative size passes each of
-``targets_mbpw`` (milli-bits per weight, over all elements); then one level takes every tensor
-to its maximum planes, and the remainder makes it exact. No level is empty.
+counts alike) or its plain squared error (``"absolute"``); with the publisher's sensitivity
+(:mod:`~peerprog.codec.sensitivity`) each weight's squared error is weighted by it and the
+sums compare as they are. :func:`analyse` estimates them from a sample of groups. Levels
+close when the estimated cumulative size passes each of ``targets_mbpw`` (milli-bits per
+weight, over all elements); then one level takes every tensor to its maximum planes, and
+the remainder makes it exact. No level is empty.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ from peerprog.codec.groupplane_planes import (
     with_u32,
 )
 from peerprog.codec.layout import ParamValue
+from peerprog.codec.sensitivity import matrix_shape
 from peerprog.errors import FormatError
 
 NAME = "groupplane"
@@ -305,13 +308,21 @@ class TensorStats:
     plane_bytes: tuple[float, ...] = ()  # cumulative bytes of planes 1..k, index k
     sq_error: tuple[float, ...] = ()  # squared error after k planes, index k
     sq_norm: float = 0.0
+    weighted: bool = False  # errors weighted by the publisher's sensitivity
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def analyse(
-    name: str, tensor: RawTensor, params: Mapping[str, ParamValue] | None = None
+    name: str,
+    tensor: RawTensor,
+    params: Mapping[str, ParamValue] | None = None,
+    sensitivity: Array | None = None,
 ) -> TensorStats:
-    """Estimate a tensor's bytes and errors per plane from a sample of its groups."""
+    """Estimate a tensor's bytes and errors per plane from a sample of its groups.
+
+    ``sensitivity``: weights of the squared errors, a matrix broadcastable to the tensor's
+    ``(rows, cols)`` (:func:`peerprog.codec.sensitivity.as_matrix`); the errors are then
+    ``Σ s_i (x̂_i - x_i)²`` and :func:`plan` compares them as they are."""
     s = settings(params)
     dt = dtype(tensor.dtype)
     flat = _flat(name, dt, tensor)
@@ -322,8 +333,13 @@ def analyse(
     ngroups = -(-flat.size // gsize)
     take = max(1, min(ngroups, SAMPLE_ELEMENTS // gsize))
     words = padded(flat, ngroups * gsize).reshape(ngroups, gsize)
+    picked = np.arange(ngroups, dtype=np.int64)
     if take < ngroups:  # (linspace over every group gives every group)
-        words = words[np.linspace(0, ngroups - 1, take).astype(np.int64)]
+        picked = np.linspace(0, ngroups - 1, take).astype(np.int64)
+        words = words[picked]
+    weights = None
+    if sensitivity is not None:
+        weights = _sample_weights(tensor.array.shape, sensitivity, picked, gsize, flat.size)
     sv = to_f32(geo, np.ascontiguousarray(words).reshape(-1)).reshape(take, gsize)
     scale = ngroups / take
     kmax = geo.max_planes
@@ -355,6 +371,8 @@ def analyse(
         sq *= np.ldexp(1.0, exps[None, :] - ks[:, None] - 1)[:, :, None]  # the midpoints
         sq -= ax  # ± (approx - x): the sign of x is the midpoint's
         sq *= sq
+        if weights is not None:
+            sq *= weights
         sums = sq.reshape(len(ks), -1).sum(axis=1)  # each row as np.sum(row)
         for j, k in enumerate(ks.tolist()):
             errs.append(float(sums[j]) * scale)
@@ -378,8 +396,24 @@ def analyse(
         plane_bytes=tuple(b / 8 for b in plane_bits),
         sq_error=tuple(errs),
         sq_norm=sq_norm,
+        weighted=weights is not None,
         extra={"group": gsize},
     )
+
+
+def _sample_weights(
+    shape: Sequence[int], sensitivity: Array, picked: Array, gsize: int, numel: int
+) -> Array:
+    """The sensitivity of each weight of the sampled groups, shaped (groups, gsize); the
+    padding after the last weight weighs 0."""
+    cols = matrix_shape(shape)[1]
+    idx = picked[:, None] * gsize + np.arange(gsize, dtype=np.int64)[None, :]
+    inside = idx < numel
+    idx = np.minimum(idx, max(numel - 1, 0))
+    r = idx // cols if sensitivity.shape[0] > 1 else np.zeros_like(idx)
+    c = idx % cols if sensitivity.shape[1] > 1 else np.zeros_like(idx)
+    out: Array = sensitivity[r, c] * inside
+    return out
 
 
 def _h(p: float) -> float:
@@ -421,6 +455,8 @@ def plan(params: Mapping[str, ParamValue] | None, stats: Sequence[TensorStats]) 
     schedule: list[list[int]] = []  # per level, planes per progressive tensor (in order)
 
     def weight(t: TensorStats) -> float:
+        if t.weighted:  # the publisher's sensitivity: errors compare as they are
+            return 1.0
         if s.weighting == "relative":
             return 1.0 / t.sq_norm if t.sq_norm > 0 else 0.0
         return 1.0

@@ -14,18 +14,26 @@ from peerprog.codec import groupplane as gp
 from peerprog.codec.base import Encoded, EncodedTensor, RawTensor
 from peerprog.codec.common import Array, PriorDecoder, join_levels
 from peerprog.codec.layout import ParamValue, TensorLayout
+from peerprog.codec.sensitivity import Sensitivity
 from peerprog.errors import FormatError
 
 
 class GroupplanePlanner:
-    """Collects every tensor's statistics, then allocates the rate (:func:`gp.plan`)."""
+    """Collects every tensor's statistics, then allocates the rate (:func:`gp.plan`),
+    weighing errors by ``sensitivity`` when given."""
 
-    def __init__(self, params: Mapping[str, ParamValue]) -> None:
+    def __init__(
+        self, params: Mapping[str, ParamValue], sensitivity: Sensitivity | None = None
+    ) -> None:
         self._params = dict(params)
+        self._sensitivity = sensitivity
         self._stats: list[gp.TensorStats] = []
 
     def add(self, name: str, tensor: RawTensor) -> None:
-        self._stats.append(gp.analyse(name, tensor, self._params))
+        weights = None
+        if self._sensitivity is not None:
+            weights = self._sensitivity.of(name, tensor.array.shape)
+        self._stats.append(gp.analyse(name, tensor, self._params, weights))
 
     def finish(self) -> tuple[dict[str, ParamValue], dict[str, dict[str, ParamValue]]]:
         planned = gp.plan(self._params, self._stats)
@@ -55,8 +63,10 @@ class GroupplaneCodec:
             raise FormatError("groupplane: codec params lack 'levels' (the plan sets them)")
         return levels
 
-    def planner(self, params: Mapping[str, ParamValue]) -> GroupplanePlanner:
-        return GroupplanePlanner(params)
+    def planner(
+        self, params: Mapping[str, ParamValue], sensitivity: Sensitivity | None = None
+    ) -> GroupplanePlanner:
+        return GroupplanePlanner(params, sensitivity)
 
     def encode_tensor(
         self,

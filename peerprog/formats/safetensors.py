@@ -12,12 +12,14 @@ import json
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from peerprog.codec.base import RawTensor
+from peerprog.codec.common import to_float64
 from peerprog.codec.dtypes import DTYPES
-from peerprog.errors import FormatError
+from peerprog.errors import FormatError, InputError
 
 ST_TO_NAME = {
     "F16": "float16",
@@ -192,3 +194,24 @@ def read_safetensors(path: Path) -> tuple[dict[str, RawTensor], dict[str, str]]:
     """Read a safetensors file; returns (tensors, metadata)."""
     data = path.read_bytes()
     return parse_safetensors(data, copy=False)
+
+
+def read_sensitivity(path: Path) -> dict[str, np.ndarray[Any, np.dtype[Any]]]:
+    """A sensitivity file (:mod:`peerprog.codec.sensitivity`): a safetensors file of float
+    tensors, read as float64 arrays by name. InputError naming the file if it cannot be
+    read, is not safetensors, or holds a tensor that is not a float."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the sensitivity file: {e.strerror}") from None
+    try:
+        tensors, _ = parse_safetensors(data, copy=False)
+    except FormatError as e:
+        raise InputError(f"{path}: not a sensitivity file (safetensors): {e}") from None
+    out = {}
+    for name, t in tensors.items():
+        dt = DTYPES[t.dtype]
+        if not dt.is_float:
+            raise InputError(f"{path}: sensitivity of {name!r} is {t.dtype}, floats are needed")
+        out[name] = to_float64(dt, t.array.reshape(-1)).reshape(t.array.shape)
+    return out

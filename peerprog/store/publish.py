@@ -26,6 +26,8 @@ from peerprog.codec import DEFAULT_CODEC, Codec, EncodedTensor, RawTensor, get_c
 from peerprog.codec.dtypes import DTYPES
 from peerprog.codec.layout import ParamValue, Segment, TensorLayout
 from peerprog.codec.quality import QualityMeter
+from peerprog.codec.sensitivity import Array
+from peerprog.codec.sensitivity import check as check_sensitivity
 from peerprog.errors import InputError
 from peerprog.formats import ModelReader, open_model
 from peerprog.manifest import Chunk, Level, Manifest, SignedManifest, seal, valid_name
@@ -172,6 +174,7 @@ def publish_file(
     params: Mapping[str, ParamValue] | None = None,
     quality: bool = True,
     progress: Progress | None = None,
+    sensitivity: Mapping[str, Array] | None = None,
 ) -> PublishResult:
     """Publish a model file (safetensors, .pt/.pth, .npz), streaming it tensor by tensor."""
     with open_model(Path(source)) as reader:
@@ -186,6 +189,7 @@ def publish_file(
             params=params,
             quality=quality,
             progress=progress,
+            sensitivity=sensitivity,
         )
 
 
@@ -207,11 +211,14 @@ def publish_model(
     quality: bool = True,
     progress: Progress | None = None,
     tree: TreeSource | None = None,
+    sensitivity: Mapping[str, Array] | None = None,
 ) -> PublishResult:
     """Encode, chunk, sign and store the tensors of ``reader`` as the newest version of
     ``name``. The manifest's metadata is the source file's own (less ``peerprog.*`` keys)
     with ``metadata`` over it. With ``tree`` (a repository), its files' level-0 bytes lead
-    level 0 and its file entries go into the manifest."""
+    level 0 and its file entries go into the manifest. ``sensitivity`` (tensor name →
+    weights, :mod:`peerprog.codec.sensitivity`) steers the codec's rate allocation;
+    InputError if it does not fit the model."""
     if not valid_name(name):
         raise InputError(f"{name!r} is not a valid model name (letters, digits, . _ -)")
     infos = reader.infos()
@@ -223,7 +230,10 @@ def publish_model(
     c = get_codec(codec)
     merged = c.check_params(params)
     plans: dict[str, dict[str, ParamValue]] = {}
-    planner = c.planner(merged)
+    checked = None
+    if sensitivity is not None:
+        checked = check_sensitivity(sensitivity, {i.name: i.shape for i in infos})
+    planner = c.planner(merged, checked)
     if planner is not None:  # a first, cheap pass: the codec allocates its rate
         for tname, tensor in reader.tensors():
             planner.add(tname, tensor)
