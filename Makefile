@@ -18,7 +18,7 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 # setup.py compiles groupplane's optional C kernels: a changed source re-runs the install.
-$(STAMP): pyproject.toml demo/pyproject.toml setup.py peerprog/codec/_groupplane.c | $(PY)
+$(STAMP): pyproject.toml demo/pyproject.toml setup.py $(wildcard peerprog/codec/groupplane/c/*) | $(PY)
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[test,torch]' -e './demo[plot]'
 	touch $(STAMP)

@@ -28,14 +28,8 @@ from bench.report import machine, table, write_section
 from peerprog.codec import groupplane as gp
 from peerprog.codec import zstd
 from peerprog.codec.dtypes import dtype as dtype_of
-from peerprog.codec.groupplane_planes import (
-    geometry,
-    group_exponents,
-    magnitudes,
-    pack_symbols,
-    padded,
-    to_f32,
-)
+from peerprog.codec.groupplane.format import geometry, padded, steps, symbols_per_byte, to_f32
+from peerprog.codec.groupplane.numpy_kernels import group_exponents, magnitudes, pack_codes
 
 NOTES = Path(__file__).resolve().parent / "CODEC_NOTES.md"
 
@@ -71,13 +65,13 @@ def coder(model: models.Model) -> list[dict[str, Any]]:
         neg = np.signbit(v).reshape(-1)
         prev = 0
         for n, k in enumerate(ks):
-            for a, b in gp._substeps(prev, k):
+            for a, b in steps(prev, k):
                 r = b - a
                 bits = (q >> np.uint32(top - b)) & np.uint32((1 << r) - 1)
                 insig = (q >> np.uint32(top - a)) == 0
                 bb = bits[insig].astype(np.int16)
                 sym = np.where(neg[insig], -bb, bb)
-                frame = pack_symbols(sym, r)
+                frame = zstd.compress(pack_codes(sym, r), symbols=True)
                 acc[n]["zstd"] += len(frame)
                 if sym.size == 0:
                     continue
@@ -93,7 +87,7 @@ def coder(model: models.Model) -> list[dict[str, Any]]:
                 enc.encode_reverse(idx, model_c)
                 comp = enc.get_compressed()
                 t0 = time.perf_counter()
-                zstd.decompress_exact(frame, -(-sym.size // gp_per(r)), "x")
+                zstd.decompress_exact(frame, -(-sym.size // symbols_per_byte(r)), "x")
                 t_z += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 constriction.stream.stack.AnsCoder(comp).decode(model_c, idx.size)
@@ -114,12 +108,6 @@ def coder(model: models.Model) -> list[dict[str, Any]]:
         }
     )
     return rows
-
-
-def gp_per(r: int) -> int:
-    from peerprog.codec.groupplane_planes import _alphabet
-
-    return _alphabet(r)[1]
 
 
 def _h2(p: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

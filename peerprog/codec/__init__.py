@@ -12,7 +12,7 @@ from __future__ import annotations
 from peerprog.codec.base import Codec, Decoder, Encoded, EncodedTensor, RawTensor
 from peerprog.codec.bitplane import BitplaneCodec
 from peerprog.codec.dtypes import DTYPES, DType, dtype
-from peerprog.codec.groupplane_codec import GroupplaneCodec
+from peerprog.codec.groupplane import GroupplaneCodec
 from peerprog.codec.layout import ParamValue, Segment, TensorLayout
 from peerprog.codec.paper import PaperCodec
 from peerprog.errors import InputError

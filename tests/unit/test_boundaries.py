@@ -44,6 +44,25 @@ RANKS = {
     "peerprog.__main__": 7,
     "peerprog": 7,
 }
+# Inside the groupplane codec: a module imports only those of lower rank; the kernels'
+# implementations are known to the selection alone (encode and decode take a Kernels).
+GROUPPLANE = "peerprog.codec.groupplane"
+GROUPPLANE_RANKS = {
+    "format": 0,  # the byte format
+    "params": 0,  # the codec and tensor params
+    "varbits": 0,
+    "kernels": 1,  # the kernels' interface
+    "rate": 1,  # analyse and plan
+    "numpy_kernels": 2,
+    "c_kernels": 2,
+    "_kernels": 1,  # the C extension (its stub)
+    "selection": 3,
+    "encode": 4,
+    "decode": 4,
+    "codec": 5,
+    "": 6,  # the package's public names
+}
+KERNEL_IMPLEMENTATIONS = ("numpy_kernels", "c_kernels", "_kernels")
 API_CLIENT_SIDE = (
     "peerprog.api.client",
     "peerprog.api.wire",
@@ -130,6 +149,44 @@ def test_imports_run_one_way_between_parts() -> None:
             if dst != src and RANKS[dst] >= RANKS[src] and not (RANKS[src] == RANKS[dst] == 7):
                 bad.append(f"{module} imports {t}")
     assert not bad, "\n".join(sorted(bad))
+
+
+def _groupplane_module(module: str) -> str | None:
+    if module == GROUPPLANE:
+        return ""
+    if module.startswith(GROUPPLANE + "."):
+        return module[len(GROUPPLANE) + 1 :]
+    return None
+
+
+def test_groupplane_modules_import_one_way() -> None:
+    graph = import_graph()
+    bad = []
+    for module, targets in graph.items():
+        src = _groupplane_module(module)
+        if src is None:
+            continue
+        assert src in GROUPPLANE_RANKS, f"{module}: add it to GROUPPLANE_RANKS"
+        for t in targets:
+            dst = _groupplane_module(t)
+            if dst is None or dst == src:
+                continue
+            if GROUPPLANE_RANKS[dst] >= GROUPPLANE_RANKS[src]:
+                bad.append(f"{module} imports {t}")
+            if dst in KERNEL_IMPLEMENTATIONS and src not in (
+                "selection",
+                *KERNEL_IMPLEMENTATIONS,
+            ):
+                bad.append(f"{module} imports {t}: pass a Kernels in instead")
+    assert not bad, "\n".join(sorted(bad))
+    outside = sorted(
+        f"{module} imports {t}"
+        for module, targets in graph.items()
+        if _groupplane_module(module) is None
+        for t in targets
+        if (_groupplane_module(t) or "") in KERNEL_IMPLEMENTATIONS
+    )
+    assert not outside, "\n".join(outside)
 
 
 def test_the_api_client_side_needs_no_server_side() -> None:

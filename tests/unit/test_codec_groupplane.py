@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peerprog.codec import groupplane as gp
-from peerprog.codec import varbits
 from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import DTYPES
-from peerprog.codec.groupplane_planes import geometry
+from peerprog.codec.groupplane import varbits
+from peerprog.codec.groupplane.format import geometry
 from peerprog.errors import FormatError
 
 FLOATS = ("float32", "bfloat16", "float16")

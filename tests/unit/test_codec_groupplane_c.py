@@ -22,6 +22,9 @@ from peerprog.codec import groupplane as gp
 from peerprog.codec import zstd
 from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import DTYPES
+from peerprog.codec.groupplane import c_kernels
+from peerprog.codec.groupplane.kernels import Kernels
+from peerprog.codec.groupplane.selection import kernels_named
 from peerprog.errors import FormatError
 
 pytestmark = pytest.mark.skipif("c" not in gp.backends(), reason="C extension not built")
@@ -45,13 +48,13 @@ class simd:
         self.enable = enable
 
     def __enter__(self) -> None:
-        ext = gp.native.ext
+        ext = c_kernels.ext
         assert ext is not None
         self.prev = ext.simd()
         ext.simd(self.enable)
 
     def __exit__(self, *exc: object) -> None:
-        ext = gp.native.ext
+        ext = c_kernels.ext
         assert ext is not None
         ext.simd(self.prev)
 
@@ -131,8 +134,7 @@ def _raw(a: np.ndarray[Any, Any]) -> bytes:
 
 
 def _encode(backend: str, t: RawTensor, tp: dict[str, Any], params: dict[str, Any]) -> list[bytes]:
-    with use(backend):
-        tp2, pieces = gp.encode_tensor(t, tp, params, "w")
+    tp2, pieces = gp.encode_tensor(t, tp, params, "w", kernels_named(backend))
     assert tp2 == tp
     return [bytes(p) for p in pieces]
 
@@ -145,8 +147,8 @@ def _decode(
     pieces: Sequence[bytes],
     prior: np.ndarray[Any, Any] | None,
 ) -> np.ndarray[Any, Any]:
-    with use(backend):
-        return gp.decode_tensor(params, t.dtype, t.array.shape, tp, pieces, prior, "w")
+    k = kernels_named(backend)
+    return gp.decode_tensor(params, t.dtype, t.array.shape, tp, pieces, prior, "w", k)
 
 
 def _levels(
@@ -379,29 +381,31 @@ def test_huge_declared_frames_are_refused_before_allocating() -> None:
         bomb = zstandard.ZstdCompressor().compress(b"\0" * (1 << 24))  # declares 16 MiB
         parts[0] = struct.pack("<I", len(bomb)) + bomb + parts[0][4 + m :]
         good = list(_levels("c", params, t, tp, pieces))
-        with use("c"), pytest.raises(FormatError, match="declares"):
+        with pytest.raises(FormatError, match="declares"):
             gp.decode_tensor(params, t.dtype, t.array.shape, tp, [*pieces[:n], _join(parts)],
-                             good[n - 1], "w")  # fmt: skip
+                             good[n - 1], "w", kernels_named("c"))  # fmt: skip
 
 
-def test_frames_declaring_more_than_the_tensor_are_decoded_level_by_level(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+class Counting:
+    """Kernels that count their decode calls (one a pass over the tensor)."""
+
+    def __init__(self, inner: Kernels) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.encode = inner.encode
+        self.passes = 0
+
+    def decode(self, *args: Any) -> None:
+        self.passes += 1
+        self.inner.decode(*args)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_frames_declaring_more_than_the_tensor_are_decoded_level_by_level(backend: str) -> None:
     """From scratch, all levels' symbols are held at once only while their frames together
-    declare at most the tensor's size; past that, level by level (at most one at a time)."""
+    declare at most the tensor's size; past that, level by level (one level's at a time)."""
     params, t, tp, pieces = _case("bfloat16", 64)
-    calls: list[object] = []
-    real = gp.native.levels
-
-    def spy(*args: Any) -> bool:
-        try:
-            calls.append(real(*args))
-        except FormatError as e:
-            calls.append(e)
-            raise
-        return calls[-1] is True
-
-    monkeypatch.setattr(gp.native, "levels", spy)
+    k = Counting(kernels_named(backend))
     total = -(-t.array.size // 64) * 64
     bad = list(pieces)
     parts = _split(bad[-1])  # the remainder's frame declares the whole tensor
@@ -409,12 +413,14 @@ def test_frames_declaring_more_than_the_tensor_are_decoded_level_by_level(
     frame = zstd.compress(b"\0" * total * 2, symbols=True)
     bad[-1] = _join([struct.pack("<I", len(frame)) + frame + parts[0][4 + m :]])
     n = len(pieces) - 1
-    assert _outcome("c", params, t, tp, bad, n, None) is None
-    assert calls == [False]  # over the budget: not fused, and level by level it fails
-    assert _outcome("numpy", params, t, tp, bad, n, None) is None
-    calls.clear()
-    assert _outcome("c", params, t, tp, pieces, n, None) == _raw(t.array)
-    assert calls == [True]
+    with pytest.raises(FormatError):
+        gp.decode_tensor(params, t.dtype, t.array.shape, tp, bad, None, "w", k)
+    # over the budget: level by level (those that refine the tensor), and the last one fails
+    assert k.passes == sum(1 for p in pieces if p) and n + 1 > k.passes
+    k.passes = 0
+    out = gp.decode_tensor(params, t.dtype, t.array.shape, tp, pieces, None, "w", k)
+    assert _raw(out) == _raw(t.array)
+    assert k.passes == 1
 
 
 def test_backend_selection() -> None:

@@ -31,9 +31,11 @@ import pytest
 import peerprog
 from peerprog.codec import get_codec, quality
 from peerprog.codec import groupplane as gp
-from peerprog.codec import groupplane_planes as gpp
 from peerprog.codec.base import EncodedTensor, RawTensor
 from peerprog.codec.dtypes import DTYPES, dtype
+from peerprog.codec.groupplane import format as gpf
+from peerprog.codec.groupplane import numpy_kernels as gpn
+from peerprog.codec.groupplane import rate
 from peerprog.formats import write_safetensors
 from peerprog.manifest.canonical import _canon, pack, unpack
 from peerprog.store import Store, build_level
@@ -126,16 +128,16 @@ def reference_analyse(name: str, tensor: RawTensor, params: dict[str, Any]) -> g
     flat = np.ascontiguousarray(tensor.array).reshape(-1)
     if gp.is_whole(dt, tensor.array.shape, s):
         return gp.TensorStats(name, dt.name, flat.size, True, whole_bytes=flat.size * dt.itemsize)
-    geo = gpp.geometry(dt, s.max_planes)
+    geo = gpf.geometry(dt, s.max_planes)
     gsize = gp.group_size(tensor.array.shape, s.group)
     ngroups = -(-flat.size // gsize)
-    v = gpp.to_f32(geo, gpp.padded(flat, ngroups * gsize)).reshape(ngroups, gsize)
+    v = gpf.to_f32(geo, gpf.padded(flat, ngroups * gsize)).reshape(ngroups, gsize)
     take = max(1, min(ngroups, gp.SAMPLE_ELEMENTS // gsize))
     sv = v[np.linspace(0, ngroups - 1, take).astype(np.int64)]
     scale = ngroups / take
-    exps = gpp.group_exponents(geo, sv)
+    exps = gpn.group_exponents(geo, sv)
     kmax = geo.max_planes
-    q = gpp.magnitudes(sv, exps, kmax)
+    q = gpn.magnitudes(sv, exps, kmax)
     neg = np.signbit(sv)
     x = np.where(np.isfinite(sv), sv, 0).astype(np.float64)
     sq_norm = float(np.sum(x * x)) * scale
@@ -149,9 +151,9 @@ def reference_analyse(name: str, tensor: RawTensor, params: dict[str, Any]) -> g
         bits = float(n_sig)
         if insig_bits.size:
             p1 = n_new / insig_bits.size
-            bits += insig_bits.size * gp._h(p1) + n_new
+            bits += insig_bits.size * rate._h(p1) + n_new
         plane_bits.append(plane_bits[-1] + bits * scale)
-        approx = gpp.midpoints(geo, qk, neg, exps, k).astype(np.float64)
+        approx = gpn.midpoints(geo, qk, neg, exps, k).astype(np.float64)
         errs.append(float(np.sum((approx - x) ** 2)) * scale)
     return gp.TensorStats(
         name,

@@ -1,8 +1,7 @@
-"""The ``groupplane`` codec behind the :class:`~peerprog.codec.base.Codec` interface.
-
-The format and the choices are :mod:`peerprog.codec.groupplane`'s; this adds the two-pass
-protocol publish needs (every tensor is shown to a :class:`GroupplanePlanner` first, which
-allocates the rate over the whole model) and the whole-model conveniences.
+"""The ``groupplane`` codec behind the :class:`~peerprog.codec.base.Codec` interface: the
+two-pass protocol publish needs (every tensor is shown to a :class:`GroupplanePlanner` first,
+which allocates the rate over the whole model), the per-tensor encode and decode, and the
+whole-model conveniences.
 """
 
 from __future__ import annotations
@@ -10,33 +9,35 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from peerprog.codec import groupplane as gp
 from peerprog.codec.base import Encoded, EncodedTensor, RawTensor
 from peerprog.codec.common import Array, PriorDecoder, join_levels
+from peerprog.codec.groupplane import decode, encode, rate
+from peerprog.codec.groupplane.params import NAME, default_params, settings
 from peerprog.codec.layout import ParamValue, TensorLayout
 from peerprog.codec.sensitivity import Sensitivity
 from peerprog.errors import FormatError
 
 
 class GroupplanePlanner:
-    """Collects every tensor's statistics, then allocates the rate (:func:`gp.plan`),
-    weighing errors by ``sensitivity`` when given."""
+    """Collects every tensor's statistics, then allocates the rate
+    (:func:`~peerprog.codec.groupplane.rate.plan`), weighing errors by ``sensitivity`` when
+    given."""
 
     def __init__(
         self, params: Mapping[str, ParamValue], sensitivity: Sensitivity | None = None
     ) -> None:
         self._params = dict(params)
         self._sensitivity = sensitivity
-        self._stats: list[gp.TensorStats] = []
+        self._stats: list[rate.TensorStats] = []
 
     def add(self, name: str, tensor: RawTensor) -> None:
         weights = None
         if self._sensitivity is not None:
             weights = self._sensitivity.of(name, tensor.array.shape)
-        self._stats.append(gp.analyse(name, tensor, self._params, weights))
+        self._stats.append(rate.analyse(name, tensor, self._params, weights))
 
     def finish(self) -> tuple[dict[str, ParamValue], dict[str, dict[str, ParamValue]]]:
-        planned = gp.plan(self._params, self._stats)
+        planned = rate.plan(self._params, self._stats)
         self._stats = []  # (a few hundred bytes a tensor, not needed any more)
         return planned.params, planned.tensors
 
@@ -45,20 +46,21 @@ class GroupplaneCodec:
     """Per-group power-of-two scales, entropy-coded bit planes, a rate-allocated ladder,
     the exact bits last (lossless)."""
 
-    name = gp.NAME
+    name = NAME
     lossless = True
 
     def default_params(self) -> dict[str, ParamValue]:
-        """The settings of :func:`gp.default_params` (``levels`` is added by the plan)."""
-        return gp.default_params()
+        """The settings of :func:`~peerprog.codec.groupplane.params.default_params`
+        (``levels`` is added by the plan)."""
+        return default_params()
 
     def check_params(self, params: Mapping[str, ParamValue] | None) -> dict[str, ParamValue]:
-        merged = {**gp.default_params(), **dict(params or {})}
-        gp.settings(merged)
+        merged = {**default_params(), **dict(params or {})}
+        settings(merged)
         return {k: list(v) if isinstance(v, list) else v for k, v in merged.items()}
 
     def levels(self, params: Mapping[str, ParamValue]) -> int:
-        levels = gp.settings(params).levels
+        levels = settings(params).levels
         if levels is None:
             raise FormatError("groupplane: codec params lack 'levels' (the plan sets them)")
         return levels
@@ -77,7 +79,7 @@ class GroupplaneCodec:
     ) -> EncodedTensor:
         if plan is None:
             raise FormatError(f"groupplane: tensor {name!r} has no plan")
-        tparams, pieces = gp.encode_tensor(tensor, plan, params, name)
+        tparams, pieces = encode.encode_tensor(tensor, plan, params, name)
         return EncodedTensor(tparams, tuple([p] for p in pieces))
 
     def decode_tensor(
@@ -87,7 +89,7 @@ class GroupplaneCodec:
         pieces: Sequence[Any],
         prior: Array | None = None,
     ) -> Array:
-        return gp.decode_tensor(
+        return decode.decode_tensor(
             params, layout.dtype, layout.shape, layout.params, pieces, prior, layout.name
         )
 
@@ -96,7 +98,7 @@ class GroupplaneCodec:
     ) -> Iterator[Array]:
         """:meth:`decode_tensor` of every level of ``pieces`` in turn, each from the one
         before (the same arrays), the tensor's settings and scales read once."""
-        return gp.decode_levels(
+        return decode.decode_levels(
             params, layout.dtype, layout.shape, layout.params, pieces, layout.name
         )
 

@@ -1,10 +1,11 @@
-"""Type stub of the C extension built from ``_groupplane.c`` (see groupplane_native.py)."""
+"""Type stub of the C extension built from ``c/*.c`` (see c_kernels.py and c/module.c)."""
 
 from collections.abc import Sequence
 from typing import Any
 
 FORMAT: int
 
+def tables(per: Sequence[int], /) -> None: ...
 def encode(
     words: Any,
     gsize: int,
@@ -16,22 +17,17 @@ def encode(
     top: int,
     steps: Sequence[tuple[int, int]],
 ) -> tuple[bytes, list[tuple[bytes, bytes]], bytes, bytes]: ...
-def decode_planes(
-    prior: Any | None,
-    n_in: int,
+def decode(
     out: Any,
+    numel: int,
     scales: Any,
     e_floor: int,
     gsize: int,
     size: int,
     ebits: int,
     mbits: int,
-    k1: int,
-    r: int,
-    codes: Any,
-    refine: Any,
+    prior: Any | None,
+    steps: Sequence[tuple[int, int, bool, Any, Any]],
+    remainder: tuple[Any, Any] | None,
 ) -> None: ...
 def simd(enable: bool = ..., /) -> bool: ...
-def decode_remainder(
-    prior: Any, n_in: int, out: Any, raw: Any, low: Any, size: int, ebits: int, mbits: int
-) -> None: ...

@@ -1,0 +1,196 @@
+"""Decoding one tensor: any prefix of its levels, from scratch or from the tensor at an
+earlier level, in one pass of the kernels.
+
+:func:`decode_tensor` returns the tensor at level ``len(pieces) - 1`` as an array of its
+storage dtype (bfloat16: uint16 bit patterns) and shape. ``prior`` is the result for level
+n-1 (or None: then levels 0..n are all decoded, in one pass); with a prior only level 0's
+scales and level n's piece are read, so adding a level costs about its size plus one pass
+over the tensor. When level n does not refine the tensor, ``prior`` itself is returned.
+:func:`decode_levels` gives every level in turn.
+
+Malformed pieces raise :class:`peerprog.errors.FormatError` naming the tensor and the level;
+nothing is allocated beyond the tensor's own size (known from the manifest) and the lengths
+the pieces must have. Levels decoded in one pass hold their symbols at once only while their
+zstd frames together declare at most the tensor's size; past that they are decoded level by
+level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from peerprog.codec.dtypes import dtype
+from peerprog.codec.groupplane import format
+from peerprog.codec.groupplane.format import Array, Buffer, Geometry, RemainderFrames
+from peerprog.codec.groupplane.kernels import Kernels, Remainder, Step
+from peerprog.codec.groupplane.params import settings, tensor_settings
+from peerprog.codec.groupplane.selection import default_kernels
+from peerprog.codec.layout import ParamValue
+from peerprog.errors import FormatError
+
+
+def decode_tensor(
+    params: Mapping[str, ParamValue],
+    dtype_name: str,
+    shape: Sequence[int],
+    tensor_params: Mapping[str, ParamValue],
+    pieces: Sequence[Buffer],
+    prior: Array | None = None,
+    name: str = "",
+    kernels: Kernels | None = None,
+) -> Array:
+    """The tensor at level ``len(pieces) - 1`` (see the module docstring). ``kernels``:
+    those to use (default: :func:`~peerprog.codec.groupplane.selection.default_kernels`)."""
+    s = settings(params)
+    dt = dtype(dtype_name)
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape) or math.prod(shape) * dt.itemsize > 1 << 46:
+        raise FormatError(f"tensor {name!r}: bad shape {shape}")
+    nlevels = s.levels or 1
+    n = len(pieces) - 1
+    if not 0 <= n < nlevels:
+        raise FormatError(f"tensor {name!r}: {len(pieces)} pieces, the model has {nlevels} levels")
+    ts = tensor_settings(s, dt, shape, tensor_params, name)
+    what = f"tensor {name!r} level {n}"
+    if ts.whole:
+        if prior is not None and n > 0:
+            if any(len(memoryview(p)) for p in pieces[1:]):
+                raise FormatError(f"{what}: a whole tensor has data only in level 0")
+            return prior
+        return format.decode_whole(dt, shape, pieces[0], what)
+    t = _Tensor(name, format.geometry(dt, s.max_planes), shape, ts.group, ts.planes)
+    k = kernels or default_kernels()
+    if prior is None:
+        return t.levels(k, pieces, None, 0, n)
+    if n == 0:
+        raise FormatError(f"{what}: level 0 has no prior")
+    if not isinstance(prior, np.ndarray) or prior.dtype != dt.storage or prior.size != t.numel:
+        raise ValueError(f"prior of tensor {name!r} is not a {dt.name} array of {t.numel}")
+    return t.levels(k, pieces, prior, n, n)
+
+
+def decode_levels(
+    params: Mapping[str, ParamValue],
+    dtype_name: str,
+    shape: Sequence[int],
+    tensor_params: Mapping[str, ParamValue],
+    pieces: Sequence[Buffer],
+    name: str = "",
+    kernels: Kernels | None = None,
+) -> Iterator[Array]:
+    """The tensor at every level ``0 .. len(pieces) - 1`` in turn: the arrays that
+    :func:`decode_tensor` gives level by level, each from the one before (the same checks
+    and errors), with the tensor's settings and scales read once rather than per level
+    (the quality figures of a publish decode every level of the tensors they measure)."""
+    if not pieces:
+        return
+    prior = decode_tensor(params, dtype_name, shape, tensor_params, pieces[:1], None, name, kernels)
+    yield prior
+    s = settings(params)
+    dt = dtype(dtype_name)
+    shp = tuple(int(d) for d in shape)
+    ts = tensor_settings(s, dt, shp, tensor_params, name)  # checked above
+    nlevels = s.levels or 1
+    t = (
+        None
+        if ts.whole
+        else _Tensor(name, format.geometry(dt, s.max_planes), shp, ts.group, ts.planes)
+    )
+    k = kernels or default_kernels()
+    scales = None
+    for m in range(1, len(pieces)):
+        if m >= nlevels:
+            raise FormatError(f"tensor {name!r}: {m + 1} pieces, the model has {nlevels} levels")
+        if t is None:  # a whole tensor: the same array at every level
+            if len(memoryview(pieces[m])):
+                raise FormatError(
+                    f"tensor {name!r} level {m}: a whole tensor has data only in level 0"
+                )
+        else:
+            if scales is None:
+                scales = t.scales(pieces[0])
+            prior = t.levels(k, pieces, prior, m, m, scales)
+        yield prior
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """A planed tensor being decoded."""
+
+    name: str
+    geo: Geometry
+    shape: tuple[int, ...]
+    gsize: int
+    planes: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def total(self) -> int:
+        """Words padded to whole groups."""
+        return -(-self.numel // self.gsize) * self.gsize
+
+    def what(self, m: int, n: int | None = None) -> str:
+        return f"tensor {self.name!r} level {m}" + ("" if n in (None, m) else f"..{n}")
+
+    def scales(self, piece0: Buffer) -> Array:
+        what = self.what(0)
+        frame = format.scales_frame(piece0, what)
+        return format.scale_bytes(self.geo, frame, self.total // self.gsize, what)
+
+    def levels(
+        self,
+        k: Kernels,
+        pieces: Sequence[Buffer],
+        prior: Array | None,
+        m0: int,
+        n: int,
+        scales: Array | None = None,
+    ) -> Array:
+        """Levels ``m0 .. n`` from ``prior`` (the tensor at level ``m0 - 1``; None when
+        ``m0`` is 0) in one pass, or level by level if their frames are too large."""
+        read = [
+            format.read_level(self.planes, pieces[m], m, self.what(m)) for m in range(m0, n + 1)
+        ]
+        if prior is not None and not any(read):  # no level refines the tensor
+            return prior
+        size = self.geo.word.itemsize
+        budget = self.total * size
+        for m, r in zip(range(m0, n + 1), read, strict=True):
+            if isinstance(r, RemainderFrames):
+                budget -= format.declared(r.rest, self.total * size, self.what(m))
+                continue
+            for f in r:
+                limit = format.symbol_limit(self.total, f.r)
+                budget -= format.declared(f.symbols, limit, self.what(m))
+        if scales is None:
+            scales = self.scales(pieces[0])
+        if budget < 0 and m0 < n:  # hold one level's symbols at a time
+            out = prior
+            for m in range(m0, n + 1):
+                out = self.levels(k, pieces, out, m, m, scales)
+            assert out is not None
+            return out
+        steps: list[Step] = []
+        rem = None
+        for m, r in zip(range(m0, n + 1), read, strict=True):
+            what = self.what(m)
+            if isinstance(r, RemainderFrames):
+                rem = Remainder(format.rest_bytes(r, self.total, size, what), r.low)
+                continue
+            for f in r:
+                codes = format.symbol_bytes(f, self.total, what)
+                steps.append(Step(f.k1, f.r, f.first, codes, f.refine))
+        out = np.empty(self.total, self.geo.word)
+        pw = None if prior is None else np.ascontiguousarray(prior).reshape(-1).view(self.geo.word)
+        try:
+            k.decode(self.geo, out, self.numel, self.gsize, scales, pw, steps, rem)
+        except FormatError as e:
+            raise FormatError(f"{self.what(m0, n)}: {e}") from None
+        return out[: self.numel].view(self.geo.dt.storage).reshape(self.shape)
