@@ -28,6 +28,7 @@ from peerprog.codec import get_codec
 from peerprog.codec import groupplane as gp
 from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import dtype as dtype_of
+from peerprog.codec.sensitivity import Sensitivity
 
 NOTES = Path(__file__).resolve().parent / "CODEC_NOTES.md"
 CHART = Path(__file__).resolve().parent / "codec_quality.png"
@@ -42,13 +43,20 @@ def _exact(a: Mapping[str, RawTensor], b: Mapping[str, RawTensor]) -> bool:
 
 
 def run_groupplane(
-    model: models.Model, params: Mapping[str, Any] | None = None, max_bpw: float = 1e9
+    model: models.Model,
+    params: Mapping[str, Any] | None = None,
+    max_bpw: float = 1e9,
+    sensitivity: Sensitivity | None = None,
 ) -> dict[str, Any]:
-    """Analyse, plan, encode tensor by tensor, then decode level by level from the prior and
-    score each level (levels past ``max_bpw`` cumulative are decoded but not scored)."""
+    """Analyse (weighing errors by ``sensitivity`` if given), plan, encode tensor by
+    tensor, then decode level by level from the prior and score each level (levels past
+    ``max_bpw`` cumulative are decoded but not scored)."""
     src = model.tensors
     t0 = time.process_time()
-    stats = [gp.analyse(k, t, params) for k, t in src.items()]
+    stats = [
+        gp.analyse(k, t, params, sensitivity.of(k, t.array.shape) if sensitivity else None)
+        for k, t in src.items()
+    ]
     pl = gp.plan(params, stats)
     t_plan = time.process_time() - t0
     t0 = time.process_time()

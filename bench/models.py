@@ -107,6 +107,12 @@ class Model:
         self._module, self._run, self._extra = module, run, extra
         self._full: torch.Tensor | None = None
 
+    def full_module(self) -> torch.nn.Module:
+        """The torch module with this model's own (full) weights loaded."""
+        state = {k: torch.from_numpy(np.array(to_float32(t))) for k, t in self.tensors.items()}
+        self._module.load_state_dict(state)
+        return self._module
+
     @property
     def full_logits(self) -> torch.Tensor:
         """The full model's outputs (computed on first use)."""

@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="same as --log-level info")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from peerprog.cli import local
+    from peerprog.cli import calibrate, local
 
     local.add_parsers(sub)
+    calibrate.add_parsers(sub)
     try:
         from peerprog.cli import network
     except ImportError:  # pragma: no cover - the network commands land with the daemon

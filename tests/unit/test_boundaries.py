@@ -36,6 +36,7 @@ RANKS = {
     "peerprog.config": 3,
     "peerprog.store": 3,
     "peerprog.reference": 3,
+    "peerprog.calibrate": 4,  # torch: the publisher's sensitivity, used by the cli
     "peerprog.listen": 4,
     "peerprog.node": 5,
     "peerprog.api": 5,
