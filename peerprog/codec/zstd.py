@@ -79,11 +79,12 @@ def decompress_exact(frame: Any, size: int, what: str) -> npt.NDArray[np.uint8]:
     if declared != size:
         raise FormatError(f"{what}: zstd frame declares {declared} bytes, expected {size}")
     dctx = _local.decompressor if size <= REUSE_BYTES else zstandard.ZstdDecompressor()
-    dobj = dctx.decompressobj(write_size=max(size, 1))
-    try:
-        out = dobj.decompress(frame)
+    try:  # one call into a buffer of the declared size: twice as fast as a decompressobj
+        out = dctx.decompress(frame, max_output_size=size, allow_extra_data=False)
     except zstandard.ZstdError as e:
-        raise FormatError(f"{what}: corrupt zstd data ({e})") from None
-    if not dobj.eof or dobj.unused_data or len(out) != size:
-        raise FormatError(f"{what}: zstd frame is truncated, oversized or followed by junk")
+        raise FormatError(
+            f"{what}: zstd frame is corrupt, truncated or followed by junk ({e})"
+        ) from None
+    if len(out) != size:
+        raise FormatError(f"{what}: zstd frame holds {len(out)} bytes, declares {size}")
     return np.frombuffer(out, np.uint8)
