@@ -142,12 +142,14 @@ class Codec(Protocol):
         layout: TensorLayout,
         pieces: Sequence[Any],
         prior: np.ndarray[Any, np.dtype[Any]] | None = None,
+        prior_level: int | None = None,
     ) -> np.ndarray[Any, np.dtype[Any]]:
         """The tensor at level ``len(pieces) - 1`` from its pieces of levels 0..that
         (bytes-like; only those a codec needs are read), as an array of its storage dtype
-        and shape. ``prior``, if given, is the same tensor decoded at the level before:
-        an incremental codec then does work in proportion to the last piece alone.
-        :class:`FormatError` on malformed pieces."""
+        and shape. ``prior``, if given, is the same tensor decoded at level ``prior_level``
+        (default: the level before): an incremental codec then does work in proportion to
+        the pieces after it alone, all of them in one pass. :class:`FormatError` on
+        malformed pieces."""
         ...
 
     def encode(

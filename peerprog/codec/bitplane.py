@@ -135,14 +135,18 @@ class BitplaneCodec(TensorwiseCodec):
         layout: TensorLayout,
         pieces: Sequence[Any],
         prior: Array | None = None,
+        prior_level: int | None = None,
     ) -> Array:
-        """From ``prior`` (the level before) only the last piece is read: its known bits are
-        those of ``prior`` with the midpoint fill masked off."""
+        """From ``prior`` at the level before only the last piece is read: its known bits are
+        those of ``prior`` with the midpoint fill masked off (from a prior of an earlier
+        level, all pieces are decoded)."""
         plan, small = _plan(params)
         dt = dtype(layout.dtype)
         level = len(pieces) - 1
+        if prior_level not in (None, level - 1):
+            prior = None
         if prior is None or level == 0 or is_whole(dt, layout.numel, small):
-            return super().decode_tensor(params, layout, pieces, prior)
+            return super().decode_tensor(params, layout, pieces, None)
         sp = split_for(dt, plan)
         if level >= len(sp.level_bits) or prior.dtype != dt.storage or prior.size != layout.numel:
             raise FormatError(f"tensor {layout.name!r}: prior does not match level {level}")

@@ -180,8 +180,10 @@ class TensorwiseCodec(ABC):
         layout: TensorLayout,
         pieces: Sequence[Any],
         prior: Array | None = None,
+        prior_level: int | None = None,
     ) -> Array:
-        """The tensor at level ``len(pieces) - 1``, decoded from all its pieces."""
+        """The tensor at level ``len(pieces) - 1``, decoded from all its pieces (``prior``
+        is not used)."""
         if not 0 < len(pieces) <= len(layout.segments):
             raise FormatError(f"tensor {layout.name!r}: {len(pieces)} pieces for its levels")
         alone = TensorLayout(

@@ -1,12 +1,13 @@
 """A model's decoded levels on disk: what ``best`` serves.
 
-Each level reached is written as a safetensors file, ``decoded/<level>.safetensors``,
-tensor by tensor from the previous level's file and the new level's bytes
-(:func:`peerprog.store.build_level`, in a worker thread); a repository's level is a folder,
-``decoded/<level>/``, holding every file of the tree (:func:`peerprog.store.build_tree`).
-The newest level is kept and older ones are removed: an answer still sending one holds it
-open, so removing it is safe. While the store's disk is full, the level is written in the
-system's temporary directory instead, so that apps are still served.
+Each level reached is written as a safetensors file, ``decoded/<level>.safetensors``, tensor
+by tensor from the level built before (every level since decoded in one pass) and the new
+levels' bytes (:func:`peerprog.store.build_level`, in a worker thread); a repository's level
+is a folder, ``decoded/<level>/``, holding every file of the tree
+(:func:`peerprog.store.build_tree`). The newest level is kept and older ones are removed: an
+answer still sending one holds it open, so removing it is safe. While the store's disk is
+full, the level is written in the system's temporary directory instead, so that apps are
+still served.
 
 For a model the node wants, levels are built as they complete — except one that would be
 superseded before it is built (the next level is due sooner than a build takes): on a fast
@@ -158,7 +159,8 @@ class DecodedLevels:
             ):
                 level = s.durable_level
                 old = self.built
-                prior = old.path if old is not None and old.level == level - 1 else None
+                # from the level built last, every level since in one pass
+                prior = old if old is not None and old.level < level else None
                 repo = s.manifest.is_repository
                 path = folder / (str(level) if repo else f"{level}.safetensors")
                 folder.mkdir(exist_ok=True)
@@ -202,14 +204,15 @@ class DecodedLevels:
         finally:
             self._wake()
 
-    def _build_one(self, held: Bitfield, level: int, path: Path, prior: Path | None) -> int:
-        """Build ``level`` at ``path`` from the chunks ``held`` (blocking: in a worker
-        thread)."""
+    def _build_one(self, held: Bitfield, level: int, path: Path, prior: Built | None) -> int:
+        """Build ``level`` at ``path`` from the chunks ``held``, from ``prior`` (a level
+        built before) if given (blocking: in a worker thread)."""
         s = self._state
         build = build_tree if s.manifest.is_repository else build_level
         return build(
-            s.manifest, s.model_id, self._files, held, level, path, prior=prior,
-            cancel=self._cancel,
+            s.manifest, s.model_id, self._files, held, level, path,
+            prior=None if prior is None else prior.path,
+            prior_level=None if prior is None else prior.level, cancel=self._cancel,
         )  # fmt: skip
 
     def _failed(self, level: int, e: Exception) -> None:

@@ -1,11 +1,12 @@
 """Decoded levels: a model at one level, written as a safetensors file tensor by tensor.
 
-:func:`build_level` reads each tensor's pieces from the level files, decodes it (from the
-previous level's decoded file when there is one, so that reaching level n costs about the
-size of level n), and writes it at its place in the output, which is renamed into place
-when whole. Two tensors are decoded at a time; memory stays near a few times the largest
-tensor, whatever the model's size. Every chunk read is verified first (see
-:meth:`~peerprog.store.levels.ModelFiles.usable`): nothing unverified is decoded.
+:func:`build_level` reads each tensor's pieces from the level files, decodes it (from an
+earlier level's decoded file when there is one, every level since in one pass, so that
+reaching level n costs about the size of the levels since), and writes it at its place in
+the output, which is renamed into place when whole. Two tensors are decoded at a time;
+memory stays near a few times the largest tensor, whatever the model's size. Every chunk
+read is verified first (see :meth:`~peerprog.store.levels.ModelFiles.usable`): nothing
+unverified is decoded.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class DecodedFile:
 
 
 Prior = Callable[[TensorLayout], "np.ndarray[Any, Any] | None"]
-"""A tensor's array at the level before, if there is one to refine."""
+"""A tensor's array at an earlier level, if there is one to refine."""
 
 
 def decode_into(
@@ -166,9 +167,11 @@ def decode_into(
     level: int,
     jobs: Iterable[tuple[TensorLayout, int, int, Prior]],
     cancel: threading.Event | None = None,
+    prior_level: int | None = None,
 ) -> None:
     """Decode each job's tensor at ``level`` and write it into file descriptor ``fd`` at
-    ``offset``: ``(layout, fd, offset, prior)``. :data:`DECODE_THREADS` tensors at a time;
+    ``offset``: ``(layout, fd, offset, prior)``, ``prior`` giving arrays of level
+    ``prior_level`` (default: the level before). :data:`DECODE_THREADS` tensors at a time;
     :class:`Cancelled` if ``cancel`` is set meanwhile. Blocking."""
     codec = get_codec(manifest.codec)
     params = manifest.codec_params
@@ -179,7 +182,7 @@ def decode_into(
             raise Cancelled()
         before = prior(t)
         try:
-            arr = codec.decode_tensor(params, t, _Pieces(files, t, level), before)
+            arr = codec.decode_tensor(params, t, _Pieces(files, t, level), before, prior_level)
         except FormatError as e:
             raise FormatError(f"model {manifest.name}: level {level}: {e}") from None
         if before is not None:  # a view of the level before's file: its pages leave our RSS
@@ -225,13 +228,16 @@ def build_level(
     out: Path,
     *,
     prior: Path | None = None,
+    prior_level: int | None = None,
     cancel: threading.Event | None = None,
 ) -> int:
     """Write ``manifest`` decoded at ``level`` to ``out`` (atomically); ``prior`` is its
-    decoded file of level ``level - 1``, if there is one. Returns the file's size.
+    decoded file of level ``prior_level`` (default ``level - 1``; any earlier level: the
+    levels since are decoded in one pass), if there is one. Returns the file's size.
     :class:`Unusable` if a chunk it needs is missing or damaged, :class:`Cancelled` if
     ``cancel`` is set meanwhile. Blocking. (A repository is built as a folder:
     :func:`peerprog.store.assemble_tree.build_tree`.)"""
+    plevel = None if prior is None else prior_level_for(level, prior_level)
     needed = required_chunks(manifest, files, held, level)
     lay = file_layout(manifest.tensors, level_metadata(manifest, model_id, level))
     tmp = out.parent / f"{TMP_PREFIX}{out.name}.{os.getpid()}.{threading.get_ident()}"
@@ -249,7 +255,7 @@ def build_level(
             return before.array(t) if before is not None else None
 
         jobs = ((t, fd, lay.offsets[t.name], previous) for t in manifest.tensors)
-        decode_into(manifest, files, level, jobs, cancel)
+        decode_into(manifest, files, level, jobs, cancel, plevel)
         if not files.usable(needed, held):  # changed on disk while we read it
             raise Unusable(f"model {manifest.name}: level {level} changed on disk while decoded")
         os.replace(tmp, out)
@@ -262,3 +268,11 @@ def build_level(
         if prior_file is not None:
             prior_file.close()
     return lay.size
+
+
+def prior_level_for(level: int, prior_level: int | None) -> int:
+    """The level of a prior given for ``level`` (ValueError unless an earlier one)."""
+    m = level - 1 if prior_level is None else prior_level
+    if not 0 <= m < level:
+        raise ValueError(f"a prior of level {m} for level {level}")
+    return m

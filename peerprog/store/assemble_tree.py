@@ -38,6 +38,7 @@ from peerprog.store.assemble import (
     Prior,
     Unusable,
     decode_into,
+    prior_level_for,
     required_chunks,
 )
 from peerprog.store.atomic import TMP_PREFIX, fsync_dir
@@ -147,18 +148,20 @@ def build_tree(
     out: Path,
     *,
     prior: Path | None = None,
+    prior_level: int | None = None,
     cancel: threading.Event | None = None,
     durable: bool = False,
 ) -> int:
-    """Write the repository ``manifest`` at ``level`` as the folder ``out`` (renamed into
-    place when whole; an existing ``out`` is replaced). ``prior``: its folder of level
-    ``level - 1``, if there is one. ``durable``: fsync the files and folders before the
-    rename. The folder gets its :data:`~peerprog.manifest.tree.MARKER` (:func:`tree_doc`).
-    Returns the bytes of the repository's files. :class:`Unusable` if a
-    chunk it needs is missing or damaged, :class:`~peerprog.store.assemble.Cancelled` if
-    ``cancel`` is set. Blocking."""
+    """Write the repository ``manifest`` at ``level`` as the folder ``out`` (renamed into place
+    when whole; an existing ``out`` is replaced). ``prior``: its folder of level
+    ``prior_level`` (default ``level - 1``; any earlier level), if there is one.
+    ``durable``: fsync the files and folders before the rename. The folder gets its
+    :data:`~peerprog.manifest.tree.MARKER` (:func:`tree_doc`). Returns the bytes of the
+    repository's files. :class:`Unusable` if a chunk it needs is missing or damaged,
+    :class:`~peerprog.store.assemble.Cancelled` if ``cancel`` is set. Blocking."""
     if not manifest.is_repository:
         raise ValueError("build_tree takes a repository manifest")
+    plevel = None if prior is None else prior_level_for(level, prior_level)
     needed = required_chunks(manifest, files, held, level)
     tmp = out.parent / f"{TMP_PREFIX}{out.name}.{os.getpid()}.{threading.get_ident()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -183,7 +186,7 @@ def build_tree(
             os.pwrite(fd, header, 0)
             previous = _prior_file(prior, f, priors)
             jobs += [(manifest.tensors[i], fd, offsets[i], previous) for i in f.tensors]
-        decode_into(manifest, files, level, jobs, cancel)
+        decode_into(manifest, files, level, jobs, cancel, plevel)
         doc = json.dumps(tree_doc(manifest, model_id, level), indent=1).encode()
         _write_whole(tmp, MARKER, durable, functools.partial(_copy_bytes, doc))
         if not files.usable(needed, held):  # changed on disk while we read it

@@ -208,22 +208,30 @@ class Store:
             return files.recorded()
 
     def decode(
-        self, signed: SignedManifest, level: int, out: Path, *, prior: Path | None = None
+        self,
+        signed: SignedManifest,
+        level: int,
+        out: Path,
+        *,
+        prior: Path | None = None,
+        prior_level: int | None = None,
     ) -> int:
         """Write a stored model decoded at ``level`` to ``out`` as safetensors, or, for a
         repository, as the folder ``out`` with its marker (from its verified chunks;
-        ``prior``: its decoded file or folder of the level before, if any). Returns the bytes
-        written; :class:`~peerprog.store.assemble.Unusable` if a chunk is missing. Blocking."""
+        ``prior``: its decoded file or folder of level ``prior_level``, default the level
+        before, if any). Returns the bytes written;
+        :class:`~peerprog.store.assemble.Unusable` if a chunk is missing. Blocking."""
         with self.open_files(signed) as files:
             held = files.recorded()
             if signed.manifest.is_repository:
                 return build_tree(
                     signed.manifest, signed.model_id, files, held, level, out, prior=prior,
-                    durable=True,
+                    prior_level=prior_level, durable=True,
                 )  # fmt: skip
             return build_level(
-                signed.manifest, signed.model_id, files, held, level, out, prior=prior
-            )
+                signed.manifest, signed.model_id, files, held, level, out, prior=prior,
+                prior_level=prior_level,
+            )  # fmt: skip
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:

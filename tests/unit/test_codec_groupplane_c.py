@@ -146,9 +146,12 @@ def _decode(
     tp: dict[str, Any],
     pieces: Sequence[bytes],
     prior: np.ndarray[Any, Any] | None,
+    prior_level: int | None = None,
 ) -> np.ndarray[Any, Any]:
     k = kernels_named(backend)
-    return gp.decode_tensor(params, t.dtype, t.array.shape, tp, pieces, prior, "w", k)
+    return gp.decode_tensor(
+        params, t.dtype, t.array.shape, tp, pieces, prior, "w", k, prior_level=prior_level
+    )
 
 
 def _levels(
@@ -217,6 +220,9 @@ def _check_identical(
             assert _raw(_decode("c", params, t, tp, ref[: n + 1], by_np[n - 1])) == _raw(a)
             assert _raw(_decode("numpy", params, t, tp, ref[: n + 1], by_c[n - 1])) == _raw(a)
             assert _raw(_decode("c", params, t, tp, ref[: n + 1], None)) == _raw(a)
+        for m in range(n - 1):  # every level since an earlier one's prior, in one pass
+            assert _raw(_decode("c", params, t, tp, ref[: n + 1], by_np[m], m)) == _raw(a)
+            assert _raw(_decode("numpy", params, t, tp, ref[: n + 1], by_c[m], m)) == _raw(a)
     assert _raw(by_c[-1]) == _raw(t.array)
 
 
@@ -371,6 +377,63 @@ def _check_corrupt(
         assert _outcome("c", params, t, tp, bad, n, None) == _outcome(
             "numpy", params, t, tp, bad, n, None
         )
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    dtype=st.sampled_from(FLOATS),
+    group=st.sampled_from([9, 64, 1500]),
+    m=st.integers(0, 8),
+    n=st.integers(1, 9),
+    edit=st.sampled_from(["bits", "-0", "nan", "inf", "double", "halve", "plus1", "level"]),
+    where=st.lists(st.floats(0, 1), min_size=1, max_size=4),
+    value=st.integers(0, 2**32 - 1),
+    vector=st.booleans(),
+)
+def test_priors_that_are_not_midpoints_give_the_same_outcome_in_c_and_numpy(
+    dtype: str,
+    group: int,
+    m: int,
+    n: int,
+    edit: str,
+    where: list[float],
+    value: int,
+    vector: bool,
+) -> None:
+    """A prior is a decoded file on disk: one that is not this codec's value at its level
+    (edited, or of another level) must give FormatError from both backends, or the same
+    array (a ±0 where a midpoint was, say)."""
+    params, t, tp, pieces = _case(dtype, group)
+    good = list(_levels("numpy", params, t, tp, pieces))
+    n = 1 + n % (len(pieces) - 1)
+    m = m % n
+    prior = good[m].copy().reshape(-1)
+    words = prior.view(DTYPES[dtype].word)
+    bits = 8 * words.itemsize
+    for w in where:
+        i = int(w * (words.size - 1))
+        x = int(words[i])
+        x = {
+            "bits": value & ((1 << bits) - 1),
+            "-0": 1 << (bits - 1),
+            "nan": int(np.array(SPECIAL[dtype][0]).astype(np.uint64)),
+            "inf": int(np.array(SPECIAL[dtype][1]).astype(np.uint64)),
+            "double": x + (1 << DTYPES[dtype].mantissa_bits),  # twice the value
+            "halve": max(x - (1 << DTYPES[dtype].mantissa_bits), 0),
+            "plus1": x + 1,
+            "level": int(good[n - 1 if m == 0 else m - 1].reshape(-1).view(words.dtype)[i]),
+        }[edit] & ((1 << bits) - 1)
+        words[i] = x
+    prior = prior.reshape(t.array.shape)
+    with simd(vector):
+        outcomes = []
+        for backend in ("c", "numpy"):
+            try:
+                a = _decode(backend, params, t, tp, pieces[: n + 1], prior, m)
+                outcomes.append(_raw(a))
+            except FormatError:
+                outcomes.append(None)
+    assert outcomes[0] == outcomes[1]
 
 
 def test_huge_declared_frames_are_refused_before_allocating() -> None:

@@ -3,9 +3,11 @@
 where there is no compiler) behind :class:`~peerprog.codec.groupplane.kernels.Kernels`.
 
 One pass over the tensor, chunk by chunk in cache, encodes it whole (scales, every plane
-step, the remainder) or decodes any run of consecutive levels (every plane step, then the
-remainder). On x86-64 the hot loops have SSSE3 / AVX2 / BMI2 versions chosen at load from the
-CPU's features (``ext.simd(False)`` selects the portable C, which other CPUs use).
+step, the remainder) or decodes any run of consecutive levels: a chunk's weights are held as
+integer states (magnitude and sign) through every plane step, then written once, as
+midpoints or through the remainder as the exact words. On x86-64 the hot loops have SSSE3 /
+AVX2 / BMI2 versions chosen at load from the CPU's features (``ext.simd(False)`` selects the
+portable C, which other CPUs use; ``-DGP_PORTABLE`` builds only that).
 
 :data:`ext` is the extension module, or None when it is not built or was built for another
 interface version (:data:`FORMAT`); :data:`error` then says why.
@@ -27,7 +29,7 @@ from peerprog.codec.groupplane.format import (
 )
 from peerprog.codec.groupplane.kernels import Remainder, Step
 
-FORMAT = 3
+FORMAT = 4
 """The interface version the extension must report; a stale build is not used."""
 
 

@@ -88,10 +88,14 @@ class GroupplaneCodec:
         layout: TensorLayout,
         pieces: Sequence[Any],
         prior: Array | None = None,
+        prior_level: int | None = None,
     ) -> Array:
+        """The tensor at level ``len(pieces) - 1``: from ``prior`` (at ``prior_level``,
+        default the level before) every later level in one pass, or from scratch."""
         return decode.decode_tensor(
-            params, layout.dtype, layout.shape, layout.params, pieces, prior, layout.name
-        )
+            params, layout.dtype, layout.shape, layout.params, pieces, prior, layout.name,
+            prior_level=prior_level,
+        )  # fmt: skip
 
     def decode_levels(
         self, params: Mapping[str, ParamValue], layout: TensorLayout, pieces: Sequence[Any]

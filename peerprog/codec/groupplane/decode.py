@@ -1,12 +1,14 @@
 """Decoding one tensor: any prefix of its levels, from scratch or from the tensor at an
 earlier level, in one pass of the kernels.
 
-:func:`decode_tensor` returns the tensor at level ``len(pieces) - 1`` as an array of its
+:func:`decode_tensor` returns the tensor at level ``n = len(pieces) - 1`` as an array of its
 storage dtype (bfloat16: uint16 bit patterns) and shape. ``prior`` is the result for level
-n-1 (or None: then levels 0..n are all decoded, in one pass); with a prior only level 0's
-scales and level n's piece are read, so adding a level costs about its size plus one pass
-over the tensor. When level n does not refine the tensor, ``prior`` itself is returned.
-:func:`decode_levels` gives every level in turn.
+``prior_level`` (default n-1), or None: then levels 0..n are all decoded. Either way every
+level still to decode goes through the kernels in one pass (the exact level from scratch
+too: scales, every plane step, the remainder). With a prior only level 0's scales and the
+pieces after the prior's level are read, so adding levels costs about their size plus one
+pass over the tensor. When no level after the prior's refines the tensor, ``prior`` itself is
+returned. :func:`decode_levels` gives every level in turn.
 
 Malformed pieces raise :class:`peerprog.errors.FormatError` naming the tensor and the level;
 nothing is allocated beyond the tensor's own size (known from the manifest) and the lengths
@@ -42,9 +44,11 @@ def decode_tensor(
     prior: Array | None = None,
     name: str = "",
     kernels: Kernels | None = None,
+    prior_level: int | None = None,
 ) -> Array:
-    """The tensor at level ``len(pieces) - 1`` (see the module docstring). ``kernels``:
-    those to use (default: :func:`~peerprog.codec.groupplane.selection.default_kernels`)."""
+    """The tensor at level ``len(pieces) - 1`` (see the module docstring). ``prior_level``:
+    the level ``prior`` is at (default: the level before). ``kernels``: those to use
+    (default: :func:`~peerprog.codec.groupplane.selection.default_kernels`)."""
     s = settings(params)
     dt = dtype(dtype_name)
     shape = tuple(int(d) for d in shape)
@@ -68,9 +72,12 @@ def decode_tensor(
         return t.levels(k, pieces, None, 0, n)
     if n == 0:
         raise FormatError(f"{what}: level 0 has no prior")
+    m = n - 1 if prior_level is None else prior_level
+    if not 0 <= m < n:
+        raise ValueError(f"tensor {name!r}: a prior of level {m} for level {n}")
     if not isinstance(prior, np.ndarray) or prior.dtype != dt.storage or prior.size != t.numel:
         raise ValueError(f"prior of tensor {name!r} is not a {dt.name} array of {t.numel}")
-    return t.levels(k, pieces, prior, n, n)
+    return t.levels(k, pieces, prior, m + 1, n)
 
 
 def decode_levels(

@@ -72,7 +72,9 @@ class Kernels(Protocol):
         """Decode consecutive levels into ``out`` (flat words, padded to whole groups of
         ``gsize``; its first ``numel`` words are the tensor's): the plane ``steps`` in
         order, then the ``remainder`` if given. ``prior``: the tensor's ``numel`` words
-        before the first step (None: all 0, for level 0); ``scales``: level 0's scale bytes
-        (range-checked). FormatError, with a message naming what is wrong but not where,
-        when the streams do not fit the tensor."""
+        before the first step (None: all 0, for level 0), each ±0 or a midpoint of its group
+        at the planes before the first step (a prior of another level is refused);
+        ``scales``: level 0's scale bytes (range-checked). FormatError, with a message
+        naming what is wrong but not where, when the streams or the prior do not fit the
+        tensor."""
         ...

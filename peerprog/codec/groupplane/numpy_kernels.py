@@ -139,6 +139,24 @@ def decode_remainder(g: Geometry, prior_words: Array, rem: Remainder) -> Array:
 # ---------------------------------------------------------------------------- planes
 
 
+def check_prior(g: Geometry, words: Array, exps: Array, gsize: int, k0: int) -> None:
+    """FormatError unless every word is ±0 or a midpoint of its group after ``k0`` planes,
+    ``±(2q + 1) * 2**(E - k0 - 1)`` with ``1 <= q < 2**k0`` (a prior of another level, or
+    none of this codec's, would be refined into nonsense)."""
+    d = g.dt
+    mbits, bias = d.mantissa_bits, (1 << (d.exponent_bits - 1)) - 1
+    a = words.astype(np.int64) & ((1 << (8 * d.itemsize - 1)) - 1)
+    e = a >> mbits
+    sig = (a & ((1 << mbits) - 1)) | np.where(e != 0, 1 << mbits, 0)
+    pos = np.frexp((sig & -sig).astype(np.float64))[1] - 1  # the lowest set bit; -1 for 0
+    odd = sig >> np.maximum(pos, 0)
+    want = np.repeat(exps, gsize)[: words.size] - k0 - 1 + bias + mbits
+    inf = ((1 << d.exponent_bits) - 1) << mbits
+    ok = (a == 0) | ((a < inf) & (pos + np.maximum(e, 1) == want) & (odd >= 3) & (odd < 2 << k0))
+    if not ok.all():
+        raise FormatError("prior values are not midpoints of this codec")
+
+
 def decode_step(g: Geometry, v: Array, exps: Array, step: Step) -> Array:
     """Refine the float32 values ``v`` ((ngroups, gsize), known to ``k1 - r`` planes) by a
     plane step; returns a new array."""
@@ -206,6 +224,8 @@ class NumpyKernels:
         total = out.size
         exps = np.frombuffer(scales, np.uint8)[: total // gsize].astype(np.int32) + geo.e_floor
         words = prior
+        if prior is not None and steps:
+            check_prior(geo, prior, exps, gsize, steps[0].k1 - steps[0].r)
         v: Array | None = None
         for step in steps:
             if step.first or v is None:  # a level starts: the padding counts as 0

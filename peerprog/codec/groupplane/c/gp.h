@@ -48,12 +48,18 @@ static __forceinline int clz32(uint32_t x) {
     _BitScanReverse(&i, x);
     return 31 - (int)i;
 }
+static __forceinline int ctz64(uint64_t x) {
+    unsigned long i;
+    _BitScanForward64(&i, x);
+    return (int)i;
+}
 #define BSWAP64 _byteswap_uint64
 #define BSWAP32 _byteswap_ulong
 #define HIDDEN
 #else
 #define INLINE static inline __attribute__((always_inline))
 #define ctz32(x) __builtin_ctz(x)
+#define ctz64(x) __builtin_ctzll(x)
 #define clz32(x) __builtin_clz(x)
 #define BSWAP64 __builtin_bswap64
 #define BSWAP32 __builtin_bswap32
@@ -62,25 +68,26 @@ static __forceinline int clz32(uint32_t x) {
 
 /* x86-64 (GCC, clang): each kernel is also compiled for AVX2 + BMI2 (variable shifts without
  * the cl register) and picked once at load when the CPU has them (gp_use_v3); SSSE3 byte
- * shuffles spread and gather the streams (gp_use_ssse3). Other CPUs run the portable C. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+ * shuffles spread and gather the streams (gp_use_ssse3). Other CPUs run the portable C
+ * (-DGP_PORTABLE builds only that, to test it). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(GP_PORTABLE)
 #define HAVE_V3 1
 #define V3_TARGET __attribute__((target("avx2,bmi,bmi2,popcnt")))
 #endif
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(GP_PORTABLE)
 #define HAVE_X86 1
 #include <immintrin.h>
-#endif
-#if defined(__SSE2__)
-#include <emmintrin.h>
 #endif
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define BE64(x) (x)
 #define BE32(x) (x)
+#define LE64(x) BSWAP64(x)
 #else
 #define BE64(x) BSWAP64(x)
 #define BE32(x) BSWAP32(x)
+#define LE64(x) (x)
 #endif
 
 /* ------------------------------------------------------------------------ float formats */
@@ -235,29 +242,31 @@ typedef struct { /* one plane step's decoding state across chunks (planes.c) */
     ssize nsig;
 } StepDec;
 
-typedef struct { /* per chunk */
-    uint8_t sig[CH];
-    int8_t val[CH];
-    float hs[CH];
-} PlaneScratch;
+/* A weight's state while its chunk is decoded: the magnitude q after the steps so far and,
+ * in the top bit, the sign (known once q != 0, or a -0 prior's). 16 bits for the 16-bit
+ * kinds (q < 2**10), 32 for float32 (``wide``). */
+#define SIGN 0x80000000u
+#define MAG 0x7fffffffu
 
 HIDDEN void step_init(StepDec *st, int k1, int r, const uint8_t *codes, ssize ncodes,
                       const uint8_t *ref, ssize nref);
-
-/* One chunk of n weights of a plane step: ``in`` and ``out`` point at the chunk (they may be
- * the same), its first n_in words are the values so far (the others, and all when n_in <= 0,
- * are +0); the chunk starts at offset goff of group g. */
-#define PLANE_CHUNK_ARGS                                                                       \
-    const Fmt *f, const uint8_t *in, ssize n_in, uint8_t *out, ssize n, ssize g, ssize goff,  \
-        ssize gsize, const uint8_t *scales, int e_floor, StepDec *st, PlaneScratch *sc
-HIDDEN void plane_chunk(PLANE_CHUNK_ARGS);
+/* Expand both streams until at least CH values are ahead (before each chunk). */
+HIDDEN void step_refill(StepDec *st);
+/* A step on n (<= CH) states where every weight takes a symbol (no prior: level 0). */
+HIDDEN void step_first(void *s, ssize n, StepDec *st, int wide);
+/* A step on n (<= CH) states; returns the significant ones. */
+HIDDEN ssize step_update(void *s, ssize n, StepDec *st, int wide);
 #ifdef HAVE_V3
-HIDDEN void plane_chunk_v3(PLANE_CHUNK_ARGS);
+HIDDEN void step_refill_v3(StepDec *st);
+HIDDEN ssize step_update_v3(void *s, ssize n, StepDec *st, int wide);
 #endif
 
 typedef struct { /* the remainder's per-chunk scratch */
-    uint8_t width[CH + 8];
+    uint8_t width[CH + 32];
+    uint8_t zero[CH + 32];
     uint32_t low[CH + 8];
+    uint16_t idx[CH + 16]; /* the zero words' indices */
+    int ready; /* width and zero of the chunk's real words are filled in already */
 } RemWork;
 
 typedef struct { /* the remainder's decoding state across chunks (remainder.c) */
@@ -287,9 +296,11 @@ typedef struct { /* one pass of decode.c */
     StepDec *steps;
     const uint8_t *first;    /* per step: the first of its level */
     RemDec *rem;             /* or NULL */
-    PlaneScratch *sc;        /* scratch */
+    int k0;                  /* the prior's planes (steps[0].k1 - steps[0].r) */
+    int bad_prior;           /* out: a prior word is not a midpoint of k0 planes */
+    uint32_t *state;         /* CH */
+    uint8_t *words;          /* CH * 4 bytes: the midpoints of a chunk */
     RemWork *rw;
-    uint8_t *cbuf;           /* CH * 4 bytes */
 } Decode;
 
 /* Every step, then the remainder, chunk by chunk; the counts are checked by the caller. */

@@ -15,7 +15,7 @@
 
 #include "gp.h"
 
-#define FORMAT_VERSION 3
+#define FORMAT_VERSION 4
 
 static PyObject *FormatError; /* peerprog.errors.FormatError */
 
@@ -139,13 +139,14 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         if (get_view(w, c_o, &codes[s], 0) < 0 || get_view(w, r_o, &refs[s], 0) < 0) goto done;
     }
     st = PyMem_RawMalloc(sizeof(StepDec) * (size_t)(nsteps ? nsteps : 1));
-    d.sc = PyMem_RawMalloc(sizeof(PlaneScratch));
+    d.state = PyMem_RawMalloc(sizeof(uint32_t) * CH);
+    d.words = PyMem_RawMalloc((size_t)CH * 4);
     d.rw = PyMem_RawMalloc(sizeof(RemWork));
-    d.cbuf = PyMem_RawMalloc((size_t)CH * 4);
-    if (!st || !d.sc || !d.rw || !d.cbuf) {
+    if (!st || !d.state || !d.words || !d.rw) {
         PyErr_NoMemory();
         goto done;
     }
+    d.rw->ready = 0;
     for (Py_ssize_t s = 0; s < nsteps; s++)
         step_init(&st[s], k1s[s], rs[s], codes[s]->buf, codes[s]->len, refs[s]->buf,
                   refs[s]->len);
@@ -162,6 +163,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     d.steps = st;
     d.first = first;
     d.rem = raw ? &rd : NULL;
+    d.k0 = nsteps ? k1s[0] - rs[0] : 0;
     int bad_code = 0, bad_scale = 0;
     Py_BEGIN_ALLOW_THREADS;
     for (Py_ssize_t s = 0; s < nsteps; s++)
@@ -175,6 +177,10 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     }
     if (bad_code) {
         PyErr_SetString(FormatError, "symbol byte out of range");
+        goto done;
+    }
+    if (d.bad_prior) {
+        PyErr_SetString(FormatError, "prior values are not midpoints of this codec");
         goto done;
     }
     for (Py_ssize_t s = 0; s < nsteps; s++) {
@@ -215,9 +221,9 @@ done:
     PyMem_Free(vs);
     release_views(&v);
     PyMem_RawFree(st);
-    PyMem_RawFree(d.sc);
+    PyMem_RawFree(d.state);
+    PyMem_RawFree(d.words);
     PyMem_RawFree(d.rw);
-    PyMem_RawFree(d.cbuf);
     Py_DECREF(seq);
     return result;
 }

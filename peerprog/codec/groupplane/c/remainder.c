@@ -6,83 +6,168 @@
  */
 #include "gp.h"
 
-INLINE int any_zero(int size, const uint8_t *in, ssize i, ssize n) {
-#if defined(__SSE2__)
-    if (n == 16) {
-        const __m128i zero = _mm_setzero_si128();
-        const uint8_t *p = in + i * size;
-        __m128i z;
-        if (size == 2) {
-            z = _mm_or_si128(_mm_cmpeq_epi16(_mm_loadu_si128((const __m128i *)p), zero),
-                             _mm_cmpeq_epi16(_mm_loadu_si128((const __m128i *)(p + 16)), zero));
-        } else {
-            z = _mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi32(_mm_loadu_si128((const __m128i *)p), zero),
-                             _mm_cmpeq_epi32(_mm_loadu_si128((const __m128i *)(p + 16)), zero)),
-                _mm_or_si128(_mm_cmpeq_epi32(_mm_loadu_si128((const __m128i *)(p + 32)), zero),
-                             _mm_cmpeq_epi32(_mm_loadu_si128((const __m128i *)(p + 48)), zero)));
+#ifdef HAVE_V3
+/* The fields of widths[0..n) from bit bpos of low (every 64-bit window inside it), ``group``
+ * (4 or 8) at a time from one window: each field's offset in the group is a prefix sum of
+ * the width bytes (one multiply), and four fields are cut at once by variable shifts.
+ * Returns the fields done (a group whose fields overrun its window is left to the caller). */
+V3_TARGET static ssize bits_v3(const uint8_t *width, ssize n, const uint8_t *low, int group,
+                               int64_t *bpos_io, uint32_t *lowv) {
+    int64_t bpos = *bpos_io;
+    const __m256i s64 = _mm256_set1_epi64x(64);
+    const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    ssize i = 0;
+    for (; i + group <= n; i += group) {
+        uint64_t w8 = 0, x;
+        memcpy(&w8, width + i, (size_t)group);
+        uint64_t pre = w8 * 0x0101010101010100ull; /* byte k: the widths before field k */
+        unsigned tot = (unsigned)((w8 * 0x0101010101010101ull) >> 56);
+        if ((bpos & 7) + tot > 64) break;
+        memcpy(&x, low + (bpos >> 3), 8);
+        __m256i vx = _mm256_set1_epi64x((long long)(BE64(x) << (bpos & 7)));
+        __m128i pb = _mm_cvtsi64_si128((long long)pre), wb = _mm_cvtsi64_si128((long long)w8);
+        for (int h = 0; h < group; h += 4) {
+            __m256i p = _mm256_cvtepu8_epi64(pb), w = _mm256_cvtepu8_epi64(wb);
+            __m256i f = _mm256_srlv_epi64(_mm256_sllv_epi64(vx, p), _mm256_sub_epi64(s64, w));
+            __m256i d = _mm256_permutevar8x32_epi32(f, pick);
+            _mm_storeu_si128((__m128i *)(lowv + i + h), _mm256_castsi256_si128(d));
+            pb = _mm_srli_si128(pb, 4);
+            wb = _mm_srli_si128(wb, 4);
         }
-        return _mm_movemask_epi8(z) != 0;
+        bpos += tot;
     }
-#endif
-    for (ssize k = 0; k < n; k++)
-        if (!load_word(in, i + k, size)) return 1;
-    return 0;
+    *bpos_io = bpos;
+    return i;
 }
 
-INLINE void remainder_chunk_impl(REM_CHUNK_ARGS) {
+/* The indices of the set flags (bytes 0 / 1) of zero[0..n), n + 8 readable, in order,
+ * compacted 8 flags at a time (gp_compress); returns how many. */
+V3_TARGET static ssize zero_list_v3(const uint8_t *zero, ssize n, uint16_t *idx) {
+    ssize k = 0;
+    for (ssize i = 0; i < n; i += 8) {
+        uint64_t z;
+        memcpy(&z, zero + i, 8);
+        unsigned m = (unsigned)((z * 0x0102040810204080ull) >> 56); /* flag j -> bit j */
+        __m128i lanes = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)gp_compress[m]));
+        _mm_storeu_si128((__m128i *)(idx + k), _mm_add_epi16(lanes, _mm_set1_epi16((short)i)));
+        k += _mm_popcnt_u32(m);
+    }
+    return k;
+}
+#endif
+
+INLINE void rem_k(int size, const uint8_t *in, ssize nreal, uint8_t *out, ssize n, RemDec *rd,
+                  RemWork *wk, int v3) {
     int64_t bpos = rd->bpos;
     ssize j = rd->j;
-    uint32_t bad = rd->bad;
     const uint32_t maxw = (uint32_t)rd->mbits + 1;
     const uint8_t *raw = rd->raw, *low = rd->low;
     const ssize nrest = rd->nrest, lowlen = rd->lowlen;
-    uint8_t *width = wk->width;
+    uint8_t *width = wk->width, *zero = wk->zero;
     uint32_t *lowv = wk->low;
     nreal = nreal < 0 ? 0 : nreal > n ? n : nreal;
-    /* 1. the marker's position from the prior: width = its index + 1 (vectorised: the
-     * lowest set bit's exponent as a float) */
-    for (ssize i = 0; i < nreal; i++) {
-        uint32_t pw = load_word(in, i, size);
-        uint32_t m = pw & (0u - pw);
-        uint32_t wd = ((bits_of((float)(int32_t)m) >> 23) & 0xffu) - 126u;
-        width[i] = (uint8_t)(wd & (0u - (pw != 0)));
+    /* 1. the marker's position: width = its index + 1 (the lowest set bit's exponent as a
+     * float), 0 for a word that is 0 (vectorised) */
+    uint32_t wmax = 0, bits = 0;
+    if (wk->ready) { /* the caller gave the widths and flags of [0, nreal) */
+        wk->ready = 0;
+        for (ssize i = 0; i < nreal; i++) { /* vectorised */
+            uint32_t wd = width[i];
+            wmax = wmax > wd ? wmax : wd;
+            bits += wd;
+        }
+    } else {
+        for (ssize i = 0; i < nreal; i++) {
+            uint32_t pw = load_word(in, i, size);
+            uint32_t m = pw & (0u - pw);
+            uint32_t wd =
+                (((bits_of((float)(int32_t)m) >> 23) & 0xffu) - 126u) & (0u - (pw != 0));
+            width[i] = (uint8_t)wd;
+            zero[i] = pw == 0;
+            wmax = wmax > wd ? wmax : wd;
+            bits += wd;
+        }
     }
-    uint8_t wmax = 0; /* widths past maxw: not this codec's prior (at most 32: no
-                       * read goes wrong, the error is raised after the pass) */
-    for (ssize i = 0; i < nreal; i++) wmax = wmax > width[i] ? wmax : width[i];
-    bad |= wmax > maxw;
-    for (ssize i = nreal; i < n; i++) width[i] = 0;
-    /* 2. the low bits, in order: a few fields per 64-bit window */
-    ssize i = 0;
-    const int group = size == 2 ? 4 : 2; /* at most 4 * 11 or 2 * 24 bits */
-    for (; i + group <= n; i += group) {
-        uint64_t x = window(low, lowlen, (ssize)(bpos >> 3)) << (bpos & 7);
-        for (int k = 0; k < group; k++) {
-            int wd = width[i + k];
-            lowv[i + k] = (uint32_t)((x >> 1) >> (63 - wd));
-            x <<= wd;
+    if (wmax > maxw) { /* not this codec's prior: the error is raised after the pass */
+        rd->bad = 1;
+        return;
+    }
+    for (ssize i = nreal; i < n; i++) {
+        width[i] = 0;
+        zero[i] = 1;
+    }
+    memset(zero + n, 0, 8);
+    /* 2. the low bits, in order */
+    if (((bpos + bits) >> 3) + 8 <= lowlen) { /* every 64-bit window inside the stream */
+        /* a window per 4 fields (16-bit words: <= 4 * 11 bits) or 2 (float32: <= 2 * 24) */
+        const int group = size == 2 ? 4 : 2;
+        ssize i = 0;
+#ifdef HAVE_V3
+        if (v3) i = bits_v3(width, n, low, size == 2 ? 8 : 4, &bpos, lowv);
+#else
+        (void)v3;
+#endif
+        for (; i + group <= n; i += group) {
+            uint64_t x;
+            memcpy(&x, low + (bpos >> 3), 8);
+            x = BE64(x) << (bpos & 7);
+            for (int k = 0; k < group; k++) {
+                int wd = width[i + k];
+                lowv[i + k] = (uint32_t)((x >> 1) >> (63 - wd));
+                x <<= wd;
+                bpos += wd;
+            }
+        }
+        for (; i < n; i++) {
+            int wd = width[i];
+            uint64_t x;
+            memcpy(&x, low + (bpos >> 3), 8);
+            x = BE64(x) << (bpos & 7);
+            lowv[i] = (uint32_t)((x >> 1) >> (63 - wd));
+            bpos += wd;
+        }
+    } else {
+        for (ssize i = 0; i < n; i++) {
+            int wd = width[i];
+            uint64_t x = window(low, lowlen, (ssize)(bpos >> 3)) << (bpos & 7);
+            lowv[i] = (uint32_t)((x >> 1) >> (63 - wd));
             bpos += wd;
         }
     }
-    for (; i < n; i++) {
-        int wd = width[i];
-        uint64_t x = window(low, lowlen, (ssize)(bpos >> 3)) << (bpos & 7);
-        lowv[i] = (uint32_t)((x >> 1) >> (63 - wd));
-        bpos += wd;
-    }
-    /* 3. the prior above the marker, the low bits from it down (vectorised) */
-    for (i = 0; i < nreal; i++) {
+    /* 3. the word above the marker, the low bits from it down (vectorised) */
+    for (ssize i = 0; i < nreal; i++) {
         uint32_t pw = load_word(in, i, size);
         uint32_t m = pw & (0u - pw);
         store_word(out, i, size, (pw & ~(2u * m - 1u)) | lowv[i]);
     }
-    /* 4. the words whose prior is 0 (and the padding), whole: found 16 at a time */
-    for (i = 0; i < n; i += 16) {
-        ssize b1 = i + 16 < n ? i + 16 : n;
-        if (b1 <= nreal && !any_zero(size, in, i, b1 - i)) continue;
-        for (ssize k = i; k < b1; k++) {
-            if (k < nreal && load_word(in, k, size)) continue;
+    /* 4. the words that are 0 (and the padding) come whole from the byte planes: listed
+     * first (x86-64), or found 8 flags at a time */
+    ssize scan = n;
+#ifdef HAVE_V3
+    if (v3) {
+        ssize count = zero_list_v3(zero, n, wk->idx);
+        for (ssize c = 0; c < count; c++) {
+            uint32_t rw = 0;
+            if (j < nrest) {
+                if (size == 2)
+                    rw = ((uint32_t)raw[j] << 8) | raw[nrest + j];
+                else
+                    rw = ((uint32_t)raw[j] << 24) | ((uint32_t)raw[nrest + j] << 16) |
+                         ((uint32_t)raw[2 * nrest + j] << 8) | raw[3 * nrest + j];
+            }
+            j++;
+            store_word(out, wk->idx[c], size, rw);
+        }
+        scan = 0;
+    }
+#endif
+    for (ssize i = 0; i < scan; i += 8) {
+        uint64_t z;
+        memcpy(&z, zero + i, 8);
+        z = LE64(z); /* flag k + i in byte k */
+        while (z) {
+            ssize k = i + (ctz64(z) >> 3);
+            z &= z - 1;
             uint32_t rw = 0;
             if (j < nrest) {
                 if (size == 2)
@@ -97,12 +182,17 @@ INLINE void remainder_chunk_impl(REM_CHUNK_ARGS) {
     }
     rd->bpos = bpos;
     rd->j = j;
-    rd->bad = bad;
 }
 
+INLINE void remainder_chunk_impl(REM_CHUNK_ARGS, int v3) {
+    if (size == 2)
+        rem_k(2, in, nreal, out, n, rd, wk, v3);
+    else
+        rem_k(4, in, nreal, out, n, rd, wk, v3);
+}
 
 #define REM_CHUNK_NAMES size, in, nreal, out, n, rd, wk
-void remainder_chunk(REM_CHUNK_ARGS) { remainder_chunk_impl(REM_CHUNK_NAMES); }
+void remainder_chunk(REM_CHUNK_ARGS) { remainder_chunk_impl(REM_CHUNK_NAMES, 0); }
 #ifdef HAVE_V3
-V3_TARGET void remainder_chunk_v3(REM_CHUNK_ARGS) { remainder_chunk_impl(REM_CHUNK_NAMES); }
+V3_TARGET void remainder_chunk_v3(REM_CHUNK_ARGS) { remainder_chunk_impl(REM_CHUNK_NAMES, 1); }
 #endif
