@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -124,24 +123,16 @@ def decode_levels(
         yield prior
 
 
-@dataclass(frozen=True)
 class _Tensor:
     """A planed tensor being decoded."""
 
-    name: str
-    geo: Geometry
-    shape: tuple[int, ...]
-    gsize: int
-    planes: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def total(self) -> int:
+    def __init__(
+        self, name: str, geo: Geometry, shape: tuple[int, ...], gsize: int, planes: tuple[int, ...]
+    ) -> None:
+        self.name, self.geo, self.shape, self.gsize, self.planes = name, geo, shape, gsize, planes
+        self.numel = math.prod(shape)
+        self.total = -(-self.numel // gsize) * gsize
         """Words padded to whole groups."""
-        return -(-self.numel // self.gsize) * self.gsize
 
     def what(self, m: int, n: int | None = None) -> str:
         return f"tensor {self.name!r} level {m}" + ("" if n in (None, m) else f"..{n}")
@@ -170,6 +161,8 @@ class _Tensor:
         size = self.geo.word.itemsize
         budget = self.total * size
         for m, r in zip(range(m0, n + 1), read, strict=True):
+            if m0 == n:  # one level: its frames are bounded one by one
+                break
             if isinstance(r, RemainderFrames):
                 budget -= format.declared(r.rest, self.total * size, self.what(m))
                 continue

@@ -52,6 +52,7 @@ decompressed (:func:`symbol_bytes`, :func:`rest_bytes`, :func:`scale_bytes`).
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Sequence
@@ -101,6 +102,7 @@ class Geometry:
         return self.dt.word
 
 
+@functools.lru_cache(maxsize=64)
 def geometry(dt: DType, max_planes: int) -> Geometry:
     """The geometry of float dtype ``dt`` with at most ``max_planes`` planes.
 
@@ -124,9 +126,14 @@ def steps(k0: int, k1: int) -> list[tuple[int, int]]:
     return [(a, min(a + MAX_STEP, k1)) for a in range(k0, k1, MAX_STEP)]
 
 
-def plane_steps(planes: Sequence[int]) -> list[list[tuple[int, int]]]:
+def plane_steps(planes: Sequence[int]) -> tuple[tuple[tuple[int, int], ...], ...]:
     """Each plane level's steps, level 0 first (planes ``0 → planes[0]``)."""
-    return [steps(a, b) for a, b in zip([0, *planes], planes, strict=False)]
+    return _plane_steps(tuple(planes))
+
+
+@functools.lru_cache(maxsize=256)
+def _plane_steps(planes: tuple[int, ...]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    return tuple(tuple(steps(a, b)) for a, b in zip([0, *planes], planes, strict=False))
 
 
 def alphabet(r: int) -> int:

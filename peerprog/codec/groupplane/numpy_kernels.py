@@ -139,20 +139,21 @@ def decode_remainder(g: Geometry, prior_words: Array, rem: Remainder) -> Array:
 # ---------------------------------------------------------------------------- planes
 
 
-def check_prior(g: Geometry, words: Array, exps: Array, gsize: int, k0: int) -> None:
-    """FormatError unless every word is ±0 or a midpoint of its group after ``k0`` planes,
-    ``±(2q + 1) * 2**(E - k0 - 1)`` with ``1 <= q < 2**k0`` (a prior of another level, or
-    none of this codec's, would be refined into nonsense)."""
-    d = g.dt
-    mbits, bias = d.mantissa_bits, (1 << (d.exponent_bits - 1)) - 1
-    a = words.astype(np.int64) & ((1 << (8 * d.itemsize - 1)) - 1)
-    e = a >> mbits
-    sig = (a & ((1 << mbits) - 1)) | np.where(e != 0, 1 << mbits, 0)
-    pos = np.frexp((sig & -sig).astype(np.float64))[1] - 1  # the lowest set bit; -1 for 0
-    odd = sig >> np.maximum(pos, 0)
-    want = np.repeat(exps, gsize)[: words.size] - k0 - 1 + bias + mbits
-    inf = ((1 << d.exponent_bits) - 1) << mbits
-    ok = (a == 0) | ((a < inf) & (pos + np.maximum(e, 1) == want) & (odd >= 3) & (odd < 2 << k0))
+def check_prior(v: Array, exps: Array, k0: int) -> None:
+    """FormatError unless every value of ``v`` ((ngroups, gsize) float32) is ±0 or a
+    midpoint of its group after ``k0`` planes, ``±(2q + 1) * 2**(E - k0 - 1)`` with
+    ``1 <= q < 2**k0`` (a prior of another level, or none of this codec's, would be refined
+    into nonsense): ``|v| / 2**(E - k0 - 1)`` must be an odd integer in ``3 .. 2**(k0+1)``.
+    The division is two exact float32 scalings by powers of two (one could overflow)."""
+    x = (k0 + 1 - exps).astype(np.int32)
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN, Inf: not midpoints
+        t = np.abs(v) * np.ldexp(np.float32(1), x // 2)[:, None]
+        t *= np.ldexp(np.float32(1), x - x // 2)[:, None]
+        ok = (t >= 3) & (t < np.float32(2 << k0))
+        ti = t.astype(np.int32)  # (where ok is false, any value)
+    ok &= ti == t
+    ok &= np.bitwise_and(ti, np.int32(1)) != 0
+    ok |= v == 0
     if not ok.all():
         raise FormatError("prior values are not midpoints of this codec")
 
@@ -224,8 +225,6 @@ class NumpyKernels:
         total = out.size
         exps = np.frombuffer(scales, np.uint8)[: total // gsize].astype(np.int32) + geo.e_floor
         words = prior
-        if prior is not None and steps:
-            check_prior(geo, prior, exps, gsize, steps[0].k1 - steps[0].r)
         v: Array | None = None
         for step in steps:
             if step.first or v is None:  # a level starts: the padding counts as 0
@@ -233,6 +232,8 @@ class NumpyKernels:
                     words = from_f32(geo, v.reshape(-1)[:numel]).view(geo.word)
                 start = np.zeros(total, geo.word) if words is None else padded(words, total)
                 v = to_f32(geo, start).reshape(-1, gsize)
+                if step is steps[0] and prior is not None:
+                    check_prior(v, exps, step.k1 - step.r)
             v = decode_step(geo, v, exps, step)
         if v is not None:
             words = from_f32(geo, v.reshape(-1)).view(geo.word)

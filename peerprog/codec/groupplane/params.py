@@ -163,7 +163,30 @@ class TensorSettings:
 def tensor_settings(
     s: Settings, dt: DType, shape: Sequence[int], tp: Mapping[str, ParamValue], name: str
 ) -> TensorSettings:
-    """A tensor's params, checked against the codec params; FormatError if they are bad."""
+    """A tensor's params, checked against the codec params; FormatError if they are bad.
+
+    Valid results are cached by the params' values and types, with the dtype and shape
+    (decoding a small tensor level by level checked them once a level)."""
+    key = _settings_key(tp)
+    if key is not None:
+        full = (s, dt.name, tuple(shape), key)
+        hit = _TENSOR_SETTINGS.get(full)
+        if hit is not None:
+            return hit
+    out = _tensor_settings(s, dt, shape, tp, name)
+    if key is not None:
+        if len(_TENSOR_SETTINGS) >= 4096:
+            _TENSOR_SETTINGS.clear()
+        _TENSOR_SETTINGS[full] = out
+    return out
+
+
+_TENSOR_SETTINGS: dict[tuple[Settings, str, tuple[int, ...], bytes], TensorSettings] = {}
+
+
+def _tensor_settings(
+    s: Settings, dt: DType, shape: Sequence[int], tp: Mapping[str, ParamValue], name: str
+) -> TensorSettings:
     nlevels = s.levels
     if nlevels is None:
         raise FormatError(f"{NAME}: codec params lack 'levels'")
