@@ -48,24 +48,23 @@ def run_groupplane(
     max_bpw: float = 1e9,
     sensitivity: Sensitivity | None = None,
 ) -> dict[str, Any]:
-    """Analyse (weighing errors by ``sensitivity`` if given), plan, encode tensor by
+    """Plan as publish does (weighing errors by ``sensitivity`` if given), encode tensor by
     tensor, then decode level by level from the prior and score each level (levels past
     ``max_bpw`` cumulative are decoded but not scored)."""
     src = model.tensors
     t0 = time.process_time()
-    stats = [
-        gp.analyse(k, t, params, sensitivity.of(k, t.array.shape) if sensitivity else None)
-        for k, t in src.items()
-    ]
-    pl = gp.plan(params, stats)
+    planner = gp.GroupplanePlanner(gp.GroupplaneCodec().check_params(params), sensitivity)
+    for k, t in src.items():
+        planner.add(k, t)
+    merged, plans = planner.finish()
     t_plan = time.process_time() - t0
     t0 = time.process_time()
     encoded = {}
     for k, t in src.items():
-        tp, pieces = gp.encode_tensor(t, pl.tensors[k], pl.params, k)
+        tp, pieces = gp.encode_tensor(t, plans[k], merged, k)
         encoded[k] = (tp, [bytes(p) for p in pieces])
     t_enc = time.process_time() - t0
-    nlevels = int(pl.params["levels"])  # type: ignore[arg-type]
+    nlevels = int(merged["levels"])  # type: ignore[arg-type]
     priors: dict[str, Any] = {k: None for k in src}
     rows, cum, t_dec = [], 0, 0.0
     for n in range(nlevels):
@@ -75,7 +74,7 @@ def run_groupplane(
         for k, t in src.items():
             tp, pieces = encoded[k]
             priors[k] = gp.decode_tensor(
-                pl.params, t.dtype, t.array.shape, tp, pieces[: n + 1], priors[k], k
+                merged, t.dtype, t.array.shape, tp, pieces[: n + 1], priors[k], k
             )
         t_dec += time.process_time() - t0
         approx = {k: RawTensor(t.dtype, priors[k]) for k, t in src.items()}
@@ -94,7 +93,7 @@ def run_groupplane(
         rows.append(row)
     return {
         "codec": "groupplane",
-        "params": {k: v for k, v in pl.params.items()},
+        "params": {k: v for k, v in merged.items()},
         "levels": rows,
         "plan_s": t_plan,
         "encode_MB_per_s": model.nbytes / t_enc / 1e6,

@@ -54,6 +54,7 @@ GROUPPLANE_RANKS = {
     "varbits": 0,
     "kernels": 1,  # the kernels' interface
     "rate": 1,  # analyse and plan
+    "classes": 1,  # row classes: their choice and their bytes
     "numpy_kernels": 2,
     "c_kernels": 2,
     "_kernels": 1,  # the C extension (its stub)

@@ -3,6 +3,7 @@ estimates, how it steers the rate allocation, and publish's handling of a bad fi
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 
 from peerprog.codec import groupplane as gp
+from peerprog.codec import zstd
 from peerprog.codec.base import RawTensor
+from peerprog.codec.groupplane import classes, format, selection
 from peerprog.codec.sensitivity import as_matrix, check, matrix_shape
-from peerprog.errors import InputError
+from peerprog.errors import FormatError, InputError
 from peerprog.formats.safetensors import read_sensitivity, write_safetensors
 from peerprog.manifest import generate_key_file, load_key_file
 from peerprog.store import Store, publish_tensors
@@ -166,3 +169,103 @@ def test_publish_with_sensitivity_and_bad_files(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not allocate its rate"):
         publish_tensors(tensors, sensitivity=good, codec="paper", **opts)
     assert store.model_ids() == [result.signed.model_id]  # the refused left nothing
+
+
+# ---------------------------------------------------------------------------- row classes
+
+
+def _classed(dtype: str = "float32") -> tuple[dict[str, Any], dict[str, Any], RawTensor]:
+    """A tensor whose rows differ in sensitivity by up to 10⁴, planned by a planner."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((512, 192)) * 0.02).astype(np.float32)
+    arr = x if dtype == "float32" else (x.view(np.uint32) >> 16).astype(np.uint16)
+    t = RawTensor(dtype, arr)
+    sens = check({"w": 10.0 ** rng.uniform(-4, 0, (512, 1))}, {"w": (512, 192)})
+    codec = gp.GroupplaneCodec()
+    planner = codec.planner(codec.check_params(None), sens)
+    planner.add("w", t)
+    params, plans = planner.finish()
+    return params, plans["w"], t
+
+
+def test_rows_are_classed_by_worth_only_when_they_differ() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((256, 512))
+    assert classes.choose(values, np.ones((1, 1))) is None  # alike: one class
+    assert classes.choose(values[:2], np.array([[1.0], [1e-6]])) is None  # too small
+    # 10× is 1.7 class widths (4× each) down, 10⁵× more than the deepest class
+    s = np.r_[np.ones(128), np.full(64, 0.1), np.full(64, 1e-5)][:, None]
+    cls = classes.choose(values, s)
+    assert cls is not None and cls.dtype == np.uint8
+    assert (cls[:128] == 0).all() and (cls[128:192] == 1).all() and (cls[192:] == 2).all()
+    few = np.r_[np.ones(250), np.full(6, 1e-5)][:, None]  # 6 rows: too few for a class
+    assert classes.choose(values, few) is None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_row_classes_round_trip_with_each_backend(dtype: str) -> None:
+    params, plan, t = _classed(dtype)
+    assert "rows" in plan and len(plan["row_classes"]) == 512
+    ladders = plan["rows"]
+    assert all(a >= b for a, b in zip(ladders[0], ladders[-1], strict=True))  # worth first
+    assert ladders[0][0] > ladders[-1][0]
+    streams = {}
+    for backend in gp.backends():
+        kernels = selection.kernels_named(backend)
+        tp, pieces = gp.encode_tensor(t, plan, params, "w", kernels)
+        assert tp == {"group": plan["group"], "rows": ladders}  # no class map in the manifest
+        streams[backend] = [bytes(p) for p in pieces]
+        prior, errors, levels = None, [], []
+        for n in range(len(pieces)):
+            step = gp.decode_tensor(
+                params, dtype, t.array.shape, tp, pieces[: n + 1], prior, "w", kernels
+            )
+            scratch = gp.decode_tensor(
+                params, dtype, t.array.shape, tp, pieces[: n + 1], None, "w", kernels
+            )
+            assert np.array_equal(step, scratch)
+            if n >= 2:  # several levels in one go from an older prior
+                jump = gp.decode_tensor(
+                    params, dtype, t.array.shape, tp, pieces[: n + 1], levels[n - 2], "w", kernels,
+                    prior_level=n - 2,
+                )  # fmt: skip
+                assert np.array_equal(jump, step)
+            prior = step
+            levels.append(step)
+            errors.append(float(np.sum((_floats(dtype, step) - _floats(dtype, t.array)) ** 2)))
+        assert np.array_equal(prior, t.array)  # bit-exact at the last level
+        assert all(a >= b for a, b in itertools.pairwise(errors))
+        together = list(gp.decode_levels(params, dtype, t.array.shape, tp, pieces, "w", kernels))
+        assert all(np.array_equal(a, b) for a, b in zip(together, levels, strict=True))
+    assert len({tuple(s) for s in streams.values()}) == 1  # the same bytes from each backend
+
+
+def _floats(dtype: str, a: Array) -> Array:
+    if dtype == "float32":
+        return a.astype(np.float64)
+    return (a.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def test_malformed_row_classes_are_format_errors() -> None:
+    params, plan, t = _classed()
+    tp, pieces = gp.encode_tensor(t, plan, params, "w")
+    pieces = [bytes(p) for p in pieces]
+    shape = t.array.shape
+
+    def decode(tparams: dict[str, Any], ps: list[bytes]) -> None:
+        gp.decode_tensor(params, "float32", shape, tparams, ps, None, "w")
+
+    for bad in ({"group": 64, "rows": [[1, 2]]}, {"group": 64, "rows": "x"}, {"rows": tp["rows"]}):
+        with pytest.raises(FormatError, match="'w'"):
+            decode(bad, pieces[:1])
+    head = format.read_parts(pieces[0], 1 + len(tp["rows"]), "")
+    wrong = np.zeros(512, np.uint8)  # class 0 only: the others unused
+    forged = format.frame([zstd.compress(wrong.tobytes()), *head[1:]])
+    with pytest.raises(FormatError, match="row classes"):
+        decode(tp, [forged])
+    with pytest.raises(FormatError):
+        decode(tp, [pieces[0][:-3]])
+    with pytest.raises(FormatError):
+        decode(tp, [pieces[0], pieces[1] + b"\0"])
+    with pytest.raises(FormatError, match="row_classes"):
+        gp.encode_tensor(t, {**plan, "row_classes": b"\0" * 511}, params, "w")

@@ -6,40 +6,66 @@ whole-model conveniences.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from peerprog.codec.base import Encoded, EncodedTensor, RawTensor
-from peerprog.codec.common import Array, PriorDecoder, join_levels
-from peerprog.codec.groupplane import decode, encode, rate
-from peerprog.codec.groupplane.params import NAME, default_params, settings
+from peerprog.codec.common import Array, PriorDecoder, join_levels, to_float64
+from peerprog.codec.dtypes import dtype
+from peerprog.codec.groupplane import classes, decode, encode, rate
+from peerprog.codec.groupplane.params import NAME, default_params, flat_array, is_whole, settings
 from peerprog.codec.layout import ParamValue, TensorLayout
-from peerprog.codec.sensitivity import Sensitivity
+from peerprog.codec.sensitivity import Sensitivity, matrix_shape
 from peerprog.errors import FormatError
 
 
 class GroupplanePlanner:
     """Collects every tensor's statistics, then allocates the rate
     (:func:`~peerprog.codec.groupplane.rate.plan`), weighing errors by ``sensitivity`` when
-    given."""
+    given; then a tensor whose rows differ in worth is planed by row classes
+    (:mod:`~peerprog.codec.groupplane.classes`), and its plan carries its rows' classes
+    (``row_classes``, for the encoder; not a manifest param)."""
 
     def __init__(
         self, params: Mapping[str, ParamValue], sensitivity: Sensitivity | None = None
     ) -> None:
         self._params = dict(params)
+        self._settings = settings(params)
         self._sensitivity = sensitivity
         self._stats: list[rate.TensorStats] = []
+        self._classes: dict[str, bytes] = {}
 
     def add(self, name: str, tensor: RawTensor) -> None:
-        weights = None
-        if self._sensitivity is not None:
-            weights = self._sensitivity.of(name, tensor.array.shape)
-        self._stats.append(rate.analyse(name, tensor, self._params, weights))
+        if self._sensitivity is None:
+            self._stats.append(rate.analyse(name, tensor, self._params))
+            return
+        shape = tensor.array.shape
+        weights = self._sensitivity.of(name, shape)
+        dt = dtype(tensor.dtype)
+        cls = None
+        if not is_whole(dt, shape, self._settings) and len(shape) >= 2:
+            values = to_float64(dt, flat_array(name, dt, tensor)).reshape(matrix_shape(shape))
+            cls = classes.choose(np.nan_to_num(values, posinf=0.0, neginf=0.0), weights)
+        if cls is None:
+            self._stats.append(rate.analyse(name, tensor, self._params, weights))
+            return
+        self._classes[name] = cls.tobytes()
+        for c in range(int(cls.max()) + 1):
+            sub = RawTensor(tensor.dtype, classes.rows_of(tensor.array, cls, c))
+            w = weights[cls == c] if weights.shape[0] > 1 else weights
+            stats = rate.analyse(name, sub, self._params, w)
+            self._stats.append(dataclasses.replace(stats, row_class=c))
 
     def finish(self) -> tuple[dict[str, ParamValue], dict[str, dict[str, ParamValue]]]:
         planned = rate.plan(self._params, self._stats)
         self._stats = []  # (a few hundred bytes a tensor, not needed any more)
-        return planned.params, planned.tensors
+        plans = planned.tensors
+        for name, cls in self._classes.items():
+            plans[name] = {**plans[name], "row_classes": cls}
+        return planned.params, plans
 
 
 class GroupplaneCodec:

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from peerprog.codec.dtypes import dtype
-from peerprog.codec.groupplane import format
+from peerprog.codec.groupplane import classes, format
 from peerprog.codec.groupplane.format import Array, Buffer, Geometry, RemainderFrames
 from peerprog.codec.groupplane.kernels import Kernels, Remainder, Step
 from peerprog.codec.groupplane.params import settings, tensor_settings
@@ -57,6 +57,10 @@ def decode_tensor(
     n = len(pieces) - 1
     if not 0 <= n < nlevels:
         raise FormatError(f"tensor {name!r}: {len(pieces)} pieces, the model has {nlevels} levels")
+    if "rows" in tensor_params:
+        return _decode_classes(
+            params, dtype_name, shape, tensor_params, pieces, prior, name, kernels, prior_level
+        )
     ts = tensor_settings(s, dt, shape, tensor_params, name)
     what = f"tensor {name!r} level {n}"
     if ts.whole:
@@ -96,6 +100,13 @@ def decode_levels(
         return
     prior = decode_tensor(params, dtype_name, shape, tensor_params, pieces[:1], None, name, kernels)
     yield prior
+    if "rows" in tensor_params:  # row classes: each level from the one before
+        for m in range(1, len(pieces)):
+            prior = decode_tensor(
+                params, dtype_name, shape, tensor_params, pieces[: m + 1], prior, name, kernels
+            )
+            yield prior
+        return
     s = settings(params)
     dt = dtype(dtype_name)
     shp = tuple(int(d) for d in shape)
@@ -121,6 +132,50 @@ def decode_levels(
                 scales = t.scales(pieces[0])
             prior = t.levels(k, pieces, prior, m, m, scales)
         yield prior
+
+
+def _decode_classes(
+    params: Mapping[str, ParamValue],
+    dtype_name: str,
+    shape: tuple[int, ...],
+    tensor_params: Mapping[str, ParamValue],
+    pieces: Sequence[Buffer],
+    prior: Array | None,
+    name: str,
+    kernels: Kernels | None,
+    prior_level: int | None,
+) -> Array:
+    """A tensor planed by row classes (:mod:`.classes`): each class decoded as a tensor of
+    its own, from its rows of ``prior`` if given, and put back in place."""
+    ladders = classes.ladders(tensor_params, name)
+    if len(shape) < 2:
+        raise FormatError(f"tensor {name!r}: row classes need a tensor of two dimensions")
+    cls, per_class = classes.split(shape, len(ladders), pieces, name)
+    dt = dtype(dtype_name)
+    out = np.empty((shape[0], math.prod(shape[1:])), dt.storage)
+    flat_prior = None
+    if prior is not None:
+        if not isinstance(prior, np.ndarray) or prior.dtype != dt.storage or prior.size != out.size:
+            raise ValueError(f"prior of tensor {name!r} is not a {dt.name} array of {out.size}")
+        flat_prior = prior.reshape(out.shape)
+    counts = np.bincount(cls, minlength=len(ladders))
+    for c, ladder in enumerate(ladders):
+        sub_shape = classes.class_shape(shape, int(counts[c]))
+        tp = {"group": tensor_params["group"], "planes": list[ParamValue](ladder)}
+        sub_prior = None if flat_prior is None else classes.rows_of(flat_prior, cls, c)
+        rows = decode_tensor(
+            params,
+            dtype_name,
+            sub_shape,
+            tp,
+            per_class[c],
+            None if sub_prior is None else sub_prior.reshape(sub_shape),
+            name,
+            kernels,
+            prior_level,
+        )
+        classes.scatter(out, cls, c, rows)
+    return out.reshape(shape)
 
 
 class _Tensor:

@@ -8,9 +8,10 @@ squared norm (``weighting`` ``"relative"``: each tensor's signal-to-noise counts
 its plain squared error (``"absolute"``); with the publisher's sensitivity
 (:mod:`~peerprog.codec.sensitivity`) each weight's squared error is weighted by it and the
 sums compare as they are. :func:`analyse` estimates the bytes and errors from a sample of
-groups. Levels close when the estimated cumulative size passes each of ``targets_mbpw``
-(milli-bits per weight, over all elements); then one level takes every tensor to its maximum
-planes, and the remainder makes it exact. No level is empty.
+groups. A tensor planed by row classes (:mod:`.classes`) comes as one item per class, each
+allocated as a tensor of its own. Levels close when the estimated cumulative size passes each
+of ``targets_mbpw`` (milli-bits per weight, over all elements); then one level takes every
+tensor to its maximum planes, and the remainder makes it exact. No level is empty.
 
 Choices, measured on EfficientNet-Lite1 and a byte-level transformer (fp32 and bf16; tables
 and commands in ``bench/CODEC_NOTES.md``): G = 64; power-of-two scales (as good per bit as
@@ -60,6 +61,7 @@ class TensorStats:
     sq_error: tuple[float, ...] = ()  # squared error after k planes, index k
     sq_norm: float = 0.0
     weighted: bool = False  # errors weighted by the publisher's sensitivity
+    row_class: int = -1  # of a tensor planed by row classes (:mod:`.classes`): this class
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -193,9 +195,9 @@ def plan(params: Mapping[str, ParamValue] | None, stats: Sequence[TensorStats]) 
     prog = [t for t in stats if not t.whole]
     base = sum(t.whole_bytes / 3 for t in stats if t.whole)  # zstd of small floats, roughly
     base += sum(t.scale_bytes + t.plane_bytes[1] for t in prog)
-    planes = {t.name: 1 for t in prog}
-    kmax = {t.name: len(t.plane_bytes) - 1 for t in prog}
-    schedule: list[list[int]] = []  # per level, planes per progressive tensor (in order)
+    planes = [1] * len(prog)
+    kmax = [len(t.plane_bytes) - 1 for t in prog]
+    schedule: list[list[int]] = []  # per level, planes per progressive item (in order)
 
     def weight(t: TensorStats) -> float:
         if t.weighted:  # the publisher's sensitivity: errors compare as they are
@@ -208,8 +210,8 @@ def plan(params: Mapping[str, ParamValue] | None, stats: Sequence[TensorStats]) 
 
     def push(i: int) -> None:
         t = prog[i]
-        k = planes[t.name]
-        if k >= kmax[t.name]:
+        k = planes[i]
+        if k >= kmax[i]:
             return
         cost = max(t.plane_bytes[k + 1] - t.plane_bytes[k], 1e-9)
         gain = (t.sq_error[k] - t.sq_error[k + 1]) * weight(t)
@@ -226,21 +228,19 @@ def plan(params: Mapping[str, ParamValue] | None, stats: Sequence[TensorStats]) 
         while heap and cum < budget:
             _, i, k = heapq.heappop(heap)
             t = prog[i]
-            planes[t.name] = k + 1
+            planes[i] = k + 1
             cum += t.plane_bytes[k + 1] - t.plane_bytes[k]
             push(i)
-        row = [planes[t.name] for t in prog]
-        if not schedule or row != schedule[-1]:
-            schedule.append(row)
+        if not schedule or planes != schedule[-1]:
+            schedule.append(list(planes))
             est.append(round(cum))
         if not heap:
             break
     if not schedule:
-        schedule.append([planes[t.name] for t in prog])
+        schedule.append(list(planes))
         est.append(round(cum))
-    top = [kmax[t.name] for t in prog]
-    if top != schedule[-1]:
-        schedule.append(top)
+    if kmax != schedule[-1]:
+        schedule.append(list(kmax))
         est.append(round(base + sum(t.plane_bytes[-1] - t.plane_bytes[1] for t in prog)))
     if not prog:
         schedule = []
@@ -250,7 +250,14 @@ def plan(params: Mapping[str, ParamValue] | None, stats: Sequence[TensorStats]) 
         if t.whole:
             tensors[t.name] = {"whole": True}
     for j, t in enumerate(prog):
-        tensors[t.name] = {"group": int(t.extra["group"]), "planes": [row[j] for row in schedule]}
+        ladder: list[ParamValue] = [row[j] for row in schedule]
+        if t.row_class < 0:
+            tensors[t.name] = {"group": int(t.extra["group"]), "planes": ladder}
+            continue
+        entry = tensors.setdefault(t.name, {"group": int(t.extra["group"]), "rows": []})
+        rows = entry["rows"]
+        assert isinstance(rows, list) and len(rows) == t.row_class  # classes in order
+        rows.append(ladder)
     out = default_params()
     out.update({k: v for k, v in (params or {}).items() if k != "levels"})
     out["levels"] = nlevels
