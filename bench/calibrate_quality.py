@@ -179,9 +179,25 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="write the tables from the --json files of earlier runs instead of running",
+    )
     args = ap.parse_args()
+    if args.merge:
+        docs = [json.loads(p.read_text()) for p in args.merge]
+        merged = {"machine": docs[0]["machine"], "models": [m for d in docs for m in d["models"]]}
+        cmds = "; ".join(d.get("command", "?") for d in docs)
+        write_section("calibrate", markdown(merged, cmds))
+        return
     torch.manual_seed(0)
     doc: dict[str, Any] = {"machine": machine()}
+    doc["command"] = (
+        f"nice -n 10 python -m bench.calibrate_quality --models {args.models} "
+        f"--dtypes {args.dtypes} --methods {args.methods}"
+    )
     doc["models"] = [
         bench_model(m, d, args.methods.split(","))
         for m in args.models.split(",")
@@ -192,8 +208,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1, default=str))
     if args.write:
-        cmd = "nice -n 10 python -m bench.calibrate_quality --write"
-        write_section("calibrate", markdown(doc, cmd))
+        write_section("calibrate", markdown(doc, doc["command"] + " --write"))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import pytest
 from peerprog.codec import groupplane as gp
 from peerprog.codec import zstd
 from peerprog.codec.base import RawTensor
+from peerprog.codec.dtypes import DTYPES
 from peerprog.codec.groupplane import classes, format, selection
 from peerprog.codec.sensitivity import as_matrix, check, matrix_shape
 from peerprog.errors import FormatError, InputError
@@ -190,16 +191,21 @@ def _classed(dtype: str = "float32") -> tuple[dict[str, Any], dict[str, Any], Ra
 
 def test_rows_are_classed_by_worth_only_when_they_differ() -> None:
     rng = np.random.default_rng(0)
-    values = rng.standard_normal((256, 512))
-    assert classes.choose(values, np.ones((1, 1))) is None  # alike: one class
-    assert classes.choose(values[:2], np.array([[1.0], [1e-6]])) is None  # too small
+    values = rng.standard_normal((256, 512)).astype(np.float32)
+    geo = format.geometry(DTYPES["float32"], 12)
+
+    def choose(v: Array, s: Array) -> Array | None:
+        return classes.choose(classes.row_worth(geo, v, s), v.shape[1])
+
+    assert choose(values, np.ones((1, 1))) is None  # alike: one class
+    assert choose(values[:2], np.array([[1.0], [1e-6]])) is None  # too small
     # 10× is 1.7 class widths (4× each) down, 10⁵× more than the deepest class
     s = np.r_[np.ones(128), np.full(64, 0.1), np.full(64, 1e-5)][:, None]
-    cls = classes.choose(values, s)
+    cls = choose(values, s)
     assert cls is not None and cls.dtype == np.uint8
     assert (cls[:128] == 0).all() and (cls[128:192] == 1).all() and (cls[192:] == 2).all()
     few = np.r_[np.ones(250), np.full(6, 1e-5)][:, None]  # 6 rows: too few for a class
-    assert classes.choose(values, few) is None
+    assert choose(values, few) is None
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

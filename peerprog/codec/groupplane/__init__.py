@@ -9,6 +9,8 @@ Where to find what:
 * :mod:`.params` — the codec params and tensor params the manifest holds, checked.
 * :mod:`.rate` — the plan: :func:`analyse` each tensor cheaply, then :func:`plan` the rate
   over all of them.
+* :mod:`.classes` — row classes: with the publisher's sensitivity, a tensor's rows split by
+  worth, each class with its own plane ladder (tensor params ``{"group", "rows"}``).
 * :mod:`.encode`, :mod:`.decode` — one tensor's pieces, and any prefix of them back.
 * :mod:`.kernels` — the interface of the numeric passes; :mod:`.c_kernels` (the extension
   built from ``c/*.c``) and :mod:`.numpy_kernels` (the reference) implement it, byte for byte

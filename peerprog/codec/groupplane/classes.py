@@ -3,7 +3,7 @@ plane ladder, so that the rate allocation can reach inside a tensor.
 
 With the publisher's sensitivity a row's next plane is worth ``s_r · mean(x_r²)`` per weight
 (its sensitivity times its squared scale): rows that differ in it by 4× are a bit apart in
-the best allocation. :func:`choose` sorts the rows of a tensor into up to
+the best allocation (:func:`row_worth`). :func:`choose` sorts the rows of a tensor into up to
 :data:`MAX_CLASSES` classes two bits of that value wide; the plan treats each class as a
 tensor of its own (:func:`rows_of` gathers it), and the tensor's params become
 ``{"group": g, "rows": [ladder of class 0, ladder of class 1, ...]}``.
@@ -26,7 +26,7 @@ import numpy as np
 
 from peerprog.codec import zstd
 from peerprog.codec.groupplane import format
-from peerprog.codec.groupplane.format import Array, Buffer
+from peerprog.codec.groupplane.format import Array, Buffer, Geometry, to_f32
 from peerprog.codec.layout import ParamValue
 from peerprog.errors import FormatError
 
@@ -37,15 +37,28 @@ MIN_CLASS_ELEMENTS = 1 << 14
 """A class smaller than this joins the one above it (its own ladder would not pay)."""
 
 
-def choose(values: Array, sensitivity: Array) -> Array | None:
-    """Each row's class (uint8, 0 = the rows worth most) of a tensor given as a float64
-    matrix ``values`` (rows × cols) and its sensitivity (broadcastable to it), or None when
-    all rows fall in one class."""
-    rows, cols = values.shape
+def row_worth(geo: Geometry, words: Array, sensitivity: Array) -> Array:
+    """Each row's worth of a plane, ``s_r · mean(x_r²)``, of a tensor seen as a matrix
+    ``words`` (rows × cols of the dtype's storage; NaN and ±Inf count as 0) and its
+    sensitivity (broadcastable to it), a block of rows at a time (no copy of the tensor)."""
+    rows, cols = words.shape
+    out = np.empty(rows)
+    step = max(1, (1 << 20) // max(cols, 1))
+    for r0 in range(0, rows, step):
+        block = to_f32(geo, words[r0 : r0 + step].reshape(-1)).astype(np.float64)
+        block = block.reshape(-1, cols)
+        block = np.where(np.isfinite(block), block, 0.0)
+        s = np.broadcast_to(sensitivity, words.shape)[r0 : r0 + step].mean(axis=1)
+        out[r0 : r0 + step] = s * np.mean(block * block, axis=1)
+    return out
+
+
+def choose(worth: Array, cols: int) -> Array | None:
+    """Each row's class (uint8, 0 = the rows worth most) from the rows' :func:`row_worth`
+    (``cols`` weights a row), or None when all rows fall in one class."""
+    rows = len(worth)
     if rows < 2 or rows * cols < 2 * MIN_CLASS_ELEMENTS:
         return None
-    s = np.broadcast_to(sensitivity, values.shape).mean(axis=1)
-    worth = s * np.mean(values * values, axis=1)
     positive = worth > 0
     if not positive.any():
         return None

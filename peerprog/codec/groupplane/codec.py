@@ -10,12 +10,10 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from peerprog.codec.base import Encoded, EncodedTensor, RawTensor
-from peerprog.codec.common import Array, PriorDecoder, join_levels, to_float64
+from peerprog.codec.common import Array, PriorDecoder, join_levels
 from peerprog.codec.dtypes import dtype
-from peerprog.codec.groupplane import classes, decode, encode, rate
+from peerprog.codec.groupplane import classes, decode, encode, format, rate
 from peerprog.codec.groupplane.params import NAME, default_params, flat_array, is_whole, settings
 from peerprog.codec.layout import ParamValue, TensorLayout
 from peerprog.codec.sensitivity import Sensitivity, matrix_shape
@@ -47,8 +45,9 @@ class GroupplanePlanner:
         dt = dtype(tensor.dtype)
         cls = None
         if not is_whole(dt, shape, self._settings) and len(shape) >= 2:
-            values = to_float64(dt, flat_array(name, dt, tensor)).reshape(matrix_shape(shape))
-            cls = classes.choose(np.nan_to_num(values, posinf=0.0, neginf=0.0), weights)
+            geo = format.geometry(dt, self._settings.max_planes)
+            matrix = flat_array(name, dt, tensor).reshape(matrix_shape(shape))
+            cls = classes.choose(classes.row_worth(geo, matrix, weights), matrix.shape[1])
         if cls is None:
             self._stats.append(rate.analyse(name, tensor, self._params, weights))
             return
