@@ -18,7 +18,7 @@ from peerprog.codec.dtypes import DTYPES
 from peerprog.codec.groupplane import classes, format, selection
 from peerprog.codec.sensitivity import as_matrix, check, matrix_shape
 from peerprog.errors import FormatError, InputError
-from peerprog.formats.safetensors import read_sensitivity, write_safetensors
+from peerprog.formats.safetensors import read_safetensors, read_sensitivity, write_safetensors
 from peerprog.manifest import generate_key_file, load_key_file
 from peerprog.store import Store, publish_tensors
 
@@ -275,3 +275,29 @@ def test_malformed_row_classes_are_format_errors() -> None:
         decode(tp, [pieces[0], pieces[1] + b"\0"])
     with pytest.raises(FormatError, match="row_classes"):
         gp.encode_tensor(t, {**plan, "row_classes": b"\0" * 511}, params, "w")
+
+
+def test_a_published_model_with_row_classes_decodes_from_the_store(tmp_path: Path) -> None:
+    """Publish → store → decode at every level, from scratch and from the level before (as
+    a node builds them), bit-exact at the last: the path an edge takes."""
+    _, _, t = _classed("bfloat16")
+    generate_key_file(tmp_path / "key")
+    store = Store(tmp_path / "store")
+    sens = {"w": 10.0 ** np.random.default_rng(4).uniform(-4, 0, (512, 1))}
+    result = publish_tensors(
+        {"w": t}, name="m", key=load_key_file(tmp_path / "key"), store=store, sensitivity=sens
+    )
+    signed = result.signed
+    (layout,) = signed.manifest.tensors
+    assert len(layout.params["rows"]) >= 2  # planed by row classes
+    last = len(signed.manifest.levels) - 1
+    prior = None
+    for level in range(last + 1):
+        out = tmp_path / f"level{level}.safetensors"
+        store.decode(signed, level, out, prior=prior)
+        scratch = tmp_path / f"scratch{level}.safetensors"
+        store.decode(signed, level, scratch)
+        assert out.read_bytes() == scratch.read_bytes()
+        prior = out
+    (tensors, _) = read_safetensors(prior)
+    assert np.array_equal(tensors["w"].array, t.array)
