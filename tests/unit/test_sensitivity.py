@@ -183,7 +183,7 @@ def _classed(dtype: str = "float32") -> tuple[dict[str, Any], dict[str, Any], Ra
     t = RawTensor(dtype, arr)
     sens = check({"w": 10.0 ** rng.uniform(-4, 0, (512, 1))}, {"w": (512, 192)})
     codec = gp.GroupplaneCodec()
-    planner = codec.planner(codec.check_params(None), sens)
+    planner = codec.planner(codec.check_params({"row_classes": True}), sens)
     planner.add("w", t)
     params, plans = planner.finish()
     return params, plans["w"], t
@@ -275,6 +275,8 @@ def test_malformed_row_classes_are_format_errors() -> None:
         decode(tp, [pieces[0], pieces[1] + b"\0"])
     with pytest.raises(FormatError, match="row_classes"):
         gp.encode_tensor(t, {**plan, "row_classes": b"\0" * 511}, params, "w")
+    with pytest.raises(FormatError, match="'row_classes' must be true or false"):
+        gp.settings({"row_classes": 1})
 
 
 def test_a_published_model_with_row_classes_decodes_from_the_store(tmp_path: Path) -> None:
@@ -284,8 +286,11 @@ def test_a_published_model_with_row_classes_decodes_from_the_store(tmp_path: Pat
     generate_key_file(tmp_path / "key")
     store = Store(tmp_path / "store")
     sens = {"w": 10.0 ** np.random.default_rng(4).uniform(-4, 0, (512, 1))}
+    key = load_key_file(tmp_path / "key")
+    plain = publish_tensors({"w": t}, name="p", key=key, store=store, sensitivity=sens)
+    assert "planes" in plain.signed.manifest.tensors[0].params  # row classes are asked for
     result = publish_tensors(
-        {"w": t}, name="m", key=load_key_file(tmp_path / "key"), store=store, sensitivity=sens
+        {"w": t}, name="m", key=key, store=store, sensitivity=sens, params={"row_classes": True}
     )
     signed = result.signed
     (layout,) = signed.manifest.tensors

@@ -23,9 +23,10 @@ from peerprog.errors import FormatError
 class GroupplanePlanner:
     """Collects every tensor's statistics, then allocates the rate
     (:func:`~peerprog.codec.groupplane.rate.plan`), weighing errors by ``sensitivity`` when
-    given; then a tensor whose rows differ in worth is planed by row classes
-    (:mod:`~peerprog.codec.groupplane.classes`), and its plan carries its rows' classes
-    (``row_classes``, for the encoder; not a manifest param)."""
+    given; then, with the codec param ``row_classes``, a tensor whose rows differ in worth
+    is planed by row classes (:mod:`~peerprog.codec.groupplane.classes`), and its plan
+    carries its rows' classes (``row_classes``, bytes for the encoder; not a manifest
+    param)."""
 
     def __init__(
         self, params: Mapping[str, ParamValue], sensitivity: Sensitivity | None = None
@@ -41,10 +42,14 @@ class GroupplanePlanner:
             self._stats.append(rate.analyse(name, tensor, self._params))
             return
         shape = tensor.array.shape
-        weights = self._sensitivity.of(name, shape)
+        weights = classes.floored(self._sensitivity.of(name, shape))
         dt = dtype(tensor.dtype)
         cls = None
-        if not is_whole(dt, shape, self._settings) and len(shape) >= 2:
+        if (
+            self._settings.row_classes
+            and not is_whole(dt, shape, self._settings)
+            and len(shape) >= 2
+        ):
             geo = format.geometry(dt, self._settings.max_planes)
             matrix = flat_array(name, dt, tensor).reshape(matrix_shape(shape))
             cls = classes.choose(classes.row_worth(geo, matrix, weights), matrix.shape[1])

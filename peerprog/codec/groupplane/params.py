@@ -61,6 +61,10 @@ class Settings:
     """``relative`` (each tensor's squared error over its squared norm) or ``absolute``."""
     levels: int | None
     """The model's levels (set by the plan; None before)."""
+    row_classes: bool = False
+    """With the publisher's sensitivity, plan a tensor's rows in classes of their own
+    (:mod:`.classes`); optional param, off unless given (measured: it helps the LM below
+    3.5 bits/weight and hurts EfficientNet-Lite1, BENCHMARKS.md)."""
 
 
 def settings(params: Mapping[str, ParamValue] | None) -> Settings:
@@ -94,7 +98,7 @@ def _settings_key(params: Mapping[str, ParamValue] | None) -> bytes | None:
 def _settings(params: Mapping[str, ParamValue] | None) -> Settings:
     p: dict[str, ParamValue] = default_params()
     for key, value in (params or {}).items():
-        if key not in _DEFAULTS and key != "levels":
+        if key not in _DEFAULTS and key not in ("levels", "row_classes"):
             raise FormatError(f"unknown {NAME} codec param {key!r}")
         p[key] = value
     targets = p["targets_mbpw"]
@@ -103,6 +107,9 @@ def _settings(params: Mapping[str, ParamValue] | None) -> Settings:
     if p["weighting"] not in ("relative", "absolute"):
         raise FormatError("codec param 'weighting' must be 'relative' or 'absolute'")
     levels = p.get("levels")
+    row_classes = p.get("row_classes", False)
+    if not isinstance(row_classes, bool):
+        raise FormatError("codec param 'row_classes' must be true or false")
     return Settings(
         _int(p, "group", 1, MAX_GROUP),
         _int(p, "max_planes", 1, 23),
@@ -111,6 +118,7 @@ def _settings(params: Mapping[str, ParamValue] | None) -> Settings:
         tuple(_int({"t": t}, "t", 1, 1 << 20) for t in targets),
         str(p["weighting"]),
         None if levels is None else _int(p, "levels", 1, MAX_LEVELS),
+        row_classes,
     )
 
 
