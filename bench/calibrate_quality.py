@@ -109,10 +109,19 @@ def reached(levels: list[dict[str, Any]], metric: str, threshold: float) -> floa
     return None
 
 
-def bench_model(name: str, dtype: str, methods: list[str]) -> dict[str, Any]:
+def bench_model(
+    name: str,
+    dtype: str,
+    methods: list[str],
+    extra: dict[str, Any] | None = None,
+    data_free: bool = True,
+) -> dict[str, Any]:
     model = models.LOADERS[name](dtype)
-    params = {"targets_mbpw": LADDER}
-    runs: dict[str, Any] = {"data-free": run_groupplane(model, params, max_bpw=8.5)}
+    params = {"targets_mbpw": LADDER, **(extra or {})}
+    runs: dict[str, Any] = {}
+    if data_free:
+        runs["data-free"] = run_groupplane(model, params, max_bpw=8.5)
+    suffix = "".join(f" {k}={json.dumps(v)}" for k, v in (extra or {}).items())
     for method in methods:
         t0 = time.perf_counter()
         module = model.full_module()
@@ -122,7 +131,7 @@ def bench_model(name: str, dtype: str, methods: list[str]) -> dict[str, Any]:
         sens: Sensitivity = check(weights, shapes, f"{name} {method}")
         run = run_groupplane(model, params, max_bpw=8.5, sensitivity=sens)
         run["calibrate_s"] = seconds
-        runs[method] = run
+        runs[method + suffix] = run
     metric, thresholds = THRESHOLDS[model.name]
     summary = {
         variant: {f"{metric}>={t}": reached(r["levels"], metric, t) for t in thresholds}
@@ -131,11 +140,11 @@ def bench_model(name: str, dtype: str, methods: list[str]) -> dict[str, Any]:
     return {"model": model.name, "dtype": dtype, "runs": runs, "summary": summary}
 
 
-def markdown(doc: dict[str, Any], cmd: str) -> str:
+def markdown(doc: dict[str, Any], runs: str) -> str:
     out = [
         "## Codec: the publisher's sensitivity",
         "",
-        f"Reproduce: `{cmd}` (machine: {doc['machine']}). groupplane on a ladder of a level "
+        f"Reproduce: {runs} (machine: {doc['machine']}). groupplane on a ladder of a level "
         "every 0.25 bits/weight, planned data-free and with each calibration method of "
         "`peerprog.calibrate` (calibration data disjoint from the scoring data: see "
         "`bench/calibrate_quality.py`).",
@@ -154,7 +163,7 @@ def markdown(doc: dict[str, Any], cmd: str) -> str:
         metric = THRESHOLDS[m["model"]][0]
         variants = list(m["runs"])
         rows = []
-        base = m["runs"]["data-free"]["levels"]
+        base = next(iter(m["runs"].values()))["levels"]
         for i, row in enumerate(base):
             if not 2.0 <= row["bpw"] <= 6.6:
                 continue
@@ -167,7 +176,7 @@ def markdown(doc: dict[str, Any], cmd: str) -> str:
                 )
             rows.append(cells)
         out += [f"**{m['model']} {m['dtype']}** ({metric} @ bits/weight):", ""]
-        out.append(table(["data-free b/w", *variants], rows))
+        out.append(table([f"{variants[0]} b/w", *variants], rows))
         out.append("")
     return "\n".join(out) + "\n"
 
@@ -177,6 +186,14 @@ def main() -> None:
     ap.add_argument("--models", default="lm,effnet")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a groupplane codec param for every plan, e.g. row_classes=true",
+    )
+    ap.add_argument("--no-data-free", action="store_true", help="skip the data-free plan")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--write", action="store_true")
     ap.add_argument(
@@ -189,17 +206,20 @@ def main() -> None:
     if args.merge:
         docs = [json.loads(p.read_text()) for p in args.merge]
         merged = {"machine": docs[0]["machine"], "models": [m for d in docs for m in d["models"]]}
-        cmds = "; ".join(d.get("command", "?") for d in docs)
-        write_section("calibrate", markdown(merged, cmds))
+        runs = [f"`{d['command']}` (at {d['machine']['commit']})" for d in docs]
+        write_section("calibrate", markdown(merged, "; ".join(runs)))
         return
     torch.manual_seed(0)
     doc: dict[str, Any] = {"machine": machine()}
+    extra = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
     doc["command"] = (
         f"nice -n 10 python -m bench.calibrate_quality --models {args.models} "
         f"--dtypes {args.dtypes} --methods {args.methods}"
+        + "".join(f" --param {p}" for p in args.param)
+        + (" --no-data-free" if args.no_data_free else "")
     )
     doc["models"] = [
-        bench_model(m, d, args.methods.split(","))
+        bench_model(m, d, args.methods.split(","), extra, not args.no_data_free)
         for m in args.models.split(",")
         for d in args.dtypes.split(",")
     ]
@@ -208,7 +228,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1, default=str))
     if args.write:
-        write_section("calibrate", markdown(doc, doc["command"] + " --write"))
+        write_section("calibrate", markdown(doc, f"`{doc['command']} --write`"))
 
 
 if __name__ == "__main__":

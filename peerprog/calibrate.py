@@ -1,7 +1,7 @@
 """Sensitivity of a model's weights from the publisher's own data (``publish --sensitivity``).
 
 Needs torch (the ``torch`` extra); :func:`calibrate_repo` also needs transformers. Three ways
-to measure how much each weight's error matters, each a sum over the calibration batches
+to measure how much each weight's error matters, each averaged over the calibration batches
 (:data:`METHODS`):
 
 * ``fisher`` — the diagonal of the Fisher information of the model's output, ``E[g²]``
@@ -16,9 +16,12 @@ to measure how much each weight's error matters, each a sum over the calibration
   convolution and embedding layer (an embedding row: how often its token occurs), which is
   how much a weight's error moves that layer's output. Forward passes only.
 
-The result maps parameter names (as ``module.named_parameters()`` gives them) to float32
-arrays: one weight per row (``[rows, 1]``, ``per="row"``: small files) or per weight
-(``per="weight"``). :func:`write` stores it as the safetensors file publish reads.
+Gradients are taken per batch (the square of a batch's summed gradient, not of each
+sample's: a cheap estimate, with batches of a few windows or pictures). The result maps
+parameter names (as ``module.named_parameters()`` gives them) to float32 arrays, the mean
+over the batches: one value per row (``[rows, 1]``, ``per="row"``: small files; a statistic
+per input column stays ``[1, cols]``) or per weight (``per="weight"``). :func:`write` stores
+it as the safetensors file publish reads.
 """
 
 from __future__ import annotations
