@@ -42,7 +42,7 @@ class GroupplanePlanner:
             self._stats.append(rate.analyse(name, tensor, self._params))
             return
         shape = tensor.array.shape
-        weights = classes.floored(self._sensitivity.of(name, shape))
+        weights = self._sensitivity.of(name, shape)
         dt = dtype(tensor.dtype)
         cls = None
         if (
@@ -50,6 +50,7 @@ class GroupplanePlanner:
             and not is_whole(dt, shape, self._settings)
             and len(shape) >= 2
         ):
+            weights = classes.floored(weights)
             geo = format.geometry(dt, self._settings.max_planes)
             matrix = flat_array(name, dt, tensor).reshape(matrix_shape(shape))
             cls = classes.choose(classes.row_worth(geo, matrix, weights), matrix.shape[1])
