@@ -56,6 +56,17 @@ V3_TARGET static ssize zero_list_v3(const uint8_t *zero, ssize n, uint16_t *idx)
 }
 #endif
 
+/* Word j of the byte planes of the words whose prior is 0 (most significant plane first;
+ * 0 past the end: the padding). */
+INLINE uint32_t rest_word(const uint8_t *raw, ssize nrest, ssize j, int size) {
+    if (j >= nrest)
+        return 0;
+    if (size == 2)
+        return ((uint32_t)raw[j] << 8) | raw[nrest + j];
+    return ((uint32_t)raw[j] << 24) | ((uint32_t)raw[nrest + j] << 16) |
+           ((uint32_t)raw[2 * nrest + j] << 8) | raw[3 * nrest + j];
+}
+
 INLINE void rem_k(int size, const uint8_t *in, ssize nreal, uint8_t *out, ssize n, RemDec *rd,
                   RemWork *wk, int v3) {
     int64_t bpos = rd->bpos;
@@ -147,14 +158,7 @@ INLINE void rem_k(int size, const uint8_t *in, ssize nreal, uint8_t *out, ssize 
     if (v3) {
         ssize count = zero_list_v3(zero, n, wk->idx);
         for (ssize c = 0; c < count; c++) {
-            uint32_t rw = 0;
-            if (j < nrest) {
-                if (size == 2)
-                    rw = ((uint32_t)raw[j] << 8) | raw[nrest + j];
-                else
-                    rw = ((uint32_t)raw[j] << 24) | ((uint32_t)raw[nrest + j] << 16) |
-                         ((uint32_t)raw[2 * nrest + j] << 8) | raw[3 * nrest + j];
-            }
+            uint32_t rw = rest_word(raw, nrest, j, size);
             j++;
             store_word(out, wk->idx[c], size, rw);
         }
@@ -168,14 +172,7 @@ INLINE void rem_k(int size, const uint8_t *in, ssize nreal, uint8_t *out, ssize 
         while (z) {
             ssize k = i + (ctz64(z) >> 3);
             z &= z - 1;
-            uint32_t rw = 0;
-            if (j < nrest) {
-                if (size == 2)
-                    rw = ((uint32_t)raw[j] << 8) | raw[nrest + j];
-                else
-                    rw = ((uint32_t)raw[j] << 24) | ((uint32_t)raw[nrest + j] << 16) |
-                         ((uint32_t)raw[2 * nrest + j] << 8) | raw[3 * nrest + j];
-            }
+            uint32_t rw = rest_word(raw, nrest, j, size);
             j++;
             store_word(out, k, size, rw);
         }
