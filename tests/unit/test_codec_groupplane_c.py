@@ -115,9 +115,15 @@ def _tensor(dtype: str, shape: tuple[int, ...], seed: int, kind: str) -> RawTens
 
 
 def _setup(
-    dtype: str, shape: tuple[int, ...], group: int, ladder: list[int], max_planes: int
+    dtype: str,
+    shape: tuple[int, ...],
+    group: int,
+    ladder: list[int],
+    max_planes: int,
+    layout: int = 2,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Codec params and tensor params for an explicit plane ladder (clamped to the dtype)."""
+    """Codec params and tensor params for an explicit plane ladder (clamped to the dtype), in
+    stream format ``layout`` (format 1: params without the key, as manifests before it)."""
     kmax = min(max_planes, DTYPES[dtype].mantissa_bits)
     planes = sorted(min(max(k, 1), kmax) for k in ladder)
     params = {
@@ -125,6 +131,7 @@ def _setup(
         "vector_elements": 0,
         "max_planes": max_planes,
         "levels": len(planes) + 1,
+        **({} if layout == 1 else {"format": layout}),
     }
     return params, {"group": group, "planes": planes}
 
@@ -181,6 +188,7 @@ groups = st.sampled_from([1, 3, 8, 50, 64, 100, 1024, 1500, 5000])
     ladder=ladders,
     max_planes=st.sampled_from([1, 4, 7, 12, 23]),
     vector=st.booleans(),
+    layout=st.sampled_from([1, 2]),
 )
 def test_c_and_numpy_give_identical_streams_and_decodes(
     dtype: str,
@@ -191,9 +199,10 @@ def test_c_and_numpy_give_identical_streams_and_decodes(
     ladder: list[int],
     max_planes: int,
     vector: bool,
+    layout: int,
 ) -> None:
     with simd(vector):
-        _check_identical(dtype, shape, seed, kind, group, ladder, max_planes)
+        _check_identical(dtype, shape, seed, kind, group, ladder, max_planes, layout)
 
 
 def _check_identical(
@@ -204,9 +213,10 @@ def _check_identical(
     group: int,
     ladder: list[int],
     max_planes: int,
+    layout: int,
 ) -> None:
     t = _tensor(dtype, shape, seed, kind)
-    params, tp = _setup(dtype, shape, group, ladder, max_planes)
+    params, tp = _setup(dtype, shape, group, ladder, max_planes, layout)
     c = _encode("c", t, tp, params)
     ref = _encode("numpy", t, tp, params)
     assert [len(p) for p in c] == [len(p) for p in ref]
@@ -287,12 +297,17 @@ def _corrupt(piece: bytes, where: str, op: str, pos: float, value: int, part: in
         return _mutate(piece, op, pos, value)
     k = part % len(parts)
     p = parts[k]
-    bare = p[:4] == ZSTD_MAGIC  # level 0's scales; the other parts are [u32][frame][rest]
+    # a bare frame (scales; format 2's byte planes and low bytes), [u32][frame][rest] (plane
+    # steps; format 1's remainder) or raw bytes (format 2's low bits)
+    bare = p[:4] == ZSTD_MAGIC
     if bare:
         frame, rest = p, b""
-    else:
+    elif p[4:8] == ZSTD_MAGIC:
         (m,) = struct.unpack_from("<I", p)
         frame, rest = p[4 : 4 + m], p[4 + m :]
+    else:
+        parts[k] = _mutate(p, op, pos, value)
+        return _join(parts)
     if where == "content" or bare:
         try:
             content = zstandard.ZstdDecompressor().decompress(frame)
@@ -325,11 +340,13 @@ def _outcome(
 CASES: dict[str, tuple[dict[str, Any], RawTensor, dict[str, Any], list[bytes]]] = {}
 
 
-def _case(dtype: str, group: int) -> tuple[dict[str, Any], RawTensor, dict[str, Any], list[bytes]]:
-    key = f"{dtype}/{group}"
+def _case(
+    dtype: str, group: int, layout: int = 2
+) -> tuple[dict[str, Any], RawTensor, dict[str, Any], list[bytes]]:
+    key = f"{dtype}/{group}/{layout}"
     if key not in CASES:
         t = _tensor(dtype, (6, 333), 5, "special")
-        params, tp = _setup(dtype, t.array.shape, group, [3, 4, 4, 12, 23], 23)
+        params, tp = _setup(dtype, t.array.shape, group, [3, 4, 4, 12, 23], 23, layout)
         CASES[key] = (params, t, tp, _encode("numpy", t, tp, params))
     return CASES[key]
 
@@ -343,8 +360,9 @@ def _case(dtype: str, group: int) -> tuple[dict[str, Any], RawTensor, dict[str, 
     op=st.sampled_from(["flip", "truncate", "extend", "drop", "set"]),
     pos=st.floats(0, 1),
     value=st.integers(0, 255),
-    part=st.integers(0, 3),
+    part=st.integers(0, 5),
     vector=st.booleans(),
+    layout=st.sampled_from([1, 2]),
 )
 def test_corrupt_levels_give_the_same_outcome_in_c_and_numpy(
     dtype: str,
@@ -356,15 +374,24 @@ def test_corrupt_levels_give_the_same_outcome_in_c_and_numpy(
     value: int,
     part: int,
     vector: bool,
+    layout: int,
 ) -> None:
     with simd(vector):
-        _check_corrupt(dtype, group, level, where, op, pos, value, part)
+        _check_corrupt(dtype, group, level, where, op, pos, value, part, layout)
 
 
 def _check_corrupt(
-    dtype: str, group: int, level: int, where: str, op: str, pos: float, value: int, part: int
+    dtype: str,
+    group: int,
+    level: int,
+    where: str,
+    op: str,
+    pos: float,
+    value: int,
+    part: int,
+    layout: int,
 ) -> None:
-    params, t, tp, pieces = _case(dtype, group)
+    params, t, tp, pieces = _case(dtype, group, layout)
     n = level % len(pieces)
     bad = list(pieces)
     bad[n] = _corrupt(pieces[n], where, op, pos, value, part)
@@ -436,13 +463,20 @@ def test_priors_that_are_not_midpoints_give_the_same_outcome_in_c_and_numpy(
     assert outcomes[0] == outcomes[1]
 
 
-def test_huge_declared_frames_are_refused_before_allocating() -> None:
-    params, t, tp, pieces = _case("float32", 64)
-    for n in (1, len(pieces) - 1):
+@pytest.mark.parametrize("layout", [1, 2])
+def test_huge_declared_frames_are_refused_before_allocating(layout: int) -> None:
+    params, t, tp, pieces = _case("float32", 64, layout)
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (1 << 24))  # declares 16 MiB
+    last = len(pieces) - 1
+    # a plane step's symbols; the remainder's byte planes (one frame, or the first of four)
+    # and format 2's low bytes (the part before the low bits)
+    for n, k in [(1, 0), (last, 0), *([(last, -2)] if layout == 2 else [])]:
         parts = _split(pieces[n])
-        (m,) = struct.unpack_from("<I", parts[0])
-        bomb = zstandard.ZstdCompressor().compress(b"\0" * (1 << 24))  # declares 16 MiB
-        parts[0] = struct.pack("<I", len(bomb)) + bomb + parts[0][4 + m :]
+        if parts[k][:4] == ZSTD_MAGIC:  # a bare frame
+            parts[k] = bomb
+        else:
+            (m,) = struct.unpack_from("<I", parts[k])
+            parts[k] = struct.pack("<I", len(bomb)) + bomb + parts[k][4 + m :]
         good = list(_levels("c", params, t, tp, pieces))
         with pytest.raises(FormatError, match="declares"):
             gp.decode_tensor(params, t.dtype, t.array.shape, tp, [*pieces[:n], _join(parts)],
@@ -463,18 +497,25 @@ class Counting:
         self.inner.decode(*args)
 
 
+@pytest.mark.parametrize("layout", [1, 2])
 @pytest.mark.parametrize("backend", ["c", "numpy"])
-def test_frames_declaring_more_than_the_tensor_are_decoded_level_by_level(backend: str) -> None:
+def test_frames_declaring_more_than_the_tensor_are_decoded_level_by_level(
+    backend: str, layout: int
+) -> None:
     """From scratch, all levels' symbols are held at once only while their frames together
     declare at most the tensor's size; past that, level by level (one level's at a time)."""
-    params, t, tp, pieces = _case("bfloat16", 64)
+    params, t, tp, pieces = _case("bfloat16", 64, layout)
     k = Counting(kernels_named(backend))
     total = -(-t.array.size // 64) * 64
     bad = list(pieces)
-    parts = _split(bad[-1])  # the remainder's frame declares the whole tensor
-    (m,) = struct.unpack_from("<I", parts[0])
-    frame = zstd.compress(b"\0" * total * 2, symbols=True)
-    bad[-1] = _join([struct.pack("<I", len(frame)) + frame + parts[0][4 + m :]])
+    parts = _split(bad[-1])  # the remainder's frames declare the whole tensor
+    if layout == 1:
+        (m,) = struct.unpack_from("<I", parts[0])
+        frame = zstd.compress(b"\0" * total * 2, symbols=True)
+        bad[-1] = _join([struct.pack("<I", len(frame)) + frame + parts[0][4 + m :]])
+    else:  # two byte planes of the whole tensor's words
+        plane = zstd.compress(b"\0" * total, symbols=True)
+        bad[-1] = _join([plane, plane, *parts[2:]])
     n = len(pieces) - 1
     with pytest.raises(FormatError):
         gp.decode_tensor(params, t.dtype, t.array.shape, tp, bad, None, "w", k)

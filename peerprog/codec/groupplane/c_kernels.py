@@ -29,7 +29,7 @@ from peerprog.codec.groupplane.format import (
 )
 from peerprog.codec.groupplane.kernels import Remainder, Step
 
-FORMAT = 4
+FORMAT = 5
 """The interface version the extension must report; a stale build is not used."""
 
 
@@ -64,14 +64,20 @@ class CKernels:
         self._ext = ext
 
     def encode(
-        self, geo: Geometry, words: Array, gsize: int, top: int, steps: Sequence[tuple[int, int]]
+        self,
+        geo: Geometry,
+        words: Array,
+        gsize: int,
+        top: int,
+        steps: Sequence[tuple[int, int]],
+        split: bool,
     ) -> Streams:
         size, ebits, mbits = _args(geo)
-        scales, outs, rest, low = self._ext.encode(
+        scales, outs, rest, low, bottom = self._ext.encode(
             np.ascontiguousarray(words), gsize, size, ebits, mbits, geo.e_floor, geo.e_ceil,
-            top, list(steps),
+            top, list(steps), split,
         )  # fmt: skip
-        return Streams(scales, outs, rest, low)
+        return Streams(scales, outs, rest, low, bottom)
 
     def decode(
         self,
@@ -88,5 +94,7 @@ class CKernels:
         self._ext.decode(
             out, numel, scales, geo.e_floor, gsize, size, ebits, mbits, prior,
             [(s.k1, s.r, s.first, s.codes, s.refine) for s in steps],
-            None if remainder is None else (remainder.rest, remainder.low),
+            None
+            if remainder is None
+            else (remainder.rest, remainder.low, remainder.low_bytes),
         )  # fmt: skip

@@ -68,8 +68,8 @@ def decode_tensor(
             if any(len(memoryview(p)) for p in pieces[1:]):
                 raise FormatError(f"{what}: a whole tensor has data only in level 0")
             return prior
-        return format.decode_whole(dt, shape, pieces[0], what)
-    t = _Tensor(name, format.geometry(dt, s.max_planes), shape, ts.group, ts.planes)
+        return format.decode_whole(dt, shape, pieces[0], what, s.layout)
+    t = _Tensor(name, format.geometry(dt, s.max_planes), shape, ts.group, ts.planes, s.layout)
     k = kernels or default_kernels()
     if prior is None:
         return t.levels(k, pieces, None, 0, n)
@@ -115,7 +115,7 @@ def decode_levels(
     t = (
         None
         if ts.whole
-        else _Tensor(name, format.geometry(dt, s.max_planes), shp, ts.group, ts.planes)
+        else _Tensor(name, format.geometry(dt, s.max_planes), shp, ts.group, ts.planes, s.layout)
     )
     k = kernels or default_kernels()
     scales = None
@@ -182,9 +182,16 @@ class _Tensor:
     """A planed tensor being decoded."""
 
     def __init__(
-        self, name: str, geo: Geometry, shape: tuple[int, ...], gsize: int, planes: tuple[int, ...]
+        self,
+        name: str,
+        geo: Geometry,
+        shape: tuple[int, ...],
+        gsize: int,
+        planes: tuple[int, ...],
+        layout: int,
     ) -> None:
         self.name, self.geo, self.shape, self.gsize, self.planes = name, geo, shape, gsize, planes
+        self.layout = layout
         self.numel = math.prod(shape)
         self.total = -(-self.numel // gsize) * gsize
         """Words padded to whole groups."""
@@ -208,18 +215,19 @@ class _Tensor:
     ) -> Array:
         """Levels ``m0 .. n`` from ``prior`` (the tensor at level ``m0 - 1``; None when
         ``m0`` is 0) in one pass, or level by level if their frames are too large."""
+        size = self.geo.word.itemsize
         read = [
-            format.read_level(self.planes, pieces[m], m, self.what(m)) for m in range(m0, n + 1)
+            format.read_level(self.planes, pieces[m], m, self.what(m), self.layout, size)
+            for m in range(m0, n + 1)
         ]
         if prior is not None and not any(read):  # no level refines the tensor
             return prior
-        size = self.geo.word.itemsize
         budget = self.total * size
         for m, r in zip(range(m0, n + 1), read, strict=True):
             if m0 == n:  # one level: its frames are bounded one by one
                 break
             if isinstance(r, RemainderFrames):
-                budget -= format.declared(r.rest, self.total * size, self.what(m))
+                budget -= format.remainder_declared(r, self.total, size, self.what(m))
                 continue
             for f in r:
                 limit = format.symbol_limit(self.total, f.r)
@@ -237,7 +245,8 @@ class _Tensor:
         for m, r in zip(range(m0, n + 1), read, strict=True):
             what = self.what(m)
             if isinstance(r, RemainderFrames):
-                rem = Remainder(format.rest_bytes(r, self.total, size, what), r.low)
+                rest = format.rest_bytes(r, self.total, size, what)
+                rem = Remainder(rest, r.low, format.low_bytes(r, self.total, what))
                 continue
             for f in r:
                 codes = format.symbol_bytes(f, self.total, what)

@@ -44,12 +44,13 @@ def encode_tensor(
     nlevels = s.levels or 1
     ts = tensor_settings(s, dt, tensor.array.shape, tensor_params, name)
     if ts.whole:
-        return {"whole": True}, [format.encode_whole(dt, flat), *([b""] * (nlevels - 1))]
+        return {"whole": True}, [format.encode_whole(dt, flat, s.layout), *([b""] * (nlevels - 1))]
     geo = format.geometry(dt, s.max_planes)
     steps = [step for level in format.plane_steps(ts.planes) for step in level]
     k = kernels or default_kernels()
-    streams = k.encode(geo, flat.view(dt.word), ts.group, ts.planes[-1], steps)
-    return {"group": ts.group, "planes": list(ts.planes)}, format.write_pieces(ts.planes, streams)
+    streams = k.encode(geo, flat.view(dt.word), ts.group, ts.planes[-1], steps, s.layout == 2)
+    pieces = format.write_pieces(ts.planes, streams, s.layout, dt.itemsize)
+    return {"group": ts.group, "planes": list(ts.planes)}, pieces
 
 
 def _encode_classes(

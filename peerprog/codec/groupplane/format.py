@@ -33,17 +33,30 @@ A float tensor (float32, bfloat16, float16) that does not travel whole
   stage then codes several sparse symbols per byte. The others have a *refinement field*:
   their r new bits, packed MSB first, the last byte zero-padded. At the start of each level
   the padding weights count as 0, whatever the level before made of them.
-* **The last level**: one part, the remainder: ``[u32 length][zstd frame of the byte
-  planes, most significant first, of the words whose value is 0 so far]`` (tiny weights,
-  ±0, NaN, ±Inf, subnormals below the scale, and the padding) then the low bits of the
-  other words, packed MSB first in index order: from the midpoint's marker (the lowest set
-  bit of the word so far) down, a width that varies per weight and is known from the value
-  so far. Together: the exact float bits.
+* **The last level**, the remainder: the words whose value is 0 so far (tiny weights, ±0,
+  NaN, ±Inf, subnormals below the scale, and the padding) come whole, as byte planes, most
+  significant first; the other words' low bits are packed MSB first in index order: from
+  the midpoint's marker (the lowest set bit of the word so far) down, a width that varies
+  per weight and is known from the value so far. Together: the exact float bits. Its
+  layout depends on the codec param ``format`` (:data:`LAYOUTS`):
+
+  - format 1 (manifests without the param): one part, ``[u32 length][zstd frame of the
+    byte planes]`` then the low bits;
+  - format 2: one part per byte plane, each a zstd frame of its own (a plane of exponents
+    and one of mantissas no longer share a Huffman table: 0.03 bits/weight less on
+    bfloat16 models), then a part with a zstd frame of the *low bytes*, then a part with
+    the low bits. A low-bit field wider than 8 bits (float32's, whose bottom bits are not
+    uniform in every model: EfficientNet-Lite1's lowest byte has an entropy of 7.7 bits)
+    sends its bottom 8 bits to the low bytes, in index order, and the rest to the low bits.
+
+  Format 2 also lets a step's symbols be an rANS frame rather than a zstd frame
+  (:mod:`.rans`); format 1 has zstd frames only.
 
 A tensor that travels whole has ``{"whole": True}``; its level-0 piece is a zstd frame of its
 raw bytes (no framing), float words byte-shuffled first, most significant bytes together
 (:func:`encode_whole`; 5% smaller on EfficientNet-Lite1 bf16's whole tensors), and its other
-pieces are empty.
+pieces are empty. In format 2 a float tensor's level-0 piece is instead one part per byte
+plane, each a zstd frame of its own (8% smaller again on EfficientNet-Lite1 bf16's).
 
 A decoder never allocates more than the tensor's own size (known from the manifest) and the
 lengths the pieces must have: a zstd frame's declared size is checked before it is
@@ -74,6 +87,10 @@ Data = Buffer | npt.NDArray[Any]
 
 MAX_STEP = 7
 """Planes per step at most: a step's ``2**(r+1) - 1`` symbol values fit in a byte."""
+
+LAYOUTS = (1, 2)
+"""The stream layouts (codec param ``format``): 1 for manifests without the param, 2 for
+those published since."""
 
 _U32 = struct.Struct("<I")
 # Dense byte planes (whole tensors, the remainder's words): zstd level 9 measured 0.07 points
@@ -203,10 +220,16 @@ class Streams:
     """The remainder's words whose value is 0 before it, as byte planes."""
     low: Data
     """The remainder's low bits of the others."""
+    low_bytes: Data
+    """Format 2: the bottom bytes of the low-bit fields wider than 8 bits (empty in
+    format 1)."""
 
 
-def write_pieces(planes: Sequence[int], streams: Streams) -> list[bytes]:
-    """A planed tensor's pieces, one per level, from its streams."""
+def write_pieces(
+    planes: Sequence[int], streams: Streams, layout: int, itemsize: int
+) -> list[bytes]:
+    """A planed tensor's pieces, one per level, from its streams, in format ``layout``
+    (words of ``itemsize`` bytes)."""
     it = iter(streams.steps)
     pieces = []
     for n, level in enumerate(plane_steps(planes)):
@@ -216,8 +239,15 @@ def write_pieces(planes: Sequence[int], streams: Streams) -> list[bytes]:
             symbols = zstd.compress(codes, symbols=True)
             parts.append(b"".join([u32(len(symbols)), symbols, _buffer(refine)]))
         pieces.append(frame(parts))
-    rest = compress_dense(streams.rest)
-    pieces.append(frame([b"".join([u32(len(rest)), rest, _buffer(streams.low)])]))
+    if layout == 1:
+        rest = compress_dense(streams.rest)
+        pieces.append(frame([b"".join([u32(len(rest)), rest, _buffer(streams.low)])]))
+        return pieces
+    raw = memoryview(_buffer(streams.rest)).cast("B")
+    nrest = len(raw) // itemsize
+    planes_ = [compress_dense(raw[i * nrest : (i + 1) * nrest]) for i in range(itemsize)]
+    low_bytes = compress_dense(_buffer(streams.low_bytes))
+    pieces.append(frame([*planes_, low_bytes, _buffer(streams.low)]))
     return pieces
 
 
@@ -247,10 +277,13 @@ class StepFrames:
 class RemainderFrames:
     """The last level as it travels."""
 
-    rest: memoryview
-    """The zstd frame of the byte planes of the words whose value is 0 before it."""
+    rest: Sequence[memoryview]
+    """The zstd frames of the byte planes of the words whose value is 0 before it: one
+    (format 1) or one per plane (format 2)."""
     low: memoryview
     """The low bits of the others."""
+    low_bytes: memoryview | None
+    """Format 2: the zstd frame of the low bytes; None in format 1."""
 
 
 def scales_frame(piece0: Buffer, what: str) -> memoryview:
@@ -259,14 +292,18 @@ def scales_frame(piece0: Buffer, what: str) -> memoryview:
 
 
 def read_level(
-    planes: Sequence[int], piece: Buffer, m: int, what: str
+    planes: Sequence[int], piece: Buffer, m: int, what: str, layout: int, itemsize: int
 ) -> list[StepFrames] | RemainderFrames:
     """Level ``m``'s piece: its plane steps (none if it does not refine the tensor), or the
-    remainder for the last level (``m == len(planes)``)."""
+    remainder for the last level (``m == len(planes)``), in format ``layout`` (words of
+    ``itemsize`` bytes)."""
     if m == len(planes):
-        (part,) = read_parts(piece, 1, what)
-        rest, low = split_u32(part, what)
-        return RemainderFrames(rest, low)
+        if layout == 1:
+            (part,) = read_parts(piece, 1, what)
+            rest, low = split_u32(part, what)
+            return RemainderFrames((rest,), low, None)
+        *rests, low_bytes, low = read_parts(piece, itemsize + 2, what)
+        return RemainderFrames(rests, low, low_bytes)
     level = plane_steps(planes)[m]
     if not level:
         if len(memoryview(piece)):
@@ -309,10 +346,29 @@ def symbol_bytes(step: StepFrames, total: int, what: str) -> Array:
     return zstd.decompress_exact(step.symbols, size, what)
 
 
+def remainder_declared(rem: RemainderFrames, total: int, itemsize: int, what: str) -> int:
+    """The bytes the remainder's zstd frames declare, each checked against its bound."""
+    limit = total * itemsize if rem.low_bytes is None else total
+    n = sum(declared(f, limit, what) for f in rem.rest)
+    return n + (0 if rem.low_bytes is None else declared(rem.low_bytes, total, what))
+
+
 def rest_bytes(rem: RemainderFrames, total: int, itemsize: int, what: str) -> Array:
     """The remainder's byte planes (their count is checked by the kernels)."""
-    size = declared(rem.rest, total * itemsize, what)
-    return zstd.decompress_exact(rem.rest, size, what)
+    if rem.low_bytes is None:
+        (f,) = rem.rest
+        return zstd.decompress_exact(f, declared(f, total * itemsize, what), what)
+    sizes = {declared(f, total, what) for f in rem.rest}
+    if len(sizes) != 1:
+        raise FormatError(f"{what}: the remainder's byte planes differ in length")
+    (n,) = sizes
+    return np.concatenate([zstd.decompress_exact(f, n, what) for f in rem.rest])
+
+
+def low_bytes(rem: RemainderFrames, total: int, what: str) -> Array | None:
+    """Format 2's low bytes (their count is checked by the kernels); None in format 1."""
+    f = rem.low_bytes
+    return None if f is None else zstd.decompress_exact(f, declared(f, total, what), what)
 
 
 def scale_bytes(geo: Geometry, frame: Buffer, ngroups: int, what: str) -> Array:
@@ -378,16 +434,25 @@ def compress_dense(data: Any) -> bytes:
     return out
 
 
-def encode_whole(dt: DType, flat: Array) -> bytes:
-    """A whole tensor's level-0 piece (see the module docstring)."""
-    data = shuffle(flat.view(dt.word)) if dt.is_float else flat.view(np.uint8)
-    return compress_dense(data.data)
+def encode_whole(dt: DType, flat: Array, layout: int) -> bytes:
+    """A whole tensor's level-0 piece in format ``layout`` (see the module docstring)."""
+    if not dt.is_float:
+        return compress_dense(flat.view(np.uint8).data)
+    data = shuffle(flat.view(dt.word))
+    if layout == 1:
+        return compress_dense(data.data)
+    n = flat.size
+    return frame([compress_dense(data[i * n : (i + 1) * n].data) for i in range(dt.itemsize)])
 
 
-def decode_whole(dt: DType, shape: tuple[int, ...], piece: Buffer, what: str) -> Array:
-    """A whole tensor from its level-0 piece."""
+def decode_whole(dt: DType, shape: tuple[int, ...], piece: Buffer, what: str, layout: int) -> Array:
+    """A whole tensor from its level-0 piece in format ``layout``."""
     numel = math.prod(shape)
-    raw = zstd.decompress_exact(piece, numel * dt.itemsize, what)
+    if dt.is_float and layout == 2:
+        parts = read_parts(piece, dt.itemsize, what)
+        raw = np.concatenate([zstd.decompress_exact(f, numel, what) for f in parts])
+    else:
+        raw = zstd.decompress_exact(piece, numel * dt.itemsize, what)
     if dt.is_float:
         return unshuffle(raw, numel, dt.word).view(dt.storage).reshape(shape)
     return raw.view(dt.storage).reshape(shape).copy()

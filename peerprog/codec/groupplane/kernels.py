@@ -42,6 +42,9 @@ class Remainder:
     """Byte planes of the words whose value is 0 before it."""
     low: Data
     """The low bits of the others."""
+    low_bytes: Data | None
+    """Format 2: the bottom bytes of the low-bit fields wider than 8 bits, in order (those
+    fields are then in ``low`` without them); None: format 1, every field whole in ``low``."""
 
 
 class Kernels(Protocol):
@@ -51,11 +54,18 @@ class Kernels(Protocol):
     """``"c"`` or ``"numpy"``."""
 
     def encode(
-        self, geo: Geometry, words: Array, gsize: int, top: int, steps: Sequence[tuple[int, int]]
+        self,
+        geo: Geometry,
+        words: Array,
+        gsize: int,
+        top: int,
+        steps: Sequence[tuple[int, int]],
+        split: bool,
     ) -> Streams:
         """The streams of a planed tensor: ``words`` are its flat words (not padded),
         ``top`` the planes of its last plane level, ``steps`` every plane step ``(k0, k1)``
-        of every plane level in order."""
+        of every plane level in order. ``split`` (format 2): the low-bit fields wider than 8
+        bits send their bottom byte to ``Streams.low_bytes``."""
         ...
 
     def decode(

@@ -131,9 +131,27 @@ def decode_remainder(g: Geometry, prior_words: Array, rem: Remainder) -> Array:
         raise FormatError(f"remainder of {raw.size} whole bytes, expected {nrest * size}")
     out = np.empty_like(prior_words)
     out[~sig] = unshuffle(raw, nrest, g.word)
-    low = varbits.unpack(rem.low, widths, "low bits").astype(g.word)
+    if rem.low_bytes is None:
+        low = varbits.unpack(rem.low, widths, "low bits").astype(g.word)
+    else:  # format 2: a field wider than 8 bits has its bottom byte apart
+        big = widths > 8
+        bottom = np.frombuffer(rem.low_bytes, np.uint8)
+        if bottom.size != int(np.count_nonzero(big)):
+            raise FormatError(f"{bottom.size} low bytes, expected {np.count_nonzero(big)}")
+        packed = np.where(big, widths - 8, widths).astype(np.uint8)
+        low = varbits.unpack(rem.low, packed, "low bits").astype(g.word)
+        low[big] = (low[big] << np.asarray(8, g.word)) | bottom
     out[sig] = (pw & ~low_mask) | low
     return out
+
+
+def split_low(fields: Array, widths: Array) -> tuple[Array, Array, Array]:
+    """Format 2's split of the low-bit ``fields`` of ``widths``: (the fields packed, their
+    widths, the bottom bytes of those wider than 8 bits, in order)."""
+    big = widths > 8
+    bottom = (fields[big] & np.asarray(0xFF, fields.dtype)).astype(np.uint8)
+    packed = np.where(big, fields >> np.asarray(8, fields.dtype), fields)
+    return packed, np.where(big, widths - 8, widths).astype(np.uint8), bottom
 
 
 # ---------------------------------------------------------------------------- planes
@@ -186,7 +204,13 @@ class NumpyKernels:
     name = "numpy"
 
     def encode(
-        self, geo: Geometry, words: Array, gsize: int, top: int, steps: Sequence[tuple[int, int]]
+        self,
+        geo: Geometry,
+        words: Array,
+        gsize: int,
+        top: int,
+        steps: Sequence[tuple[int, int]],
+        split: bool,
     ) -> Streams:
         ngroups = -(-words.size // gsize)
         padded_words = padded(words, ngroups * gsize)
@@ -207,9 +231,13 @@ class NumpyKernels:
         prior = from_f32(geo, mids).reshape(-1).view(geo.word)
         sig = prior != 0
         low_mask, widths = _markers(prior[sig])
-        low = varbits.pack(padded_words[sig] & low_mask, widths)
+        fields = padded_words[sig] & low_mask
+        bottom = np.zeros(0, np.uint8)
+        if split:
+            fields, widths, bottom = split_low(fields, widths)
+        low = varbits.pack(fields, widths)
         scales = (exps - geo.e_floor).astype(np.uint8).tobytes()
-        return Streams(scales, out, shuffle(padded_words[~sig]), low)
+        return Streams(scales, out, shuffle(padded_words[~sig]), low, bottom)
 
     def decode(
         self,

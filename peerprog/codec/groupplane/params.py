@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import DType
+from peerprog.codec.groupplane.format import LAYOUTS
 from peerprog.codec.layout import ParamValue
 from peerprog.errors import FormatError
 
@@ -34,12 +35,14 @@ _DEFAULTS: dict[str, ParamValue] = {
     "vector_elements": 1 << 16,
     "targets_mbpw": [2000, 3000, 4000, 5000, 6000, 8000],
     "weighting": "relative",
+    "format": 2,
 }
 
 
 def default_params() -> dict[str, ParamValue]:
     """The codec params used when the publisher gives none (before the plan adds
-    ``levels``)."""
+    ``levels``). A manifest without ``format`` is of format 1 (published before format 2
+    existed), not of the default."""
     return {k: list(v) if isinstance(v, list) else v for k, v in _DEFAULTS.items()}
 
 
@@ -61,6 +64,8 @@ class Settings:
     """``relative`` (each tensor's squared error over its squared norm) or ``absolute``."""
     levels: int | None
     """The model's levels (set by the plan; None before)."""
+    layout: int = 2
+    """The stream layout, codec param ``format`` (:data:`~.format.LAYOUTS`)."""
     row_classes: bool = False
     """With the publisher's sensitivity, plan a tensor's rows in classes of their own
     (:mod:`.classes`); optional param, off unless given (measured: it helps the LM below
@@ -97,6 +102,7 @@ def _settings_key(params: Mapping[str, ParamValue] | None) -> bytes | None:
 
 def _settings(params: Mapping[str, ParamValue] | None) -> Settings:
     p: dict[str, ParamValue] = default_params()
+    p["format"] = 1  # a manifest from before the param
     for key, value in (params or {}).items():
         if key not in _DEFAULTS and key not in ("levels", "row_classes"):
             raise FormatError(f"unknown {NAME} codec param {key!r}")
@@ -107,6 +113,8 @@ def _settings(params: Mapping[str, ParamValue] | None) -> Settings:
     if p["weighting"] not in ("relative", "absolute"):
         raise FormatError("codec param 'weighting' must be 'relative' or 'absolute'")
     levels = p.get("levels")
+    if p["format"] not in LAYOUTS or isinstance(p["format"], bool):
+        raise FormatError(f"codec param 'format' must be one of {list(LAYOUTS)}")
     row_classes = p.get("row_classes", False)
     if not isinstance(row_classes, bool):
         raise FormatError("codec param 'row_classes' must be true or false")
@@ -118,6 +126,7 @@ def _settings(params: Mapping[str, ParamValue] | None) -> Settings:
         tuple(_int({"t": t}, "t", 1, 1 << 20) for t in targets),
         str(p["weighting"]),
         None if levels is None else _int(p, "levels", 1, MAX_LEVELS),
+        int(p["format"]),
         row_classes,
     )
 

@@ -359,12 +359,22 @@ __attribute__((target("ssse3"))) static ssize rest_ssse3(int size, const uint8_t
 /* The remainder of a chunk: the low bits of the weights with q != 0, the whole words of the
  * others (the zero padding too). */
 INLINE void enc_remainder(Enc *e, int size, const uint8_t *words, ssize i0, ssize n,
-                          const uint8_t *width, const uint32_t *low) {
+                          uint8_t *width, uint32_t *low) {
     BitWriter bw = e->low;
     uint8_t *rest = e->rest;
     ssize nrest = e->nrest;
     ssize nreal = e->numel - i0;
     nreal = nreal < 0 ? 0 : nreal > n ? n : nreal;
+    if (e->lowb) { /* split: a field wider than 8 bits sends its bottom byte apart */
+        ssize nb = e->nlowb;
+        for (ssize i = 0; i < nreal; i++)
+            if (width[i] > 8) {
+                e->lowb[nb++] = (uint8_t)low[i];
+                low[i] >>= 8;
+                width[i] = (uint8_t)(width[i] - 8);
+            }
+        e->nlowb = nb;
+    }
     /* fields in pairs (float32: <= 24 bits each) or fours (16-bit words: <= 11 bits), so
      * that one put takes at most 48 bits */
     ssize i = 0;

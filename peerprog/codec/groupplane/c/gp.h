@@ -266,6 +266,7 @@ typedef struct { /* the remainder's per-chunk scratch */
     uint8_t zero[CH + 32];
     uint32_t low[CH + 8];
     uint16_t idx[CH + 16]; /* the zero words' indices */
+    uint8_t big[CH + 32];  /* split: the word's bottom 8 low bits come from the byte plane */
     int ready; /* width and zero of the chunk's real words are filled in already */
 } RemWork;
 
@@ -275,6 +276,8 @@ typedef struct { /* the remainder's decoding state across chunks (remainder.c) *
     int64_t bpos;
     uint32_t bad;
     int mbits;
+    const uint8_t *lowb; /* split (format 2): the bottom bytes of fields wider than 8 bits, */
+    ssize nlowb, jb;     /* their count and how many were used; NULL: not split */
 } RemDec;
 
 /* One chunk of n words: ``in`` (the values so far, its first nreal words; the rest +0) and
@@ -335,6 +338,8 @@ typedef struct {
     uint8_t *rest; /* rest words, native order, then shuffled by the caller */
     ssize nrest;
     BitWriter low;
+    uint8_t *lowb; /* split (format 2): bottom bytes of fields wider than 8 bits; or NULL */
+    ssize nlowb;
     uint32_t *q, *lowv;
     uint8_t *neg, *width, *tmp;
 } Enc;

@@ -4,9 +4,13 @@
  *
  *   tables(per)  the symbols per byte of r = 1 .. 7 (format.py's rule), before anything else
  *   encode(words, gsize, size, ebits, mbits, e_floor, e_ceil, top, steps)
- *       -> (scales, [(codes, refine) per step], rest, low)
+ *   encode(words, gsize, size, ebits, mbits, e_floor, e_ceil, top, steps, split)
+ *       -> (scales, [(codes, refine) per step], rest, low, low_bytes)
  *   decode(out, numel, scales, e_floor, gsize, size, ebits, mbits, prior | None,
- *          [(k1, r, first_of_level, codes, refine)], (rest, low) | None) -> None
+ *          [(k1, r, first_of_level, codes, refine)], (rest, low, low_bytes | None) | None)
+ *       -> None
+ *   split / low_bytes: format 2, a low-bit field wider than 8 bits has its bottom byte in
+ *   low_bytes (in order); without it (format 1) every field is whole in low
  *   simd([enable]) -> whether the SIMD paths are used
  *   FORMAT: the interface version, checked by c_kernels.py (a stale build is not used)
  */
@@ -15,7 +19,7 @@
 
 #include "gp.h"
 
-#define FORMAT_VERSION 4
+#define FORMAT_VERSION 5
 
 static PyObject *FormatError; /* peerprog.errors.FormatError */
 
@@ -93,7 +97,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     Py_ssize_t nsteps = PySequence_Fast_GET_SIZE(seq);
     PyObject *result = NULL;
     Views v = {.n = 0};
-    Py_buffer *out, *scales, *prior = NULL, *raw = NULL, *low = NULL;
+    Py_buffer *out, *scales, *prior = NULL, *raw = NULL, *low = NULL, *lowb = NULL;
     Py_buffer *codes[MAX_STEPS], *refs[MAX_STEPS];
     int k1s[MAX_STEPS], rs[MAX_STEPS];
     uint8_t first[MAX_STEPS];
@@ -108,9 +112,10 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     if (get_view(&v, out_o, &out, 1) < 0 || get_view(&v, scales_o, &scales, 0) < 0) goto done;
     if (prior_o != Py_None && get_view(&v, prior_o, &prior, 0) < 0) goto done;
     if (rem_o != Py_None) {
-        PyObject *r_raw, *r_low;
-        if (!PyArg_ParseTuple(rem_o, "OO", &r_raw, &r_low)) goto done;
+        PyObject *r_raw, *r_low, *r_lowb;
+        if (!PyArg_ParseTuple(rem_o, "OOO", &r_raw, &r_low, &r_lowb)) goto done;
         if (get_view(&v, r_raw, &raw, 0) < 0 || get_view(&v, r_low, &low, 0) < 0) goto done;
+        if (r_lowb != Py_None && get_view(&v, r_lowb, &lowb, 0) < 0) goto done;
     }
     Py_ssize_t total = out->len / size, ngroups = total / gsize;
     if (out->len != total * size || total != ngroups * gsize || scales->len < ngroups ||
@@ -150,8 +155,10 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
     for (Py_ssize_t s = 0; s < nsteps; s++)
         step_init(&st[s], k1s[s], rs[s], codes[s]->buf, codes[s]->len, refs[s]->buf,
                   refs[s]->len);
+    static const uint8_t no_bytes[1] = {0};
     RemDec rd = {raw ? raw->buf : NULL, low ? low->buf : NULL, raw ? raw->len / size : 0,
-                 low ? low->len : 0, 0, 0, 0, mbits};
+                 low ? low->len : 0, 0, 0, 0, mbits,
+                 lowb ? (lowb->len ? lowb->buf : no_bytes) : NULL, lowb ? lowb->len : 0, 0};
     d.out = out->buf;
     d.prior = prior ? prior->buf : NULL;
     d.numel = numel;
@@ -208,6 +215,10 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
                          (Py_ssize_t)(rd.j * size));
             goto done;
         }
+        if (lowb && rd.jb != rd.nlowb) {
+            PyErr_Format(FormatError, "%zd low bytes, expected %zd", rd.nlowb, rd.jb);
+            goto done;
+        }
         if (low->len != (Py_ssize_t)((rd.bpos + 7) / 8)) {
             PyErr_Format(FormatError, "%zd bytes of packed bits, expected %zd", low->len,
                          (Py_ssize_t)((rd.bpos + 7) / 8));
@@ -234,13 +245,14 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *words_o, *steps_o;
     Py_ssize_t gsize;
-    int size, ebits, mbits, e_floor, e_ceil, top;
-    if (!PyArg_ParseTuple(args, "OniiiiiiO", &words_o, &gsize, &size, &ebits, &mbits, &e_floor,
-                          &e_ceil, &top, &steps_o))
+    int size, ebits, mbits, e_floor, e_ceil, top, split;
+    if (!PyArg_ParseTuple(args, "OniiiiiiOp", &words_o, &gsize, &size, &ebits, &mbits, &e_floor,
+                          &e_ceil, &top, &steps_o, &split))
         return NULL;
     Enc *e = PyMem_RawCalloc(1, sizeof(Enc));
     if (!e) return PyErr_NoMemory();
     PyObject *result = NULL, *scales = NULL, *low = NULL, *rest = NULL, *steplist = NULL;
+    PyObject *lowb = NULL;
     PyObject *codes[32] = {0}, *refs[32] = {0};
     uint8_t *scratch = NULL, *resttmp = NULL;
     Views v = {.n = 0};
@@ -299,6 +311,8 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
     Py_ssize_t lowcap = (Py_ssize_t)(((int64_t)total * (mbits + 1) + 7) / 8 + 8);
     if (!(low = PyBytes_FromStringAndSize(NULL, lowcap))) goto done;
     e->low.out = (uint8_t *)PyBytes_AS_STRING(low);
+    if (!(lowb = PyBytes_FromStringAndSize(NULL, split ? total : 0))) goto done;
+    e->lowb = split ? (uint8_t *)PyBytes_AS_STRING(lowb) : NULL;
     Py_ssize_t chunk_groups = gsize >= 4096 ? 1 : 4096 / gsize;
     Py_ssize_t chunk = chunk_groups * gsize;
     size_t per_step = (size_t)chunk + 16;
@@ -330,6 +344,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
         for (int p = 0; p < size; p++) ro[p * nrest + j] = (uint8_t)(w >> (8 * (size - 1 - p)));
     }
     if (_PyBytes_Resize(&low, e->low.out - (uint8_t *)PyBytes_AS_STRING(low)) < 0) goto done;
+    if (_PyBytes_Resize(&lowb, e->nlowb) < 0) goto done;
     if (!(steplist = PyList_New(e->nsteps))) goto done;
     for (int s = 0; s < e->nsteps; s++) {
         if (_PyBytes_Resize(&codes[s], e->steps[s].ncodes) < 0 ||
@@ -339,7 +354,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args) {
         if (!pair) goto done;
         PyList_SET_ITEM(steplist, s, pair);
     }
-    result = PyTuple_Pack(4, scales, steplist, rest, low);
+    result = PyTuple_Pack(5, scales, steplist, rest, low, lowb);
 done:
     release_views(&v);
     PyMem_RawFree(scratch);
@@ -351,6 +366,7 @@ done:
     }
     Py_XDECREF(scales);
     Py_XDECREF(low);
+    Py_XDECREF(lowb);
     Py_XDECREF(rest);
     Py_XDECREF(steplist);
     return result;

@@ -1,8 +1,9 @@
 /* Decoding the remainder (the exact bits), a chunk of words at a time (see gp.h and
  * format.py): each word so far is a midpoint, whose lowest set bit (the marker) says how many
  * low bits follow in the packed stream, or 0, and then the word comes whole from the
- * remainder's byte planes. Four passes per chunk: the widths, the low bits in order, the
- * words with low bits, the whole words.
+ * remainder's byte planes. Four passes per chunk: the widths, the low bits in order (format
+ * 2: a field wider than 8 bits has its bottom byte in a byte plane of its own), the words
+ * with low bits, the whole words.
  */
 #include "gp.h"
 
@@ -103,6 +104,15 @@ INLINE void rem_k(int size, const uint8_t *in, ssize nreal, uint8_t *out, ssize 
         rd->bad = 1;
         return;
     }
+    uint8_t *big = wk->big;
+    if (rd->lowb) { /* split: a field wider than 8 bits has its bottom byte apart */
+        for (ssize i = 0; i < nreal; i++) { /* vectorised */
+            uint8_t b = width[i] > 8;
+            big[i] = b;
+            width[i] = (uint8_t)(width[i] - 8 * b);
+            bits -= 8u * b;
+        }
+    }
     for (ssize i = nreal; i < n; i++) {
         width[i] = 0;
         zero[i] = 1;
@@ -144,6 +154,16 @@ INLINE void rem_k(int size, const uint8_t *in, ssize nreal, uint8_t *out, ssize 
             lowv[i] = (uint32_t)((x >> 1) >> (63 - wd));
             bpos += wd;
         }
+    }
+    if (rd->lowb) { /* the bottom bytes, in order (a missing one is counted, not read) */
+        ssize jb = rd->jb;
+        const ssize nlowb = rd->nlowb;
+        for (ssize i = 0; i < nreal; i++)
+            if (big[i]) {
+                lowv[i] = (lowv[i] << 8) | (jb < nlowb ? rd->lowb[jb] : 0u);
+                jb++;
+            }
+        rd->jb = jb;
     }
     /* 3. the word above the marker, the low bits from it down (vectorised) */
     for (ssize i = 0; i < nreal; i++) {
