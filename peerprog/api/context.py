@@ -51,7 +51,8 @@ class ApiContext:
     ) -> tuple[BestFile, bool]:
         """The file to answer ``best`` with, and whether it matches ``If-None-Match``.
 
-        The model is the newest version of ``name`` with a complete level. It waits up to
+        The model is the newest version of ``name`` with a servable level (held and
+        recorded durably: ``servable_level``), served at that level. It waits up to
         ``query.wait`` seconds for the level asked for (and for its decode); with
         ``If-None-Match`` naming what is served now, it waits as long for something newer
         and then reports "not modified". Raises :class:`UnknownModel` for a name the node
@@ -66,7 +67,7 @@ class ApiContext:
             if state is None and not self.knows(name):
                 raise UnknownModel(f"this node neither holds nor wants a model {name!r}")
             remaining = deadline - loop.time()
-            level = state.durable_level if state is not None else -1
+            level = state.servable_level if state is not None else -1
             if state is not None and level >= query.target(state.manifest.levels_total):
                 now = etag_of(state.model_id, level)
                 if not etag_matches(now, if_none_match) or remaining <= 0:
@@ -83,7 +84,7 @@ class ApiContext:
 
     async def _decoded(self, state: ModelView) -> BestFile:
         try:
-            built = await self.node.decoded(state, state.durable_level)
+            built = await self.node.decoded(state)
         except InputError as e:  # chunks damaged or gone under a model still served
             raise ApiError(f"{state.manifest.name}: cannot decode: {e}", status=503) from None
         return self._best_file(state, built)
@@ -118,7 +119,7 @@ class ApiContext:
         if built is None:
             raise LevelGone(
                 f"{name}: level {level} of {state.model_id[:12]} is no longer served (now: "
-                f"level {state.durable_level}); ask for the tree again"
+                f"level {state.servable_level}); ask for the tree again"
             )
         return self._best_file(state, built)
 
@@ -139,4 +140,4 @@ def _not_reached(name: str, state: ModelView | None, query: BestQuery) -> str:
     if state is None:
         return f"{name}: no level of any version is complete {waited}"
     asked = "the last level" if query.max_level else f"level {query.min_level}"
-    return f"{name}: {asked} not reached {waited} (best complete level: {state.durable_level})"
+    return f"{name}: {asked} not reached {waited} (best complete level: {state.servable_level})"

@@ -62,16 +62,16 @@ def pending_events(state: ModelView, last: Seen | None) -> list[bytes]:
     """The events owed to a client that has seen ``last``: one per level after it (or the
     current level alone for a new client or a new version), then ``complete`` if the
     last level is reached."""
-    if state.durable_level < 0 or saw_complete(state, last):
+    if state.servable_level < 0 or saw_complete(state, last):
         return []
-    first = state.durable_level
+    first = state.servable_level
     if last is not None and last[0] == state.model_id and last[1] is not None:
         first = last[1] + 1
     out = []
     summary = state.summary()
-    for level in range(first, state.durable_level + 1):
+    for level in range(first, state.servable_level + 1):
         out.append(format_event("level", {**summary, "level": level}, f"{state.model_id}.{level}"))
-    if state.durable_level == state.manifest.levels_total - 1:
+    if state.servable_level == state.manifest.levels_total - 1:
         out.append(format_event("complete", summary, f"{state.model_id}.{COMPLETE}"))
     return out
 
@@ -101,8 +101,8 @@ async def stream_events(request: web.Request, ctx: ApiContext, name: str) -> web
                 events = pending_events(state, last)
                 if events:
                     await resp.write(b"".join(events))
-                    last = (state.model_id, state.durable_level)
-                    if state.durable_level == state.manifest.levels_total - 1:
+                    last = (state.model_id, state.servable_level)
+                    if state.servable_level == state.manifest.levels_total - 1:
                         break
             if not await ctx.notifier.wait(name, KEEPALIVE):
                 await resp.write(b": keepalive\n\n")

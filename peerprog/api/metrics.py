@@ -25,7 +25,12 @@ Sample = tuple[dict[str, str], float]
 
 # name, type, help, value of one model
 MODEL_FAMILIES: tuple[tuple[str, str, str, Callable[[ModelView], float]], ...] = (
-    ("peerprog_model_level", "gauge", "Best complete level (-1: none).", lambda s: s.durable_level),
+    (
+        "peerprog_model_level",
+        "gauge",
+        "Best complete level (-1: none).",
+        lambda s: s.servable_level,
+    ),
     (
         "peerprog_model_levels",
         "gauge",

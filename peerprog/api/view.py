@@ -42,10 +42,9 @@ class ModelView(Protocol):
     @property
     def manifest(self) -> Manifest: ...
     @property
-    def best_level(self) -> int: ...
-    @property
-    def durable_level(self) -> int:
-        """The best level recorded durably: what apps are served."""
+    def servable_level(self) -> int:
+        """The level apps are served and told of: held and recorded durably (the one
+        rule, :attr:`peerprog.node.state.ModelState.servable_level`)."""
         ...
 
     @property
@@ -98,10 +97,10 @@ class NodeView(Protocol):
     async def remove(self, name: str) -> list[str]: ...
     async def rescan(self) -> list[str]: ...
     def problem(self, name: str) -> str | None: ...
-    async def decoded(self, state: Any, level: int) -> DecodedView:
-        """A decoded file of ``state`` at ``level`` or better, built if need be.
-        ``KeyError`` if the model is no longer held, :class:`InputError` if it cannot be
-        decoded from the store."""
+    async def decoded(self, state: Any) -> DecodedView:
+        """The decoded file of ``state``'s servable level, built if need be. ``KeyError``
+        if the model is no longer held, :class:`InputError` if it cannot be decoded from
+        the store."""
         ...
 
     def decoded_at(self, model_id: str, level: int) -> DecodedView | None:

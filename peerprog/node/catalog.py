@@ -9,6 +9,10 @@ durable soon after, and at once when a level completes) and levels, and is *drop
 (:meth:`Catalog.drop`: its scope cancelled and awaited, then its files removed) once a newer
 version is exact. Which version wins, is served and is dropped is the rule of
 :mod:`peerprog.swarm.versions`; the catalog applies it.
+
+A level reached is servable (built, served, announced to the level listeners) once the
+recorder has made its record durable: :attr:`~peerprog.node.state.ModelState.servable_level`
+is the rule, raised only there (and what a model is taken up with, read from its record).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
 from peerprog.store import ModelFiles, Store
 from peerprog.swarm import Bitfield
-from peerprog.swarm.versions import newest_first, served, superseded
+from peerprog.swarm.versions import named, newest_first, served, superseded
 
 log = logging.getLogger("peerprog.node")
 
@@ -38,6 +42,7 @@ FetchJob = Callable[[ModelState, ModelFiles], Coroutine[Any, Any, None]]
 RECORD_EVERY = 0.5
 """Seconds between two writes of a model's record of verified chunks while it grows."""
 LevelListener = Callable[[ModelState], None]
+"""Called with a model each time its servable level rises."""
 
 
 class Catalog:
@@ -69,19 +74,17 @@ class Catalog:
         self._ignored: set[str] = set()
         """Ids in the store that did not verify (logged once; read again at a restart)."""
         self._record_now = asyncio.Event()
-        self._writing: asyncio.Future[list[tuple[str, str, str]]] | None = None
+        self._writing: asyncio.Future[Written] | None = None
         """The records being written by the recorder: one writer at a time, so an older
         record never replaces a newer one (shutdown waits for it, it is not cancelled)."""
-        self._undecoded: dict[str, ModelState] = {}
-        """Models with a level reached whose record is not yet durable: decoded (served to
-        apps) only once it is, so that what an app was given survives a crash."""
         self._asked: set[str] = set(store.wanted())
         """Names an app asked for (persisted); with the config's ``want``, the wanted."""
         self._wanted: set[str] = set(want) | self._asked
         self._fetch: FetchJob | None = None
         self._root = TaskScope("catalog")
         self.level_listeners: list[LevelListener] = []
-        """Called with a model each time it gains a level (after the catalog's own work)."""
+        """Called with a model each time its servable level rises (after the catalog's own
+        work)."""
         self.take_up_listeners: list[LevelListener] = []
         """Called with a model each time one is taken up from a source."""
         self.forget_listeners: list[Callable[[str], None]] = []
@@ -102,7 +105,7 @@ class Catalog:
         return newest_first(s for s in self._models.values() if s.manifest.name == name)
 
     def newest_served(self, name: str) -> ModelState | None:
-        """The version of ``name`` apps and peers get (newest with level 0 complete)."""
+        """The version of ``name`` apps and peers get (newest with level 0 servable)."""
         return served(self.versions(name))
 
     def newest_version(self, name: str) -> int:
@@ -113,11 +116,12 @@ class Catalog:
         """The open level files of a model held."""
         return self._files.get(model_id)
 
-    async def decoded(self, state: ModelState, level: int) -> Built:
-        """A decoded file of ``state`` at ``level`` or better (it must have reached it)."""
+    async def decoded(self, state: ModelState) -> Built:
+        """The decoded file of ``state`` at its servable level (``KeyError`` if it is no
+        longer held)."""
         if self._models.get(state.model_id) is not state:
             raise KeyError(state.model_id)
-        return await self._decoded[state.model_id].get(level)
+        return await self._decoded[state.model_id].get()
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:
         """The decoded level ``level`` of ``model_id`` if it is on disk now (never built
@@ -147,7 +151,7 @@ class Catalog:
         log.info("want %s", name)
         for state in self.versions(name):
             self._decoded[state.model_id].ahead = True
-            self._decoded[state.model_id].level_reached()
+            self._decoded[state.model_id].level_servable()
             if not state.complete:
                 self._start_fetch(state)
         return True
@@ -219,6 +223,7 @@ class Catalog:
             found.append(state)
             if state.best_level >= 0:
                 self._level_reached(state)
+                self._servable(state)
             if not state.complete and state.manifest.name in self._wanted:
                 self._start_fetch(state)
             for listener in list(self.take_up_listeners):
@@ -282,7 +287,7 @@ class Catalog:
             if not state.complete and state.manifest.name in self._wanted:
                 self._start_fetch(state)
             self._decoded[state.model_id].ahead = state.manifest.name in self._wanted
-            self._decoded[state.model_id].level_reached()
+            self._decoded[state.model_id].level_servable()
 
     async def take_up(self, signed: SignedManifest, source: str) -> ModelState | None:
         """Store a verified manifest, find chunks already on disk, start fetching. Returns
@@ -322,8 +327,9 @@ class Catalog:
         state = self._state(signed, held, origin=False)
         self._adopt(state, files)
         log.info("found %s v%d (%s…) from %s", m.name, m.version, signed.model_id[:12], source)
-        if state.best_level >= 0:
+        if state.best_level >= 0:  # what its record names: servable
             self._level_reached(state)
+            self._servable(state)
         if not state.complete:
             self._start_fetch(state)
         for listener in list(self.take_up_listeners):
@@ -337,9 +343,8 @@ class Catalog:
         state.received(state.manifest.chunks[index].length, self._clock())
         self._unrecorded.add(state.model_id)
         if state.add_chunk(index):
-            self._record_now.set()  # a level is durable as soon as it is complete
-            self._undecoded[state.model_id] = state
-            self._level_reached(state, durable=False)
+            self._record_now.set()  # servable once durable: recorded at once
+            self._level_reached(state)
 
     async def drop(self, model_id: str) -> None:
         """Forget a model at once; stop its fetch (and wait for it), then remove its files."""
@@ -352,7 +357,6 @@ class Catalog:
         files = self._files.pop(model_id, None)
         decoded = self._decoded.pop(model_id, None)
         self._unrecorded.discard(model_id)
-        self._undecoded.pop(model_id, None)
         if decoded is not None:
             decoded.stop()
         if state is not None:
@@ -420,26 +424,20 @@ class Catalog:
 
     async def _recorder(self) -> None:
         """Make the records of verified chunks durable, every :data:`RECORD_EVERY` seconds
-        while chunks arrive, and at once when a level completes."""
+        while chunks arrive, and at once when a level completes; then raise each model's
+        servable level to what its record now names."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._record_now.wait(), RECORD_EVERY)
             self._record_now.clear()
             if self._unrecorded:
                 began = self._clock()
-                reached, self._undecoded = self._undecoded, {}
                 jobs = self._record_jobs()
-                failed = await self._write(jobs)
-                unrecorded = {mid for what, mid, _ in failed if what == "record"}
-                for state, _, have, _ in jobs:
-                    if state.model_id not in unrecorded:
-                        state.mark_durable(have)
-                for mid, state in reached.items():
-                    decoded = self._decoded.get(mid)
-                    if self._models.get(mid) is state and decoded is not None:
-                        decoded.level_reached()
-                        for listener in list(self.level_listeners):  # apps may have it now
-                            listener(state)
+                recorded, failed = await self._write(jobs)
+                for state, _, _, _ in jobs:
+                    written = recorded.get(state.model_id)
+                    if written is not None and state.mark_durable(written):
+                        self._servable(state)
                 for what, _, message in failed:
                     self._disk.failed(what, message, began)
                 kinds = {what for what, _, _ in failed}
@@ -447,32 +445,32 @@ class Catalog:
                     if what not in kinds:
                         self._disk.succeeded(what, began)
 
-    async def _write(self, jobs: list[RecordJob]) -> list[tuple[str, str, str]]:
+    async def _write(self, jobs: list[RecordJob]) -> Written:
         """Write ``jobs`` in a worker, shielded from cancellation; a model whose record
         failed is written again at the next round."""
         self._writing = asyncio.ensure_future(asyncio.to_thread(_write_records, self.store, jobs))
         self._writing.add_done_callback(self._rewrite_failed)
         return await asyncio.shield(self._writing)
 
-    def _rewrite_failed(self, done: asyncio.Future[list[tuple[str, str, str]]]) -> None:
+    def _rewrite_failed(self, done: asyncio.Future[Written]) -> None:
         if not done.cancelled() and done.exception() is None:
-            self._unrecorded.update(mid for _, mid, _ in done.result())
+            self._unrecorded.update(mid for _, mid, _ in done.result()[1])
 
     def _record_jobs(self) -> list[RecordJob]:
-        """The records to write now, and whether each model's name should point at it: the
-        work is chosen here, on the event loop; :func:`_write_records` does it."""
+        """The records to write now, and whether each model's name should point at it once
+        they are: the work is chosen here, on the event loop; :func:`_write_records` does
+        it."""
         jobs = []
         for mid in sorted(self._unrecorded):
             state, files = self._models.get(mid), self._files.get(mid)
             if state is not None and files is not None:
-                serve = self.newest_served(state.manifest.name) is state
+                serve = named(self.versions(state.manifest.name)) is state
                 jobs.append((state, files, state.have.copy(), serve))
         self._unrecorded.clear()
         return jobs
 
-    def _level_reached(self, state: ModelState, *, durable: bool = True) -> None:
-        """``state`` gained a level. Unless its record is ``durable`` already, its decode
-        and the listeners wait for the recorder (:meth:`_recorder`)."""
+    def _level_reached(self, state: ModelState) -> None:
+        """``state`` holds a new level (servable once recorded: :meth:`_servable`)."""
         m = state.manifest
         state.metrics.level_complete_at[state.best_level] = time.time()
         log.info(
@@ -488,32 +486,44 @@ class Catalog:
             for old in superseded(self.versions(m.name), self._keep):
                 log.info("dropping %s v%d: v%d is exact", m.name, old.version, m.version)
                 self._forget(old.model_id)
-        if durable:
-            self._decoded[state.model_id].level_reached()
-            for listener in list(self.level_listeners):
-                listener(state)
+
+    def _servable(self, state: ModelState) -> None:
+        """``state``'s servable level rose: build it ahead (if wanted) and tell the level
+        listeners (apps may have it now)."""
+        held = self._models.get(state.model_id)
+        decoded = self._decoded.get(state.model_id)
+        if held is not state or decoded is None:
+            return
+        decoded.level_servable()
+        for listener in list(self.level_listeners):
+            listener(state)
 
 
 RecordJob = tuple[ModelState, ModelFiles, Bitfield, bool]
+Written = tuple[dict[str, Bitfield], list[tuple[str, str, str]]]
+"""What :func:`_write_records` did: the chunks recorded by model id, and (what, model id,
+message) of each failure."""
 
 
-def _write_records(store: Store, jobs: list[RecordJob]) -> list[tuple[str, str, str]]:
-    """Write each record, then, if asked, the name — only once the model's level 0 is
-    durable (blocking). Returns (what, model id, message) of each failure."""
+def _write_records(store: Store, jobs: list[RecordJob]) -> Written:
+    """Write each record, then, if asked, the name — only once the record holds the
+    model's level 0 (blocking)."""
+    recorded: dict[str, Bitfield] = {}
     failed = []
     for state, files, have, serve in jobs:
         m = state.manifest
         try:
-            files.record(have)
+            written = recorded[state.model_id] = files.record(have)
         except FileNotFoundError:
             continue  # dropped meanwhile
         except OSError as e:
             why = f"cannot record the chunks of {m.name}: {e.strerror or e}"
             failed.append(("record", state.model_id, why))
             continue
+        serve = serve and all(i in written for i in m.levels[0].chunks)
         if serve and store.resolve(m.name) != state.model_id:
             try:
                 store.set_name(m.name, state.model_id)
             except OSError as e:  # set again at the next record
                 failed.append(("name", state.model_id, f"cannot name {m.name}: {e.strerror or e}"))
-    return failed
+    return recorded, failed

@@ -9,10 +9,12 @@ answer still sending one holds it open, so removing it is safe. While the store'
 full, the level is written in the system's temporary directory instead, so that apps are
 still served.
 
-For a model the node wants, levels are built as they complete — except one that would be
-superseded before it is built (the next level is due sooner than a build takes): on a fast
-link the node then decodes the levels that matter, not every level. For any other model
-(e.g. the origin's own), a level is built when an app asks for it.
+Only the model's servable level is built (:attr:`~peerprog.node.state.ModelState.servable_level`:
+held and recorded durably), whoever asks. For a model the node wants, it is built as soon as
+it rises — except a level that would be superseded before it is built (the next level is
+due sooner than a build takes): on a fast link the node then decodes the levels that
+matter, not every level. For any other model (e.g. the origin's own), it is built when an
+app asks for it.
 """
 
 from __future__ import annotations
@@ -88,14 +90,18 @@ class DecodedLevels:
         """Level files built so far."""
         self.error: str | None = None
 
-    def level_reached(self) -> None:
-        """The model gained a level."""
+    def level_servable(self) -> None:
+        """The model's servable level rose: build it now if ahead (and worth it)."""
         if self.ahead and self._worth_building():
             self._start()
 
-    async def get(self, level: int) -> Built:
-        """A decoded file of at least ``level`` (which the model has reached), built now
-        if need be. :class:`Unusable` if the level cannot be built from the store."""
+    async def get(self) -> Built:
+        """The decoded file of the model's servable level as it is now (or a higher one
+        built meanwhile), built now if need be. :class:`Unusable` if no level is servable
+        or it cannot be built from the store."""
+        level = self._state.servable_level
+        if level < 0:
+            raise Unusable(f"{self._state.manifest.name}: no level is servable yet")
         self._lost()
         while self.built is None or self.built.level < level:
             self._start()
@@ -154,10 +160,10 @@ class DecodedLevels:
         s = self._state
         folder = self._folder
         try:
-            while s.durable_level >= 0 and (
-                self.built is None or self.built.level < s.durable_level
+            while s.servable_level >= 0 and (
+                self.built is None or self.built.level < s.servable_level
             ):
-                level = s.durable_level
+                level = s.servable_level
                 old = self.built
                 # from the level built last, every level since in one pass
                 prior = old if old is not None and old.level < level else None

@@ -266,8 +266,8 @@ class Node:
     def newest_served(self, name: str) -> ModelState | None:
         return self.catalog.newest_served(name)
 
-    async def decoded(self, state: ModelState, level: int) -> Built:
-        return await self.catalog.decoded(state, level)
+    async def decoded(self, state: ModelState) -> Built:
+        return await self.catalog.decoded(state)
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:
         return self.catalog.decoded_at(model_id, level)

@@ -1,6 +1,13 @@
 """One model on a node: its manifest, the chunks it holds, and their metrics.
 
 Read by the peer server and the local API; changed by its fetcher (through the catalog).
+
+The rule of what apps are told of and served lives here, once:
+:attr:`ModelState.servable_level` is the best level whose chunks, with those of every level
+before it, are held *and* recorded durably; only :meth:`ModelState.mark_durable` raises it.
+The ``best`` answers, the status, the events, the metrics, the decoded levels and the
+choice of the version served (:func:`peerprog.swarm.versions.served`) all read it, so
+that nothing an app was given is taken back by a crash.
 """
 
 from __future__ import annotations
@@ -71,9 +78,9 @@ class ModelState:
             sum(1 for i in lv.chunks if i not in have) for lv in signed.manifest.levels
         ]
         self.best_level = self._compute_best_level()
-        self.durable_level = self.best_level
-        """The best level whose chunks are recorded durably (what was loaded from the store
-        is): apps are served no further, so that what an app was given survives a crash."""
+        """The best level held (every chunk of it and of the levels before it): what peers
+        may fetch. Apps get :attr:`servable_level`."""
+        self._servable = self.best_level  # ``have`` is what the store's record names
         self.created = time.time()
         self.rate: float | None = None
         """Bytes per second verified since the first chunk came (None before a second)."""
@@ -134,17 +141,25 @@ class ModelState:
         self.best_level = new_best
         return gained
 
+    @property
+    def servable_level(self) -> int:
+        """The level apps are served and told of (-1: none): the best level held whose
+        chunks, and those of every level before it, are in the durable record. A model is
+        created from its record (so what it holds at start is servable) and the level rises
+        only through :meth:`mark_durable`; it never falls."""
+        return self._servable
+
     def mark_durable(self, recorded: Bitfield) -> bool:
-        """The chunks ``recorded`` are durable now; returns True if that raised
-        :attr:`durable_level`."""
+        """The chunks ``recorded`` are the durable record now (as written: less any found
+        damaged); returns True if that raised :attr:`servable_level`."""
         level = -1
         for lv in self.manifest.levels[: self.best_level + 1]:
             if not all(i in recorded for i in lv.chunks):
                 break
             level = lv.level
-        if level <= self.durable_level:
+        if level <= self._servable:
             return False
-        self.durable_level = level
+        self._servable = level
         return True
 
     def news(self) -> asyncio.Event:
@@ -159,11 +174,11 @@ class ModelState:
             "model_id": self.model_id,
             "version": m.version,
             "codec": m.codec,
-            "level": self.durable_level,  # what apps are served
+            "level": self.servable_level,
             "levels_total": m.levels_total,
             "bytes_received": self.bytes_held,
             "bytes_total": m.total_bytes,
-            "complete": self.complete and self.durable_level == m.levels_total - 1,
+            "complete": self.servable_level == m.levels_total - 1,
             "peers": len(self.sources),
             "files": len(m.files),
         }

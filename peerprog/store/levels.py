@@ -216,9 +216,10 @@ class ModelFiles:
                 have.clear(i)
         return have
 
-    def record(self, have: Bitfield) -> None:
+    def record(self, have: Bitfield) -> Bitfield:
         """Make the chunks of ``have`` (less the damaged) the durable record: the level
-        files written since the last record are fsynced first (blocking)."""
+        files written since the last record are fsynced first (blocking). Returns the
+        chunks recorded."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
         try:
@@ -238,6 +239,7 @@ class ModelFiles:
             stats.append([st.st_size, st.st_mtime_ns])
         doc = {"version": RECORD_VERSION, "chunks": keep.to_bytes(), "levels": stats}
         write_atomic(self.folder / RECORD, pack(doc), sync_dir=False)
+        return keep
 
     def sync_created(self) -> None:
         """Make the level files' creation durable (after a model folder is made)."""

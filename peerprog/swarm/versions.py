@@ -3,8 +3,10 @@
 Rules, all here:
 
 1. **Newest wins.** Versions of a name are ordered by version number, then by creation
-   time (:func:`newest_first`). Apps are served the newest version whose level 0 is
-   complete (:func:`served`); a version no newer than one held is never taken up.
+   time (:func:`newest_first`). Apps and peers are served the newest version with a
+   servable level 0, held and recorded durably (:func:`served`); the store's name is set
+   to the newest version with level 0 held, after the record that makes it servable
+   (:func:`named`); a version no newer than one held is never taken up.
 2. **Older versions go** once a newer one is exact, except the ``keep`` newest of them
    (:func:`superseded`).
 3. **Finding newer versions.** Candidates come from what peers announce and from asking
@@ -22,7 +24,7 @@ Rules, all here:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -39,7 +41,15 @@ class Version(Protocol):
     @property
     def created(self) -> float: ...
     @property
-    def best_level(self) -> int: ...
+    def best_level(self) -> int:
+        """The best level held."""
+        ...
+
+    @property
+    def servable_level(self) -> int:
+        """The best level held and recorded durably."""
+        ...
+
     @property
     def complete(self) -> bool: ...
 
@@ -53,11 +63,20 @@ def newest_first(versions: Iterable[V]) -> list[V]:
 
 
 def served(versions: Iterable[V]) -> V | None:
-    """Rule 1: the version apps get, the newest with a complete level 0 (or None)."""
-    for v in newest_first(versions):
-        if v.best_level >= 0:
-            return v
-    return None
+    """Rule 1: the version apps and peers get, the newest with a servable level 0 (or
+    None)."""
+    return _newest_with(versions, lambda v: v.servable_level)
+
+
+def named(versions: Iterable[V]) -> V | None:
+    """Rule 1: the version the store's name is to point at once the chunks held are
+    recorded, the newest with level 0 held (or None): :func:`served` after that record."""
+    return _newest_with(versions, lambda v: v.best_level)
+
+
+def _newest_with(versions: Iterable[V], level: Callable[[V], int]) -> V | None:
+    """The newest of ``versions`` whose ``level`` is 0 or more."""
+    return next((v for v in newest_first(versions) if level(v) >= 0), None)
 
 
 def superseded(versions: Iterable[V], keep: int) -> list[V]:

@@ -92,28 +92,28 @@ async def test_each_level_decodes_to_safetensors_equal_to_a_whole_model_decode(
 
 async def test_concurrent_requests_share_one_build(node: FakeNode) -> None:
     (state,) = node.models.values()
-    built = await asyncio.gather(*(node.decoded(state, 0) for _ in range(20)))
+    built = await asyncio.gather(*(node.decoded(state) for _ in range(20)))
     assert node.decoded_builds() == 1 and all(b is built[0] for b in built)
-    assert await node.decoded(state, 0) is built[0] and node.decoded_builds() == 1
+    assert await node.decoded(state) is built[0] and node.decoded_builds() == 1
     node.receive(state, 1)
     node.receive(state, 2)
-    built = await asyncio.gather(*(node.decoded(state, 2) for _ in range(20)))
+    built = await asyncio.gather(*(node.decoded(state) for _ in range(20)))
     assert node.decoded_builds() == 2 and {b.level for b in built} == {2}
 
 
 async def test_a_decoded_file_removed_from_the_store_is_built_again(node: FakeNode) -> None:
     (state,) = node.models.values()
-    first = await node.decoded(state, 0)
+    first = await node.decoded(state)
     data = first.path.read_bytes()
     shutil.rmtree(first.path.parent)  # an operator cleaning up derived data
-    again = await node.decoded(state, 0)
+    again = await node.decoded(state)
     assert again.path.read_bytes() == data and node.decoded_builds() == 2
 
 
 async def test_a_cancelled_request_does_not_cancel_the_build(node: FakeNode) -> None:
     (state,) = node.models.values()
-    first = asyncio.create_task(node.decoded(state, 0))
-    second = asyncio.create_task(node.decoded(state, 0))
+    first = asyncio.create_task(node.decoded(state))
+    second = asyncio.create_task(node.decoded(state))
     await asyncio.sleep(0)
     first.cancel()
     built = await second

@@ -19,6 +19,7 @@ from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
 from peerprog.store import Store, publish_tensors
 from peerprog.swarm import Bitfield
+from peerprog.swarm.versions import served
 from tests.unit.samples import KEY
 
 
@@ -87,13 +88,13 @@ class FakeNode:
         return sorted(found, key=lambda s: s.manifest.version, reverse=True)
 
     def newest_served(self, name: str) -> ModelState | None:
-        return next((s for s in self.versions(name) if s.best_level >= 0), None)
+        return served(self.versions(name))
 
     def want(self, name: str) -> None:
         self.wanted.add(name)
 
-    async def decoded(self, state: ModelState, level: int) -> Built:
-        return await self.decoders[state.model_id].get(level)
+    async def decoded(self, state: ModelState) -> Built:
+        return await self.decoders[state.model_id].get()
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:
         decoder = self.decoders.get(model_id)

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import errno
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,28 @@ def catalog(tmp_path: Path) -> tuple[Catalog, Store, DiskGuard]:
     store = Store(tmp_path / "store")
     disk = DiskGuard(1.0, lambda: 1 << 40)
     return Catalog(store, frozenset([PUB]), disk), store, disk
+
+
+async def land(
+    cat: Catalog, state: ModelState, files: ModelFiles, chunks: list[bytes], indices: Iterable[int]
+) -> None:
+    """Write the chunks ``indices`` and tell the catalog, as a fetch does."""
+    for i in indices:
+        await asyncio.to_thread(files.write_chunk, i, chunks[i])
+        cat.chunk_stored(state, i)
+
+
+def slow_records(files: ModelFiles, writing: threading.Event, release: threading.Event) -> None:
+    """Make each record of ``files`` wait for ``release`` (a loaded disk), once it has set
+    ``writing``."""
+    record = files.record
+
+    def slow_record(have: Bitfield) -> Bitfield:
+        writing.set()
+        release.wait(10)
+        return record(have)
+
+    files.record = slow_record  # type: ignore[method-assign]
 
 
 async def test_dropping_a_version_stops_its_fetch_and_its_files_stay_gone(tmp_path: Path) -> None:
@@ -145,14 +168,14 @@ async def test_a_record_still_being_written_at_shutdown_is_not_replaced_by_an_ol
     async def fetch(state: ModelState, files: ModelFiles) -> None:
         record, calls = files.record, []
 
-        def slow_record(have: Bitfield) -> None:
+        def slow_record(have: Bitfield) -> Bitfield:
             calls.append(have)
             if len(calls) > 1:
                 return record(have)
             loop.call_soon_threadsafe(rest.set)
             try:
                 threading.Event().wait(0.5)
-                record(have)
+                return record(have)
             finally:
                 order.append("slow record written")
 
@@ -191,26 +214,117 @@ async def test_a_level_is_served_only_once_its_record_is_durable(tmp_path: Path)
     heard: list[int] = []
 
     async def fetch(state: ModelState, files: ModelFiles) -> None:
-        record = files.record
+        slow_records(files, writing, release)
+        await land(cat, state, files, chunks, level0)
 
-        def slow_record(have: Bitfield) -> None:
-            writing.set()
-            release.wait(10)
-            record(have)
-
-        files.record = slow_record  # type: ignore[method-assign]
-        for i in level0:
-            await asyncio.to_thread(files.write_chunk, i, chunks[i])
-            cat.chunk_stored(state, i)
-
-    cat.level_listeners.append(lambda s: heard.append(s.durable_level))
+    cat.level_listeners.append(lambda s: heard.append(s.servable_level))
     cat.start(fetch)
     state = await cat.take_up(v1, "test")
     assert state is not None
     await asyncio.to_thread(writing.wait, 10)
-    assert state.best_level == 0 and state.durable_level == -1 and heard == []
+    assert state.best_level == 0 and state.servable_level == -1 and heard == []
     release.set()
     while not heard:
         await asyncio.sleep(0.01)
-    assert state.durable_level == 0 and heard == [0]
+    assert state.servable_level == 0 and heard == [0]
+    await cat.aclose()
+
+
+def holding(tmp_path: Path, signed: SignedManifest, chunks: list[bytes]) -> None:
+    """A store at ``tmp_path / "store"`` that holds ``signed`` whole, recorded."""
+    store = Store(tmp_path / "store")
+    store.put_manifest(signed)
+    with store.open_files(signed) as files:
+        for i, data in enumerate(chunks):
+            files.write_chunk(i, data)
+        files.record(Bitfield.full(len(chunks)))
+
+
+async def test_apps_get_the_older_version_until_the_newer_ones_level_0_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """v1 is held whole; v2's level 0 completes while its record is written slowly. Until
+    that record is durable, v2 has no servable level: apps (and peers) still get v1, rather
+    than waiting for a level a crash could take back."""
+    (v1, chunks1), (v2, chunks2) = version(1), version(2)
+    holding(tmp_path, v1, chunks1)
+    cat, _, _ = catalog(tmp_path)
+    (s1,) = cat.load_store()
+    writing, release = threading.Event(), threading.Event()
+
+    async def fetch(state: ModelState, files: ModelFiles) -> None:
+        slow_records(files, writing, release)
+        await land(cat, state, files, chunks2, v2.manifest.levels[0].chunks)
+
+    cat.start(fetch)
+    s2 = await cat.take_up(v2, "test")
+    assert s2 is not None
+    await asyncio.to_thread(writing.wait, 10)
+    assert s2.best_level == 0 and s2.servable_level == -1
+    assert cat.newest_served("tiny") is s1
+    release.set()
+    while s2.servable_level < 0:
+        await asyncio.sleep(0.01)
+    assert cat.newest_served("tiny") is s2
+    await cat.aclose()
+
+
+async def test_a_level_whose_record_failed_once_is_announced_when_a_record_succeeds(
+    tmp_path: Path,
+) -> None:
+    """The first record after level 0 completes fails (a full disk); the next one, a round
+    later, succeeds. The listeners hear of level 0 then, once, and never of a level that
+    is not servable."""
+    cat, _, _ = catalog(tmp_path)
+    v1, chunks = version(1)
+    heard: list[int] = []
+
+    async def fetch(state: ModelState, files: ModelFiles) -> None:
+        record, calls = files.record, []
+
+        def failing_once(have: Bitfield) -> Bitfield:
+            calls.append(have)
+            if len(calls) == 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return record(have)
+
+        files.record = failing_once  # type: ignore[method-assign]
+        await land(cat, state, files, chunks, v1.manifest.levels[0].chunks)
+
+    cat.level_listeners.append(lambda s: heard.append(s.servable_level))
+    cat.start(fetch)
+    state = await cat.take_up(v1, "test")
+    assert state is not None
+    for _ in range(500):
+        if heard and heard[-1] >= 0:
+            break
+        await asyncio.sleep(0.01)
+    assert heard == [0] and state.servable_level == 0
+    await cat.aclose()
+
+
+async def test_a_chunk_left_out_of_the_record_as_damaged_keeps_its_level_unservable(
+    tmp_path: Path,
+) -> None:
+    """A chunk of level 0 is found damaged on disk before the record is written: the record
+    leaves it out, so level 0 is not durable, and not servable."""
+    cat, _, _ = catalog(tmp_path)
+    v1, chunks = version(1)
+    level0 = list(v1.manifest.levels[0].chunks)
+    written = asyncio.Event()
+
+    async def fetch(state: ModelState, files: ModelFiles) -> None:
+        for i in level0:
+            await asyncio.to_thread(files.write_chunk, i, chunks[i])
+        files.damaged.add(level0[0])  # as a recheck of a changed level file finds it
+        for i in level0:
+            cat.chunk_stored(state, i)
+        written.set()
+
+    cat.start(fetch)
+    state = await cat.take_up(v1, "test")
+    assert state is not None
+    await written.wait()
+    await asyncio.sleep(1.0)  # two rounds of the recorder
+    assert state.best_level == 0 and state.servable_level == -1
     await cat.aclose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from peerprog.swarm import ModelRef, VersionConfig, VersionPolicy
-from peerprog.swarm.versions import newest_first, served, superseded
+from peerprog.swarm.versions import named, newest_first, served, superseded
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,7 @@ class V:
     best_level: int = -1
     complete: bool = False
     created: float = 0.0
+    servable_level: int = -1
 
 
 def mid(n: int) -> str:
@@ -27,11 +28,14 @@ def test_newest_wins_ties_by_creation_time() -> None:
     assert newest_first([a, b, c]) == [c, b, a]
 
 
-def test_apps_get_the_newest_version_with_a_complete_level() -> None:
-    old, new = V("old", 1, best_level=3), V("new", 2, best_level=-1)
+def test_apps_get_the_newest_version_with_a_servable_level() -> None:
+    old, new = V("old", 1, 3, servable_level=3), V("new", 2)
     assert served([old, new]) is old
-    assert served([old, V("new", 2, best_level=0)]) == V("new", 2, best_level=0)
-    assert served([new]) is None
+    held = V("new", 2, best_level=0)  # level 0 held, its record not yet written
+    assert served([old, held]) is old and named([old, held]) is held
+    recorded = V("new", 2, best_level=0, servable_level=0)
+    assert served([old, recorded]) is recorded and named([old, recorded]) is recorded
+    assert served([new]) is None and named([new]) is None
 
 
 def test_older_versions_are_dropped_once_a_newer_one_is_exact() -> None:
