@@ -35,6 +35,7 @@ from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
 from peerprog.store import ModelFiles, Unusable, build_level, build_tree
+from peerprog.store.assemble import Cancelled
 from peerprog.swarm import Bitfield
 
 log = logging.getLogger("peerprog.node")
@@ -98,12 +99,15 @@ class DecodedLevels:
     async def get(self) -> Built:
         """The decoded file of the model's servable level as it is now (or a higher one
         built meanwhile), built now if need be. :class:`Unusable` if no level is servable
-        or it cannot be built from the store."""
+        or it cannot be built from the store; ``KeyError`` once the model is dropped
+        (:meth:`stop`)."""
         level = self._state.servable_level
         if level < 0:
             raise Unusable(f"{self._state.manifest.name}: no level is servable yet")
         self._lost()
         while self.built is None or self.built.level < level:
+            if self._cancel.is_set():
+                raise KeyError(self._state.model_id)
             self._start()
             waiter = asyncio.ensure_future(self._changed.wait())
             try:
@@ -135,7 +139,8 @@ class DecodedLevels:
         return None
 
     def stop(self) -> None:
-        """Stop a build under way (the model is dropped)."""
+        """Stop a build under way, and any later (the model is dropped, or the node stops):
+        the build ends quietly at its next tensor."""
         self._cancel.set()
 
     def _worth_building(self) -> bool:
@@ -151,6 +156,8 @@ class DecodedLevels:
         return missing / rate > m.source_bytes / self._speed
 
     def _start(self) -> None:
+        if self._cancel.is_set():
+            return
         if self._task is None or self._task.done():
             self._task = self._scope.spawn(
                 self._build(), name=f"decode {self._state.manifest.name}"
@@ -190,6 +197,9 @@ class DecodedLevels:
                     continue
                 except Unusable as e:
                     self._failed(level, e)
+                    return
+                except Cancelled:  # stopped: the model is dropped or the node stops
+                    log.debug("%s: decode of level %d stopped", s.manifest.name, level)
                     return
                 took = time.monotonic() - t0
                 if took > 0:

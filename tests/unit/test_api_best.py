@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import struct
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,6 +121,34 @@ async def test_a_cancelled_request_does_not_cancel_the_build(node: FakeNode) -> 
     first.cancel()
     built = await second
     assert built.level == 0 and node.decoded_builds() == 1
+
+
+async def test_a_build_stopped_at_shutdown_is_no_failure(
+    node: FakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The model is dropped (or the node stops) while its level is being decoded: the build
+    ends at its next tensor, nothing is logged as a failed task, and a request waiting for
+    that build is told the model is gone (``KeyError``, as for any model no longer held)."""
+    (state,) = node.models.values()
+    decoder = node.decoders[state.model_id]
+    building, stopped = threading.Event(), threading.Event()
+    build_one = decoder._build_one
+
+    def held_up(*args: Any) -> int:
+        building.set()
+        stopped.wait(10)
+        return build_one(*args)
+
+    decoder._build_one = held_up  # type: ignore[method-assign]
+    waiting = asyncio.create_task(node.decoded(state))
+    await asyncio.to_thread(building.wait, 10)
+    decoder.stop()
+    stopped.set()
+    with caplog.at_level(logging.DEBUG, "peerprog"), pytest.raises(KeyError):
+        await asyncio.wait_for(waiting, 10)
+    await node.scope.aclose()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert decoder.built is None and node.decoded_builds() == 0
 
 
 async def test_a_damaged_chunk_is_reported_not_decoded(node: FakeNode) -> None:
