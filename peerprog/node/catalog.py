@@ -23,6 +23,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from peerprog.errors import PeerprogError
@@ -45,8 +46,30 @@ LevelListener = Callable[[ModelState], None]
 """Called with a model each time its servable level rises."""
 
 
+@dataclass(eq=False)
+class HeldModel:
+    """One model the node holds: everything the catalog keeps of it, in one record made
+    whole when it is taken up (:meth:`Catalog._adopt`) and dropped whole
+    (:meth:`Catalog._forget`)."""
+
+    state: ModelState
+    files: ModelFiles
+    """Its open level files."""
+    scope: TaskScope
+    """Owns its fetch and its decodes: closed, and awaited, before its files are."""
+    decoded: DecodedLevels
+    fetch: asyncio.Task[None] | None = None
+    """Its fetch, started in :attr:`scope` (None: never started, or stopped by unwant)."""
+    unrecorded: bool = False
+    """Chunks were stored since its record was last written."""
+
+    @property
+    def fetching(self) -> bool:
+        return self.fetch is not None and not self.fetch.done()
+
+
 class Catalog:
-    """Models by id, wanted names, and a task scope per model being fetched."""
+    """The models held by id (one :class:`HeldModel` each), and the wanted names."""
 
     def __init__(
         self,
@@ -63,12 +86,9 @@ class Catalog:
         self._disk = disk
         self._keep = keep_versions
         self._clock = clock
-        self._models: dict[str, ModelState] = {}
-        self._scopes: dict[str, TaskScope] = {}
-        self._fetches: dict[str, asyncio.Task[None]] = {}
-        self._files: dict[str, ModelFiles] = {}
-        self._decoded: dict[str, DecodedLevels] = {}
-        self._unrecorded: set[str] = set()
+        self._held: dict[str, HeldModel] = {}
+        self._closed = False
+        """Set by :meth:`aclose`: the level files are closed."""
         self._busy: set[str] = set()
         """Ids being taken up, rescanned or removed: a rescan leaves their folders alone."""
         self._ignored: set[str] = set()
@@ -94,7 +114,8 @@ class Catalog:
 
     @property
     def models(self) -> Mapping[str, ModelState]:
-        return self._models
+        """The models held, by id (a snapshot)."""
+        return {mid: held.state for mid, held in self._held.items()}
 
     @property
     def wanted(self) -> frozenset[str]:
@@ -102,7 +123,7 @@ class Catalog:
 
     def versions(self, name: str) -> list[ModelState]:
         """The node's versions of ``name``, newest first."""
-        return newest_first(s for s in self._models.values() if s.manifest.name == name)
+        return newest_first(h.state for h in self._held.values() if h.state.manifest.name == name)
 
     def newest_served(self, name: str) -> ModelState | None:
         """The version of ``name`` apps and peers get (newest with level 0 servable)."""
@@ -114,29 +135,35 @@ class Catalog:
 
     def files(self, model_id: str) -> ModelFiles | None:
         """The open level files of a model held."""
-        return self._files.get(model_id)
+        held = self._held.get(model_id)
+        return held.files if held is not None and not self._closed else None
 
     async def decoded(self, state: ModelState) -> Built:
         """The decoded file of ``state`` at its servable level (``KeyError`` if it is no
         longer held)."""
-        if self._models.get(state.model_id) is not state:
-            raise KeyError(state.model_id)
-        return await self._decoded[state.model_id].get()
+        return await self._holding(state).decoded.get()
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:
         """The decoded level ``level`` of ``model_id`` if it is on disk now (never built
         here): what a repository's file request is answered from."""
-        decoded = self._decoded.get(model_id)
-        return decoded.serving(level) if decoded is not None else None
+        held = self._held.get(model_id)
+        return held.decoded.serving(level) if held is not None else None
 
     def decoded_builds(self) -> int:
         """Decoded level files built so far (of the models held now)."""
-        return sum(d.builds for d in self._decoded.values())
+        return sum(h.decoded.builds for h in self._held.values())
 
     def fetching(self, model_id: str) -> bool:
         """Whether a fetch of ``model_id`` is running."""
-        task = self._fetches.get(model_id)
-        return task is not None and not task.done()
+        held = self._held.get(model_id)
+        return held is not None and held.fetching
+
+    def _holding(self, state: ModelState) -> HeldModel:
+        """The record of ``state`` (``KeyError`` if it is no longer held)."""
+        held = self._held.get(state.model_id)
+        if held is None or held.state is not state:
+            raise KeyError(state.model_id)
+        return held
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -150,10 +177,11 @@ class Catalog:
         self._save_wanted()
         log.info("want %s", name)
         for state in self.versions(name):
-            self._decoded[state.model_id].ahead = True
-            self._decoded[state.model_id].level_servable()
+            held = self._held[state.model_id]
+            held.decoded.ahead = True
+            held.decoded.level_servable()
             if not state.complete:
-                self._start_fetch(state)
+                self._start_fetch(held)
         return True
 
     def unwant(self, name: str) -> bool:
@@ -166,8 +194,9 @@ class Catalog:
         self._save_wanted()
         log.info("no longer want %s", name)
         for state in self.versions(name):
-            self._decoded[state.model_id].ahead = False
-            task = self._fetches.pop(state.model_id, None)
+            held = self._held[state.model_id]
+            held.decoded.ahead = False
+            task, held.fetch = held.fetch, None
             if task is not None:
                 task.cancel()  # awaited by the model's scope when it closes
         return True
@@ -177,7 +206,7 @@ class Catalog:
         their fetches to stop); returns their ids."""
         self.unwant(name)
         ids = [s.model_id for s in self.versions(name)]
-        await asyncio.gather(*(self._forget(mid) for mid in ids))
+        await asyncio.gather(*(self._forget(held) for held in self._holding_ids(ids)))
         if ids and self.store.resolve(name) in ids:
             await asyncio.to_thread(self.store.clear_name, name)
         log.info("removed %s (%d versions)", name, len(ids))
@@ -195,7 +224,7 @@ class Catalog:
         """Take up every trusted, verified model of the store (blocking: run in a thread;
         before :meth:`start`). A model that does not verify is skipped and logged."""
         found = [self._load(mid) for mid in self.store.model_ids()]
-        for name in {s.manifest.name for s in self._models.values()}:
+        for name in {h.state.manifest.name for h in self._held.values()}:
             newest = self.newest_served(name)
             if newest is not None and self.store.resolve(name) != newest.model_id:
                 with contextlib.suppress(OSError):  # a name write lost to a full disk
@@ -206,7 +235,7 @@ class Catalog:
         """Take up the models published into the store since it was loaded (by
         ``peerprog publish`` beside the running node); returns them."""
         ids = await asyncio.to_thread(self.store.model_ids)
-        skip = self._models.keys() | self._busy | self._ignored
+        skip = self._held.keys() | self._busy | self._ignored
         new = [mid for mid in ids if mid not in skip]
         if not new:
             return []
@@ -217,33 +246,34 @@ class Catalog:
             self._busy.difference_update(new)
         found = []
         for got in loaded:
-            if got is None or got[0].model_id in self._models:
+            if got is None or got[0].model_id in self._held:
                 continue
-            state = self._adopt_loaded(*got, where="published")
+            held = self._adopt_loaded(*got, where="published")
+            state = held.state
             found.append(state)
             if state.best_level >= 0:
                 self._level_reached(state)
                 self._servable(state)
             if not state.complete and state.manifest.name in self._wanted:
-                self._start_fetch(state)
+                self._start_fetch(held)
             for listener in list(self.take_up_listeners):
                 listener(state)
         return found
 
     def _load(self, model_id: str) -> ModelState | None:
         got = self._read(model_id)
-        return None if got is None else self._adopt_loaded(*got, where="store")
+        return None if got is None else self._adopt_loaded(*got, where="store").state
 
     def _adopt_loaded(
         self, signed: SignedManifest, files: ModelFiles, held: Bitfield, *, where: str
-    ) -> ModelState:
+    ) -> HeldModel:
         m = signed.manifest
         complete = held.count() == len(m.chunks)
         # an edge that fetched the whole model is a complete holder, not the origin
         state = self._state(
             signed, held, origin=complete and self.store.published_here(signed.model_id)
         )
-        self._adopt(state, files)
+        record = self._adopt(state, files)
         log.info(
             "%s: %s v%d: %d/%d chunks, level %d",
             where,
@@ -253,7 +283,7 @@ class Catalog:
             len(m.chunks),
             state.best_level,
         )
-        return state
+        return record
 
     def _read(self, model_id: str) -> tuple[SignedManifest, ModelFiles, Bitfield] | None:
         """A stored model's manifest, open files and record (blocking); None (logged) if
@@ -283,17 +313,18 @@ class Catalog:
         building the decoded levels of the wanted ones."""
         self._fetch = fetch
         self._root.spawn(self._recorder(), name="record")
-        for state in list(self._models.values()):
-            if not state.complete and state.manifest.name in self._wanted:
-                self._start_fetch(state)
-            self._decoded[state.model_id].ahead = state.manifest.name in self._wanted
-            self._decoded[state.model_id].level_servable()
+        for held in list(self._held.values()):
+            wanted = held.state.manifest.name in self._wanted
+            if not held.state.complete and wanted:
+                self._start_fetch(held)
+            held.decoded.ahead = wanted
+            held.decoded.level_servable()
 
     async def take_up(self, signed: SignedManifest, source: str) -> ModelState | None:
         """Store a verified manifest, find chunks already on disk, start fetching. Returns
         the model, or None if it was not taken up (known, not newer, or not storable)."""
         m = signed.manifest
-        if signed.model_id in self._models or m.version <= self.newest_version(m.name):
+        if signed.model_id in self._held or m.version <= self.newest_version(m.name):
             return None
         if signed.model_id in self._busy:
             return None
@@ -321,82 +352,76 @@ class Catalog:
         except OSError:
             files.close()
             raise
-        if signed.model_id in self._models or m.version <= self.newest_version(m.name):
+        if signed.model_id in self._held or m.version <= self.newest_version(m.name):
             files.close()
             return None
         state = self._state(signed, held, origin=False)
-        self._adopt(state, files)
+        record = self._adopt(state, files)
         log.info("found %s v%d (%s…) from %s", m.name, m.version, signed.model_id[:12], source)
         if state.best_level >= 0:  # what its record names: servable
             self._level_reached(state)
             self._servable(state)
         if not state.complete:
-            self._start_fetch(state)
+            self._start_fetch(record)
         for listener in list(self.take_up_listeners):
             listener(state)
         return state
 
     def chunk_stored(self, state: ModelState, index: int) -> None:
         """A verified chunk of ``state`` reached the disk."""
-        if self._models.get(state.model_id) is not state:
+        held = self._held.get(state.model_id)
+        if held is None or held.state is not state:
             return
         state.received(state.manifest.chunks[index].length, self._clock())
-        self._unrecorded.add(state.model_id)
+        held.unrecorded = True
         if state.add_chunk(index):
             self._record_now.set()  # servable once durable: recorded at once
             self._level_reached(state)
 
     async def drop(self, model_id: str) -> None:
         """Forget a model at once; stop its fetch (and wait for it), then remove its files."""
-        await self._forget(model_id)
+        for held in self._holding_ids([model_id]):
+            await self._forget(held)
 
-    def _forget(self, model_id: str) -> asyncio.Task[None]:
-        state = self._models.pop(model_id, None)
-        scope = self._scopes.pop(model_id, None)
-        self._fetches.pop(model_id, None)
-        files = self._files.pop(model_id, None)
-        decoded = self._decoded.pop(model_id, None)
-        self._unrecorded.discard(model_id)
-        if decoded is not None:
-            decoded.stop()
-        if state is not None:
-            for listener in list(self.forget_listeners):
-                listener(model_id)
+    def _holding_ids(self, ids: Iterable[str]) -> list[HeldModel]:
+        """The records of those of ``ids`` held."""
+        return [held for mid in ids if (held := self._held.get(mid)) is not None]
 
+    def _forget(self, held: HeldModel) -> asyncio.Task[None]:
+        """Drop ``held`` from the catalog at once; a task of the catalog's stops its fetch
+        and decodes, waits for them, then closes and removes its files."""
+        model_id = held.state.model_id
+        del self._held[model_id]
+        held.decoded.stop()
+        for listener in list(self.forget_listeners):
+            listener(model_id)
         self._busy.add(model_id)
 
         async def remove() -> None:
             try:
-                await _remove()
+                await held.scope.aclose()
+                held.files.close()
+                await asyncio.to_thread(held.decoded.remove)
+                await asyncio.to_thread(self.store.remove_model, model_id)
             finally:
                 self._busy.discard(model_id)
-
-        async def _remove() -> None:
-            if scope is not None:
-                await scope.aclose()
-            if files is not None:
-                files.close()
-            if decoded is not None:
-                await asyncio.to_thread(decoded.remove)
-            if state is not None:
-                await asyncio.to_thread(self.store.remove_model, model_id)
 
         return self._root.spawn(remove(), name=f"drop {model_id[:12]}")
 
     async def aclose(self) -> None:
         """Stop every fetch and build (and the drops under way); record what is verified;
         close the level files."""
-        for decoded in self._decoded.values():
-            decoded.stop()
-        for scope in list(self._scopes.values()):
-            await scope.aclose()
+        for held in self._held.values():
+            held.decoded.stop()
+        for held in list(self._held.values()):
+            await held.scope.aclose()
         await self._root.aclose()
         if self._writing is not None:
             await asyncio.gather(self._writing, return_exceptions=True)
         await asyncio.to_thread(_write_records, self.store, self._record_jobs())
-        for files in self._files.values():
-            files.close()
-        self._files.clear()
+        self._closed = True
+        for held in self._held.values():
+            held.files.close()
 
     # --- internals -------------------------------------------------------------------------
 
@@ -405,21 +430,23 @@ class Catalog:
         state.metrics.chunks_from_disk = held.count()
         return state
 
-    def _adopt(self, state: ModelState, files: ModelFiles) -> None:
+    def _adopt(self, state: ModelState, files: ModelFiles) -> HeldModel:
+        """Make the record of a model taken up (its files open): its scope and decoded
+        levels."""
         mid = state.model_id
-        self._models[mid] = state
-        self._files[mid] = files
-        scope = self._scopes[mid] = TaskScope(f"model {mid[:12]}")
+        scope = TaskScope(f"model {mid[:12]}")
         ahead = state.manifest.name in self._wanted
         folder = self.store.decoded_dir(mid)
         shutil.rmtree(folder, ignore_errors=True)  # derived data: rebuilt from verified chunks
-        self._decoded[mid] = DecodedLevels(state, files, folder, scope, self._disk, ahead=ahead)
+        decoded = DecodedLevels(state, files, folder, scope, self._disk, ahead=ahead)
+        held = self._held[mid] = HeldModel(state, files, scope, decoded)
+        return held
 
-    def _start_fetch(self, state: ModelState) -> None:
-        if self._fetch is None or self.fetching(state.model_id):
+    def _start_fetch(self, held: HeldModel) -> None:
+        if self._fetch is None or held.fetching:
             return
-        self._fetches[state.model_id] = self._scopes[state.model_id].spawn(
-            self._fetch(state, self._files[state.model_id]), name=f"fetch {state.manifest.name}"
+        held.fetch = held.scope.spawn(
+            self._fetch(held.state, held.files), name=f"fetch {held.state.manifest.name}"
         )
 
     async def _recorder(self) -> None:
@@ -430,7 +457,7 @@ class Catalog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._record_now.wait(), RECORD_EVERY)
             self._record_now.clear()
-            if self._unrecorded:
+            if any(held.unrecorded for held in self._held.values()):
                 began = self._clock()
                 jobs = self._record_jobs()
                 recorded, failed = await self._write(jobs)
@@ -454,19 +481,20 @@ class Catalog:
 
     def _rewrite_failed(self, done: asyncio.Future[Written]) -> None:
         if not done.cancelled() and done.exception() is None:
-            self._unrecorded.update(mid for _, mid, _ in done.result()[1])
+            for held in self._holding_ids(mid for _, mid, _ in done.result()[1]):
+                held.unrecorded = True
 
     def _record_jobs(self) -> list[RecordJob]:
         """The records to write now, and whether each model's name should point at it once
         they are: the work is chosen here, on the event loop; :func:`_write_records` does
         it."""
         jobs = []
-        for mid in sorted(self._unrecorded):
-            state, files = self._models.get(mid), self._files.get(mid)
-            if state is not None and files is not None:
+        for held in (self._held[mid] for mid in sorted(self._held)):
+            if held.unrecorded:
+                held.unrecorded = False
+                state = held.state
                 serve = named(self.versions(state.manifest.name)) is state
-                jobs.append((state, files, state.have.copy(), serve))
-        self._unrecorded.clear()
+                jobs.append((state, held.files, state.have.copy(), serve))
         return jobs
 
     def _level_reached(self, state: ModelState) -> None:
@@ -485,16 +513,15 @@ class Catalog:
         if state.complete:
             for old in superseded(self.versions(m.name), self._keep):
                 log.info("dropping %s v%d: v%d is exact", m.name, old.version, m.version)
-                self._forget(old.model_id)
+                self._forget(self._held[old.model_id])
 
     def _servable(self, state: ModelState) -> None:
         """``state``'s servable level rose: build it ahead (if wanted) and tell the level
         listeners (apps may have it now)."""
-        held = self._models.get(state.model_id)
-        decoded = self._decoded.get(state.model_id)
-        if held is not state or decoded is None:
+        held = self._held.get(state.model_id)
+        if held is None or held.state is not state:
             return
-        decoded.level_servable()
+        held.decoded.level_servable()
         for listener in list(self.level_listeners):
             listener(state)
 
