@@ -286,8 +286,10 @@ class Catalog:
         return record
 
     def _read(self, model_id: str) -> tuple[SignedManifest, ModelFiles, Bitfield] | None:
-        """A stored model's manifest, open files and record (blocking); None (logged) if
-        it does not verify or cannot be opened."""
+        """A stored model's manifest, open files and the chunks it holds: its record, and
+        the chunks written but not recorded before the node stopped that verify
+        (:meth:`~peerprog.store.ModelFiles.resume`). Blocking; None (logged) if it does not
+        verify or cannot be opened."""
         self._ignored.add(model_id)  # until it is read whole
         try:
             signed = self.store.load_manifest(model_id, self._trusted)
@@ -300,7 +302,7 @@ class Catalog:
             log.warning("store: ignoring model %s…: %s", model_id[:12], e)
             return None
         try:
-            held = files.recorded()
+            held = files.resume()
         except OSError as e:
             files.close()
             log.warning("store: ignoring model %s…: %s", model_id[:12], e)
@@ -347,8 +349,8 @@ class Catalog:
             return None
         self._disk.succeeded("manifest", began)
         try:
-            # chunks recorded before a damaged manifest was replaced: not fetched again
-            held = await asyncio.to_thread(files.recorded)
+            # chunks on disk before a damaged manifest was replaced: not fetched again
+            held = await asyncio.to_thread(files.resume)
         except OSError:
             files.close()
             raise

@@ -8,8 +8,14 @@
 Level files are created at their full size (their blocks reserved where the file system
 can); a chunk is written at its offset only after the caller verified it. The record is
 made durable *after* the data it names: :meth:`ModelFiles.record` first fsyncs the level
-files written since the last record, then replaces the record atomically. A chunk not in
-the record is fetched again; a chunk in it was on disk when the record was written.
+files written since the last record, then replaces the record atomically. A chunk in the
+record was on disk when the record was written.
+
+A chunk written but not yet recorded when the node stopped (killed between the write and
+the next record, a few hundred milliseconds) is not lost: when the node opens the model
+again (:meth:`ModelFiles.resume`), the chunks the record does not name are hashed where
+their bytes are on disk, as a BitTorrent client rechecks pieces it has no resume data for,
+and those that verify against the manifest are recorded; the others are fetched again.
 
 The record also keeps each level file's size and modification time as they were then. A
 level file found changed (a write that was not ours, while the node ran or was down) has
@@ -40,6 +46,9 @@ log = logging.getLogger("peerprog.store")
 RECORD = "verified"
 LEVELS = "levels"
 RECORD_VERSION = 2
+PIECE = 1 << 20
+"""Bytes read at a time when a chunk is hashed from disk (memory stays at this, whatever
+the chunk size)."""
 
 
 def chunk_offsets(manifest: Manifest) -> list[tuple[int, int]]:
@@ -65,6 +74,8 @@ class ModelFiles:
         self._fds: list[int] = []
         self._dirty: set[int] = set()
         self._known: list[tuple[int, int] | None] = []
+        self._fresh: set[int] = set()
+        """Levels whose file was empty at open and not written since: nothing to recover."""
         self.damaged: set[int] = set()
         """Chunks found damaged since open: never served or decoded."""
         (folder / LEVELS).mkdir(parents=True, exist_ok=True)
@@ -74,6 +85,8 @@ class ModelFiles:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
                 self._fds.append(fd)
                 st = os.fstat(fd)
+                if st.st_size == 0:
+                    self._fresh.add(lv.level)
                 if st.st_size != lv.bytes:
                     _allocate(fd, lv.bytes, path)
                     st = os.fstat(fd)
@@ -119,6 +132,7 @@ class ModelFiles:
         st = os.fstat(fd)
         with self._lock:
             self._dirty.add(level)
+            self._fresh.discard(level)
             self._known[level] = max(self._known[level] or (0, 0), (st.st_size, st.st_mtime_ns))
         self.damaged.discard(index)
 
@@ -140,9 +154,34 @@ class ModelFiles:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def verify_chunk(self, index: int) -> bool:
-        """Whether the stored bytes of chunk ``index`` match the manifest."""
-        data = self.read_chunk(index)
-        return hashlib.sha256(data).digest() == self.manifest.chunks[index].sha256
+        """Whether the stored bytes of chunk ``index`` match the manifest (read and hashed
+        :data:`PIECE` bytes at a time)."""
+        level, offset, length = self.span(index)
+        fd = self._fd(level)
+        h = hashlib.sha256()
+        end = offset + length
+        while offset < end:
+            got = os.pread(fd, min(PIECE, end - offset), offset)
+            if not got:
+                return False  # the file is shorter than the manifest says
+            h.update(got)
+            offset += len(got)
+        return h.digest() == self.manifest.chunks[index].sha256
+
+    def _holds_data(self, index: int) -> bool:
+        """Whether anything was ever written in chunk ``index``'s span: False only where
+        the file system tells it is a hole (sparse, or reserved and never written), in
+        which case there is nothing to read (``SEEK_DATA``; a file system that cannot tell
+        says True)."""
+        level, offset, length = self.span(index)
+        try:
+            return os.lseek(self._fd(level), offset, os.SEEK_DATA) < offset + length
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # nothing but a hole from offset to the end
+                return False
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                return True
+            raise
 
     def _fd(self, level: int) -> int:
         try:
@@ -214,6 +253,55 @@ class ModelFiles:
             mine = [i for i in have.indices() if self.span(i)[0] == level]
             for i in self.recheck(level, mine):
                 have.clear(i)
+        return have
+
+    def recover(self, have: Bitfield) -> list[int]:
+        """The chunks not in ``have`` (the record) whose bytes are on disk and verify
+        against the manifest: written before the node stopped, but not recorded. They are
+        added to ``have``, and their level files count as written since the last record
+        (:meth:`record` fsyncs them before it names them). Only chunks not in ``have`` are
+        read, one at a time; a level file that was empty at open, or a span the file system
+        reports as a hole, is not read at all; a span of zeros (a file whose blocks are
+        reserved) simply fails its hash. Blocking."""
+        found = []
+        for i in range(len(self.manifest.chunks)):
+            level = self.span(i)[0]
+            if i in have or level in self._fresh or not self._holds_data(i):
+                continue
+            if self.verify_chunk(i):
+                have.set(i)
+                found.append(i)
+                self.damaged.discard(i)
+                with self._lock:
+                    self._dirty.add(level)
+        return found
+
+    def resume(self) -> Bitfield:
+        """The chunks held when a node opens the model again: :meth:`recorded`, and the
+        chunks it wrote but had not recorded when it stopped that still verify
+        (:meth:`recover`), recorded at once; if that record cannot be written, those are
+        left out (and fetched again). Blocking."""
+        have = self.recorded()
+        found = self.recover(have)
+        if not found:
+            return have
+        try:
+            have = self.record(have)
+        except OSError as e:
+            log.warning(
+                "%s: cannot record %d chunks found on disk (%s); they are fetched again",
+                self.folder.name[:12],
+                len(found),
+                e.strerror or e,
+            )
+            for i in found:
+                have.clear(i)
+            return have
+        log.info(
+            "%s: %d chunks written but not recorded before the node stopped verify: recorded",
+            self.folder.name[:12],
+            len(found),
+        )
         return have
 
     def record(self, have: Bitfield) -> Bitfield:

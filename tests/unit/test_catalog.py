@@ -328,3 +328,30 @@ async def test_a_chunk_left_out_of_the_record_as_damaged_keeps_its_level_unserva
     await asyncio.sleep(1.0)  # two rounds of the recorder
     assert state.best_level == 0 and state.servable_level == -1
     await cat.aclose()
+
+
+async def test_chunks_written_but_never_recorded_are_held_at_start_without_a_fetch(
+    tmp_path: Path,
+) -> None:
+    """A node wrote every chunk of v1 and was killed before its first record: at the
+    next start the chunks are hashed, found good and recorded, the model is complete and
+    servable, and no fetch is started for it."""
+    v1, chunks = version(1)
+    store = Store(tmp_path / "store")
+    store.put_manifest(v1)
+    with store.open_files(v1) as files:
+        for i, data in enumerate(chunks):
+            files.write_chunk(i, data)
+    cat = Catalog(store, frozenset([PUB]), DiskGuard(1.0, lambda: 1 << 40), want=["tiny"])
+    (state,) = await asyncio.to_thread(cat.load_store)
+    fetched: list[ModelState] = []
+
+    async def fetch(state: ModelState, files: ModelFiles) -> None:
+        fetched.append(state)
+
+    cat.start(fetch)
+    await asyncio.sleep(0.1)
+    assert state.complete and state.servable_level == v1.manifest.levels_total - 1
+    assert state.metrics.chunks_from_disk == len(chunks) and fetched == []
+    assert store.held(v1).count() == len(chunks)
+    await cat.aclose()

@@ -11,7 +11,7 @@ import pytest
 
 from peerprog.errors import InputError, VerificationError
 from peerprog.manifest import SignedManifest, chunk_data, seal
-from peerprog.store import Store
+from peerprog.store import ModelFiles, Store
 from peerprog.store.atomic import write_atomic
 from peerprog.swarm import Bitfield
 from tests.unit.samples import KEY, PUB, make_manifest
@@ -69,7 +69,7 @@ def test_a_crash_between_the_data_and_the_record_loses_only_unrecorded_chunks(
     tmp_path: Path,
 ) -> None:
     store, signed = filled_store(tmp_path, record=False)
-    assert store.held(signed).count() == 0  # written, never recorded: fetched again
+    assert store.held(signed).count() == 0  # written, never recorded (until resume)
     m = signed.manifest
     with store.open_files(signed) as files:
         half = Bitfield(len(m.chunks))
@@ -77,6 +77,74 @@ def test_a_crash_between_the_data_and_the_record_loses_only_unrecorded_chunks(
             half.set(i)
         files.record(half)
     assert store.held(signed) == half
+
+
+def partly_recorded(tmp_path: Path) -> tuple[Store, SignedManifest, list[bytes]]:
+    """A store whose record names level 0 (chunks 0-2), whose level files also hold chunks
+    3 and 5, written after that record (a node killed before the next one), and nothing of
+    chunks 4 and 6."""
+    m, levels = make_manifest()
+    signed = seal(m, KEY)
+    chunks = chunk_data(levels, m.chunk_size)
+    store = Store(tmp_path / "s")
+    store.put_manifest(signed)
+    with store.open_files(signed) as files:
+        have = Bitfield(len(chunks))
+        for i in m.levels[0].chunks:
+            files.write_chunk(i, chunks[i])
+            have.set(i)
+        files.record(have)
+        for i in (3, 5):
+            files.write_chunk(i, chunks[i])
+    return store, signed, chunks
+
+
+def test_chunks_written_but_not_recorded_are_recorded_when_the_model_is_opened_again(
+    tmp_path: Path,
+) -> None:
+    store, signed, _ = partly_recorded(tmp_path)
+    assert sorted(store.held(signed).indices()) == [0, 1, 2]
+    with store.open_files(signed) as files:
+        found = files.resume()
+    assert sorted(found.indices()) == [0, 1, 2, 3, 5]
+    assert store.held(signed) == found  # recorded durably, not merely found
+    with store.open_files(signed) as files:
+        assert files.resume() == found
+
+
+def test_a_wrong_chunk_on_disk_is_not_recorded_when_the_model_is_opened_again(
+    tmp_path: Path,
+) -> None:
+    """Chunk 3's span holds other bytes (a write cut short, another chunk's data); chunk 5's
+    holds zeros (reserved, never written, on a file system that cannot tell): neither
+    verifies, neither is recorded, both are fetched again."""
+    store, signed, chunks = partly_recorded(tmp_path)
+    with store.open_files(signed) as files:
+        for i, data in ((3, bytes(chunks[4])), (5, b"")):
+            level, offset, length = files.span(i)
+            with open(files.level_path(level), "r+b") as f:
+                f.seek(offset)
+                f.write(data[:length].ljust(length, b"\0"))
+    with store.open_files(signed) as files:
+        found = files.resume()
+    assert sorted(found.indices()) == [0, 1, 2]
+    assert sorted(store.held(signed).indices()) == [0, 1, 2]
+
+
+def test_a_model_opened_for_the_first_time_reads_none_of_its_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Level files just created hold nothing: nothing is hashed, however large the model,
+    whatever the file system says of their (reserved) blocks."""
+    m, _ = make_manifest()
+    signed = seal(m, KEY)
+    store = Store(tmp_path / "s")
+    store.put_manifest(signed)
+    read: list[int] = []
+    monkeypatch.setattr(ModelFiles, "verify_chunk", lambda self, i: read.append(i) or False)
+    with store.open_files(signed) as files:
+        assert files.resume().count() == 0
+    assert read == []
 
 
 def test_chunks_changed_on_disk_while_down_are_checked_again(tmp_path: Path) -> None:
