@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from peerprog.manifest import SignedManifest
 from peerprog.store import Store
+from peerprog.store.disk import MANIFEST
+from peerprog.store.levels import LEVELS, chunk_offsets
 
 
 def signed_of(data_dir: Path, model_id: str) -> SignedManifest:
@@ -16,6 +19,27 @@ def held(data_dir: Path, model_id: str) -> set[int]:
     """The chunks a stopped node's store records as verified."""
     store = Store(data_dir, create=False)
     return set(store.held(store.load_manifest(model_id, None)).indices())
+
+
+def on_disk(data_dir: Path, model_id: str) -> set[int]:
+    """The chunks whose bytes in a stopped node's level files match the manifest, recorded
+    or not (written before a kill): what the node holds when it starts again (none before
+    its manifest is stored)."""
+    if not (data_dir / "models" / model_id / MANIFEST).is_file():
+        return set()
+    m = signed_of(data_dir, model_id).manifest
+    folder = data_dir / "models" / model_id / LEVELS
+    out = set()
+    for i, (level, offset) in enumerate(chunk_offsets(m)):
+        try:
+            with open(folder / str(level), "rb") as f:
+                f.seek(offset)
+                data = f.read(m.chunks[i].length)
+        except FileNotFoundError:
+            continue
+        if hashlib.sha256(data).digest() == m.chunks[i].sha256:
+            out.add(i)
+    return out
 
 
 def chunk_bytes(data_dir: Path, model_id: str, index: int) -> bytes:

@@ -11,7 +11,6 @@ printed so that a failure can be replayed (``PEERPROG_CRASH_SEED``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -26,7 +25,7 @@ import pytest
 
 from peerprog.formats import read_model
 from peerprog.store import Store
-from peerprog.store.levels import LEVELS, chunk_offsets
+from peerprog.store.levels import chunk_offsets
 from tests.faults.harness import (
     assert_bit_exact,
     check_store,
@@ -42,6 +41,7 @@ from tests.integration.cluster import (
     run_cli,
     wait_until,
 )
+from tests.storetools import on_disk
 
 NAME = REFERENCE_NAME
 RANGE = re.compile(r"^GET /p2p/v1/models/[0-9a-f]{64}/levels/(\d+) bytes=(\d+)-(\d+)$")
@@ -66,26 +66,6 @@ def chunks_asked(lines: list[str], spans: dict[tuple[int, int], int]) -> set[int
 def chunk_spans(store: Path, model_id: str) -> dict[tuple[int, int], int]:
     m = Store(store, create=False).load_manifest(model_id, None).manifest
     return {span: i for i, span in enumerate(chunk_offsets(m))}
-
-
-def verified_on_disk(store: Path, model_id: str) -> set[int]:
-    """The chunks whose bytes in the level files of ``store`` match the manifest, recorded
-    or not (read as a restarted node reads them); none before its manifest is stored."""
-    if not (store / "models" / model_id / "manifest.msgpack").is_file():
-        return set()
-    m = Store(store, create=False).load_manifest(model_id, None).manifest
-    folder = store / "models" / model_id / LEVELS
-    out = set()
-    for i, (level, offset) in enumerate(chunk_offsets(m)):
-        try:
-            with open(folder / str(level), "rb") as f:
-                f.seek(offset)
-                data = f.read(m.chunks[i].length)
-        except FileNotFoundError:
-            continue
-        if hashlib.sha256(data).digest() == m.chunks[i].sha256:
-            out.add(i)
-    return out
 
 
 def test_edge_killed_at_random_moments(tmp_path: Path, long_run: bool) -> None:
@@ -117,7 +97,7 @@ def test_edge_killed_at_random_moments(tmp_path: Path, long_run: bool) -> None:
                 report = check_store(edge.data_dir, {c.public_key})
                 recorded = report.chunks.get(mid, set())
                 assert held <= recorded, f"life {k}: chunks lost: {sorted(held - recorded)}"
-                held = verified_on_disk(edge.data_dir, mid)
+                held = on_disk(edge.data_dir, mid)
                 assert recorded <= held
                 unrecorded += len(held - recorded)
                 # a chunk write cut short, as a kill a moment earlier would have left it:
@@ -139,8 +119,8 @@ def test_edge_killed_at_random_moments(tmp_path: Path, long_run: bool) -> None:
             t = transfer(edge, mid)
             assert t["chunks_from_disk"] == len(held)
             m = Store(edge.data_dir, create=False).load_manifest(mid, None).manifest
-            on_disk = sum(m.chunks[i].length for i in held)
-            assert sum(t["bytes_by_source"].values()) == total - on_disk
+            kept = sum(m.chunks[i].length for i in held)
+            assert sum(t["bytes_by_source"].values()) == total - kept
             print(f"chunks written but not recorded at a kill, not fetched again: {unrecorded}")
             report = check_store(edge.data_dir, {c.public_key})
             assert report.temporaries == 0
@@ -240,12 +220,12 @@ def test_disk_full_mid_download_then_freed(
         c.stop(edge, signal.SIGKILL)
         recorded = check_store(edge.data_dir, {c.public_key}).chunks[mid]
         assert recorded
-        on_disk = verified_on_disk(edge.data_dir, mid)
+        verified = on_disk(edge.data_dir, mid)
         c.start(edge)
         # the chunks written but not recorded are recorded at start, unless the full disk
         # refuses that record too (then they are fetched again)
         found = transfer(edge, mid)["chunks_from_disk"]
-        held = on_disk if found == len(on_disk) else recorded
+        held = verified if found == len(verified) else recorded
         assert found == len(held)
         time.sleep(full_for)  # still full: it keeps trying, and keeps serving what it has
         assert edge.request("GET", f"/v1/models/{NAME}/best").status == 200

@@ -22,7 +22,7 @@ from tests.integration.cluster import (
     free_port,
     wait_until,
 )
-from tests.storetools import chunk_length, held
+from tests.storetools import chunk_length, held, on_disk
 
 
 def transfer(node: Daemon, model_id: str) -> dict[str, Any]:
@@ -238,8 +238,8 @@ def test_edge_killed_and_restarted_fetches_nothing_twice(tmp_path: Path) -> None
         )
         wait_until(lambda: status(edge).get("bytes_received", 0) > 300_000, 60, "progress")
         c.stop(edge, signal.SIGKILL)
-        had = held(edge.data_dir, pub["model_id"])
-        assert had
+        assert held(edge.data_dir, pub["model_id"])
+        had = on_disk(edge.data_dir, pub["model_id"])  # recorded, or written since: not lost
         c.start(edge)
         wait_complete(edge)
         assert_bit_exact(edge, pub["model_id"])
