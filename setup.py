@@ -1,9 +1,10 @@
-"""Build of groupplane's optional C kernels; everything else is in pyproject.toml.
+"""Build of groupplane's optional C extensions; everything else is in pyproject.toml.
 
 ``pip install -e .`` (or a wheel build) compiles ``peerprog/codec/groupplane/c/*.c`` into
-the one extension ``peerprog.codec.groupplane._kernels``, with the CPython headers only (no
-numpy headers). Without a working C compiler the extension is skipped with a warning and
-:mod:`peerprog.codec.groupplane` uses its numpy kernels.
+the extension ``peerprog.codec.groupplane._kernels`` and ``c_rans/rans.c`` into
+``peerprog.codec.groupplane._rans`` (the rANS coder of the symbol bytes), with the CPython
+headers only (no numpy headers). Without a working C compiler each is skipped with a
+warning and :mod:`peerprog.codec.groupplane` uses its numpy implementation instead.
 """
 
 import sys
@@ -16,6 +17,7 @@ from setuptools import Extension, setup
 # SIMD paths are compiled per function and chosen at run time by the CPU's features.
 _FLAGS = [] if sys.platform == "win32" else ["-O3", "-ffp-contract=off", "-fno-strict-aliasing"]
 _C = Path("peerprog/codec/groupplane/c")
+_RANS = Path("peerprog/codec/groupplane/c_rans")
 
 setup(
     ext_modules=[
@@ -25,6 +27,12 @@ setup(
             depends=sorted(str(p) for p in _C.glob("*.h")),
             extra_compile_args=_FLAGS,
             optional=True,
-        )
+        ),
+        Extension(
+            "peerprog.codec.groupplane._rans",
+            sorted(str(p) for p in _RANS.glob("*.c")),
+            extra_compile_args=_FLAGS,
+            optional=True,
+        ),
     ]
 )
