@@ -28,8 +28,9 @@ from bench.report import machine, table, write_section
 from peerprog.codec import groupplane as gp
 from peerprog.codec import zstd
 from peerprog.codec.dtypes import dtype as dtype_of
-from peerprog.codec.groupplane.format import geometry, padded, steps, symbols_per_byte, to_f32
+from peerprog.codec.groupplane.format import geometry, padded, steps, to_f32
 from peerprog.codec.groupplane.numpy_kernels import group_exponents, magnitudes, pack_codes
+from peerprog.codec.groupplane.rans import symbols_per_byte
 
 NOTES = Path(__file__).resolve().parent / "CODEC_NOTES.md"
 

@@ -49,20 +49,22 @@ RANKS = {
 # implementations are known to the selection alone (encode and decode take a Kernels).
 GROUPPLANE = "peerprog.codec.groupplane"
 GROUPPLANE_RANKS = {
-    "format": 0,  # the byte format
+    "_rans": 0,  # the entropy coder's C extension (its stub)
     "params": 0,  # the codec and tensor params
     "varbits": 0,
-    "kernels": 1,  # the kernels' interface
-    "rate": 1,  # analyse and plan
-    "classes": 1,  # row classes: their choice and their bytes
-    "numpy_kernels": 2,
-    "c_kernels": 2,
+    "rans": 1,  # the entropy coder of the frames
     "_kernels": 1,  # the C extension (its stub)
-    "selection": 3,
-    "encode": 4,
-    "decode": 4,
-    "codec": 5,
-    "": 6,  # the package's public names
+    "format": 2,  # the byte format
+    "kernels": 3,  # the kernels' interface
+    "rate": 3,  # analyse and plan
+    "classes": 3,  # row classes: their choice and their bytes
+    "numpy_kernels": 4,
+    "c_kernels": 4,
+    "selection": 5,
+    "encode": 6,
+    "decode": 6,
+    "codec": 7,
+    "": 8,  # the package's public names
 }
 KERNEL_IMPLEMENTATIONS = ("numpy_kernels", "c_kernels", "_kernels")
 API_CLIENT_SIDE = (

@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peerprog.codec import zstd
-from peerprog.codec.groupplane import format as fmt
 from peerprog.codec.groupplane import rans
 from peerprog.errors import FormatError
 
@@ -44,7 +43,7 @@ def skewed(n: int, r: int, seed: int, zero: float = 0.85) -> Array:
     others' magnitudes geometric, either sign; the last byte's padding (digit 0) as the
     kernels leave it."""
     rng = np.random.default_rng(seed)
-    a, p, top = fmt.alphabet(r), fmt.symbols_per_byte(r), (1 << r) - 1
+    a, p, top = rans.alphabet(r), rans.symbols_per_byte(r), (1 << r) - 1
     digits = n * p
     mag = np.minimum(rng.geometric(0.45, digits), top)
     mag[rng.random(digits) < zero] = 0
@@ -92,7 +91,7 @@ def test_lanes() -> None:
 
 @pytest.mark.parametrize("r", range(1, 8))
 def test_magnitudes_count_every_digit_padding_included(r: int) -> None:
-    a, p, top = fmt.alphabet(r), fmt.symbols_per_byte(r), (1 << r) - 1
+    a, p, top = rans.alphabet(r), rans.symbols_per_byte(r), (1 << r) - 1
     data = skewed(1000, r, r)
     digits = np.stack([(data.astype(np.int64) // a**k) % a for k in range(p)], 1)
     expect = np.bincount(np.abs(digits - top).reshape(-1), minlength=top + 1)
@@ -130,8 +129,8 @@ def test_byte_frequencies(r: int) -> None:
     table = rans.magnitude_table(skewed(5000, r, r), r)
     assert sum(table) == rans.TABLE_TOTAL
     weights = rans.byte_weights(r, table)
-    valid = fmt.alphabet(r) ** fmt.symbols_per_byte(r)
-    assert sum(weights) == (2 * rans.TABLE_TOTAL) ** fmt.symbols_per_byte(r)
+    valid = rans.alphabet(r) ** rans.symbols_per_byte(r)
+    assert sum(weights) == (2 * rans.TABLE_TOTAL) ** rans.symbols_per_byte(r)
     assert all(w == 0 for w in weights[valid:])
     freq = rans.byte_frequencies(r, table)
     assert sum(freq) == 1 << rans.SCALE_BITS
@@ -189,8 +188,8 @@ def test_many_lanes_c_and_numpy_agree(k: int) -> None:
 @pytest.mark.parametrize("r", range(1, 8))
 def test_one_symbol_value_only(r: int) -> None:
     """Every digit zero: one byte value with all 2**15 slots, no bytes after the states."""
-    p, top = fmt.symbols_per_byte(r), (1 << r) - 1
-    byte = sum(top * fmt.alphabet(r) ** k for k in range(p))
+    p, top = rans.symbols_per_byte(r), (1 << r) - 1
+    byte = sum(top * rans.alphabet(r) ** k for k in range(p))
     for n in (1, 40000):
         data = np.full(n, byte, np.uint8)
         frame = rans.rans_frame(data, r)
@@ -203,7 +202,7 @@ def test_one_symbol_value_only(r: int) -> None:
 @pytest.mark.parametrize("r", range(1, 8))
 def test_every_byte_value(r: int) -> None:
     """Every byte that is p digits, equally often (the flattest model there is)."""
-    valid = fmt.alphabet(r) ** fmt.symbols_per_byte(r)
+    valid = rans.alphabet(r) ** rans.symbols_per_byte(r)
     data = np.tile(np.arange(valid, dtype=np.uint8), 20000 // valid + 1)
     frame = rans.rans_frame(data, r)
     for c in coders():
@@ -449,3 +448,98 @@ def test_the_environment_selects_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
         assert rans.implementation() == rans.implementations()[0]
     with pytest.raises(ValueError):
         rans.rans_frame(b"", 1, impl="fortran")
+
+
+# ---------------------------------------------------------------------------- dense bytes
+
+
+def _dense(n: int, seed: int, values: int = 40) -> Array:
+    """``n`` bytes of a skewed order-0 source over ``values`` byte values (scales, the high
+    byte plane of float words)."""
+    rng = np.random.default_rng(seed)
+    return (100 + np.minimum(rng.geometric(0.3, n), values)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 5000, 16384 * 3 + 7])
+def test_dense_bytes_round_trip_alike_everywhere(n: int) -> None:
+    data = _dense(n, n)
+    frames = {rans.encode_bytes(data, impl=c) for c in coders()}
+    assert len(frames) == 1
+    (frame,) = frames
+    if n >= 5000:
+        assert frame[0] == rans.BYTES  # a skewed source: rANS wins over zstd by far
+    if n < rans.MIN_BYTES_RANS:
+        assert frame[0] == rans.ZSTD
+    for c in coders():
+        got = rans.decode_bytes(frame, n, "t", impl=c)
+        assert got.tobytes() == data.tobytes()
+    assert rans.declared(frame, n, "t") == n
+    with pytest.raises(FormatError, match="t: "):
+        rans.decode_bytes(frame, n - 1, "t") if n else rans.decode_bytes(b"", 0, "t")
+
+
+def test_dense_bytes_of_one_value_and_of_all_values() -> None:
+    for data in (np.full(4000, 7, np.uint8), np.arange(256 * 40, dtype=np.uint32).astype(np.uint8)):
+        frame = rans.encode_bytes(data)
+        assert rans.decode_bytes(frame, data.size, "t").tobytes() == data.tobytes()
+        raw = _bytes_frame(data)  # the rANS frame even where zstd's is smaller
+        for c in coders():
+            assert rans.decode_bytes(raw, data.size, "t", impl=c).tobytes() == data.tobytes()
+
+
+def _bytes_frame(data: Array) -> bytes:
+    """The rANS frame of dense bytes, whatever zstd's size (MIN_GAIN set out of the way)."""
+    keep = rans.MIN_GAIN
+    try:
+        rans.MIN_GAIN = -1e9
+        return rans.encode_bytes(data)
+    finally:
+        rans.MIN_GAIN = keep
+
+
+def _leb(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def test_malformed_byte_tables() -> None:
+    half = 1 << (rans.SCALE_BITS - 1)
+    lanes = b"\x00\x00\x80\x00"  # one lane, state L, no bytes: decodes 0 bytes
+    cases = {
+        "out of order": [(5, half), (5, half)],
+        "frequency 0": [(3, 0), (5, 2 * half)],
+        "sums to": [(3, half), (5, half - 1)],
+    }
+    for message, table in cases.items():
+        body = b"".join(bytes([b]) + _leb(f) for b, f in table)
+        frame = bytes([rans.BYTES]) + _leb(0) + _leb(len(table) - 1) + body + lanes
+        for c in coders():
+            with pytest.raises(FormatError, match=message):
+                rans.decode_bytes(frame, 10, "t", impl=c)
+    good = bytes([rans.BYTES]) + _leb(0) + _leb(0) + bytes([9]) + _leb(2 * half) + lanes
+    assert rans.decode_bytes(good, 10, "t").size == 0
+    for cut in range(1, len(good) - len(lanes)):
+        with pytest.raises(FormatError):
+            rans.decode_bytes(good[:cut], 10, "t")
+    with pytest.raises(FormatError, match="not a frame of bytes"):
+        rans.decode_bytes(b"\x01" + good[1:], 10, "t")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_corrupt_byte_frames_agree(draw: st.DataObject) -> None:
+    data = _dense(3000, 1)
+    frame = bytearray(_bytes_frame(data))
+    i = draw.draw(st.integers(0, len(frame) - 1))
+    frame[i] ^= draw.draw(st.integers(1, 255))
+    outcomes: list[bytes | str] = []
+    for c in coders():
+        try:
+            outcomes.append(rans.decode_bytes(bytes(frame), 4000, "t", impl=c).tobytes())
+        except FormatError as e:
+            outcomes.append(str(e))
+    assert len(set(outcomes)) == 1

@@ -25,9 +25,9 @@ from peerprog.codec.groupplane.format import (
     Array,
     Geometry,
     Streams,
-    symbols_per_byte,
 )
 from peerprog.codec.groupplane.kernels import Remainder, Step
+from peerprog.codec.groupplane.rans import symbols_per_byte
 
 FORMAT = 5
 """The interface version the extension must report; a stale build is not used."""

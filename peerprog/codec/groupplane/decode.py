@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from peerprog.codec.dtypes import dtype
-from peerprog.codec.groupplane import classes, format
+from peerprog.codec.groupplane import classes, format, rans
 from peerprog.codec.groupplane.format import Array, Buffer, Geometry, RemainderFrames
 from peerprog.codec.groupplane.kernels import Kernels, Remainder, Step
 from peerprog.codec.groupplane.params import settings, tensor_settings
@@ -202,7 +202,7 @@ class _Tensor:
     def scales(self, piece0: Buffer) -> Array:
         what = self.what(0)
         frame = format.scales_frame(piece0, what)
-        return format.scale_bytes(self.geo, frame, self.total // self.gsize, what)
+        return format.scale_bytes(self.geo, frame, self.total // self.gsize, what, self.layout)
 
     def levels(
         self,
@@ -231,7 +231,7 @@ class _Tensor:
                 continue
             for f in r:
                 limit = format.symbol_limit(self.total, f.r)
-                budget -= format.declared(f.symbols, limit, self.what(m))
+                budget -= rans.declared(f.symbols, limit, self.what(m))
         if scales is None:
             scales = self.scales(pieces[0])
         if budget < 0 and m0 < n:  # hold one level's symbols at a time
@@ -249,7 +249,8 @@ class _Tensor:
                 rem = Remainder(rest, r.low, format.low_bytes(r, self.total, what))
                 continue
             for f in r:
-                codes = format.symbol_bytes(f, self.total, what)
+                limit = format.symbol_limit(self.total, f.r)
+                codes = rans.decode_symbols(f.symbols, f.r, limit, what, self.layout == 2)
                 steps.append(Step(f.k1, f.r, f.first, codes, f.refine))
         out = np.empty(self.total, self.geo.word)
         pw = None if prior is None else np.ascontiguousarray(prior).reshape(-1).view(self.geo.word)

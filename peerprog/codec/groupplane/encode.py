@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from peerprog.codec import zstd
 from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import dtype
-from peerprog.codec.groupplane import classes, format
+from peerprog.codec.groupplane import classes, format, rans
 from peerprog.codec.groupplane.format import Array
 from peerprog.codec.groupplane.kernels import Kernels
 from peerprog.codec.groupplane.params import (
@@ -49,7 +50,11 @@ def encode_tensor(
     steps = [step for level in format.plane_steps(ts.planes) for step in level]
     k = kernels or default_kernels()
     streams = k.encode(geo, flat.view(dt.word), ts.group, ts.planes[-1], steps, s.layout == 2)
-    pieces = format.write_pieces(ts.planes, streams, s.layout, dt.itemsize)
+    symbols = [
+        rans.encode_symbols(codes, b - a) if s.layout == 2 else zstd.compress(codes, symbols=True)
+        for (a, b), (codes, _) in zip(steps, streams.steps, strict=True)
+    ]
+    pieces = format.write_pieces(ts.planes, streams, symbols, s.layout, dt.itemsize)
     return {"group": ts.group, "planes": list(ts.planes)}, pieces
 
 

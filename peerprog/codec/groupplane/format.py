@@ -24,13 +24,14 @@ A float tensor (float32, bfloat16, float16) that does not travel whole
   part per plane step of planes ``0 → planes[0]``.
 * **A plane level** ``m`` (``0 < m < levels - 1``): one part per plane step of planes
   ``planes[m-1] → planes[m]``; empty when they are equal (the level does not refine it).
-* **A plane step** ``k0 → k1`` (``r = k1 - k0 ≤ 7``): ``[u32 length][zstd frame of the
-  symbol bytes]`` then the raw r-bit refinement fields, both in index order. The weights
+* **A plane step** ``k0 → k1`` (``r = k1 - k0 ≤ 7``): ``[u32 length][symbol frame]`` then
+  the raw r-bit refinement fields, both in index order; the symbol frame is a zstd frame
+  of the symbol bytes (format 1), or a zstd or an rANS frame of them (format 2). The weights
   with q = 0 after k0 planes have a *symbol*: their r new bits with the sign (sent once,
   when the weight first becomes non-zero), a value in ``-(2**r - 1) .. 2**r - 1``, stored as
   the digit ``s + 2**r - 1`` in base ``A = 2**(r+1) - 1``, as many digits per byte as fit
-  (:func:`symbols_per_byte`), first digit lowest, the last byte zero-padded; zstd's Huffman
-  stage then codes several sparse symbols per byte. The others have a *refinement field*:
+  (:func:`~.rans.symbols_per_byte`), first digit lowest, the last byte zero-padded; the entropy
+  coder then codes several sparse symbols per byte. The others have a *refinement field*:
   their r new bits, packed MSB first, the last byte zero-padded. At the start of each level
   the padding weights count as 0, whatever the level before made of them.
 * **The last level**, the remainder: the words whose value is 0 so far (tiny weights, ±0,
@@ -38,7 +39,7 @@ A float tensor (float32, bfloat16, float16) that does not travel whole
   significant first; the other words' low bits are packed MSB first in index order: from
   the midpoint's marker (the lowest set bit of the word so far) down, a width that varies
   per weight and is known from the value so far. Together: the exact float bits. Its
-  layout depends on the codec param ``format`` (:data:`LAYOUTS`):
+  layout depends on the codec param ``format`` (:data:`~.params.LAYOUTS`):
 
   - format 1 (manifests without the param): one part, ``[u32 length][zstd frame of the
     byte planes]`` then the low bits;
@@ -49,8 +50,9 @@ A float tensor (float32, bfloat16, float16) that does not travel whole
     uniform in every model: EfficientNet-Lite1's lowest byte has an entropy of 7.7 bits)
     sends its bottom 8 bits to the low bytes, in index order, and the rest to the low bits.
 
-  Format 2 also lets a step's symbols be an rANS frame rather than a zstd frame
-  (:mod:`.rans`); format 1 has zstd frames only.
+  In format 2 a step's symbol frame is an rANS frame or a zstd frame, whichever is smaller
+  (:mod:`.rans`: 2-3% smaller than zstd's Huffman on real models); format 1 has zstd
+  frames only.
 
 A tensor that travels whole has ``{"whole": True}``; its level-0 piece is a zstd frame of its
 raw bytes (no framing), float words byte-shuffled first, most significant bytes together
@@ -60,7 +62,8 @@ plane, each a zstd frame of its own (8% smaller again on EfficientNet-Lite1 bf16
 
 A decoder never allocates more than the tensor's own size (known from the manifest) and the
 lengths the pieces must have: a zstd frame's declared size is checked before it is
-decompressed (:func:`symbol_bytes`, :func:`rest_bytes`, :func:`scale_bytes`).
+decompressed (:func:`rest_bytes`, :func:`scale_bytes`; a step's symbols:
+:func:`~.rans.decode_symbols`).
 """
 
 from __future__ import annotations
@@ -74,10 +77,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import zstandard
 
 from peerprog.codec import zstd
 from peerprog.codec.dtypes import DType
+from peerprog.codec.groupplane import rans
+from peerprog.codec.groupplane.rans import symbols_per_byte
 from peerprog.errors import FormatError
 
 Array = npt.NDArray[Any]
@@ -88,15 +92,7 @@ Data = Buffer | npt.NDArray[Any]
 MAX_STEP = 7
 """Planes per step at most: a step's ``2**(r+1) - 1`` symbol values fit in a byte."""
 
-LAYOUTS = (1, 2)
-"""The stream layouts (codec param ``format``): 1 for manifests without the param, 2 for
-those published since."""
-
 _U32 = struct.Struct("<I")
-# Dense byte planes (whole tensors, the remainder's words): zstd level 9 measured 0.07 points
-# of the source smaller than level 3 on EfficientNet-Lite1 bf16 (level 19 no better); only
-# the encoder's choice, any frame decodes.
-_DENSE_PARAMS = zstandard.ZstdCompressionParameters.from_level(9)
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -151,20 +147,6 @@ def plane_steps(planes: Sequence[int]) -> tuple[tuple[tuple[int, int], ...], ...
 @functools.lru_cache(maxsize=256)
 def _plane_steps(planes: tuple[int, ...]) -> tuple[tuple[tuple[int, int], ...], ...]:
     return tuple(tuple(steps(a, b)) for a, b in zip([0, *planes], planes, strict=False))
-
-
-def alphabet(r: int) -> int:
-    """The number of symbol values of an r-plane step: ``2**(r+1) - 1``."""
-    return (1 << (r + 1)) - 1
-
-
-def symbols_per_byte(r: int) -> int:
-    """How many symbols of an r-plane step a byte holds: the most ``p`` with
-    ``alphabet(r) ** p <= 256``."""
-    a, per = alphabet(r), 1
-    while a ** (per + 1) <= 256:
-        per += 1
-    return per
 
 
 # ---------------------------------------------------------------------------- framing
@@ -226,29 +208,37 @@ class Streams:
 
 
 def write_pieces(
-    planes: Sequence[int], streams: Streams, layout: int, itemsize: int
+    planes: Sequence[int],
+    streams: Streams,
+    symbols: Sequence[bytes],
+    layout: int,
+    itemsize: int,
 ) -> list[bytes]:
-    """A planed tensor's pieces, one per level, from its streams, in format ``layout``
-    (words of ``itemsize`` bytes)."""
-    it = iter(streams.steps)
+    """A planed tensor's pieces, one per level, from its streams and its steps' symbol
+    frames (``symbols``, one per step in order), in format ``layout`` (words of ``itemsize``
+    bytes)."""
+    it = iter(zip(symbols, streams.steps, strict=True))
     pieces = []
     for n, level in enumerate(plane_steps(planes)):
-        parts: list[Buffer] = [zstd.compress(streams.scales, symbols=True)] if n == 0 else []
+        parts: list[Buffer] = [] if n else [_encode_scales(streams.scales, layout)]
         for _ in level:
-            codes, refine = next(it)
-            symbols = zstd.compress(codes, symbols=True)
-            parts.append(b"".join([u32(len(symbols)), symbols, _buffer(refine)]))
+            frame_, (_, refine) = next(it)
+            parts.append(b"".join([u32(len(frame_)), frame_, _buffer(refine)]))
         pieces.append(frame(parts))
     if layout == 1:
-        rest = compress_dense(streams.rest)
+        rest = zstd.compress_dense(streams.rest)
         pieces.append(frame([b"".join([u32(len(rest)), rest, _buffer(streams.low)])]))
         return pieces
     raw = memoryview(_buffer(streams.rest)).cast("B")
     nrest = len(raw) // itemsize
-    planes_ = [compress_dense(raw[i * nrest : (i + 1) * nrest]) for i in range(itemsize)]
-    low_bytes = compress_dense(_buffer(streams.low_bytes))
+    planes_ = [rans.encode_bytes(raw[i * nrest : (i + 1) * nrest]) for i in range(itemsize)]
+    low_bytes = rans.encode_bytes(streams.low_bytes)
     pieces.append(frame([*planes_, low_bytes, _buffer(streams.low)]))
     return pieces
+
+
+def _encode_scales(scales: Data, layout: int) -> bytes:
+    return zstd.compress(scales, symbols=True) if layout == 1 else rans.encode_bytes(scales)
 
 
 def _buffer(data: Data) -> Buffer:
@@ -323,57 +313,42 @@ def read_level(
 # ---------------------------------------------------------------------------- zstd frames
 
 
-def declared(frame: Buffer, limit: int, what: str) -> int:
-    """The content size a zstd frame declares, checked to be at most ``limit`` bytes."""
-    try:
-        size: int = zstandard.frame_content_size(frame)
-    except zstandard.ZstdError as e:
-        raise FormatError(f"{what}: not a zstd frame ({e})") from None
-    if not 0 <= size <= limit:
-        raise FormatError(f"{what}: zstd frame declares {size} bytes, at most {limit}")
-    return size
-
-
 def symbol_limit(total: int, r: int) -> int:
     """The most symbol bytes an r-plane step of ``total`` weights can have."""
     return -(-total // symbols_per_byte(r))
 
 
-def symbol_bytes(step: StepFrames, total: int, what: str) -> Array:
-    """A step's symbol bytes (their count is checked by the kernels, which know how many
-    weights have symbols)."""
-    size = declared(step.symbols, symbol_limit(total, step.r), what)
-    return zstd.decompress_exact(step.symbols, size, what)
-
-
 def remainder_declared(rem: RemainderFrames, total: int, itemsize: int, what: str) -> int:
     """The bytes the remainder's zstd frames declare, each checked against its bound."""
-    limit = total * itemsize if rem.low_bytes is None else total
-    n = sum(declared(f, limit, what) for f in rem.rest)
-    return n + (0 if rem.low_bytes is None else declared(rem.low_bytes, total, what))
+    if rem.low_bytes is None:
+        return sum(zstd.declared(f, total * itemsize, what) for f in rem.rest)
+    return sum(rans.declared(f, total, what) for f in [*rem.rest, rem.low_bytes])
 
 
 def rest_bytes(rem: RemainderFrames, total: int, itemsize: int, what: str) -> Array:
     """The remainder's byte planes (their count is checked by the kernels)."""
     if rem.low_bytes is None:
         (f,) = rem.rest
-        return zstd.decompress_exact(f, declared(f, total * itemsize, what), what)
-    sizes = {declared(f, total, what) for f in rem.rest}
-    if len(sizes) != 1:
+        return zstd.decompress_exact(f, zstd.declared(f, total * itemsize, what), what)
+    planes = [rans.decode_bytes(f, total, what) for f in rem.rest]
+    if len({p.size for p in planes}) != 1:
         raise FormatError(f"{what}: the remainder's byte planes differ in length")
-    (n,) = sizes
-    return np.concatenate([zstd.decompress_exact(f, n, what) for f in rem.rest])
+    return np.concatenate(planes)
 
 
 def low_bytes(rem: RemainderFrames, total: int, what: str) -> Array | None:
     """Format 2's low bytes (their count is checked by the kernels); None in format 1."""
-    f = rem.low_bytes
-    return None if f is None else zstd.decompress_exact(f, declared(f, total, what), what)
+    return None if rem.low_bytes is None else rans.decode_bytes(rem.low_bytes, total, what)
 
 
-def scale_bytes(geo: Geometry, frame: Buffer, ngroups: int, what: str) -> Array:
-    """Level 0's scale bytes, one per group, range-checked."""
-    raw = zstd.decompress_exact(frame, ngroups, what)
+def scale_bytes(geo: Geometry, frame: Buffer, ngroups: int, what: str, layout: int) -> Array:
+    """Level 0's scale bytes in format ``layout``, one per group, range-checked."""
+    if layout == 1:
+        raw = zstd.decompress_exact(frame, ngroups, what)
+    else:
+        raw = rans.decode_bytes(frame, ngroups, what)
+        if raw.size != ngroups:
+            raise FormatError(f"{what}: {raw.size} scale bytes, expected {ngroups}")
     if ngroups and int(raw.max()) + geo.e_floor > geo.e_ceil:
         raise FormatError(f"{what}: group exponent out of range")
     return raw
@@ -426,31 +401,25 @@ def unshuffle(raw: Array, n: int, dtype: np.dtype[Any]) -> Array:
     return np.ascontiguousarray(b).reshape(-1).view(dtype)
 
 
-def compress_dense(data: Any) -> bytes:
-    """A zstd frame of dense bytes (whole tensors, the remainder's words)."""
-    # this thread's compressor: a ZstdCompressor is not thread-safe (publish encodes
-    # tensors in a thread pool; one shared compressor crashed the process)
-    out: bytes = zstd.compressor(_DENSE_PARAMS, memoryview(data).nbytes).compress(data)
-    return out
-
-
 def encode_whole(dt: DType, flat: Array, layout: int) -> bytes:
     """A whole tensor's level-0 piece in format ``layout`` (see the module docstring)."""
     if not dt.is_float:
-        return compress_dense(flat.view(np.uint8).data)
+        return zstd.compress_dense(flat.view(np.uint8).data)
     data = shuffle(flat.view(dt.word))
     if layout == 1:
-        return compress_dense(data.data)
+        return zstd.compress_dense(data.data)
     n = flat.size
-    return frame([compress_dense(data[i * n : (i + 1) * n].data) for i in range(dt.itemsize)])
+    return frame([rans.encode_bytes(data[i * n : (i + 1) * n]) for i in range(dt.itemsize)])
 
 
 def decode_whole(dt: DType, shape: tuple[int, ...], piece: Buffer, what: str, layout: int) -> Array:
     """A whole tensor from its level-0 piece in format ``layout``."""
     numel = math.prod(shape)
     if dt.is_float and layout == 2:
-        parts = read_parts(piece, dt.itemsize, what)
-        raw = np.concatenate([zstd.decompress_exact(f, numel, what) for f in parts])
+        planes = [rans.decode_bytes(f, numel, what) for f in read_parts(piece, dt.itemsize, what)]
+        if any(p.size != numel for p in planes):
+            raise FormatError(f"{what}: a byte plane of the wrong length")
+        raw = np.concatenate(planes)
     else:
         raw = zstd.decompress_exact(piece, numel * dt.itemsize, what)
     if dt.is_float:

@@ -20,15 +20,14 @@ from peerprog.codec.groupplane.format import (
     Data,
     Geometry,
     Streams,
-    alphabet,
     from_f32,
     padded,
     shuffle,
-    symbols_per_byte,
     to_f32,
     unshuffle,
 )
 from peerprog.codec.groupplane.kernels import Remainder, Step
+from peerprog.codec.groupplane.rans import alphabet, symbols_per_byte
 from peerprog.errors import FormatError
 
 # ---------------------------------------------------------------------------- values
@@ -84,7 +83,7 @@ def _table(r: int) -> Array:
 
 def pack_codes(sym: Array, r: int) -> bytes:
     """Signed symbols in ``[-(2**r - 1), 2**r - 1]`` as symbol bytes (the format's digits,
-    :func:`~peerprog.codec.groupplane.format.symbols_per_byte` a byte)."""
+    :func:`~peerprog.codec.groupplane.rans.symbols_per_byte` a byte)."""
     a, per = alphabet(r), symbols_per_byte(r)
     digits = sym.astype(np.int32) + ((1 << r) - 1)
     n = -(-digits.size // per) * per

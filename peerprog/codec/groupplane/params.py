@@ -20,13 +20,15 @@ import numpy.typing as npt
 
 from peerprog.codec.base import RawTensor
 from peerprog.codec.dtypes import DType
-from peerprog.codec.groupplane.format import LAYOUTS
 from peerprog.codec.layout import ParamValue
 from peerprog.errors import FormatError
 
 NAME = "groupplane"
 PLANE_DTYPES = ("float32", "bfloat16", "float16")
 MAX_LEVELS = 32
+LAYOUTS = (1, 2)
+"""The stream layouts (codec param ``format``, :mod:`.format`): 1 for manifests without the
+param, 2 for those published since."""
 MAX_GROUP = 1 << 16
 _DEFAULTS: dict[str, ParamValue] = {
     "group": 64,
@@ -65,7 +67,7 @@ class Settings:
     levels: int | None
     """The model's levels (set by the plan; None before)."""
     layout: int = 2
-    """The stream layout, codec param ``format`` (:data:`~.format.LAYOUTS`)."""
+    """The stream layout, codec param ``format`` (:data:`LAYOUTS`)."""
     row_classes: bool = False
     """With the publisher's sensitivity, plan a tensor's rows in classes of their own
     (:mod:`.classes`); optional param, off unless given (measured: it helps the LM below
