@@ -32,7 +32,7 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
                 cell(r["level0_p50_over_exact_p50"]),
                 cell(r["seed_upload_over_stream"], "×"),
                 cell(r["uploaded_over_needed"], "×"),
-                str(r["timeouts"]),
+                str(r.get("timeouts", r.get("cancelled"))),
                 cell(r["run_seconds"]),
             ]
         )

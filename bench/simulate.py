@@ -1,24 +1,24 @@
-"""Swarm simulation: the real :class:`peerprog.swarm.Scheduler` in every simulated node.
+"""Swarm simulation: the daemon's own fetch driver in every simulated node.
 
 One origin (the seed) and N edges fetch a published model's chunk and level layout over a
 flow-level network (``bench/simnet.py``) on a discrete-event clock. Each edge runs the
-real scheduler and the real peer table (``PeerTable``: a source is LOST after
-``fetch_failures`` failures in a row and revived ``revive_after`` seconds later, at its
-next ``have`` answer), driven as ``peerprog/node/fetcher.py`` drives them: the requests of
-one ``next_requests(now)`` call are grouped by ``fetcher._runs`` into HTTP requests for runs
-of consecutive chunks (at most ``fetcher.RUN_BYTES``); each is one flow from its sender,
-each chunk lands (``on_chunk``) one latency after its last byte; ``on_progress`` while the
-body arrives, ``on_failed`` and the peer table's judgement when a request fails,
-``on_busy`` for a 503, ``handle_timer`` at ``next_deadline()``; with ``--advertise`` a
-node's have stream also says when its upload places are all taken or one frees
-(``UploadSlots.full``, ``set_full``). The seed runs the real ``SuperSeeder``
-(``--superseed``). See ``bench/SIM_NOTES.md`` for the model, the capacity
-distribution and the results.
+very :class:`peerprog.swarm.driver.Driver` that ``peerprog/node/fetcher.py`` pumps, with
+its own real peer table (:class:`~peerprog.swarm.PeerTable`), configured with the
+daemon's defaults; this file is only the other pump: it does what the driver's actions
+say over simulated links and reports what comes back, with the time it comes. It has no
+policy of its own. Every node serves as the daemon's peer server does: its have stream
+(a real :class:`~peerprog.swarm.havelog.HaveLog`, long-polled by each neighbour), its
+upload slots (:class:`~peerprog.swarm.uploads.UploadSlots`: slots, a queue, then 503 with
+``Retry-After``), and on the seed super-seeding (:class:`~peerprog.swarm.seeding.SuperSeeder`,
+each edge's view its own have log of offers), as ``peerprog/node/haves.py`` does. See
+``bench/SIM_NOTES.md`` for the model, the capacity distribution and the results.
 
     nice -n 10 .venv/bin/python -m bench.simulate --nodes 10,100,1000 --png sim.png
 
 Prints JSON: per N, p50/p90/p99 time to level 0 and to exact (also over the lower bound),
-the seed's upload as a multiple of the stream, the run time.
+the seed's upload as a multiple of the stream, the run time. Flags set only the scenario
+(sizes, capacities, latencies, joins, churn) and what a daemon's config can set too
+(``[limits]`` upload slots, queue and requests in flight, ``[swarm] super_seeding``).
 """
 
 from __future__ import annotations
@@ -38,24 +38,25 @@ from typing import Any
 import numpy as np
 
 from bench.simnet import FlowNetwork
-from peerprog.node.fetcher import RUN_BYTES, _runs
-from peerprog.swarm import (
-    Bitfield,
-    PeerTable,
-    PeerTableConfig,
-    Request,
-    Scheduler,
-    SchedulerConfig,
-    SourceState,
+from peerprog.swarm import Bitfield, ModelRef, PeerTable, PeerTableConfig, SchedulerConfig
+from peerprog.swarm.driver import (
+    Action,
+    AskHave,
+    Cancel,
+    Driver,
+    DriverConfig,
+    Fetch,
+    StopHave,
 )
-from peerprog.swarm.seeding import SeedingConfig, SuperSeeder
+from peerprog.swarm.havelog import HaveDelta, HaveLog
+from peerprog.swarm.seeding import SuperSeeder
 from peerprog.swarm.uploads import QUEUE, SERVE, UploadConfig, UploadSlots
 
 MB = 1e6
 MIB = 1 << 20
 MODEL = "m"
 PIECE = 64 * 1024
-"""The shell reports progress per piece of a body this big (contract item d)."""
+"""The shell reports progress per piece of a body this big."""
 
 # Edge classes: (name, share, upload bytes/s, download bytes/s).
 CLASSES: tuple[tuple[str, float, float, float], ...] = (
@@ -71,9 +72,6 @@ DEFAULT_LEVELS_MB = "125,187.5,250,312.5,375,665"
 then the exact rest (66.5% of the bf16 bytes, as the bitplane codec measures)."""
 
 SENT, QUEUED, FLOWING, ENDED, CANCELLED = range(5)
-FULL, FREE = -1, -2
-"""In place of a chunk index in a push: the sender's upload places are all taken / one is
-free again (``--advertise``)."""
 
 
 def layout(cumulative_mb: Sequence[float], chunk_size: int) -> tuple[list[range], list[int]]:
@@ -91,24 +89,6 @@ def layout(cumulative_mb: Sequence[float], chunk_size: int) -> tuple[list[range]
     return ranges, sizes
 
 
-class Spans:
-    """The fetcher's ``ChunkSink.span``: (level, offset in the level file, length)."""
-
-    def __init__(self, levels: Sequence[range], sizes: Sequence[int]) -> None:
-        self._span: list[tuple[int, int, int]] = []
-        for level, r in enumerate(levels):
-            offset = 0
-            for i in r:
-                self._span.append((level, offset, sizes[i]))
-                offset += sizes[i]
-
-    def span(self, index: int) -> tuple[int, int, int]:
-        return self._span[index]
-
-    def write_chunk(self, index: int, data: Sequence[Any]) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-
 @dataclass(eq=False)
 class Node:
     nid: int
@@ -119,41 +99,55 @@ class Node:
     join: float
     leave: float = math.inf
     alive: bool = False
-    sched: Scheduler | None = None
+    driver: Driver | None = None
     table: PeerTable | None = None
     have: Bitfield | None = None  # verified chunks (the seed: None, it has all)
+    log: HaveLog | None = None  # its have stream
     neighbors: set[int] = field(default_factory=set)
-    tasks: dict[tuple[int, int], Run] = field(default_factory=dict)  # fetcher._tasks
-    runs: set[Run] = field(default_factory=set)  # its requests not ended
+    runs: dict[int, Run] = field(default_factory=dict)  # its range requests, by Fetch.id
+    asks: dict[int, int] = field(default_factory=dict)  # its have requests: target -> token
+    parked: dict[int, Park] = field(default_factory=dict)  # long-polls it holds, by asker
     serving: set[Run] = field(default_factory=set)  # the uploads it sends
     queue: deque[Run] = field(default_factory=deque)  # uploads waiting for a slot
     armed: float | None = None
-    full_said: bool = False  # what it last told its peers of its upload places
     level_at: list[float] = field(default_factory=list)
     done_at: float | None = None
-    timeouts: int = 0
+    cancelled: int = 0
     busy: int = 0
     requests: int = 0
     chunk_requests: int = 0
-    lost: int = 0
 
     @property
     def name(self) -> str:
         return str(self.nid)
 
+    @property
+    def fetching(self) -> bool:
+        return self.alive and self.driver is not None and not self.driver.complete
+
 
 @dataclass(eq=False)
 class Run:
-    """One HTTP request of the fetcher: a run of consecutive chunks of one level from one
-    peer (``fetcher._fetch``)."""
+    """One range request (a :class:`Fetch`) from ``e`` to ``p``."""
 
     e: Node  # the requester
     p: Node  # the sender
-    chunks: list[int]
-    live: int  # entries of e.tasks that point at it: cancelled when none is left
+    fetch: Fetch
     state: int = SENT
     pos: int = 0  # the chunk being sent
     fid: int = -1
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return self.fetch.chunks
+
+
+@dataclass
+class Park:
+    """A have long-poll held by its target until news or ``wait`` seconds."""
+
+    token: int
+    since: tuple[str, int]
 
 
 class Sim:
@@ -164,18 +158,12 @@ class Sim:
         self.rng = random.Random(args.seed * 1_000_003 + n)
         cum = [float(x) for x in args.levels_mb.split(",")]
         self.levels, self.sizes = layout(cum, round(args.chunk_mib * MIB))
-        self.spans = Spans(self.levels, self.sizes)
         self.nchunks = len(self.sizes)
         self.total = float(sum(self.sizes))
         self.level0 = float(sum(self.sizes[i] for i in self.levels[0]))
         self.dt = args.tick
-        self.push = args.have == "push"
-        self.config = SchedulerConfig(
-            max_in_flight_total=args.max_in_flight,
-            lookahead_levels=args.lookahead,
-            min_in_flight_per_peer=args.min_in_flight,
-            min_queue_bytes=int(args.min_queue_mib * MIB),
-            max_in_flight_per_peer=max(args.min_in_flight, 16),
+        self.config = DriverConfig(
+            scheduler=SchedulerConfig(max_in_flight_total=args.max_in_flight)
         )
         self.table_config = PeerTableConfig()
         classes = json.loads(args.classes) if args.classes else CLASSES
@@ -198,33 +186,15 @@ class Sim:
         self.flows: dict[int, Run] = {}
         self.heap: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self.seq = 0
-        self.pushes: dict[int, list[tuple[Node, Node, int]]] = {}
         self.dirty: set[int] = set()
-        self.touched: set[int] = set()
         self.alive_edges: list[int] = []
         self.finished = 0  # edges exact, or gone without it
         self.seeder: SuperSeeder | None = None
-        if args.superseed:
-            self.seeder = SuperSeeder(
-                self.levels,
-                SeedingConfig(
-                    depth=args.offer_depth,
-                    slots=args.seed_slots,
-                    ahead=args.lookahead,
-                    starve_after=args.starve_after,
-                ),
-                seed=args.seed,
-            )
-        self.uploads: list[UploadSlots | None] = []
-        for node in self.nodes:
-            slots, queue = args.upload_slots, args.upload_queue
-            if node.nid == 0 and args.seed_upload_slots is not None:
-                slots = args.seed_upload_slots
-            if node.nid == 0 and args.seed_upload_queue is not None:
-                queue = args.seed_upload_queue
-            if not args.busy:
-                queue = 1 << 30  # requests wait, however many (the handler awaits a slot)
-            self.uploads.append(UploadSlots(UploadConfig(slots, queue)) if slots else None)
+        self.seed_logs: dict[int, HaveLog] = {}  # each edge's view of a super-seeding seed
+        if not args.no_super_seeding:
+            self.seeder = SuperSeeder(self.levels, seed=args.seed)
+        upload = UploadConfig(args.upload_slots, args.upload_queue)
+        self.uploads = [UploadSlots(upload) for _ in self.nodes]
         self.events = 0
         self.now = 0.0
         self.end = 0.0
@@ -265,18 +235,12 @@ class Sim:
                 self.now = max(te, t)
                 self.events += 1
                 fn(*a)
-            for target, sender, index in self.pushes.pop(k, ()):
-                self.now = t
-                self.apply_push(target, sender, index)
             self.now = t_end
             if self.seeder is not None:
                 self.seed_offers()
-            for nid in self.dirty:
-                self.pump(self.nodes[nid], t_end)
+            for nid in sorted(self.dirty):
+                self.pump(self.nodes[nid])
             self.dirty.clear()
-            for nid in self.touched:
-                self.arm(self.nodes[nid])
-            self.touched.clear()
             k += 1
             if t_end - last_sample >= 1.0 - 1e-9:
                 up_now, seed_now = float(self.net.uploaded[1:].sum()), float(self.net.uploaded[0])
@@ -306,7 +270,7 @@ class Sim:
             if t_end > self.args.max_time or self.finished == len(edges):
                 self.end = t_end
                 return
-            if not self.net.flows and not self.pushes and not self.dirty and self.heap:
+            if not self.net.flows and not self.dirty and self.heap:
                 k = max(k, int(self.heap[0][0] / dt))
 
     # -- joins, leaves, knowledge ---------------------------------------------------------
@@ -317,8 +281,16 @@ class Sim:
             return
         e.alive = True
         e.have = Bitfield(self.nchunks)
-        e.sched = Scheduler(self.levels, self.sizes, (), self.config, seed=self.rng.getrandbits(32))
+        e.log = HaveLog(self.nchunks, epoch=f"e{e.nid}")
         e.table = PeerTable(self.table_config, self_url=e.name)
+        e.driver = Driver(
+            MODEL,
+            self.levels,
+            self.sizes,
+            e.table,
+            config=self.config,
+            seed=self.rng.getrandbits(32),
+        )
         e.level_at = [math.nan] * len(self.levels)
         k = min(self.args.degree, len(self.alive_edges))
         for nid in self.rng.sample(self.alive_edges, k):
@@ -326,133 +298,26 @@ class Sim:
         self.alive_edges.append(e.nid)
         self.at(self.now + 2 * self.lat(e, self.nodes[0]), self.connect, e, self.nodes[0])
 
-    def fetching(self, x: Node) -> bool:
-        return x.alive and x.sched is not None and not x.sched.complete
-
     def connect(self, a: Node, b: Node) -> None:
-        """``a`` and ``b`` learn of each other (announce, peer exchange) and start reading
-        each other's ``have`` (the stream's first answer: the whole bitfield)."""
+        """``a`` and ``b`` learn of each other (announce, peer exchange): each puts the
+        other in its peer table, and its driver looks for sources."""
         if not (a.alive and b.alive) or b.nid in a.neighbors:
             return
         a.neighbors.add(b.nid)
         b.neighbors.add(a.nid)
-        if b.nid == 0 and self.seeder is not None and a.have is not None:
-            self.seeder.add_peer(a.name, a.have, self.now)
         for x, y in ((a, b), (b, a)):
-            if not self.fetching(x):
+            if not x.fetching:
                 continue
-            assert x.sched is not None
-            x.sched.add_peer(y.name, self.have_of(y, x), self.now, origin=y.nid == 0)
-            if y.full_said:
-                x.sched.set_full(y.name, True, self.now)
-            self.dirty.add(x.nid)
-            if not self.push:
-                self.at(self.now + self.args.poll + self.lat(x, y), self.poll_answer, x, y)
-
-    def have_of(self, y: Node, asker: Node) -> Bitfield:
-        """What ``asker`` is told ``y`` holds (a super-seeding seed: what it offers)."""
-        if y.have is None:
-            if self.seeder is not None:
-                return self.seeder.view(asker.name)
-            return Bitfield.full(self.nchunks)
-        return y.have.copy()
-
-    def seed_offers(self) -> None:
-        """The seed pushes its new offers (have deltas) to the edges."""
-        assert self.seeder is not None
-        seed = self.nodes[0]
-        if not seed.alive:
-            return
-        for peer, index in self.seeder.offers(self.now):
-            e = self.nodes[int(peer)]
-            tick = math.ceil((self.now + self.lat(seed, e)) / self.dt)
-            self.pushes.setdefault(tick, []).append((e, seed, index))
-
-    def poll_answer(self, x: Node, y: Node) -> None:
-        """``y`` answers ``x``'s ``GET have`` (sent one latency ago); it arrives one latency
-        later (``--have poll``)."""
-        if not (self.fetching(x) and y.alive):
-            return
-        self.at(self.now + self.lat(x, y), self.poll_apply, x, y, self.have_of(y, x))
-
-    def poll_apply(self, x: Node, y: Node, snap: Bitfield) -> None:
-        """The fetcher's ``_poll`` step: the peer table says whether the source is active;
-        ``set_have`` for a known peer, ``add_peer`` for one lost and now revived; then
-        sleep ``--poll`` seconds and ask again."""
-        if not self.fetching(x) or y.nid not in x.neighbors:
-            return
-        assert x.sched is not None and x.table is not None
-        self.at(self.now + self.args.poll + self.lat(x, y), self.poll_answer, x, y)
-        if x.table.source_answered(y.name, MODEL, self.now) is not SourceState.ACTIVE:
-            return
-        if y.name in x.sched.peers():
-            x.sched.set_have(y.name, snap, self.now)
-        else:
-            x.sched.add_peer(y.name, snap, self.now, origin=y.nid == 0)
-        self.dirty.add(x.nid)
-
-    def revive(self, x: Node, y: Node) -> None:
-        """With pushed haves: the first answer of ``y``'s have stream after ``y`` was lost
-        and its time is up (the stream answers at once: it has news)."""
-        if not self.fetching(x) or not y.alive or y.nid not in x.neighbors:
-            return
-        assert x.sched is not None and x.table is not None
-        if x.table.source_answered(y.name, MODEL, self.now) is not SourceState.ACTIVE:
-            return
-        if y.name not in x.sched.peers():
-            x.sched.add_peer(y.name, self.have_of(y, x), self.now, origin=y.nid == 0)
-            self.dirty.add(x.nid)
-
-    def announce(self, x: Node, index: int) -> None:
-        """``x`` verified chunk ``index``: its have stream answers every neighbour that
-        reads it (those still fetching, and a super-seeding seed)."""
-        if not self.push:
-            return
-        dt = self.dt
-        for nid in x.neighbors:
-            y = self.nodes[nid]
-            if nid == 0:
-                if self.seeder is None:
-                    continue
-            elif y.sched is None or y.sched.complete:
-                continue
-            tick = math.ceil((self.now + self.lat(x, y)) / dt)
-            self.pushes.setdefault(tick, []).append((y, x, index))
-
-    def advertise(self, x: Node) -> None:
-        """``--advertise``: ``x``'s have stream tells its neighbours still fetching when its
-        upload places become all taken, or one frees again (uploads.py, rule 3)."""
-        up = self.uploads[x.nid]
-        if not self.args.advertise or up is None or up.full == x.full_said or not x.alive:
-            return
-        x.full_said = up.full
-        msg = FULL if x.full_said else FREE
-        dt = self.dt
-        for nid in x.neighbors:
-            y = self.nodes[nid]
-            if nid == 0 or y.sched is None or y.sched.complete:
-                continue
-            tick = math.ceil((self.now + self.lat(x, y)) / dt)
-            self.pushes.setdefault(tick, []).append((y, x, msg))
-
-    def apply_push(self, y: Node, x: Node, index: int) -> None:
-        if index < 0:
-            if self.fetching(y) and x.nid in y.neighbors:
-                assert y.sched is not None
-                if y.sched.set_full(x.name, index == FULL, self.now):
-                    self.dirty.add(y.nid)
-            return
-        if y.nid == 0:
-            if y.alive and self.seeder is not None and x.nid in y.neighbors:
-                self.seeder.add_have(x.name, index, self.now)
-            return
-        if not self.fetching(y) or x.nid not in y.neighbors:
-            return
-        assert y.sched is not None
-        if y.sched.add_have(x.name, index, self.now):
-            self.dirty.add(y.nid)
+            assert x.table is not None and x.driver is not None
+            origin = y.nid == 0
+            ref = ModelRef(MODEL, MODEL, 1, complete=origin, origin=origin)
+            if x.table.heard_from(y.name, y.name, [ref], self.now) is not None:
+                x.driver.peers_changed()
+                self.dirty.add(x.nid)
 
     def on_leave(self, x: Node) -> None:
+        """``x`` stops: its uploads break and the long-polls it holds fail (each requester
+        sees it one latency later); its own requests end."""
         if not x.alive:
             return
         x.alive = False
@@ -461,10 +326,10 @@ class Sim:
             self.finished += 1
         if x.nid in self.alive_edges:
             self.alive_edges.remove(x.nid)
-        for run in list(x.runs):
+        for run in list(x.runs.values()):
             self.stop(run)
-        x.tasks.clear()
-        for run in list(x.serving):  # its uploads break: the requesters see it a latency later
+        x.runs.clear()
+        for run in list(x.serving):
             self.net.remove(run.fid)
             del self.flows[run.fid]
             run.state = CANCELLED
@@ -474,109 +339,174 @@ class Sim:
             run.state = CANCELLED
             self.at(self.now + self.lat(run.e, x), self.run_failed, run)
         x.queue.clear()
-        for nid in x.neighbors:
-            y = self.nodes[nid]
-            self.at(self.now + self.lat(x, y), self.gone, y, x)
-
-    def gone(self, y: Node, x: Node) -> None:
-        """``x``'s have stream to ``y`` broke: the source is absent, the peer removed."""
-        y.neighbors.discard(x.nid)
-        if y.nid == 0 and self.seeder is not None:
+        for asker, park in x.parked.items():
+            self.at(
+                self.now + self.lat(x, self.nodes[asker]),
+                self.have_failed,
+                self.nodes[asker],
+                x,
+                park.token,
+            )
+        x.parked.clear()
+        if self.seeder is not None and x.nid != 0 and x.nid in self.seed_logs:
             self.seeder.remove_peer(x.name, self.now)
-        if self.fetching(y):
-            assert y.sched is not None and y.table is not None
-            y.table.source_absent(x.name, MODEL, self.now)
-            self.cancel(y, y.sched.remove_peer(x.name, self.now))
-            self.dirty.add(y.nid)
+            del self.seed_logs[x.nid]
 
-    # -- the fetcher ----------------------------------------------------------------------
+    # -- the have streams (the peer server's side, as node/haves.py) -----------------------
 
-    def pump(self, e: Node, now: float) -> None:
-        if not self.fetching(e):
-            return
-        assert e.sched is not None
-        reqs = e.sched.next_requests(now)
-        if not reqs:  # its deadlines are as they were, or later (a backoff ended)
-            return
-        self.touched.add(e.nid)
-        for group in _runs(reqs, self.spans, RUN_BYTES):
-            p = self.nodes[int(group[0].peer)]
-            run = Run(e, p, [r.index for r in group], len(group))
-            for r in group:
-                e.tasks[(p.nid, r.index)] = run
-            e.runs.add(run)
-            e.requests += 1
-            e.chunk_requests += len(group)
-            self.at(now + self.lat(e, p), self.arrive, run)
+    def log_for(self, y: Node, asker: Node) -> HaveLog:
+        """The have stream ``y`` serves ``asker``: its own, or on a super-seeding seed the
+        log of its offers to that edge (the seeder learns the edge on its first request)."""
+        if y.nid != 0:
+            assert y.log is not None
+            return y.log
+        log = self.seed_logs.get(asker.nid)
+        if log is None:
+            log = self.seed_logs[asker.nid] = HaveLog(self.nchunks, epoch=f"s{asker.nid}")
+            if self.seeder is None:
+                for i in range(self.nchunks):
+                    log.add(i)
+            else:
+                assert asker.have is not None
+                self.seeder.add_peer(asker.name, asker.have.copy(), self.now)
+        return log
 
-    def arm(self, e: Node) -> None:
-        if not self.fetching(e):
+    def have_arrive(self, x: Node, y: Node, token: int, since: tuple[str, int] | None) -> None:
+        """``x``'s have request reaches ``y``: answered now if there is news, else held
+        (a long-poll) until there is or its ``wait`` is up."""
+        if x.asks.get(y.nid) != token:
             return
-        assert e.sched is not None
-        d = e.sched.next_deadline()
-        if d is not None and d != e.armed:
-            e.armed = d
-            self.at(d, self.timer, e, d)
+        if not y.alive:
+            self.at(self.now + self.lat(x, y), self.have_failed, x, y, token)
+            return
+        log = self.log_for(y, x)
+        if since is None:
+            full = log.since("", -1).full
+            self.reply(x, y, token, HaveDelta("", 0, full=full))
+            return
+        delta = log.since(*since)
+        if delta.full is not None or delta.added:
+            self.reply(x, y, token, delta)
+            return
+        y.parked[x.nid] = Park(token, since)
+        self.at(self.now + self.config.long_poll, self.have_timeout, x, y, token)
 
-    def timer(self, e: Node, d: float) -> None:
-        if e.armed != d or not self.fetching(e):
+    def have_timeout(self, x: Node, y: Node, token: int) -> None:
+        park = y.parked.get(x.nid)
+        if park is not None and park.token == token and y.alive:
+            del y.parked[x.nid]
+            self.reply(x, y, token, self.log_for(y, x).since(*park.since))
+
+    def news(self, y: Node, asker: int | None = None) -> None:
+        """``y``'s have stream grew: the long-polls it holds answer (only ``asker``'s)."""
+        for a in [asker] if asker is not None else list(y.parked):
+            park = y.parked.pop(a, None)
+            if park is not None:
+                x = self.nodes[a]
+                self.reply(x, y, park.token, self.log_for(y, x).since(*park.since))
+
+    def reply(self, x: Node, y: Node, token: int, delta: HaveDelta) -> None:
+        self.at(self.now + self.lat(x, y), self.have_answer, x, y, token, delta)
+
+    def have_answer(self, x: Node, y: Node, token: int, delta: HaveDelta) -> None:
+        if x.asks.get(y.nid) != token or not x.fetching:
             return
-        assert e.sched is not None
-        e.armed = None
-        if self.args.progress:
+        del x.asks[y.nid]
+        assert x.driver is not None
+        x.driver.on_have(y.name, delta, self.now)
+        self.dirty.add(x.nid)
+
+    def have_failed(self, x: Node, y: Node, token: int) -> None:
+        if x.asks.get(y.nid) != token or not x.fetching:
+            return
+        del x.asks[y.nid]
+        assert x.driver is not None
+        x.driver.on_have_failed(y.name, self.now)
+        self.dirty.add(x.nid)
+
+    def seed_offers(self) -> None:
+        """The seeder's new offers go into the edges' logs; their long-polls answer."""
+        assert self.seeder is not None
+        seed = self.nodes[0]
+        if not seed.alive:
+            return
+        for peer, index in self.seeder.offers(self.now):
+            nid = int(peer)
+            log = self.seed_logs.get(nid)
+            if log is not None and log.add(index) is not None:
+                self.news(seed, nid)
+
+    def seed_learns(self, e: Node, index: int) -> None:
+        """The seed's read of edge ``e``'s have stream brings chunk ``index``."""
+        if self.seeder is not None and self.nodes[0].alive and e.nid in self.seed_logs:
+            self.seeder.add_have(e.name, index, self.now)
+
+    # -- the fetcher's pump -----------------------------------------------------------------
+
+    def pump(self, e: Node) -> None:
+        """``driver.step(now)``, then do its actions and arm its timer (``fetcher.run``)."""
+        if not e.fetching:
+            return
+        assert e.driver is not None
+        wake = e.driver.next_wakeup()
+        if wake is not None and wake <= self.now:
             self.progress(e)
-        expired = e.sched.handle_timer(self.now)
-        e.timeouts += len(expired)
-        self.cancel(e, expired)
-        for peer in sorted({r.peer for r in expired}):
-            self.judge(e, peer)
-        self.dirty.add(e.nid)
-        self.touched.add(e.nid)
+        for action in e.driver.step(self.now):
+            self.do(e, action)
+        wake = e.driver.next_wakeup()
+        if wake is not None and wake != e.armed:
+            e.armed = wake
+            self.at(max(wake, self.now), self.timer, e, wake)
+
+    def do(self, e: Node, action: Action) -> None:
+        if isinstance(action, Fetch):
+            p = self.nodes[int(action.source.key)]
+            run = Run(e, p, action)
+            e.runs[action.id] = run
+            e.requests += 1
+            e.chunk_requests += len(action.chunks)
+            self.at(self.now + self.lat(e, p), self.arrive, run)
+        elif isinstance(action, Cancel):
+            e.cancelled += 1
+            cancelled = e.runs.pop(action.id, None)
+            if cancelled is not None:
+                self.stop(cancelled)
+        elif isinstance(action, AskHave):
+            y = self.nodes[int(action.source.key)]
+            self.seq += 1
+            e.asks[y.nid] = self.seq
+            self.at(self.now + self.lat(e, y), self.have_arrive, e, y, self.seq, action.since)
+        elif isinstance(action, StopHave):
+            nid = int(action.key)
+            token = e.asks.pop(nid, None)
+            park = self.nodes[nid].parked.get(e.nid)
+            if park is not None and park.token == token:
+                del self.nodes[nid].parked[e.nid]
+        # CheckManifest (no web seeds here), SourceUsed, Banned (no liars): nothing to do
+
+    def timer(self, e: Node, wake: float) -> None:
+        if e.armed == wake:
+            e.armed = None
+            self.dirty.add(e.nid)
 
     def progress(self, e: Node) -> None:
-        """``on_progress`` as the shell reports it, per ``PIECE`` bytes of a body, for every
-        chunk of that request not received yet. Reported lazily, when the timer fires: the
-        deadlines it would have pushed back are then the same."""
-        assert e.sched is not None
-        for run in e.runs:
+        """``on_progress`` as the fetcher reports it, per ``PIECE`` bytes of a body; reported
+        lazily, before a step that is due: the deadlines it pushed back are then the same."""
+        assert e.driver is not None
+        for run in e.runs.values():
             if run.state != FLOWING:
                 continue
             rate = float(self.net.rate[run.fid])
             if rate <= 0:
                 continue
             got = self.sizes[run.chunks[run.pos]] - float(self.net.remaining[run.fid])
-            last = self.now - (got % PIECE) / rate
-            name = run.p.name
-            for index in run.chunks[run.pos :]:
-                e.sched.on_progress(name, index, last)
+            e.driver.on_progress(run.fetch, self.now - (got % PIECE) / rate)
 
-    def judge(self, e: Node, peer: str) -> None:
-        """``fetcher._judge``: after a failure, the peer table says whether ``peer`` is LOST;
-        then it gets no request until its have stream answers after ``revive_after``."""
-        assert e.sched is not None and e.table is not None
-        if e.table.fetch_failed(peer, MODEL, e.sched.failures(peer), self.now):
-            e.lost += 1
-            self.cancel(e, e.sched.remove_peer(peer, self.now))
-            p = self.nodes[int(peer)]
-            if self.push:
-                when = self.now + self.table_config.revive_after + 2 * self.lat(e, p)
-                self.at(when, self.revive, e, p)
-
-    def cancel(self, e: Node, requests: list[Request]) -> None:
-        """``fetcher._cancel``: a run's request is stopped once none of its chunks' entries
-        is left (a chunk that landed keeps its entry until the run ends)."""
-        for r in requests:
-            run = e.tasks.pop((int(r.peer), r.index), None)
-            if run is None:
-                continue
-            run.live -= 1
-            if run.live == 0:
-                self.stop(run)
+    # -- the peer server's uploads ----------------------------------------------------------
 
     def stop(self, run: Run) -> None:
         """The requester gave up ``run`` (or left): its flow or place in a queue ends."""
-        e, p = run.e, run.p
-        e.runs.discard(run)
+        p = run.p
         if run.state == FLOWING:
             self.net.remove(run.fid)
             del self.flows[run.fid]
@@ -584,18 +514,8 @@ class Sim:
             self.upload_ended(p, run, cut=True)
         elif run.state == QUEUED:
             p.queue.remove(run)
-            up = self.uploads[p.nid]
-            if up is not None:
-                up.end(run, self.now)
-                self.advertise(p)
+            self.uploads[p.nid].end(run, self.now)
         run.state = CANCELLED
-
-    def end_run(self, e: Node, run: Run) -> None:
-        """The ``finally`` of ``fetcher._fetch``: the run's entries go."""
-        e.runs.discard(run)
-        for index in run.chunks:
-            if e.tasks.get((run.p.nid, index)) is run:
-                del e.tasks[(run.p.nid, index)]
 
     def arrive(self, run: Run) -> None:
         """The request reaches its sender: it starts sending, waits for a slot, or is
@@ -608,9 +528,6 @@ class Sim:
             self.at(self.now + self.lat(e, p), self.run_failed, run)
             return
         up = self.uploads[p.nid]
-        if up is None:
-            self.start_flow(run)
-            return
         if up.serving >= up.config.slots:  # the shell's estimates, for a Retry-After
             for other in p.serving:
                 left = self.time_left(other)
@@ -619,15 +536,13 @@ class Sim:
         verdict = up.request(run, self.now)
         if verdict == SERVE:
             self.start_flow(run)
-            self.advertise(p)
         elif verdict == QUEUE:
             run.state = QUEUED
             p.queue.append(run)
-            self.advertise(p)
         else:
             assert isinstance(verdict, float)
             run.state = CANCELLED
-            self.at(self.now + self.lat(e, p), self.declined, run, verdict)
+            self.at(self.now + self.lat(e, p), self.declined, run, math.ceil(max(verdict, 1)))
 
     def time_left(self, run: Run) -> float:
         """Seconds until the sender expects ``run``'s upload to end, from the bytes left and
@@ -654,14 +569,12 @@ class Sim:
         if p.nid == 0 and self.seeder is not None:
             for index in run.chunks[run.pos :] if cut else run.chunks[-1:]:
                 self.seeder.on_sent(run.e.name, index, self.now)
-        up = self.uploads[p.nid]
-        if up is not None and p.alive:
-            nxt = up.end(run, self.now)
+        if p.alive:
+            nxt = self.uploads[p.nid].end(run, self.now)
             if nxt is not None:
                 assert isinstance(nxt, Run)
                 p.queue.remove(nxt)
                 self.start_flow(nxt)
-            self.advertise(p)
 
     def segment_done(self, fid: int, tf: float, t_end: float) -> None:
         """The last byte of a chunk left its sender at ``tf``: it lands one latency later;
@@ -690,73 +603,64 @@ class Sim:
         self.now = saved
         self.at(tf + lat, self.run_end, run)
 
+    # -- what comes back to the requester ---------------------------------------------------
+
+    def mine(self, run: Run) -> bool:
+        """Is ``run`` still a request of a fetching edge (not cancelled)?"""
+        return run.e.fetching and run.e.runs.get(run.fetch.id) is run
+
     def landed(self, run: Run, index: int) -> None:
         """``fetcher._land``: a chunk of the body is in and verified."""
         e = run.e
-        if not self.fetching(e) or run not in e.runs:
+        if not self.mine(run):
             return
-        assert e.sched is not None and e.have is not None
+        assert e.driver is not None and e.have is not None and e.log is not None
         if index in e.have:
             return
-        self.cancel(e, e.sched.on_chunk(run.p.name, index, self.now))
         e.have.set(index)
+        e.log.add(index)
+        self.news(e)
+        if self.seeder is not None:
+            self.at(self.now + self.lat(e, self.nodes[0]), self.seed_learns, e, index)
+        e.driver.on_chunk(run.fetch, index, self.now)
         self.dirty.add(e.nid)
-        self.touched.add(e.nid)
-        best = e.sched.best_level
+        best = e.driver.sched.best_level
         for level in range(best + 1):
             if math.isnan(e.level_at[level]):
                 e.level_at[level] = self.now
-        self.announce(e, index)
-        if e.sched.complete:
+        if e.driver.complete:
             e.done_at = self.now
             self.finished += 1
-            for other in list(e.runs):  # the fetch ends: its requests are cancelled
+            for other in list(e.runs.values()):  # the fetch ends: its requests stop
                 self.stop(other)
-            e.tasks.clear()
+            e.runs.clear()
             if self.args.linger < math.inf:
                 self.at(self.now + self.args.linger, self.on_leave, e)
 
     def run_end(self, run: Run) -> None:
-        """The body ended: every chunk of the run should be in."""
-        e = run.e
-        if not self.fetching(e) or run not in e.runs:
-            return
-        assert e.sched is not None and e.have is not None
-        self.end_run(e, run)
-        missing = [i for i in run.chunks if i not in e.have]
-        if missing:  # fetcher: a TransportError
-            for index in missing:
-                e.sched.on_failed(run.p.name, index, self.now)
-            self.judge(e, run.p.name)
-        self.dirty.add(e.nid)
-        self.touched.add(e.nid)
+        """The body ended."""
+        if self.mine(run):
+            del run.e.runs[run.fetch.id]
+            assert run.e.driver is not None
+            run.e.driver.on_end(run.fetch, self.now)
+            self.dirty.add(run.e.nid)
 
     def declined(self, run: Run, retry_after: float) -> None:
-        """A 503: ``on_busy`` for the run's chunks, declined together."""
-        e = run.e
-        if not self.fetching(e) or run not in e.runs:
-            return
-        assert e.sched is not None
-        self.end_run(e, run)
-        e.sched.on_busy(run.p.name, run.chunks, self.now, retry_after)
-        e.busy += 1
-        self.dirty.add(e.nid)
-        self.touched.add(e.nid)
+        """A 503 with ``Retry-After``."""
+        if self.mine(run):
+            del run.e.runs[run.fetch.id]
+            assert run.e.driver is not None
+            run.e.driver.on_busy(run.fetch, retry_after, self.now)
+            run.e.busy += 1
+            self.dirty.add(run.e.nid)
 
     def run_failed(self, run: Run) -> None:
-        """The request failed (connection refused or reset, 416): ``on_failed`` for the
-        chunks not in, then the peer table's judgement."""
-        e = run.e
-        if not self.fetching(e) or run not in e.runs:
-            return
-        assert e.sched is not None and e.have is not None
-        self.end_run(e, run)
-        for index in run.chunks:
-            if index not in e.have:
-                e.sched.on_failed(run.p.name, index, self.now)
-        self.judge(e, run.p.name)
-        self.dirty.add(e.nid)
-        self.touched.add(e.nid)
+        """The request failed (connection refused or reset, 416)."""
+        if self.mine(run):
+            del run.e.runs[run.fetch.id]
+            assert run.e.driver is not None
+            run.e.driver.on_failed(run.fetch, self.now)
+            self.dirty.add(run.e.nid)
 
     # -- results --------------------------------------------------------------------------
 
@@ -846,11 +750,10 @@ class Sim:
                 )
                 for kind in sorted({x.kind for x in edges})
             },
-            "timeouts": sum(x.timeouts for x in edges),
+            "cancelled": sum(x.cancelled for x in edges),
             "declined_busy": sum(x.busy for x in edges),
             "requests": sum(x.requests for x in edges),
             "chunk_requests": sum(x.chunk_requests for x in edges),
-            "lost": sum(x.lost for x in edges),
             "events": self.events,
             "samples": {
                 "level0_s": sorted(round(v, 3) for v in lvl0 if v < math.inf),
@@ -898,8 +801,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed-up", type=float, default=20.0, help="seed upload, MB/s")
     ap.add_argument("--classes", default="", help="JSON [[name, share, up B/s, down B/s], ...]")
     ap.add_argument("--degree", type=int, default=16, help="edges each joining edge connects to")
-    ap.add_argument("--have", choices=("poll", "push"), default="poll", help="have knowledge")
-    ap.add_argument("--poll", type=float, default=1.0, help="have poll interval, s")
     ap.add_argument("--join-window", type=float, default=5.0, help="joins uniform in [0, W] s")
     ap.add_argument("--churn", type=float, default=0.0, help="fraction of edges that leave")
     ap.add_argument("--churn-horizon", type=float, default=120.0, help="leave within H s of join")
@@ -907,31 +808,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed-dies-at", type=float, default=None, help="the seed leaves at T s")
     ap.add_argument("--lat-min", type=float, default=0.005, help="one-way access latency, s")
     ap.add_argument("--lat-max", type=float, default=0.05)
-    ap.add_argument("--max-in-flight", type=int, default=64, help="limits.max_in_flight")
-    ap.add_argument("--min-in-flight", type=int, default=2, help="min_in_flight_per_peer")
+    limits = UploadConfig()
     ap.add_argument(
-        "--min-queue-mib", type=float, default=2.0, help="min_queue_bytes (8: as before it)"
+        "--max-in-flight",
+        type=int,
+        default=SchedulerConfig().max_in_flight_total,
+        help="[limits] max_in_flight",
     )
-    ap.add_argument("--lookahead", type=int, default=0, help="lookahead_levels (soft barrier)")
-    ap.add_argument("--progress", action="store_true", help="the shell calls on_progress")
-    ap.add_argument(
-        "--upload-slots", type=int, default=0, help="uploads a node serves at once (0: all)"
-    )
-    ap.add_argument("--busy", action="store_true", help="full upload slots answer 503")
-    ap.add_argument(
-        "--upload-queue", type=int, default=0, help="with --busy: requests that may wait"
-    )
-    ap.add_argument(
-        "--seed-upload-slots", type=int, default=None, help="the seed's (default: as edges)"
-    )
-    ap.add_argument(
-        "--seed-upload-queue", type=int, default=None, help="the seed's (default: as edges)"
-    )
-    ap.add_argument("--advertise", action="store_true", help="nodes push full / free upload places")
-    ap.add_argument("--superseed", action="store_true", help="the seed super-seeds")
-    ap.add_argument("--offer-depth", type=int, default=4, help="SeedingConfig.depth")
-    ap.add_argument("--seed-slots", type=int, default=8, help="SeedingConfig.slots")
-    ap.add_argument("--starve-after", type=float, default=5.0, help="SeedingConfig.starve_after")
+    ap.add_argument("--upload-slots", type=int, default=limits.slots, help="[limits] upload_slots")
+    ap.add_argument("--upload-queue", type=int, default=limits.queue, help="[limits] upload_queue")
+    ap.add_argument("--no-super-seeding", action="store_true", help="[swarm] super_seeding = false")
     ap.add_argument("--tick", type=float, default=0.01, help="network and shell quantum, s")
     ap.add_argument("--max-time", type=float, default=3600.0, help="stop at this simulated time")
     ap.add_argument(

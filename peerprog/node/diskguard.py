@@ -44,6 +44,11 @@ class DiskGuard:
             return None
         return max(self._errors.values())[1]
 
+    @property
+    def until(self) -> float:
+        """When the current pause of new chunk requests ends (``paused`` looks again)."""
+        return self._until
+
     def failed(self, what: str, message: str, now: float) -> None:
         """A write of kind ``what`` failed; a chunk write pauses new chunk requests."""
         self._errors[what] = (now, message)

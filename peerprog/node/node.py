@@ -37,6 +37,7 @@ from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
 from peerprog.store import ModelFiles, Store
 from peerprog.swarm import ModelRef, Peer, PeerTable, SchedulerConfig, VersionPolicy
+from peerprog.swarm.driver import DriverConfig
 from peerprog.swarm.uploads import UploadConfig, UploadSlots
 
 log = logging.getLogger("peerprog.node")
@@ -206,8 +207,12 @@ class Node:
             disk=self.disk,
             on_stored=self.catalog.chunk_stored,
             settings=FetchSettings(
-                scheduler=SchedulerConfig(max_in_flight_total=limits.max_in_flight),
-                have_poll_interval=self.config.peers.have_poll_interval,
+                driver=DriverConfig(
+                    scheduler=SchedulerConfig(max_in_flight_total=limits.max_in_flight),
+                    have_poll_interval=self.config.peers.have_poll_interval,
+                    # a held long-poll must end before the read timeout cuts it
+                    long_poll=min(DriverConfig.long_poll, limits.request_timeout / 2),
+                ),
                 request_timeout=limits.request_timeout,
                 seed=hash((self.url, state.model_id)) & 0xFFFFFFFF,
             ),

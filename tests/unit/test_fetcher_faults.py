@@ -22,6 +22,7 @@ from peerprog.node.peerclient import Refused, TransportError
 from peerprog.node.state import ModelState
 from peerprog.store.levels import chunk_offsets
 from peerprog.swarm import Bitfield, PeerTable, PeerTableConfig, SchedulerConfig
+from peerprog.swarm.driver import DriverConfig
 from tests.unit.samples import KEY, make_manifest
 
 PEER = "http://peer"
@@ -114,8 +115,10 @@ def fetcher(
         disk=disk,
         on_stored=lambda s, i: s.add_chunk(i) and None,
         settings=FetchSettings(
-            scheduler=SchedulerConfig(failure_backoff=0.001, failure_backoff_max=0.005),
-            have_poll_interval=0.01,
+            driver=DriverConfig(
+                scheduler=SchedulerConfig(failure_backoff=0.001, failure_backoff_max=0.005),
+                have_poll_interval=0.01,
+            ),
             request_timeout=5.0,
             seed=1,
         ),
@@ -150,7 +153,7 @@ async def test_a_full_disk_is_not_the_peers_fault(caplog: pytest.LogCaptureFixtu
     assert store.written == dict(enumerate(chunks))
     assert "No space left on device; pausing downloads" in caplog.text
     assert disk.error is None  # cleared by a write that worked
-    assert f.sched.peer_stats(PEER).failures == 0  # never penalised
+    assert f.driver.sched.peer_stats(PEER).failures == 0  # never penalised
 
 
 async def test_a_source_lost_after_a_bad_spell_is_asked_again() -> None:
