@@ -520,9 +520,6 @@ class Driver:
             run.pending.discard(index)
         self._cancel(self.sched.on_chunk(fetch.source.key, index, now))
         self._touched = True
-        if self.complete:
-            for run in list(self._runs.values()):
-                self._out.append(Cancel(self._close(run).fetch.id))
 
     def on_bad_chunk(self, fetch: Fetch, index: int, now: float) -> None:
         """Chunk ``index`` of ``fetch``'s body failed its hash: its sender is banned."""
