@@ -4,8 +4,11 @@ Where each rule lives: ``picker.py`` — which chunk next and from whom; ``peers
 peer's rate, budget, timeouts and backoff within one model's fetch; ``peertable.py`` — which
 peers the node knows and whether they are healthy; ``versions.py`` — which version of a
 name wins, is served and is dropped; ``chunks.py`` — holder counts; ``scheduler.py`` ties
-the picker, peers and chunks together; ``bitfield.py`` is the ``have`` set. The asyncio
-shell in :mod:`peerprog.node` drives them.
+the picker, peers and chunks together; ``driver.py`` — every decision of one model's fetch
+around the scheduler (requests, timers, what an answer means, when a source is read, lost
+or absent); ``uploads.py`` and ``seeding.py`` — the serving side; ``bitfield.py`` is the
+``have`` set. The asyncio shell in :mod:`peerprog.node` pumps them, and so does the swarm
+simulator (``bench/simulate.py``).
 """
 
 from __future__ import annotations

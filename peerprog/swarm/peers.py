@@ -98,9 +98,6 @@ class PeerState:
         """The model's origin (``Scheduler.add_peer``): with web seeds, the last resort."""
         self.slot_cap: int | None = None
         """Most requests it takes at once, learnt from its 503s (``Scheduler.on_busy``)."""
-        self.full = False
-        """It said all its upload places are taken (``Scheduler.set_full``): no new request
-        until it says one is free."""
         self.mask = -1 if have is None else have.mask()
         """``have`` as an integer (``Bitfield.mask``; -1: every chunk), kept up to date by
         the scheduler."""

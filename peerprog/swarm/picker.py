@@ -6,8 +6,7 @@ the peers its peer table judges unhealthy). A known peer *holds* a chunk if its 
 has it (``have=None``: a seed or web seed, holds every chunk). A chunk is *fetchable* if
 we miss it and some known peer holds it — whether that peer is free, busy, backing off
 after a failure or has failed this very chunk. A peer is *free* if it is known, not backing
-off, not *full* (it said all its upload places are taken: ``Scheduler.set_full``) and has
-fewer requests in flight than its budget (see ``peers.py``).
+off and has fewer requests in flight than its budget (see ``peers.py``).
 
 1. **Level order.** The *active level* is the lowest level with a fetchable chunk. Chunks
    are requested from the active level first. Hence:

@@ -1,23 +1,19 @@
 """The swarm scheduler: which chunk to ask of which peer, and when. Sans-IO.
 
-Like aioquic's connection, it never touches a socket, a clock or an event loop: the shell
-(``peerprog.node``) passes ``now`` (``loop.time()``) into every call, sends the requests
-that :meth:`Scheduler.next_requests` returns, reports each outcome, cancels the requests
-that a call returns, and arms a timer for :meth:`Scheduler.next_deadline`::
+Like aioquic's connection, it never touches a socket, a clock or an event loop: every call
+takes ``now``. Its one caller is the fetch driver (``driver.py``), which the shells pump;
+the driver turns its requests into range requests, reports each outcome, cancels the
+requests a call returns, and wakes at :meth:`Scheduler.next_deadline`::
 
-    for request in scheduler.next_requests(loop.time()):
-        start_get(request)          # GET /p2p/v1/models/<id>/chunks/<index> from request.peer
-    ...
-    # while its body arrives: on_progress (a moving transfer does not time out)
-    # when a GET ends: on_chunk (verified) / on_bad_chunk (hash mismatch) / on_busy (503:
-    # its upload slots are taken) / on_failed
-    # (the peer's fault) / release (ours, e.g. the disk is full)
-    # when the timer fires: cancel(scheduler.handle_timer(loop.time()))
-    # after any of these: next_requests again, re-arm the timer at next_deadline()
-    # a peer's have: add_peer / set_have (a whole bitfield), add_have (a pushed delta;
+    for request in scheduler.next_requests(now):
+        ...                         # grouped into runs, sent as range requests
+    # while a body arrives: on_progress (a moving transfer does not time out)
+    # when a request ends: on_chunk (verified) / on_bad_chunk (hash mismatch) / on_busy (503:
+    # the peer's upload slots are taken) / on_failed (the peer's fault) / release (ours,
+    # e.g. the disk is full)
+    # at the deadline: handle_timer(now) returns the requests it timed out, to cancel
+    # a peer's have: add_peer / set_have (a whole bitfield), add_have (one new chunk;
     # havelog.apply hands over one answer of its resumable have stream)
-    # a peer's upload places: set_full (its have stream says they are all taken, or that
-    # one is free again): a full peer is not asked, so it need not decline with a 503
 
 The choice of chunks is in ``picker.py`` (one file, the whole rule); per-peer rate,
 budget, timeout and backoff are in ``peers.py``; holder counts in ``chunks.py``.
@@ -171,7 +167,7 @@ class Scheduler:
         and if we knew it already.
 
         Returns whether the news may change what :meth:`next_requests` answers: we miss the
-        chunk and the peer may be asked now (not backing off or full, room in its budget
+        chunk and the peer may be asked now (not backing off, room in its budget
         and in ``max_in_flight_total``), or it now holds every chunk. When it returns False the
         shell need not call :meth:`next_requests` for it (the other peers' options are
         unchanged)."""
@@ -189,35 +185,7 @@ class Scheduler:
             return False
         if st.have.count() == self._table.n:
             return True
-        return (
-            not st.full
-            and st.usable(now)
-            and len(st.in_flight) < st.budget(self._config, self._table.mean_size)
-        )
-
-    def set_full(self, peer: str, full: bool, now: float) -> bool:
-        """A known peer said (in its have stream) that all its upload places are taken
-        (``full``) or that one is free again. A full peer gets no new request until it says
-        it has a free place; requests already in flight there are not touched. Ignored for
-        unknown or banned peers.
-
-        Returns whether :meth:`next_requests` may answer differently: the peer became free,
-        may be asked now (not backing off, room in its budget and in
-        ``max_in_flight_total``) and holds a chunk we miss that is not in flight."""
-        st = self._peers.get(peer)
-        if st is None or st.full == full:
-            return False
-        st.full = full
-        if full or self._total >= self._config.max_in_flight_total:
-            return False
-        if not st.usable(now) or len(st.in_flight) >= st.budget(
-            self._config, self._table.mean_size
-        ):
-            return False
-        wanted = st.mask & ~self._table.held.mask()
-        for index in self._flying:
-            wanted &= ~(1 << (self._top - index))
-        return wanted != 0
+        return st.usable(now) and len(st.in_flight) < st.budget(self._config, self._table.mean_size)
 
     def remove_peer(self, peer: str, now: float) -> list[Request]:
         """Forget a peer (gone, disconnected). Returns its requests in flight, for the shell
@@ -259,8 +227,6 @@ class Scheduler:
         floor = min_budget(config, mean)
         slots: list[Slot] = []
         for st, last in usable:
-            if st.full:
-                continue
             budget = st.budget(config, mean)
             if swarm and last:
                 budget = min(budget, floor)

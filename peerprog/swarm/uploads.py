@@ -18,14 +18,12 @@ consecutive chunks). A *place* is a slot or a place in the queue.
    place in the queue), so the declined requesters come back spread over the places as
    they free, one each, instead of all of them at the first end.
 
-3. **Full.** The node is *full* while every place is taken (:attr:`UploadSlots.full`); it
-   tells its peers when it becomes full and when a place frees again, in its have
-   stream. A peer then asks a holder with a free place first. Broadcast, it does not end
-   the 503s: the peers that hear of a free place at once race for it (simulated at
-   1,000 edges, about half of the requests are declined with or without it).
+The requester's side of a 503 is the fetch driver's (``driver.py``, ``Driver.on_busy``: the
+chunks go to other holders, and that peer gets no request before its ``Retry-After``).
 
-The requester's side of a 503 is ``Scheduler.on_busy`` (no request to that peer before its
-``Retry-After``); of rule 3, ``Scheduler.set_full`` (no request to a full peer).
+Not a rule: telling the peers, in the have stream, when every place is taken and when one
+frees. Simulated at 1,000 edges it did not end the 503s (every peer that hears of a free
+place races for it) and made the origin upload more (``bench/SIM_NOTES.md``).
 """
 
 from __future__ import annotations
@@ -82,11 +80,6 @@ class UploadSlots:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
-
-    @property
-    def full(self) -> bool:
-        """Every place is taken: a request now would be declined (rule 3)."""
-        return len(self._serving) >= self._config.slots and len(self._waiting) >= self._config.queue
 
     def request(self, key: Hashable, now: float) -> str | float:
         """A request arrived: :data:`SERVE` (start sending now), :data:`QUEUE` (wait for
