@@ -107,6 +107,7 @@ which costs ~50 µs more than zstd to decode with the C extension (the model, th
 ~0.5 µs a byte without it."""
 
 _SCALE = 1 << SCALE_BITS
+_SMALL = [bytes((v,)) for v in range(0x80)]
 _STATE_END = 1 << 31  # a lane's state is below this
 _VERSION = 1  # the C extension's interface version
 
@@ -146,7 +147,11 @@ def _digit_magnitudes(r: int) -> Array:
 
 def _histogram(data: Array) -> Array:
     """How many times each byte value occurs in ``data``: pairs of bytes counted as uint16
-    (``np.bincount`` widens its input to 64 bits: half as many, in chunks), then folded."""
+    (``np.bincount`` widens its input to 64 bits: half as many, in chunks), then folded;
+    a short ``data`` directly."""
+    if len(data) < 1 << 16:
+        small: Array = np.bincount(data, minlength=256)
+        return small
     pairs = data[: len(data) & ~1].view(np.uint16)
     counts = np.zeros(1 << 16, np.int64)
     step = 1 << 20
@@ -159,13 +164,15 @@ def _histogram(data: Array) -> Array:
     return hist
 
 
-def magnitudes(codes: Data, r: int) -> list[int]:
+def magnitudes(codes: Data, r: int, hist: Array | None = None) -> list[int]:
     """The digits of ``codes`` (every digit of every byte, the last byte's padding too)
-    counted by magnitude ``m = |d - (2**r - 1)|``, ``m = 0 .. 2**r - 1``.
+    counted by magnitude ``m = |d - (2**r - 1)|``, ``m = 0 .. 2**r - 1`` (``hist``: the
+    bytes' histogram, if already counted).
 
     ValueError if a byte is not ``symbols_per_byte(r)`` digits (``≥ alphabet(r) ** p``)."""
     table = _digit_magnitudes(r)
-    hist = _histogram(_bytes(codes))
+    if hist is None:
+        hist = _histogram(_bytes(codes))
     if hist[len(table) :].any():
         raise ValueError(f"symbol bytes of r = {r} must be below {len(table)}")
     return [int(c) for c in hist[: len(table)] @ table]
@@ -178,7 +185,12 @@ def normalise(weights: Sequence[int], total: int) -> list[int]:
     whole = sum(weights)
     if whole <= 0:
         raise ValueError("weights that sum to 0")
-    out = [max(w * total // whole, 1) if w > 0 else 0 for w in weights]
+    if whole < 1 << 40 and total <= 1 << 20:  # in int64: the same integers, faster
+        w = np.asarray(weights, np.int64)
+        scaled = np.where(w > 0, np.maximum(w * total // whole, 1), 0)
+        out = [int(x) for x in scaled]
+    else:
+        out = [max(w * total // whole, 1) if w > 0 else 0 for w in weights]
     big = out.index(max(out))
     out[big] += total - sum(out)
     assert out[big] >= 1
@@ -483,8 +495,23 @@ def encode_symbols(codes: Data, r: int, *, impl: str | Coder | None = None) -> b
     packed = zstd.compress(data, symbols=True)
     if len(data) < MIN_RANS_BYTES:
         return packed
-    coded = rans_frame(data, r, impl=impl)
+    hist = _histogram(data)
+    table = magnitude_table(data, r, hist)
+    m = model(r, tuple(table))
+    if _estimate(hist, m.freq, 2**r) >= len(packed) * (1 - MIN_GAIN):
+        return packed
+    coded = _rans_frame(data, r, table, m, impl)
     return coded if len(coded) < len(packed) * (1 - MIN_GAIN) else packed
+
+
+def _estimate(hist: Array, freq: Array, table_entries: int) -> float:
+    """The least bytes an rANS frame of the bytes counted by ``hist`` under ``freq`` can
+    take: their cost in bits, a varint per table entry, a lane's state per lane (the frame
+    is not made when this already loses to zstd's)."""
+    n = int(hist.sum())
+    used = hist > 0
+    bits = float(np.dot(hist[used], SCALE_BITS - np.log2(freq[used].astype(np.float64))))
+    return bits / 8 + table_entries + 4 * lanes(n)
 
 
 def rans_frame(codes: Data, r: int, *, impl: str | Coder | None = None) -> bytes:
@@ -492,7 +519,13 @@ def rans_frame(codes: Data, r: int, *, impl: str | Coder | None = None) -> bytes
     ``symbols_per_byte(r)`` digits)."""
     data = _bytes(codes)
     table = magnitude_table(data, r)
-    payload, lengths = _coder(impl).encode(data, model(r, tuple(table)), lanes(len(data)))
+    return _rans_frame(data, r, table, model(r, tuple(table)), impl)
+
+
+def _rans_frame(
+    data: Array, r: int, table: Sequence[int], m: Model, impl: str | Coder | None
+) -> bytes:
+    payload, lengths = _coder(impl).encode(data, m, lanes(len(data)))
     head = [len(data), *table, *lengths[:-1]]
     return b"".join([bytes([RANS]), *map(_varint, head), payload])
 
@@ -506,7 +539,12 @@ def encode_bytes(data: Data, *, impl: str | Coder | None = None) -> bytes:
     packed = zstd.compress_dense(raw)
     if len(raw) < MIN_BYTES_RANS:
         return packed
-    freq = normalise([int(c) for c in _histogram(raw)], _SCALE)
+    hist = _histogram(raw)
+    freq = normalise(hist.tolist(), _SCALE)
+    if _estimate(hist, np.array(freq), 2 * int(np.count_nonzero(hist))) >= len(packed) * (
+        1 - MIN_GAIN
+    ):
+        return packed
     payload, lengths = _coder(impl).encode(raw, _tables(freq), lanes(len(raw)))
     present = [b for b in range(256) if freq[b]]
     table = b"".join(bytes([b]) + _varint(freq[b]) for b in present)
@@ -547,10 +585,11 @@ def decode_bytes(frame: Buffer, limit: int, what: str, *, impl: str | Coder | No
         raise FormatError(f"{what}: {e}") from None
 
 
-def magnitude_table(codes: Data, r: int) -> list[int]:
+def magnitude_table(codes: Data, r: int, hist: Array | None = None) -> list[int]:
     """The magnitude table an rANS frame of ``codes`` sends: :func:`magnitudes` normalised
-    to :data:`TABLE_TOTAL` (no bytes: all on magnitude 0)."""
-    counts = magnitudes(codes, r)
+    to :data:`TABLE_TOTAL` (no bytes: all on magnitude 0). ``hist``: the bytes' histogram,
+    if already counted."""
+    counts = magnitudes(codes, r, hist)
     return normalise(counts if any(counts) else [1, *counts[1:]], TABLE_TOTAL)
 
 
@@ -621,6 +660,10 @@ def _read_lanes(mv: memoryview, at: int, n: int) -> tuple[Array, list[int]]:
 
 def _varint(v: int) -> bytes:
     """Unsigned LEB128."""
+    if v < 0x80:
+        return _SMALL[v]
+    if v < 0x4000:
+        return bytes((v & 0x7F | 0x80, v >> 7))
     out = bytearray()
     while v >= 0x80:
         out.append(v & 0x7F | 0x80)
