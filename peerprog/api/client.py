@@ -198,8 +198,8 @@ class Client:
         min_level: Level = None,
         wait: float | None = None,
     ) -> BestModel:
-        """Like :meth:`best`, written to ``path`` (a safetensors file, renamed into place
-        when whole); the arrays map that file."""
+        """Like :meth:`best`, written to ``path`` (a safetensors file, fsynced and renamed
+        into place when whole); the arrays map that file."""
         model = self._best(name, min_level, wait, None, Path(path))
         assert model is not None
         return model

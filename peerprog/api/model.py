@@ -93,8 +93,9 @@ PIECE = 1 << 20
 
 
 class BestSink:
-    """Where a ``best`` answer is written: a new file at ``path`` (renamed into place by
-    :meth:`finish`), or an unnamed temporary file; removed unless finished."""
+    """Where a ``best`` answer is written: a new file at ``path`` (fsynced and renamed into
+    place by :meth:`finish`, so that a crash leaves the old file or the whole new one), or
+    an unnamed temporary file; removed unless finished."""
 
     def __init__(self, path: Path | None) -> None:
         self._path = path
@@ -124,10 +125,21 @@ class BestSink:
         raw = mmap.mmap(self.file.fileno(), size, access=mmap.ACCESS_COPY) if size else bytearray()
         model = parse_best(raw, headers)
         if self._tmp is not None and self._path is not None:
+            # durable before it is in place: a crash leaves the old file or the whole new one
+            os.fsync(self.file.fileno())
             os.replace(self._tmp, self._path)
+            _fsync_dir(self._path.parent)
             model = dataclasses.replace(model, path=self._path)
         self._done = True
         return model
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def parse_best(body: Any, headers: Mapping[str, str]) -> BestModel:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from peerprog.api import errors
 from peerprog.api.events import format_event, parse_event_id
+from peerprog.api.model import BestSink
 from peerprog.api.wire import (
     SOCKET_ENV,
     EventParser,
@@ -17,7 +21,9 @@ from peerprog.api.wire import (
     model_path,
     not_running,
 )
+from peerprog.codec.base import RawTensor
 from peerprog.errors import PeerprogError
+from peerprog.formats.safetensors import encode_safetensors
 
 
 def test_paths() -> None:
@@ -104,3 +110,36 @@ def test_event_stream_round_trip() -> None:
     ]
     assert parse_event_id("abc.3") == ("abc", 3)
     assert parse_event_id("abc.complete") == ("abc", None) and parse_event_id(None) is None
+
+
+def test_a_best_file_is_durable_before_it_is_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``best_path``'s file is fsynced before it is renamed into place, and its folder after
+    (a crash leaves the old file or the whole new one, never an empty one)."""
+    meta = {
+        "peerprog.level": "1", "peerprog.levels_total": "2", "peerprog.name": "m",
+        "peerprog.model_id": "ab", "peerprog.version": "1", "peerprog.exact": "true",
+        "peerprog.bytes_received": "8", "peerprog.bytes_total": "8",
+    }  # fmt: skip
+    body = b"".join(encode_safetensors({"w": RawTensor("float32", np.ones(2, np.float32))}, meta))
+    dest = tmp_path / "model.safetensors"
+    dest.write_bytes(b"old")
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def replace(a: Path, b: Path) -> None:
+        calls.append("replace")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with BestSink(dest) as sink:
+        sink.file.write(body)
+        model = sink.finish({"content-length": str(len(body))})
+    assert calls == ["fsync", "replace", "fsync"]
+    assert model.path == dest and dest.read_bytes() == body
