@@ -26,6 +26,7 @@ from peerprog.codec.groupplane import c_kernels
 from peerprog.codec.groupplane.kernels import Kernels
 from peerprog.codec.groupplane.selection import kernels_named
 from peerprog.errors import FormatError
+from tests.codectools import join_parts, split_parts
 
 pytestmark = pytest.mark.skipif("c" not in gp.backends(), reason="C extension not built")
 
@@ -260,19 +261,6 @@ def _check_planned(dtype: str) -> None:
 # ---------------------------------------------------------------------------- malformed
 
 
-def _split(piece: bytes) -> list[bytes]:
-    out, i = [], 0
-    while i < len(piece):
-        (n,) = struct.unpack_from("<I", piece, i)
-        out.append(piece[i + 4 : i + 4 + n])
-        i += 4 + n
-    return out
-
-
-def _join(parts: Sequence[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(p)) + p for p in parts)
-
-
 def _mutate(data: bytes, op: str, pos: float, value: int) -> bytes:
     b = bytearray(data)
     i = int(pos * max(len(b) - 1, 0))
@@ -292,7 +280,7 @@ def _mutate(data: bytes, op: str, pos: float, value: int) -> bytes:
 def _corrupt(piece: bytes, where: str, op: str, pos: float, value: int, part: int) -> bytes:
     """Corrupt a piece inside its framing: a part's zstd content (recompressed, so that the
     damage reaches the kernels), the raw bytes after the frame, or the framing itself."""
-    parts = _split(piece)
+    parts = split_parts(piece)
     if where == "framing" or not parts:
         return _mutate(piece, op, pos, value)
     k = part % len(parts)
@@ -307,7 +295,7 @@ def _corrupt(piece: bytes, where: str, op: str, pos: float, value: int, part: in
         frame, rest = p[4 : 4 + m], p[4 + m :]
     else:
         parts[k] = _mutate(p, op, pos, value)
-        return _join(parts)
+        return join_parts(parts)
     if where == "content" or bare:
         try:
             content = zstandard.ZstdDecompressor().decompress(frame)
@@ -317,7 +305,7 @@ def _corrupt(piece: bytes, where: str, op: str, pos: float, value: int, part: in
     else:
         rest = _mutate(rest, op, pos, value)
     parts[k] = frame if bare else struct.pack("<I", len(frame)) + frame + rest
-    return _join(parts)
+    return join_parts(parts)
 
 
 def _outcome(
@@ -471,7 +459,7 @@ def test_huge_declared_frames_are_refused_before_allocating(layout: int) -> None
     # a plane step's symbols; the remainder's byte planes (one frame, or the first of four)
     # and format 2's low bytes (the part before the low bits)
     for n, k in [(1, 0), (last, 0), *([(last, -2)] if layout == 2 else [])]:
-        parts = _split(pieces[n])
+        parts = split_parts(pieces[n])
         if parts[k][:4] == ZSTD_MAGIC:  # a bare frame
             parts[k] = bomb
         else:
@@ -479,7 +467,7 @@ def test_huge_declared_frames_are_refused_before_allocating(layout: int) -> None
             parts[k] = struct.pack("<I", len(bomb)) + bomb + parts[k][4 + m :]
         good = list(_levels("c", params, t, tp, pieces))
         with pytest.raises(FormatError, match="declares"):
-            gp.decode_tensor(params, t.dtype, t.array.shape, tp, [*pieces[:n], _join(parts)],
+            gp.decode_tensor(params, t.dtype, t.array.shape, tp, [*pieces[:n], join_parts(parts)],
                              good[n - 1], "w", kernels_named("c"))  # fmt: skip
 
 
@@ -508,14 +496,14 @@ def test_frames_declaring_more_than_the_tensor_are_decoded_level_by_level(
     k = Counting(kernels_named(backend))
     total = -(-t.array.size // 64) * 64
     bad = list(pieces)
-    parts = _split(bad[-1])  # the remainder's frames declare the whole tensor
+    parts = split_parts(bad[-1])  # the remainder's frames declare the whole tensor
     if layout == 1:
         (m,) = struct.unpack_from("<I", parts[0])
         frame = zstd.compress(b"\0" * total * 2, symbols=True)
-        bad[-1] = _join([struct.pack("<I", len(frame)) + frame + parts[0][4 + m :]])
+        bad[-1] = join_parts([struct.pack("<I", len(frame)) + frame + parts[0][4 + m :]])
     else:  # two byte planes of the whole tensor's words
         plane = zstd.compress(b"\0" * total, symbols=True)
-        bad[-1] = _join([plane, plane, *parts[2:]])
+        bad[-1] = join_parts([plane, plane, *parts[2:]])
     n = len(pieces) - 1
     with pytest.raises(FormatError):
         gp.decode_tensor(params, t.dtype, t.array.shape, tp, bad, None, "w", k)

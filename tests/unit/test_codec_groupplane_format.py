@@ -6,7 +6,6 @@ remainder's parts are checked."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from peerprog.codec.base import RawTensor
 from peerprog.codec.groupplane import params as gp_params
 from peerprog.codec.groupplane.selection import backends, kernels_named
 from peerprog.errors import FormatError
+from tests.codectools import join_parts, split_parts
 
 GOLDEN = Path(__file__).parent.parent / "data" / "groupplane_format1.msgpack"
 
@@ -81,19 +81,6 @@ def _encode(
     return merged, tp, [bytes(p) for p in pieces]
 
 
-def _parts(piece: bytes) -> list[bytes]:
-    out, i = [], 0
-    while i < len(piece):
-        (n,) = struct.unpack_from("<I", piece, i)
-        out.append(piece[i + 4 : i + 4 + n])
-        i += 4 + n
-    return out
-
-
-def _join(parts: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(p)) + p for p in parts)
-
-
 def _content(frame: bytes) -> np.ndarray[Any, Any]:
     size: int = zstandard.frame_content_size(frame)
     return zstd.decompress_exact(frame, size, "test")
@@ -108,7 +95,7 @@ def test_format_2_remainder_parts_are_checked(backend: str) -> None:
     x[0, :4] = [0.0, 1e-30, -1e-32, np.nan]  # words that come whole
     params, tp, pieces = _encode("float32", x)
     k = kernels_named(backend)
-    parts = _parts(pieces[-1])
+    parts = split_parts(pieces[-1])
     assert len(parts) == 6
     low_bytes = _content(parts[4])
     assert low_bytes.size > x.size // 2  # most float32 fields are wider than 8 bits
@@ -125,7 +112,7 @@ def test_format_2_remainder_parts_are_checked(backend: str) -> None:
     ):
         with pytest.raises(FormatError):
             gp.decode_tensor(
-                params, "float32", x.shape, tp, [*pieces[:-1], _join(bad)], None, "w", k
+                params, "float32", x.shape, tp, [*pieces[:-1], join_parts(bad)], None, "w", k
             )
 
 
