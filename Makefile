@@ -17,8 +17,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# setup.py compiles groupplane's optional C kernels: a changed source re-runs the install.
-$(STAMP): pyproject.toml demo/pyproject.toml setup.py $(wildcard peerprog/codec/groupplane/c/*) | $(PY)
+# setup.py compiles groupplane's optional C extensions (its kernels, its rANS coder): a
+# changed source re-runs the install.
+$(STAMP): pyproject.toml demo/pyproject.toml setup.py $(wildcard peerprog/codec/groupplane/c/*) \
+		$(wildcard peerprog/codec/groupplane/c_rans/*) | $(PY)
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[test,torch]' -e './demo[plot]'
 	touch $(STAMP)
