@@ -33,6 +33,7 @@ def rows(doc: dict[str, Any]) -> list[list[str]]:
                 cell(r["seed_upload_over_stream"], "×"),
                 cell(r["uploaded_over_needed"], "×"),
                 str(r.get("timeouts", r.get("cancelled"))),
+                f"{r['declined_busy']} / {r['requests']}",
                 cell(r["run_seconds"]),
             ]
         )
@@ -51,7 +52,8 @@ HEADER = [
     "L0 p50 / exact p50",
     "seed upload / stream",
     "uploaded / needed",
-    "timeouts",
+    "timeouts (before issue 19) / cancelled",
+    "503s / requests",
     "run (s)",
 ]
 

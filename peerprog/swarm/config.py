@@ -79,11 +79,13 @@ class SchedulerConfig:
     most this many are, each may also be requested from a second, different peer.
     """
 
-    lookahead_levels: int = 0
+    lookahead_levels: int = 5
     """
     Soft level barrier (the picker's rule 1): a free peer with nothing of the active level
     to give and no active-level request in flight is asked for chunks of this many
-    following levels. 0: a strict barrier.
+    following levels. 0: a strict barrier. Simulated at 1,000 edges (``bench/SIM_NOTES.md``,
+    defaults study), 5 against 0: exact 27% sooner, the origin's upload 1.08 instead of
+    1.44 times the model, level 0 11% later.
     """
 
     busy_backoff: float = 0.5

@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from peerprog.swarm.bitfield import Bitfield
+from peerprog.swarm.config import SchedulerConfig
 
 DELAY_SMOOTHING = 0.5
 """EWMA weight of a new spread-delay sample (rule 6)."""
@@ -69,8 +70,9 @@ class SeedingConfig:
     slots: int = 8
     """Live offers in all (rule 1), except to a lone edge."""
 
-    ahead: int = 1
-    """Levels above an edge's level that rule 1 may offer it (the edges' soft barrier)."""
+    ahead: int = SchedulerConfig.lookahead_levels
+    """Levels above an edge's level that rule 2 may offer it: the edges' soft barrier
+    (``SchedulerConfig.lookahead_levels``), so that the origin offers what they ask for."""
 
     offer_ttl: float = 5.0
     """Seconds an offer counts as a copy before the edge asks for it."""

@@ -37,7 +37,7 @@ def test_no_level_1_request_while_level_0_missing_and_fetchable() -> None:
 
 
 def test_waits_for_a_backing_off_holder_of_a_level_0_chunk() -> None:
-    s = make([4, 4], endgame_chunks=0)
+    s = make([4, 4], endgame_chunks=0, lookahead_levels=0)  # a strict barrier
     s.add_peer("a", bits(8, [0]), 0.0)
     s.add_peer("b", bits(8, [1, 2, 3, 4, 5, 6, 7]), 0.0)
     reqs = s.next_requests(0.0)
