@@ -94,9 +94,9 @@ def test_have_long_poll_of_a_real_daemon(tmp_path: Any) -> None:
 
 
 def test_super_seeding_origin_serves_a_swarm_that_ends_exact(tmp_path: Any) -> None:
-    """Correctness only: every edge ends bit-exact, no chunk failed, nobody banned. How much the origin uploads
-    is an efficiency figure, a timing assertion on real processes: it is asserted on the
-    pure driver with a fake clock (``tests/unit/test_swarm_driver.py``)."""
+    """Correctness only: every edge ends bit-exact, no chunk failed, nobody banned. How much
+    the origin uploads is an efficiency figure, a timing assertion on real processes: it is
+    asserted on the pure driver with a fake clock (``tests/unit/test_swarm_driver.py``)."""
     with Cluster(tmp_path) as c:
         pub = c.publish()
         mid = pub["model_id"]
