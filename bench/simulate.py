@@ -50,7 +50,7 @@ from peerprog.swarm.driver import (
 )
 from peerprog.swarm.havelog import HaveDelta, HaveLog
 from peerprog.swarm.seeding import SuperSeeder
-from peerprog.swarm.uploads import QUEUE, SERVE, UploadConfig, UploadSlots
+from peerprog.swarm.uploads import QUEUE, SERVE, UploadConfig, UploadSlots, slots_for
 
 MB = 1e6
 MIB = 1 << 20
@@ -193,8 +193,15 @@ class Sim:
         self.seed_logs: dict[int, HaveLog] = {}  # each edge's view of a super-seeding seed
         if not args.no_super_seeding:
             self.seeder = SuperSeeder(self.levels, seed=args.seed)
-        upload = UploadConfig(args.upload_slots, args.upload_queue)
-        self.uploads = [UploadSlots(upload) for _ in self.nodes]
+        self.uploads = [
+            UploadSlots(
+                UploadConfig(
+                    slots_for(x.up if args.upload_cap else 0, args.upload_slots),
+                    args.upload_queue,
+                )
+            )
+            for x in self.nodes
+        ]
         self.events = 0
         self.now = 0.0
         self.end = 0.0
@@ -817,6 +824,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--upload-slots", type=int, default=limits.slots, help="[limits] upload_slots")
     ap.add_argument("--upload-queue", type=int, default=limits.queue, help="[limits] upload_queue")
+    ap.add_argument(
+        "--upload-cap",
+        action="store_true",
+        help="[limits] upload_bytes_per_s = each node's uplink (its upload slots follow it)",
+    )
     ap.add_argument("--no-super-seeding", action="store_true", help="[swarm] super_seeding = false")
     ap.add_argument("--tick", type=float, default=0.01, help="network and shell quantum, s")
     ap.add_argument("--max-time", type=float, default=3600.0, help="stop at this simulated time")

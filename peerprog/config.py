@@ -115,7 +115,8 @@ class LimitsSection:
     """Most connections one remote address may hold open to the peer port or the API's TCP
     address (0: no limit); more are answered 503 and closed."""
     upload_slots: int = 4
-    """Chunk uploads the peer server sends at once (at least 1)."""
+    """Chunk uploads the peer server sends at once (at least 1); with an upload cap
+    (``upload_bytes_per_s``), one per 6.25 MB/s of it if that is more."""
     upload_queue: int = 2
     """Chunk requests that may wait for an upload slot; more are answered 503 with
     ``Retry-After`` (the requester tries another peer meanwhile)."""

@@ -38,7 +38,7 @@ from peerprog.node.tasks import TaskScope
 from peerprog.store import ModelFiles, Store
 from peerprog.swarm import ModelRef, Peer, PeerTable, SchedulerConfig, VersionPolicy
 from peerprog.swarm.driver import DriverConfig
-from peerprog.swarm.uploads import UploadConfig, UploadSlots
+from peerprog.swarm.uploads import UploadConfig, UploadSlots, slots_for
 
 log = logging.getLogger("peerprog.node")
 
@@ -57,7 +57,12 @@ class Node:
         self.disk = DiskGuard(limits.disk_full_pause, lambda: free_bytes(self.store.root))
         self.upload = Upload(
             TokenBucket(limits.upload_bytes_per_s),
-            UploadSlots(UploadConfig(limits.upload_slots, limits.upload_queue)),
+            UploadSlots(
+                UploadConfig(
+                    slots_for(limits.upload_bytes_per_s, limits.upload_slots),
+                    limits.upload_queue,
+                )
+            ),
         )
         self.client = PeerClient(
             TokenBucket(limits.download_bytes_per_s),

@@ -5,8 +5,9 @@ peer server) does the HTTP. Every rule of it lives in this file.
 Words: an *upload* is the answer to one chunk request (a byte range: one chunk or a run of
 consecutive chunks). A *place* is a slot or a place in the queue.
 
-1. **Slots.** At most ``slots`` uploads are sent at once; up to ``queue`` more requests
-   wait, and start in arrival order as uploads end (sent, or cut off by the requester).
+1. **Slots.** At most ``slots`` uploads are sent at once (:func:`slots_for`: more on a
+   fast uplink whose cap is known); up to ``queue`` more requests wait, and start in
+   arrival order as uploads end (sent, or cut off by the requester).
 2. **Busy.** Any further request is declined at once (HTTP 503) with a ``Retry-After``:
    when a place should be free *for that requester*. The node counts the requesters it
    declined whose time has not come yet (its *promises*) and gives the next one the
@@ -29,12 +30,26 @@ place races for it) and made the origin upload more (``bench/SIM_NOTES.md``).
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 
 DURATION_SMOOTHING = 0.2
 """EWMA weight of a new upload duration."""
+
+SLOT_BYTES_PER_S = 6_250_000
+"""Uplink per upload slot (50 Mbit/s): see :func:`slots_for`."""
+
+
+def slots_for(upload_bytes_per_s: float, least: int) -> int:
+    """Upload slots of a node whose uplink (its upload cap) is ``upload_bytes_per_s`` (0:
+    not known): one per :data:`SLOT_BYTES_PER_S` of it, and at least ``least``. A fast
+    uplink then serves more requesters at once, each at about the share one of them can
+    take, instead of idling behind ``least`` of them (rule 1)."""
+    if upload_bytes_per_s <= 0:
+        return least
+    return max(least, math.ceil(upload_bytes_per_s / SLOT_BYTES_PER_S))
 
 
 @dataclass(frozen=True)

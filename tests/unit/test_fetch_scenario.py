@@ -138,6 +138,7 @@ class ScriptedSim(simulate.Sim):
             max_in_flight=64,
             upload_slots=4,
             upload_queue=2,
+            upload_cap=False,
             no_super_seeding=True,
             tick=0.01,
             max_time=60.0,

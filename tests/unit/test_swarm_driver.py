@@ -267,6 +267,7 @@ def sim_args(**over: object) -> argparse.Namespace:
         max_in_flight=SchedulerConfig().max_in_flight_total,
         upload_slots=4,
         upload_queue=2,
+        upload_cap=False,
         no_super_seeding=False,
         tick=0.01,
         max_time=600.0,
