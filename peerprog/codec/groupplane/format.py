@@ -20,8 +20,9 @@ A float tensor (float32, bfloat16, float16) that does not travel whole
   exactly (:func:`to_f32`).
 * **Framing.** Every piece is a sequence of parts, each ``[u32 little-endian length][part]``,
   and nothing else (:func:`frame`, :func:`read_parts`).
-* **Level 0**: the scales part, a zstd frame of ``E - e_floor``, one byte per group; then one
-  part per plane step of planes ``0 → planes[0]``.
+* **Level 0**: the scales part, ``E - e_floor``, one byte per group (a zstd frame in format 1,
+  a frame of dense bytes in format 2); then one part per plane step of planes
+  ``0 → planes[0]``.
 * **A plane level** ``m`` (``0 < m < levels - 1``): one part per plane step of planes
   ``planes[m-1] → planes[m]``; empty when they are equal (the level does not refine it).
 * **A plane step** ``k0 → k1`` (``r = k1 - k0 ≤ 7``): ``[u32 length][symbol frame]`` then
@@ -43,22 +44,25 @@ A float tensor (float32, bfloat16, float16) that does not travel whole
 
   - format 1 (manifests without the param): one part, ``[u32 length][zstd frame of the
     byte planes]`` then the low bits;
-  - format 2: one part per byte plane, each a zstd frame of its own (a plane of exponents
-    and one of mantissas no longer share a Huffman table: 0.03 bits/weight less on
-    bfloat16 models), then a part with a zstd frame of the *low bytes*, then a part with
-    the low bits. A low-bit field wider than 8 bits (float32's, whose bottom bits are not
+  - format 2: one part per byte plane, each a frame of dense bytes of its own (a plane of
+    exponents and one of mantissas no longer share a table: 0.03 bits/weight less on
+    bfloat16 models), then a part with a frame of the *low bytes*, then a part with the low
+    bits. A low-bit field wider than 8 bits (float32's, whose bottom bits are not
     uniform in every model: EfficientNet-Lite1's lowest byte has an entropy of 7.7 bits)
     sends its bottom 8 bits to the low bytes, in index order, and the rest to the low bits.
 
-  In format 2 a step's symbol frame is an rANS frame or a zstd frame, whichever is smaller
-  (:mod:`.rans`: 2-3% smaller than zstd's Huffman on real models); format 1 has zstd
-  frames only.
+  In format 2 a step's symbol frame is an rANS frame where that is at least 1% smaller than
+  the zstd frame, else the zstd frame (:func:`~.rans.encode_symbols`: 2-3% smaller than
+  zstd's Huffman on real models), and a *frame of dense bytes* (the scales, byte planes, low
+  bytes) is likewise an rANS frame with its byte table or a zstd frame
+  (:func:`~.rans.encode_bytes`); format 1 has zstd frames only.
 
 A tensor that travels whole has ``{"whole": True}``; its level-0 piece is a zstd frame of its
 raw bytes (no framing), float words byte-shuffled first, most significant bytes together
 (:func:`encode_whole`; 5% smaller on EfficientNet-Lite1 bf16's whole tensors), and its other
 pieces are empty. In format 2 a float tensor's level-0 piece is instead one part per byte
-plane, each a zstd frame of its own (8% smaller again on EfficientNet-Lite1 bf16's).
+plane, each a frame of dense bytes of its own (8% smaller again on EfficientNet-Lite1
+bf16's).
 
 A decoder never allocates more than the tensor's own size (known from the manifest) and the
 lengths the pieces must have: a zstd frame's declared size is checked before it is
