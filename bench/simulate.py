@@ -800,7 +800,9 @@ def plot(runs: list[dict[str, Any]], path: str, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The simulator's flags, with the daemon's defaults (tests build their scenarios from
+    it)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--nodes", default="10,100,1000", help="edge counts, comma separated")
     ap.add_argument("--levels-mb", default=DEFAULT_LEVELS_MB, help="cumulative level sizes, MB")
@@ -841,7 +843,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--json", default="", help="also write the JSON here")
     ap.add_argument("--verbose", action="store_true", help="progress on stderr every 10 s")
     ap.add_argument("--samples", action="store_true", help="keep per-edge samples in the JSON")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     runs = []
     for n in (int(x) for x in args.nodes.split(",")):
         t0, cpu0 = time.perf_counter(), time.process_time()

@@ -10,7 +10,6 @@ same order, and report the same outcomes in the same order."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
@@ -122,30 +121,13 @@ class ScriptedSim(simulate.Sim):
     def __init__(self, trace: Trace) -> None:
         signed, _, _ = model()
         m = signed.manifest
-        args = argparse.Namespace(
-            levels_mb="1",
-            chunk_mib=1.0,
-            seed_up=1.0,
-            classes='[["edge", 1.0, 1e6, 1e6]]',
-            degree=0,
-            join_window=0.0,
-            churn=0.0,
-            churn_horizon=1.0,
-            linger=float("inf"),
-            seed_dies_at=None,
-            lat_min=0.001,
-            lat_max=0.001,
-            max_in_flight=64,
-            upload_slots=4,
-            upload_queue=2,
-            upload_cap=False,
-            no_super_seeding=True,
-            tick=0.01,
-            max_time=60.0,
-            wall_limit=60.0,
-            seed=1,
-            verbose=False,
-        )
+        args = simulate.parser().parse_args(
+            ["--levels-mb", "1", "--chunk-mib", "1", "--seed-up", "1",
+             "--classes", '[["edge", 1.0, 1e6, 1e6]]', "--degree", "0", "--join-window", "0",
+             "--churn-horizon", "1", "--lat-min", "0.001", "--lat-max", "0.001",
+             "--max-in-flight", "64", "--upload-slots", "4", "--upload-queue", "2",
+             "--no-super-seeding", "--max-time", "60", "--wall-limit", "60"]
+        )  # fmt: skip
         super().__init__(args, 1)
         self.levels = [lv.chunks for lv in m.levels]
         self.sizes = [c.length for c in m.chunks]

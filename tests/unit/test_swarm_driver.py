@@ -251,30 +251,11 @@ def test_the_origin_is_the_last_resort_among_peers() -> None:
 
 
 def sim_args(**over: object) -> argparse.Namespace:
-    ns = argparse.Namespace(
-        levels_mb="0.5,0.75,1,1.5,2",
-        chunk_mib=0.0625,
-        seed_up=0.3,
-        classes='[["edge", 1.0, 2e6, 2e6]]',
-        degree=4,
-        join_window=0.5,
-        churn=0.0,
-        churn_horizon=120.0,
-        linger=float("inf"),
-        seed_dies_at=None,
-        lat_min=0.0005,
-        lat_max=0.001,
-        max_in_flight=SchedulerConfig().max_in_flight_total,
-        upload_slots=4,
-        upload_queue=2,
-        upload_cap=False,
-        no_super_seeding=False,
-        tick=0.01,
-        max_time=600.0,
-        wall_limit=float("inf"),
-        seed=1,
-        verbose=False,
-    )
+    ns = simulate.parser().parse_args(
+        ["--levels-mb", "0.5,0.75,1,1.5,2", "--chunk-mib", "0.0625", "--seed-up", "0.3",
+         "--classes", '[["edge", 1.0, 2e6, 2e6]]', "--degree", "4", "--join-window", "0.5",
+         "--lat-min", "0.0005", "--lat-max", "0.001", "--max-time", "600"]
+    )  # fmt: skip
     for k, v in over.items():
         setattr(ns, k, v)
     return ns
