@@ -299,9 +299,11 @@ class Cluster:
 
         wait_until(ready, timeout, f"the API socket of {node.name}")
 
-    def stop(self, node: Daemon, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+    def stop(self, node: Daemon, sig: int = signal.SIGTERM, timeout: float = 45.0) -> int | None:
         """Send ``sig`` and wait for the exit; returns the exit code (None if not started).
-        A daemon still alive after ``timeout`` is killed and AssertionError raised."""
+        A daemon still alive after ``timeout`` is killed, and one that a SIGTERM did not stop
+        cleanly (exit code not 0: its stop overran the daemon's grace) raises AssertionError
+        with the end of its log."""
         if node.proc is None:
             return None
         if node.proc.poll() is None:
@@ -312,8 +314,14 @@ class Cluster:
                 node.proc.kill()
                 node.proc.wait()
                 raise AssertionError(
-                    f"{node.name} ignored signal {sig} for {timeout:g} s"
+                    f"{node.name} ignored signal {sig} for {timeout:g} s:\n"
+                    + self.logs(node)[-6000:]
                 ) from None
+            if sig == signal.SIGTERM and node.proc.returncode != 0:
+                raise AssertionError(
+                    f"{node.name} did not stop cleanly on SIGTERM "
+                    f"(exit code {node.proc.returncode}):\n" + self.logs(node)[-6000:]
+                )
         if node._log is not None:
             node._log.close()
             node._log = None
