@@ -70,7 +70,7 @@ class ChunkSink(Protocol):
     """Where verified chunks go (:class:`~peerprog.store.ModelFiles`); thread-safe."""
 
     def span(self, index: int) -> tuple[int, int, int]: ...
-    def write_chunk(self, index: int, data: Sequence[Any]) -> None: ...
+    def write_chunks(self, chunks: Sequence[tuple[int, Sequence[Any]]]) -> None: ...
 
 
 class Directory(SourceDirectory, Protocol):
@@ -305,7 +305,7 @@ class Fetcher:
             self.wake()
 
     async def _take(self, fetch: Fetch, body: RangeBody) -> None:
-        """Cut an answer's body into the chunks it covers; land each as it completes, and
+        """Cut an answer's body into the chunks it covers and land them as they complete;
         report the body's progress as its pieces arrive."""
         loop = asyncio.get_running_loop()
         m = self.state.manifest
@@ -315,7 +315,7 @@ class Fetcher:
             _, offset, length = self._sink.span(i)
             if offset >= body.start and offset + length <= end:
                 spans.append((i, offset - body.start, length))
-        landing: list[asyncio.Task[None]] = []  # owned here: awaited before this returns
+        landing = _GroupCommit(lambda batch: self._land(fetch, batch))
         try:
             k, pos, parts = 0, 0, []  # the chunk being filled, the stream position
             async for piece in body.pieces():
@@ -332,41 +332,54 @@ class Fetcher:
                     view, pos = view[take:], pos + take
                     if pos == start + length:
                         if i not in self.state.have:
-                            landing.append(asyncio.create_task(self._land(fetch, i, parts)))
+                            landing.add(i, parts)
                         else:  # held already (another source was faster): not short
                             self.driver.on_chunk(fetch, i, loop.time())
                         k, parts = k + 1, []
-            await _gather_first_error(landing)
+                landing.check()
+            await landing.finish()
         finally:
-            for t in landing:
-                t.cancel()
-            await asyncio.gather(*landing, return_exceptions=True)
+            await landing.abandon()
 
-    async def _land(self, fetch: Fetch, index: int, parts: list[memoryview]) -> None:
-        """Verify a chunk and write it (in a worker: hashing and writing release the GIL);
-        then tell the driver and the catalog. Raises what went wrong."""
+    async def _land(self, fetch: Fetch, batch: list[tuple[int, list[memoryview]]]) -> None:
+        """Verify a batch of chunks and write the good ones (in a worker: hashing and
+        writing release the GIL); then tell the driver and the catalog. Raises for the first
+        chunk that failed its hash (those before it are landed)."""
         loop = asyncio.get_running_loop()
         began = loop.time()
-        work = loop.run_in_executor(self._workers, self._verify_write, index, parts)
-        ok = await _finish(work)
-        if not ok:
-            raise _BadChunk(index, f"chunk {index} from {fetch.source.key} failed its hash")
-        self._disk.succeeded(CHUNKS, began)
-        self.driver.on_chunk(fetch, index, loop.time())
-        if index not in self.state.have:
-            self._count(fetch.source.key, self.state.manifest.chunks[index].length)
-            self._on_stored(self.state, index)
+        work = loop.run_in_executor(self._workers, self._verify_write, batch)
+        good, bad = await _finish(work)
+        if good:
+            self._disk.succeeded(CHUNKS, began)
+        now = loop.time()
+        for index in good:
+            self.driver.on_chunk(fetch, index, now)
+            if index not in self.state.have:
+                self._count(fetch.source.key, self.state.manifest.chunks[index].length)
+                self._on_stored(self.state, index)
         self.wake()
+        if bad is not None:
+            raise _BadChunk(bad, f"chunk {bad} from {fetch.source.key} failed its hash")
 
-    def _verify_write(self, index: int, parts: list[memoryview]) -> bool:
-        h = hashlib.sha256()
-        for p in parts:
-            h.update(p)
-        if h.digest() != self.state.manifest.chunks[index].sha256:
-            return False
-        if index not in self.state.have:
-            self._sink.write_chunk(index, parts)
-        return True
+    def _verify_write(
+        self, batch: list[tuple[int, list[memoryview]]]
+    ) -> tuple[list[int], int | None]:
+        """The chunks of ``batch`` that verified, up to the first that did not (its index, or
+        None); those not held yet are written, adjacent ones in one write."""
+        good, bad = [], None
+        chunks = self.state.manifest.chunks
+        for index, parts in batch:
+            h = hashlib.sha256()
+            for p in parts:
+                h.update(p)
+            if h.digest() != chunks[index].sha256:
+                bad = index
+                break
+            good.append(index)
+        fresh = [(i, parts) for i, parts in batch[: len(good)] if i not in self.state.have]
+        if fresh:
+            self._sink.write_chunks(fresh)
+        return good, bad
 
     def _count(self, key: str, nbytes: int) -> None:
         metrics = self.state.metrics
@@ -389,9 +402,42 @@ async def _finish(work: Awaitable[T]) -> T:
         raise
 
 
-async def _gather_first_error(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for every task; raise the first error among them (the others still end)."""
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
+class _GroupCommit:
+    """Lands one body's chunks as they complete, one batch at a time: while a batch is
+    verified and written, the chunks completing meanwhile queue up and go together in the
+    next (one worker job, one write and one wake-up per batch: on a fast link a batch
+    holds many chunks, on a slow one each chunk lands alone as soon as it is in)."""
+
+    def __init__(self, land: Callable[[list[tuple[int, list[memoryview]]]], Awaitable[None]]):
+        self._land = land
+        self._queue: list[tuple[int, list[memoryview]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, index: int, parts: list[memoryview]) -> None:
+        self._queue.append((index, parts))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            await self._land(batch)
+        self._task = None
+
+    def check(self) -> None:
+        """Raise what a batch raised (the body need not be read on)."""
+        task = self._task
+        if task is not None and task.done():
+            task.result()
+
+    async def finish(self) -> None:
+        """Wait until every chunk added is landed; raise what went wrong."""
+        if self._task is not None:
+            await self._task
+
+    async def abandon(self) -> None:
+        """Stop: a batch being written ends first (:func:`_finish`), the queue is dropped."""
+        self._queue = []
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -120,21 +120,39 @@ class ModelFiles:
     def write_chunk(self, index: int, data: Sequence[Any] | bytes | memoryview) -> None:
         """Write a verified chunk at its offset (``data``: its bytes, or pieces of them).
         :class:`FileNotFoundError` if the files were closed (the model was removed)."""
-        level, offset, length = self.span(index)
-        pieces = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
-        if sum(memoryview(p).nbytes for p in pieces) != length:
-            raise ValueError(f"chunk {index}: data is not {length} bytes")
-        fd = self._fd(level)
-        done = 0
-        while done < length:  # pwritev may write less than asked
-            views = _skip(pieces, done)
-            done += os.pwritev(fd, views, offset + done)
-        st = os.fstat(fd)
-        with self._lock:
-            self._dirty.add(level)
-            self._fresh.discard(level)
-            self._known[level] = max(self._known[level] or (0, 0), (st.st_size, st.st_mtime_ns))
-        self.damaged.discard(index)
+        self.write_chunks([(index, data)])
+
+    def write_chunks(
+        self, chunks: Sequence[tuple[int, Sequence[Any] | bytes | memoryview]]
+    ) -> None:
+        """Write verified chunks, each ``(index, data)`` as for :meth:`write_chunk`: a run of
+        adjacent chunks of one level in one ``pwritev`` (the fetch lands a request's chunks
+        in batches). :class:`FileNotFoundError` if the files were closed."""
+        batch: list[tuple[int, int, list[Any]]] = []  # (level, offset, pieces) per write
+        for index, data in chunks:
+            level, offset, length = self.span(index)
+            pieces = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+            if sum(memoryview(p).nbytes for p in pieces) != length:
+                raise ValueError(f"chunk {index}: data is not {length} bytes")
+            last = batch[-1] if batch else None
+            if last is not None and last[0] == level and last[1] + _size(last[2]) == offset:
+                last[2].extend(pieces)
+            else:
+                batch.append((level, offset, pieces))
+        for level, offset, pieces in batch:
+            fd = self._fd(level)
+            length, done = _size(pieces), 0
+            while done < length:  # pwritev may write less than asked
+                views = _skip(pieces, done)[:IOV_MAX]
+                done += os.pwritev(fd, views, offset + done)
+            st = os.fstat(fd)
+            with self._lock:
+                self._dirty.add(level)
+                self._fresh.discard(level)
+                known = self._known[level] or (0, 0)
+                self._known[level] = max(known, (st.st_size, st.st_mtime_ns))
+        for index, _ in chunks:
+            self.damaged.discard(index)
 
     def read_chunk(self, index: int) -> bytes:
         level, offset, length = self.span(index)
@@ -347,6 +365,14 @@ def _allocate(fd: int, size: int, path: Path) -> None:
         elif e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             raise
     os.ftruncate(fd, size)
+
+
+IOV_MAX = 1024
+"""Most buffers one ``pwritev`` takes (Linux)."""
+
+
+def _size(pieces: Sequence[Any]) -> int:
+    return sum(memoryview(p).nbytes for p in pieces)
 
 
 def _skip(pieces: Sequence[Any], n: int) -> list[memoryview]:

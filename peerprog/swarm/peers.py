@@ -61,6 +61,15 @@ class PeerStats:
     """No new request to it before this time (after a failure); ``None`` if not backing off."""
 
 
+def takes_more(in_flight: int, budget: int) -> bool:
+    """Whether a peer with ``in_flight`` requests and ``budget`` is asked for more now: when
+    it has none in flight, or at least half its budget (rounded down, at least 1) is free.
+    A fast peer is then refilled in batches of adjacent chunks, which the driver sends as
+    one range request each, instead of one chunk each time one lands; its queue never
+    drops below half the budget, so its link stays busy."""
+    return in_flight == 0 or budget - in_flight >= max(1, budget // 2)
+
+
 def min_budget(config: SchedulerConfig, mean_chunk: float) -> int:
     """The least number of requests a peer may have in flight (``min_queue_bytes``)."""
     want = math.ceil(config.min_queue_bytes / max(1.0, mean_chunk))

@@ -6,7 +6,9 @@ the peers its peer table judges unhealthy). A known peer *holds* a chunk if its 
 has it (``have=None``: a seed or web seed, holds every chunk). A chunk is *fetchable* if
 we miss it and some known peer holds it — whether that peer is free, busy, backing off
 after a failure or has failed this very chunk. A peer is *free* if it is known, not backing
-off and has fewer requests in flight than its budget (see ``peers.py``).
+off and takes more requests: it has none in flight, or at least half its budget is free
+(``peers.takes_more``); it is then given requests up to its budget, so a fast peer gets
+runs of adjacent chunks. The end game (rule 4) may use any peer with room in its budget.
 
 1. **Level order.** The *active level* is the lowest level with a fetchable chunk. Chunks
    are requested from the active level first. Hence:
@@ -86,6 +88,9 @@ class Slot:
 
     complete: bool = False
 
+    refill: bool = True
+    """It takes more requests now (``peers.takes_more``); else only end-game copies."""
+
     mask: int = -1
     """``have`` as an integer (``Bitfield.mask``; -1: every chunk); the picker sets it from
     ``have`` unless ``masked``."""
@@ -134,17 +139,19 @@ class Picker:
         """
         picks: list[tuple[str, int]] = []
         level = self.active_level()
-        free = [s for s in slots if s.in_flight < s.budget]
-        if level is None or room <= 0 or not free:
+        roomy = [s for s in slots if s.in_flight < s.budget]
+        free = [s for s in roomy if s.refill]
+        if level is None or room <= 0 or not roomy:
             return picks
         top = 8 * ((self._table.n + 7) >> 3) - 1
         union = 0
-        for free_slot in free:
-            if not free_slot.masked:
-                have = free_slot.have
-                free_slot.mask = -1 if have is None else have.mask()
-            free_slot.top = top
-            union |= free_slot.mask
+        for roomy_slot in roomy:
+            if not roomy_slot.masked:
+                have = roomy_slot.have
+                roomy_slot.mask = -1 if have is None else have.mask()
+            roomy_slot.top = top
+            if roomy_slot.refill:
+                union |= roomy_slot.mask
         fresh: dict[int, set[str]] = {}
         pool_left = False
         for index in self._rarest_first(level):
@@ -163,7 +170,9 @@ class Picker:
             if room == 0 or not free:
                 return picks
         if not pool_left:
-            room = self._end_game(level, free, flying, fresh, holders, room, picks)
+            roomy = [s for s in roomy if s.in_flight < s.budget]
+            room = self._end_game(level, roomy, flying, fresh, holders, room, picks)
+            free = [s for s in free if s.in_flight < s.budget]
         if room > 0 and free and self._lookahead:
             self._look_ahead(level, free, flying, holders, room, picks)
         return picks

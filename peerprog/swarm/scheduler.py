@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from peerprog.swarm.bitfield import Bitfield
 from peerprog.swarm.chunks import ChunkTable
 from peerprog.swarm.config import SchedulerConfig
-from peerprog.swarm.peers import Flight, PeerState, PeerStats, min_budget
+from peerprog.swarm.peers import Flight, PeerState, PeerStats, min_budget, takes_more
 from peerprog.swarm.picker import Picker, Slot
 from peerprog.swarm.request import Request
 
@@ -232,6 +232,7 @@ class Scheduler:
                 budget = min(budget, floor)
             if len(st.in_flight) < budget:
                 slot = Slot(st.name, st.have, len(st.in_flight), budget, st.rate or 0.0, last)
+                slot.refill = takes_more(len(st.in_flight), budget)
                 slot.mask, slot.masked = st.mask, True
                 slots.append(slot)
         if not slots:

@@ -96,6 +96,10 @@ class FakeStore:
             raise OSError(errno.ENOSPC, "No space left on device")
         self.written[index] = b"".join(bytes(p) for p in data)
 
+    def write_chunks(self, chunks: Sequence[tuple[int, Sequence[Any]]]) -> None:
+        for index, data in chunks:
+            self.write_chunk(index, data)
+
 
 def fetcher(
     state: ModelState, client: FakeClient, store: FakeStore, *, revive_after: float
@@ -207,3 +211,27 @@ async def test_a_chunk_that_fails_its_hash_bans_its_sender_and_is_not_written() 
     first_of_level1 = signed.manifest.levels[1].first_chunk
     assert first_of_level1 not in store.written
     assert all(store.written[i] == chunks[i] for i in store.written)
+
+
+async def test_chunks_that_complete_while_a_batch_is_written_land_together() -> None:
+    """Group commit: while one batch of a body's chunks is verified and written, the chunks
+    completing meanwhile queue up and land in the next batch (one worker job, one write)."""
+    from peerprog.manifest import seal
+
+    m, levels = make_manifest(chunk_size=128)
+    signed = seal(m, KEY)
+    chunks = [bytes(c) for c in chunk_data(levels, m.chunk_size)]
+
+    batches: list[int] = []
+
+    class SlowStore(FakeStore):
+        def write_chunks(self, chunks: Sequence[tuple[int, Sequence[Any]]]) -> None:
+            batches.append(len(chunks))
+            time.sleep(0.02)
+            super().write_chunks(chunks)
+
+    store = SlowStore(signed.manifest)
+    state, _, _ = await fetch(signed, FakeClient(levels), store, revive_after=1.0)
+    assert state.complete and store.written == dict(enumerate(chunks))
+    assert sum(batches) == len(chunks)
+    assert max(batches) > 1 and len(batches) < len(chunks)

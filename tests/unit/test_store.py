@@ -245,3 +245,37 @@ def test_path_components_are_validated(tmp_path: Path, bad: str) -> None:
         store.model_dir(bad)
     with pytest.raises(InputError):
         store.level_path("0" * 64, -1)
+
+
+def test_a_batch_of_chunks_is_one_write_per_run_of_adjacent_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_chunks`` lands adjacent chunks of a level in one ``pwritev`` (the fetch lands
+    a request's chunks in batches), a gap or a level boundary starts another; the bytes
+    are those of ``write_chunk`` one by one."""
+    m, levels = make_manifest()
+    signed = seal(m, KEY)
+    chunks = chunk_data(levels, m.chunk_size)
+    store = Store(tmp_path / "s")
+    store.put_manifest(signed)
+    writes: list[int] = []
+    real = os.pwritev
+
+    def counted(fd: int, buffers: list[memoryview], offset: int) -> int:
+        writes.append(offset)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", counted)
+    assert [list(lv.chunks) for lv in m.levels[:2]] == [[0, 1, 2], [3, 4]]
+    with store.open_files(signed) as files:
+        # pieces of uneven sizes, as a body arrives; chunk 3 opens the next level's file
+        files.write_chunks([(0, [chunks[0][:5], chunks[0][5:]]), (1, [chunks[1]]), (3, chunks[3])])
+        assert len(writes) == 2
+        files.write_chunks([(0, [chunks[0]]), (2, [chunks[2]])])  # chunk 1 between: a gap
+        assert len(writes) == 4
+        files.write_chunks([(4, [chunks[4]])])
+
+        for i in range(5):
+            assert files.read_chunk(i) == chunks[i]
+        with pytest.raises(ValueError, match="is not"):
+            files.write_chunks([(5, [chunks[5][:-1]])])
