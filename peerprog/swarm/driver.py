@@ -261,6 +261,7 @@ class Driver:
         self._whole: dict[tuple[str, int], int] = {}  # (peer, level) -> run id
         self._no_range: set[str] = set()
         self._watches: dict[str, _Watch] = {}
+        self._polled: set[str] = set()  # watches with a ``due`` time (plain polls, web seeds)
         self._used: set[str] = set()
         self._refresh_at = -1.0
         self._deadline: float | None = None
@@ -285,7 +286,10 @@ class Driver:
         times = [self._refresh_at]
         if self._deadline is not None:
             times.append(self._deadline)
-        times.extend(w.due for w in self._watches.values() if w.due is not None and not w.asking)
+        if self._polled:
+            times.extend(
+                w.due for w in self._watches.values() if w.due is not None and not w.asking
+            )
         return min(times)
 
     # -- the pump ---------------------------------------------------------------------------
@@ -301,9 +305,10 @@ class Driver:
             return self._drain()
         if now >= self._refresh_at:
             self._refresh(now)
-        for watch in list(self._watches.values()):
+        for watch in list(self._watches.values()) if self._polled else ():
             if watch.due is not None and watch.due <= now and not watch.asking:
                 watch.due = None
+                self._polled.discard(watch.source.key)
                 if watch.source.kind == "web_seed":
                     self._answered(watch, None, now)
                 else:
@@ -399,6 +404,7 @@ class Driver:
             self._ask(watch)
         else:
             watch.due = now + self.config.have_poll_interval
+            self._polled.add(key)
 
     def _dir_kind(self, watch: _Watch) -> str:
         """The source's kind now (a peer's announce may have said since that it is the
@@ -428,6 +434,7 @@ class Driver:
 
     def _unwatch(self, key: str, now: float) -> None:
         del self._watches[key]
+        self._polled.discard(key)
         self._out.append(StopHave(key))
         self._lose(key, now)
 
@@ -533,6 +540,7 @@ class Driver:
             self._out.append(SourceUsed(key, False))
         if key in self._watches:
             del self._watches[key]
+            self._polled.discard(key)
             self._out.append(StopHave(key))
 
     def on_end(self, fetch: Fetch, now: float) -> None:

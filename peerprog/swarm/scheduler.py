@@ -21,6 +21,7 @@ budget, timeout and backoff are in ``peers.py``; holder counts in ``chunks.py``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 
 from peerprog.swarm.bitfield import Bitfield
@@ -63,6 +64,12 @@ class Scheduler:
         self._flying: dict[int, dict[str, Request]] = {}
         self._total = 0
         self._top = 8 * ((self._table.n + 7) >> 3) - 1  # the bit of chunk 0 in a mask
+        self._quiet_until: float | None = None
+        """When :meth:`next_requests` last answered nothing: it answers nothing again before
+        this time (the end of the first backoff) unless the state changed since. A cache,
+        never a decision: every change that could make it answer otherwise drops it."""
+        self._quiet_level: int | None = None
+        """The active level when it was set."""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -138,6 +145,7 @@ class Scheduler:
         or web seed). ``origin``: it is the model's origin (the publisher's seed, whatever
         its ``have`` shows): with web seeds, the picker's last resort (rule 3). Adding a
         known peer updates its ``have``; adding a banned one is ignored."""
+        self._quiet_until = None
         if peer in self._banned:
             return
         have = self._checked(have)
@@ -153,6 +161,7 @@ class Scheduler:
 
     def set_have(self, peer: str, have: Bitfield, now: float) -> None:
         """A known peer announced what it holds now. Ignored for unknown or banned peers."""
+        self._quiet_until = None
         st = self._peers.get(peer)
         if st is None:
             return
@@ -183,6 +192,8 @@ class Scheduler:
         self._table.add_chunk_holder(index)
         if self._table.is_held[index] or self._total >= self._config.max_in_flight_total:
             return False
+        if self._quiet_until is not None and self._may_pick(st, index, now):
+            self._quiet_until = None
         if st.have.count() == self._table.n:
             return True
         return st.usable(now) and len(st.in_flight) < st.budget(self._config, self._table.mean_size)
@@ -190,6 +201,7 @@ class Scheduler:
     def remove_peer(self, peer: str, now: float) -> list[Request]:
         """Forget a peer (gone, disconnected). Returns its requests in flight, for the shell
         to cancel; their chunks go back to the pool."""
+        self._quiet_until = None
         st = self._peers.pop(peer, None)
         if st is None:
             return []
@@ -207,6 +219,10 @@ class Scheduler:
 
     def next_requests(self, now: float) -> list[Request]:
         """New requests to send now; they are recorded as in flight."""
+        if self._quiet_until is not None:
+            if now < self._quiet_until:
+                return []
+            self._quiet_until = None
         room = self._config.max_in_flight_total - self._total
         config, mean = self._config, self._table.mean_size
         usable: list[tuple[PeerState, bool]] = []
@@ -221,7 +237,7 @@ class Scheduler:
             swarm = swarm or not last
             usable.append((st, last))
         if room <= 0:
-            return []
+            return self._quiet()
         # In a swarm, the origin (or a web seed) gets a shallow queue: it then serves chunks
         # nobody else has yet instead of chunks the peers will soon trade.
         floor = min_budget(config, mean)
@@ -236,8 +252,10 @@ class Scheduler:
                 slot.mask, slot.masked = st.mask, True
                 slots.append(slot)
         if not slots:
-            return []
+            return self._quiet()
         picks = self._picker.pick(slots, self._flying, self._holders, room)
+        if not picks:
+            return self._quiet()
         requests = []
         for peer, index in picks:
             request = self._peers[peer].send(index, self._table.sizes[index], now, self._config)
@@ -246,6 +264,43 @@ class Scheduler:
             requests.append(request)
         return requests
 
+    def _quiet(self) -> list[Request]:
+        """:meth:`next_requests` answers nothing: remember it until the first backoff ends
+        (every backoff still running ends after ``now``)."""
+        self._quiet_until = min(
+            (st.backoff_until for st in self._peers.values() if st.backoff_until is not None),
+            default=math.inf,
+        )
+        self._quiet_level = self._picker.active_level()
+        return []
+
+    def _may_pick(self, st: PeerState, index: int, now: float) -> bool:
+        """Could ``st`` newly holding ``index`` (missing, room left in the total) change an
+        answer of nothing from :meth:`next_requests`? Not if the chunk's level is past the
+        look-ahead of an unchanged active level, nor if ``st`` cannot take a request now
+        (then only the rarity order changes, and a pass that picks nothing does not depend
+        on it), nor, past the active level, if the chunk is in flight (no end game there)
+        or ``st`` is not free and idle for the active level (picker rule 1)."""
+        active = self._quiet_level
+        level = self._table.level_of(index)
+        if active is None or level < active:
+            return True  # the active level may change
+        if level > active + self._config.lookahead_levels:
+            return False
+        if st.origin or (st.have is not None and st.have.count() == self._table.n):
+            return True
+        budget = st.budget(self._config, self._table.mean_size)
+        if not st.usable(now) or len(st.in_flight) >= budget:
+            return False  # not a slot of the picker
+        if level == active:
+            return True
+        # Past the active level only a free peer idle for the active level is given
+        # chunks (the soft barrier), and never one in flight.
+        if index in self._flying or not takes_more(len(st.in_flight), budget):
+            return False
+        span = self._table.levels[active]
+        return not any(i in span for i in st.in_flight)
+
     def on_chunk(self, peer: str, index: int, now: float) -> list[Request]:
         """``peer`` delivered chunk ``index`` and it verified. Returns the other requests
         for that chunk (end game), now redundant, for the shell to cancel.
@@ -253,6 +308,7 @@ class Scheduler:
         Credits the peer and updates its rate estimate if we had asked it for the chunk.
         A chunk we already hold is ignored; a verified chunk we did not ask this peer for
         (e.g. after its request timed out) is still taken."""
+        self._quiet_until = None
         if index in self._table.held:
             return []
         st = self._peers.get(peer)
@@ -274,6 +330,7 @@ class Scheduler:
     def mark_have(self, index: int, now: float) -> list[Request]:
         """We hold chunk ``index`` now (e.g. found on disk). Returns the requests in flight
         for it, for the shell to cancel."""
+        self._quiet_until = None
         if not self._table.mark_held(index):
             return []
         redundant = []
@@ -287,6 +344,7 @@ class Scheduler:
         """``peer`` sent a chunk that failed its hash: it is banned for good. Returns its
         other requests in flight, for the shell to cancel; all its chunks go back to the
         pool."""
+        self._quiet_until = None
         self._banned.add(peer)
         st = self._peers.pop(peer, None)
         if st is None:
@@ -301,6 +359,7 @@ class Scheduler:
         """The request for chunk ``index`` to ``peer`` failed (connection error, 404,
         malformed response). The chunk goes back to the pool and the peer backs off (see
         :meth:`failures`)."""
+        self._quiet_until = None
         st = self._peers.get(peer)
         flight = st.finish(index) if st is not None else None
         if st is None or flight is None:
@@ -327,6 +386,7 @@ class Scheduler:
         flight there, the peer takes no more than those at once from now on (one more after
         each chunk it delivers); if none is, it gets no request for ``busy_backoff``
         seconds, or ``retry_after``, whichever is longer."""
+        self._quiet_until = None
         st = self._peers.get(peer)
         if st is None:
             return
@@ -349,6 +409,7 @@ class Scheduler:
         """The shell gave up the request for chunk ``index`` to ``peer`` for a reason of its
         own (e.g. it could not store the chunk): the chunk goes back to the pool and the
         peer is not judged."""
+        self._quiet_until = None
         st = self._peers.get(peer)
         flight = st.in_flight.get(index) if st is not None else None
         if st is not None and flight is not None:
@@ -358,6 +419,7 @@ class Scheduler:
         """Time out the requests whose deadline has passed. Returns them, for the shell to
         cancel; their chunks go back to the pool and each peer is penalised (a failure, and
         its rate estimate lowered)."""
+        self._quiet_until = None
         self._end_backoffs(now)
         due = [
             (f.deadline, st, f)
