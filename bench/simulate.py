@@ -98,6 +98,7 @@ class Node:
     lat: float  # one-way access latency, s
     join: float
     leave: float = math.inf
+    away: float = math.inf  # after a churn leave, back this many seconds later
     alive: bool = False
     driver: Driver | None = None
     table: PeerTable | None = None
@@ -112,6 +113,8 @@ class Node:
     armed: float | None = None
     level_at: list[float] = field(default_factory=list)
     done_at: float | None = None
+    boots: int = 0  # daemon starts: 1 at its join, one more at each return
+    downtime: float = 0.0  # seconds it was away (left and came back)
     cancelled: int = 0
     busy: int = 0
     requests: int = 0
@@ -148,6 +151,8 @@ class Park:
 
     token: int
     since: tuple[str, int]
+    arrive: float
+    """When the request reaches its target (it is held from then on)."""
 
 
 class Sim:
@@ -179,6 +184,8 @@ class Sim:
             node = Node(i, kind, up, down, lat, join)
             if self.rng.random() < args.churn:
                 node.leave = join + self.rng.uniform(0.0, args.churn_horizon)
+                if args.churn_away < math.inf:
+                    node.away = self.rng.uniform(0.5, 1.5) * args.churn_away
             self.nodes.append(node)
         self.net = FlowNetwork(
             np.array([x.up for x in self.nodes]), np.array([x.down for x in self.nodes])
@@ -193,15 +200,7 @@ class Sim:
         self.seed_logs: dict[int, HaveLog] = {}  # each edge's view of a super-seeding seed
         if not args.no_super_seeding:
             self.seeder = SuperSeeder(self.levels, seed=args.seed)
-        self.uploads = [
-            UploadSlots(
-                UploadConfig(
-                    slots_for(x.up if args.upload_cap else 0, args.upload_slots),
-                    args.upload_queue,
-                )
-            )
-            for x in self.nodes
-        ]
+        self.uploads = [self.upload_slots(x) for x in self.nodes]
         self.events = 0
         self.now = 0.0
         self.end = 0.0
@@ -211,10 +210,14 @@ class Sim:
         """Per second: time, edges' upload MB/s, seed's upload MB/s, chunks that left the
         seed, edges with level 0, edges exact."""
         self.left_seed: set[int] = set()
+        self.polls: deque[tuple[float, int, int, int]] = deque()
+        """Held long-polls by the time they are up (when they came, plus ``long_poll``):
+        (time, asker, target, token); in the order they were asked, so one may be answered
+        up to a latency late."""
         for node in self.nodes[1:]:
             self.at(node.join, self.on_join, node)
             if node.leave < math.inf:
-                self.at(node.leave, self.on_leave, node)
+                self.at(node.leave, self.on_churn, node)
         if args.seed_dies_at is not None:
             self.at(args.seed_dies_at, self.on_leave, seed)
         seed.alive = True
@@ -224,6 +227,12 @@ class Sim:
     def at(self, t: float, fn: Callable[..., None], *a: Any) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, fn, a))
+
+    def upload_slots(self, x: Node) -> UploadSlots:
+        """``x``'s peer server's upload slots (``[limits]``), empty."""
+        args = self.args
+        slots = slots_for(x.up if args.upload_cap else 0, args.upload_slots)
+        return UploadSlots(UploadConfig(slots, args.upload_queue))
 
     def lat(self, a: Node, b: Node) -> float:
         return a.lat + b.lat
@@ -237,6 +246,11 @@ class Sim:
             t_end = t + dt
             for fid, tf in self.net.step(t, dt):
                 self.segment_done(fid, tf, t_end)
+            polls = self.polls
+            while polls and polls[0][0] < t_end:
+                tp, asker, target, token = polls.popleft()
+                self.now = max(tp, t)
+                self.have_timeout(self.nodes[asker], self.nodes[target], token)
             while self.heap and self.heap[0][0] < t_end:
                 te, _, fn, a = heapq.heappop(self.heap)
                 self.now = max(te, t)
@@ -286,24 +300,52 @@ class Sim:
         if e.leave <= self.now:
             self.finished += 1
             return
-        e.alive = True
         e.have = Bitfield(self.nchunks)
-        e.log = HaveLog(self.nchunks, epoch=f"e{e.nid}")
+        e.level_at = [math.nan] * len(self.levels)
+        self.boot(e)
+
+    def boot(self, e: Node) -> None:
+        """``e``'s daemon starts (at its join, or back after a churn leave): a fresh peer
+        table and driver that hold what ``e`` had verified (as a restarted daemon finds its
+        chunks on disk), a have stream of a new epoch, free upload slots; it learns of
+        ``--degree`` random edges present and of the seed after a round trip."""
+        assert e.have is not None
+        e.alive = True
+        e.boots += 1
+        held = e.have.indices()
+        e.log = HaveLog(self.nchunks, held, epoch=f"e{e.nid}.{e.boots}")
         e.table = PeerTable(self.table_config, self_url=e.name)
         e.driver = Driver(
             MODEL,
             self.levels,
             self.sizes,
             e.table,
+            have=held,
             config=self.config,
             seed=self.rng.getrandbits(32),
         )
-        e.level_at = [math.nan] * len(self.levels)
+        e.neighbors, e.asks, e.armed = set(), {}, None
+        self.uploads[e.nid] = self.upload_slots(e)
         k = min(self.args.degree, len(self.alive_edges))
         for nid in self.rng.sample(self.alive_edges, k):
             self.at(self.now + 2 * self.lat(e, self.nodes[nid]), self.connect, e, self.nodes[nid])
         self.alive_edges.append(e.nid)
         self.at(self.now + 2 * self.lat(e, self.nodes[0]), self.connect, e, self.nodes[0])
+
+    def on_churn(self, e: Node) -> None:
+        """``e`` leaves (its daemon stops); with ``--churn-away`` it comes back later with
+        what it had verified."""
+        if not e.alive:
+            return
+        returns = e.away < math.inf and (e.done_at is None or self.args.linger == math.inf)
+        self.on_leave(e, returns=returns)
+        if returns:
+            self.at(self.now + e.away, self.on_return, e)
+
+    def on_return(self, e: Node) -> None:
+        e.downtime += self.now - e.leave
+        e.leave = math.inf
+        self.boot(e)
 
     def connect(self, a: Node, b: Node) -> None:
         """``a`` and ``b`` learn of each other (announce, peer exchange): each puts the
@@ -322,20 +364,22 @@ class Sim:
                 x.driver.peers_changed()
                 self.dirty.add(x.nid)
 
-    def on_leave(self, x: Node) -> None:
+    def on_leave(self, x: Node, *, returns: bool = False) -> None:
         """``x`` stops: its uploads break and the long-polls it holds fail (each requester
-        sees it one latency later); its own requests end."""
+        sees it one latency later); its own requests end. ``returns``: it will come back
+        (it does not count as finished meanwhile)."""
         if not x.alive:
             return
         x.alive = False
         x.leave = self.now
-        if x.nid != 0 and x.done_at is None:
+        if x.nid != 0 and x.done_at is None and not returns:
             self.finished += 1
         if x.nid in self.alive_edges:
             self.alive_edges.remove(x.nid)
         for run in list(x.runs.values()):
             self.stop(run)
         x.runs.clear()
+        x.asks.clear()
         for run in list(x.serving):
             self.net.remove(run.fid)
             del self.flows[run.fid]
@@ -348,7 +392,7 @@ class Sim:
         x.queue.clear()
         for asker, park in x.parked.items():
             self.at(
-                self.now + self.lat(x, self.nodes[asker]),
+                max(self.now, park.arrive) + self.lat(x, self.nodes[asker]),
                 self.have_failed,
                 self.nodes[asker],
                 x,
@@ -378,42 +422,53 @@ class Sim:
                 self.seeder.add_peer(asker.name, asker.have.copy(), self.now)
         return log
 
-    def have_arrive(self, x: Node, y: Node, token: int, since: tuple[str, int] | None) -> None:
-        """``x``'s have request reaches ``y``: answered now if there is news, else held
-        (a long-poll) until there is or its ``wait`` is up."""
-        if x.asks.get(y.nid) != token:
-            return
+    def ask_have(self, x: Node, y: Node, token: int, since: tuple[str, int] | None) -> None:
+        """``x`` asks ``y`` for its have; the request reaches ``y`` one latency later and is
+        answered then if there is news (computed as the request leaves), else held (a
+        long-poll) from its arrival until there is or its ``wait`` is up; answers and
+        failures arrive one more latency later. A held request costs no event."""
+        lat = self.lat(x, y)
+        arrive = self.now + lat
         if not y.alive:
-            self.at(self.now + self.lat(x, y), self.have_failed, x, y, token)
+            self.at(arrive + lat, self.have_failed, x, y, token)
             return
         log = self.log_for(y, x)
         if since is None:
             full = log.since("", -1).full
-            self.reply(x, y, token, HaveDelta("", 0, full=full))
+            self.at(arrive + lat, self.have_answer, x, y, token, HaveDelta("", 0, full=full))
             return
         delta = log.since(*since)
         if delta.full is not None or delta.added:
-            self.reply(x, y, token, delta)
+            self.at(arrive + lat, self.have_answer, x, y, token, delta)
             return
-        y.parked[x.nid] = Park(token, since)
-        self.at(self.now + self.config.long_poll, self.have_timeout, x, y, token)
+        y.parked[x.nid] = Park(token, since, arrive)
+        self.polls.append((arrive + self.config.long_poll, x.nid, y.nid, token))
 
     def have_timeout(self, x: Node, y: Node, token: int) -> None:
         park = y.parked.get(x.nid)
         if park is not None and park.token == token and y.alive:
             del y.parked[x.nid]
-            self.reply(x, y, token, self.log_for(y, x).since(*park.since))
+            self.reply(x, y, park, self.log_for(y, x).since(*park.since))
 
     def news(self, y: Node, asker: int | None = None) -> None:
         """``y``'s have stream grew: the long-polls it holds answer (only ``asker``'s)."""
-        for a in [asker] if asker is not None else list(y.parked):
-            park = y.parked.pop(a, None)
+        if asker is not None:
+            park = y.parked.pop(asker, None)
             if park is not None:
-                x = self.nodes[a]
-                self.reply(x, y, park.token, self.log_for(y, x).since(*park.since))
+                x = self.nodes[asker]
+                self.reply(x, y, park, self.log_for(y, x).since(*park.since))
+            return
+        parked, y.parked = y.parked, {}
+        log = y.log
+        assert log is not None
+        for a, park in parked.items():
+            self.reply(self.nodes[a], y, park, log.since(*park.since))
 
-    def reply(self, x: Node, y: Node, token: int, delta: HaveDelta) -> None:
-        self.at(self.now + self.lat(x, y), self.have_answer, x, y, token, delta)
+    def reply(self, x: Node, y: Node, park: Park, delta: HaveDelta) -> None:
+        """Answer a held long-poll now (or when it arrives, if it is still on its way)."""
+        self.at(
+            max(self.now, park.arrive) + self.lat(x, y), self.have_answer, x, y, park.token, delta
+        )
 
     def have_answer(self, x: Node, y: Node, token: int, delta: HaveDelta) -> None:
         if x.asks.get(y.nid) != token or not x.fetching:
@@ -482,7 +537,7 @@ class Sim:
             y = self.nodes[int(action.source.key)]
             self.seq += 1
             e.asks[y.nid] = self.seq
-            self.at(self.now + self.lat(e, y), self.have_arrive, e, y, self.seq, action.since)
+            self.ask_have(e, y, self.seq, action.since)
         elif isinstance(action, StopHave):
             nid = int(action.key)
             token = e.asks.pop(nid, None)
@@ -718,6 +773,8 @@ class Sim:
             "nodes": n,
             "completed": len(done),
             "left_early": sum(1 for x in edges if x.done_at is None and x.leave < math.inf),
+            "returned": sum(1 for x in edges if x.boots > 1),
+            "returned_exact_s": pct([since_join(x.done_at, x.join) for x in stayed if x.boots > 1]),
             "sim_seconds": round(self.end, 2),
             "stopped_by_wall_limit": self.cut_short,
             "lower_bound_s": round(lb, 2),
@@ -739,7 +796,7 @@ class Sim:
             ),
             "edge_upload_busy": round(
                 float(self.net.uploaded[1:].sum())
-                / sum(x.up * (min(x.leave, self.end) - x.join) for x in edges),
+                / sum(x.up * (min(x.leave, self.end) - x.join - x.downtime) for x in edges),
                 3,
             ),
             "edge_upload_busy_by_class": {
@@ -748,7 +805,7 @@ class Sim:
                     / max(
                         1e-9,
                         sum(
-                            x.up * (min(x.leave, self.end) - x.join)
+                            x.up * (min(x.leave, self.end) - x.join - x.downtime)
                             for x in edges
                             if x.kind == kind
                         ),
@@ -813,6 +870,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--join-window", type=float, default=5.0, help="joins uniform in [0, W] s")
     ap.add_argument("--churn", type=float, default=0.0, help="fraction of edges that leave")
     ap.add_argument("--churn-horizon", type=float, default=120.0, help="leave within H s of join")
+    ap.add_argument(
+        "--churn-away",
+        type=float,
+        default=math.inf,
+        help="an edge that left comes back after uniform [S/2, 3S/2] s with what it had"
+        " verified (default: never)",
+    )
     ap.add_argument("--linger", type=float, default=math.inf, help="stay S s after exact")
     ap.add_argument("--seed-dies-at", type=float, default=None, help="the seed leaves at T s")
     ap.add_argument("--lat-min", type=float, default=0.005, help="one-way access latency, s")
@@ -858,8 +922,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         res["cpu_seconds"] = round(time.process_time() - cpu0, 1)
         runs.append(res)
     opts = {k: v for k, v in vars(args).items() if k not in ("png", "json", "samples")}
-    if opts["linger"] == math.inf:
-        opts["linger"] = "inf"
+    for key in ("linger", "churn_away", "wall_limit"):
+        if opts[key] == math.inf:
+            opts[key] = "inf"
     doc = {"label": args.label, "options": opts, "runs": runs}
     if args.png:
         plot(runs, args.png, args.label or "peerprog swarm simulation")
