@@ -92,3 +92,9 @@ def curl_files(base: str, paths: list[str], out: Path | None, rate: int = 0) -> 
         return {"curl_s": curl_s}
     subprocess.run(["sync", *(str(out / p) for p in paths), str(out)], check=True)
     return {"curl_s": curl_s, "synced_s": time.perf_counter() - t0}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system, all threads) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.baseline import Nginx, curl_files
+from bench.baseline import Nginx, cpu_seconds, curl_files
 from bench.report import machine, table, write_section
 from peerprog.api.client import Client
 from tests.integration.cluster import Cluster, wait_until
@@ -128,6 +128,7 @@ def run(root: Path, tensors: int, runs: int) -> dict[str, Any]:
             shutil.rmtree(out)
             null.append(curl_files(web.url, [model.name], None)["curl_s"])
     complete, best, exact = [], [], True
+    edge_cpu, seed_cpu = [], []
     with Cluster(root / "cluster") as c:
         key = c.key_path
         c.public_key  # noqa: B018 - make the key
@@ -140,6 +141,7 @@ def run(root: Path, tensors: int, runs: int) -> dict[str, Any]:
         for i in range(runs):
             edge = c.start(c.node(f"edge{i}", bootstrap=[seed]))
             client = Client(edge.socket, timeout=600)
+            cpu0 = cpu_seconds(edge.pid), cpu_seconds(seed.pid)
             t0 = time.perf_counter()
             client.want(NAME)
 
@@ -148,6 +150,8 @@ def run(root: Path, tensors: int, runs: int) -> dict[str, Any]:
 
             wait_until(done, 3600, "the edge to complete", every=0.02)
             complete.append(time.perf_counter() - t0)
+            edge_cpu.append(cpu_seconds(edge.pid) - cpu0[0])
+            seed_cpu.append(cpu_seconds(seed.pid) - cpu0[1])
             best_out = root / "best.safetensors"
             t0 = time.perf_counter()
             got = client.best_path(NAME, best_out, min_level="max", wait=3600)
@@ -181,6 +185,11 @@ def run(root: Path, tensors: int, runs: int) -> dict[str, Any]:
         "request_to_complete_runs": complete,
         "complete_over_synced": complete_s / synced_s,
         "complete_over_null": complete_s / null_s,
+        "wire_MBps": pub["total_bytes"] / complete_s / 1e6,
+        "plain_null_MBps": size / null_s / 1e6,
+        "wire_over_null": (pub["total_bytes"] / complete_s) / (size / null_s),
+        "edge_cpu_s_per_GB": statistics.median(edge_cpu) / (pub["total_bytes"] / 1e9),
+        "seed_cpu_s_per_GB": statistics.median(seed_cpu) / (pub["total_bytes"] / 1e9),
         "best_to_file_s": best_s,
         "best_to_file_runs": best,
         "best_over_synced": best_s / synced_s,
@@ -232,6 +241,18 @@ def markdown(doc: dict[str, Any], args: argparse.Namespace) -> str:
             f"{r['request_to_complete_s']:.2f} s",
             f"{r['complete_over_synced']:.2f}× ({r['complete_over_null']:.2f}× /dev/null)",
             f"≤ 1.0×: {'met' if r['complete_over_synced'] <= 1.0 else 'missed'}",
+        ],
+        [
+            "its wire throughput (stream bytes / that time)",
+            f"{r['wire_MBps']:.0f} MB/s",
+            f"{r['wire_over_null']:.0%} of /dev/null's {r['plain_null_MBps']:.0f} MB/s",
+            f"≥ 90%: {'met' if r['wire_over_null'] >= 0.9 else 'missed'}",
+        ],
+        [
+            "CPU per GB of stream: edge / seed",
+            f"{r['edge_cpu_s_per_GB']:.2f} / {r['seed_cpu_s_per_GB']:.2f} s",
+            "",
+            "",
         ],
         [
             "then `best?min_level=max` to a file (fsynced)",

@@ -1,8 +1,9 @@
 """Swarm benchmark: real daemons on loopback against plain HTTP, measured in the same run.
 
 1. One edge from one seed, no caps: an app's request to a running edge until the model is
-   exact, against a plain HTTP download of the same bytes from a static server (aiohttp,
-   sendfile); the median of ``--repeat`` runs of each.
+   exact, against plain downloads of the same number of bytes in the same run (nginx,
+   ``sendfile on``, and ``curl`` to /dev/null and to a file then ``sync``), and the CPU
+   seconds per GB the edge and the seed spend; medians of ``--repeat`` runs of each.
 2. Seed upload capped, N = 1, 2, 4, 8 edges: time to level 0 and to exact on every edge,
    the seed's upload bytes; beside it the client-server baseline (N plain HTTP downloads of
    the same bytes sharing the same capped upload).
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -27,6 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.baseline import Nginx, cpu_seconds, curl_files
 from bench.codec import synthetic
 from bench.report import machine, table, write_section
 from peerprog.formats import write_safetensors
@@ -37,10 +41,8 @@ NAME = "bench-model"
 
 
 async def http_download(path: Path, clients: int, upload_cap: int) -> float:
-    """Seconds for ``clients`` concurrent plain HTTP downloads of ``path``; a shared
-    ``upload_cap`` (bytes/s, 0 = none) on the server, like the seed's. One uncapped
-    download is ``curl`` writing the file (as peerprog writes and verifies what it gets);
-    several are read by clients in this process."""
+    """Seconds for ``clients`` concurrent plain HTTP downloads of ``path`` read by clients in
+    this process, with a shared ``upload_cap`` (bytes/s) on the server, like the seed's."""
     bucket = TokenBucket(upload_cap)
 
     async def serve(request: web.Request) -> web.StreamResponse:
@@ -71,21 +73,10 @@ async def http_download(path: Path, clients: int, upload_cap: int) -> float:
         return n
 
     try:
-        if clients == 1 and bucket.unlimited:  # what a user does: curl it to a file
-            out = path.with_suffix(".curl")
+        async with aiohttp.ClientSession() as session:
             t0 = time.perf_counter()
-            curl = await asyncio.create_subprocess_exec(
-                "curl", "-sf", "-o", str(out), f"http://127.0.0.1:{port}/model"
-            )
-            assert await curl.wait() == 0
+            sizes = await asyncio.gather(*(one(session) for _ in range(clients)))
             elapsed = time.perf_counter() - t0
-            sizes = [out.stat().st_size]
-            out.unlink()
-        else:
-            async with aiohttp.ClientSession() as session:
-                t0 = time.perf_counter()
-                sizes = await asyncio.gather(*(one(session) for _ in range(clients)))
-                elapsed = time.perf_counter() - t0
     finally:
         await runner.cleanup()
     assert all(s == path.stat().st_size for s in sizes)
@@ -106,12 +97,19 @@ def wait_complete(node: Daemon, timeout: float) -> None:
 
 
 def swarm_run(
-    root: Path, model: Path, edges: int, upload_cap: int, *, asked: bool = False
+    root: Path,
+    model: Path,
+    edges: int,
+    upload_cap: int,
+    *,
+    asked: bool = False,
+    chunk_size: int = 256 * 1024,
 ) -> dict[str, Any]:
     """Edges started together, wanting the model from the start; or, ``asked``, running
-    edges that an app then asks for it."""
+    edges that an app then asks for it (then also the time from the request to the model
+    complete, and the CPU seconds the edges and the seed used meanwhile)."""
     with Cluster(root) as c:
-        pub = c.publish(model, name=NAME, chunk_size=256 * 1024)
+        pub = c.publish(model, name=NAME, chunk_size=chunk_size)
         seed = c.start(c.seed(upload_bytes_per_s=upload_cap))
         want = [] if asked else [NAME]
         nodes = [
@@ -120,11 +118,15 @@ def swarm_run(
         ]
         for n in nodes:
             c.wait_ready(n)
+        cpu0 = [cpu_seconds(n.pid) for n in (seed, *nodes)]
+        asked_at = time.perf_counter()
         if asked:
             for n in nodes:
                 assert n.request("PUT", f"/v1/models/{NAME}").status in (200, 202)
         for n in nodes:
             wait_complete(n, 600)
+        request_s = time.perf_counter() - asked_at
+        cpu = [cpu_seconds(n.pid) - c0 for n, c0 in zip((seed, *nodes), cpu0, strict=True)]
         last = str(len(pub["levels"]) - 1)
         per_edge = []
         for n in nodes:
@@ -150,6 +152,9 @@ def swarm_run(
             "seed_upload_bytes": seed_up,
             "seed_upload_over_model": seed_up / pub["total_bytes"],
             "all_exact_s": max(e["exact_at"] for e in per_edge) - t0,
+            "request_to_complete_s": request_s,
+            "seed_cpu_s": cpu[0],
+            "edges_cpu_s": sum(cpu[1:]),
             "per_edge": per_edge,
         }
 
@@ -160,34 +165,55 @@ def main() -> None:
     ap.add_argument("--cap", type=int, default=20_000_000, help="seed upload cap, bytes/s")
     ap.add_argument("--edges", default="1,2,4,8")
     ap.add_argument("--repeat", type=int, default=3, help="runs of the uncapped case")
+    ap.add_argument("--chunk-kib", type=int, default=256, help="chunk size of the uncapped case")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="pp-bench-") as tmp:
         root = Path(tmp)
         model = root / "model.safetensors"
         write_safetensors(model, synthetic(args.weights))
-        # plain HTTP of a file the size of the encoded model ("the same bytes")
+        chunk = args.chunk_kib * 1024
         runs = [
-            swarm_run(root / f"uncapped{i}", model, 1, 0, asked=True) for i in range(args.repeat)
+            swarm_run(root / f"uncapped{i}", model, 1, 0, asked=True, chunk_size=chunk)
+            for i in range(args.repeat)
         ]
         total = runs[0]["total_bytes"]
-        same = root / "same-bytes.bin"
-        same.write_bytes(b"\0" * total)
-        http = [asyncio.run(http_download(same, 1, 0)) for _ in range(args.repeat)]
-        each = [r["per_edge"][0]["exact_s"] for r in runs]
-        edge_s = statistics.median(each)
-        http_s = statistics.median(http)
+        docs = root / "docs"  # plain downloads of a file the size of the encoded model
+        docs.mkdir()
+        same = docs / "same-bytes.bin"
+        same.write_bytes(os.urandom(total))
+        null, synced = [], []
+        with Nginx(docs, root / "nginx") as web:
+            for _ in range(args.repeat):
+                null.append(curl_files(web.url, [same.name], None)["curl_s"])
+                out = root / "plain"
+                synced.append(curl_files(web.url, [same.name], out)["synced_s"])
+                shutil.rmtree(out)
+        med = statistics.median
+        request_s = med(r["request_to_complete_s"] for r in runs)
+        transfer_s = med(r["per_edge"][0]["exact_s"] for r in runs)
+        gb = total / 1e9
         throughput = {
             "bytes": total,
+            "chunk_size": chunk,
             "runs": args.repeat,
-            "peerprog_s_each": each,
-            "http_s_each": http,
-            "peerprog_s": edge_s,
-            "peerprog_MB_per_s": total / edge_s / 1e6,
-            "http_s": http_s,
-            "http_MB_per_s": total / http_s / 1e6,
-            "ratio": http_s / edge_s,
+            "request_to_complete_s_each": [r["request_to_complete_s"] for r in runs],
+            "transfer_s_each": [r["per_edge"][0]["exact_s"] for r in runs],
+            "curl_null_s_each": null,
+            "curl_synced_s_each": synced,
+            "request_to_complete_s": request_s,
+            "transfer_s": transfer_s,
+            "curl_null_s": med(null),
+            "curl_synced_s": med(synced),
+            "transfer_over_null": med(null) / transfer_s,
+            "request_over_null": med(null) / request_s,
+            "request_over_synced": request_s / med(synced),
+            "edge_cpu_s_per_GB": med(r["edges_cpu_s"] for r in runs) / gb,
+            "seed_cpu_s_per_GB": med(r["seed_cpu_s"] for r in runs) / gb,
         }
+        same.unlink()
+        same = root / "same-bytes.bin"
+        same.write_bytes(b"\0" * total)
         capped = []
         for n in (int(x) for x in args.edges.split(",")):
             run = swarm_run(root / f"capped{n}", model, n, args.cap)
@@ -201,25 +227,56 @@ def main() -> None:
 
 def markdown(doc: dict[str, Any], args: argparse.Namespace) -> str:
     th = doc["throughput"]
-    cmd = "`.venv/bin/python -m bench.swarm --write`"
+    extra = f" --chunk-kib {args.chunk_kib}" if args.chunk_kib != 256 else ""
+    cmd = f"`.venv/bin/python -m bench.swarm{extra} --write`"
     parts = [
         "## Swarm: daemons on loopback vs plain HTTP\n",
         f"Reproduce: {cmd} (machine: {doc['machine']}). A synthetic model of "
-        f"{args.weights:,} float32 weights ({th['bytes'] / 1e6:.1f} MB encoded, "
-        "chunks of 256 KiB); times from an edge's first chunk request to its last level "
-        "(daemon metrics).\n",
-        "**One edge from one seed, no caps**: an app asks a running edge for the model "
-        "(timed from the edge's first chunk request to exact), vs a plain HTTP download "
-        "(`curl`) of the same number of bytes from an aiohttp static server in the same "
-        f"run; medians of {th['runs']} runs each:\n",
+        f"{args.weights:,} float32 weights ({th['bytes'] / 1e6:.1f} MB encoded); times "
+        "of the capped runs from an edge's first chunk request to its last level (daemon "
+        "metrics, chunks of 256 KiB).\n",
+        "**One edge from one seed, no caps** "
+        f"(chunks of {th['chunk_size'] // 1024} KiB): an app asks a running edge for the model; "
+        "the edge's transfer (its first chunk request to exact, daemon metrics) and the app's "
+        "request → complete, against plain downloads of the same number of bytes in the "
+        "same run (nginx with `sendfile on`, `curl` to /dev/null and to a file then `sync`); "
+        f"medians of {th['runs']} runs each:\n",
         table(
-            ["", "seconds", "MB/s"],
+            ["", "seconds", "MB/s", "vs curl to /dev/null (throughput)", "vs curl synced"],
             [
-                ["peerprog edge", f"{th['peerprog_s']:.2f}", f"{th['peerprog_MB_per_s']:.0f}"],
-                ["plain HTTP", f"{th['http_s']:.2f}", f"{th['http_MB_per_s']:.0f}"],
+                [
+                    "peerprog: the edge's transfer",
+                    f"{th['transfer_s']:.3f}",
+                    f"{th['bytes'] / th['transfer_s'] / 1e6:.0f}",
+                    f"{th['transfer_over_null']:.0%}",
+                    "",
+                ],
+                [
+                    "peerprog: the app's request → complete",
+                    f"{th['request_to_complete_s']:.3f}",
+                    f"{th['bytes'] / th['request_to_complete_s'] / 1e6:.0f}",
+                    f"{th['request_over_null']:.0%}",
+                    f"{th['request_over_synced']:.2f}×",
+                ],
+                [
+                    "nginx → curl to /dev/null",
+                    f"{th['curl_null_s']:.3f}",
+                    f"{th['bytes'] / th['curl_null_s'] / 1e6:.0f}",
+                    "100%",
+                    "",
+                ],
+                [
+                    "nginx → curl to a file, synced",
+                    f"{th['curl_synced_s']:.3f}",
+                    f"{th['bytes'] / th['curl_synced_s'] / 1e6:.0f}",
+                    "",
+                    "1.00×",
+                ],
             ],
         )
-        + f"\n\npeerprog reaches {th['ratio']:.0%} of plain HTTP throughput.\n",
+        + f"\n\nCPU per GB delivered: the edge {th['edge_cpu_s_per_GB']:.2f} s, the seed "
+        f"{th['seed_cpu_s_per_GB']:.2f} s (user + system, from the app's request to "
+        "complete).\n",
         f"**Seed upload capped at {args.cap / 1e6:.0f} MB/s**, N edges started together; "
         "client–server baseline: N plain HTTP downloads of the same bytes sharing the same "
         "capped upload:\n",

@@ -143,6 +143,11 @@ class Picker:
         free = [s for s in roomy if s.refill]
         if level is None or room <= 0 or not roomy:
             return picks
+        if not free:  # only end-game copies: every fetchable chunk of the level in flight?
+            span, held = self._table.levels[level], self._table.is_held
+            in_flight = sum(1 for i in flying if i in span and not held[i])
+            if in_flight < self._table.fetchable_missing[level]:
+                return picks
         top = 8 * ((self._table.n + 7) >> 3) - 1
         union = 0
         for roomy_slot in roomy:
