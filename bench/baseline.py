@@ -98,3 +98,22 @@ def cpu_seconds(pid: int) -> float:
     """CPU seconds (user and system, all threads) process ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def aiohttp_null(url: str) -> float:
+    """Seconds for one GET of ``url`` read by an aiohttp client (as peerprog's peer client
+    reads, ``readany`` with a 1 MiB buffer) and dropped: the ceiling of that transport."""
+    import asyncio
+
+    import aiohttp
+
+    async def get() -> float:
+        async with aiohttp.ClientSession(read_bufsize=1 << 20) as session:
+            t0 = time.perf_counter()
+            async with session.get(url) as resp:
+                resp.raise_for_status()
+                while await resp.content.readany():
+                    pass
+            return time.perf_counter() - t0
+
+    return asyncio.run(get())

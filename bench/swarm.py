@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.baseline import Nginx, cpu_seconds, curl_files
+from bench.baseline import Nginx, aiohttp_null, cpu_seconds, curl_files
 from bench.codec import synthetic
 from bench.report import machine, table, write_section
 from peerprog.formats import write_safetensors
@@ -182,10 +182,11 @@ def main() -> None:
         docs.mkdir()
         same = docs / "same-bytes.bin"
         same.write_bytes(os.urandom(total))
-        null, synced = [], []
+        null, synced, aio = [], [], []
         with Nginx(docs, root / "nginx") as web:
             for _ in range(args.repeat):
                 null.append(curl_files(web.url, [same.name], None)["curl_s"])
+                aio.append(aiohttp_null(f"{web.url}/{same.name}"))
                 out = root / "plain"
                 synced.append(curl_files(web.url, [same.name], out)["synced_s"])
                 shutil.rmtree(out)
@@ -201,6 +202,8 @@ def main() -> None:
             "transfer_s_each": [r["per_edge"][0]["exact_s"] for r in runs],
             "curl_null_s_each": null,
             "curl_synced_s_each": synced,
+            "aiohttp_null_s_each": aio,
+            "aiohttp_null_s": med(aio),
             "request_to_complete_s": request_s,
             "transfer_s": transfer_s,
             "curl_null_s": med(null),
@@ -263,6 +266,13 @@ def markdown(doc: dict[str, Any], args: argparse.Namespace) -> str:
                     f"{th['curl_null_s']:.3f}",
                     f"{th['bytes'] / th['curl_null_s'] / 1e6:.0f}",
                     "100%",
+                    "",
+                ],
+                [
+                    "nginx → an aiohttp client (peerprog's transport), bytes dropped",
+                    f"{th['aiohttp_null_s']:.3f}",
+                    f"{th['bytes'] / th['aiohttp_null_s'] / 1e6:.0f}",
+                    f"{th['curl_null_s'] / th['aiohttp_null_s']:.0%}",
                     "",
                 ],
                 [
