@@ -113,6 +113,7 @@ class Node:
     armed: float | None = None
     level_at: list[float] = field(default_factory=list)
     done_at: float | None = None
+    first_fetch: float | None = None  # when it sent its first chunk request
     boots: int = 0  # daemon starts: 1 at its join, one more at each return
     downtime: float = 0.0  # seconds it was away (left and came back)
     cancelled: int = 0
@@ -180,6 +181,8 @@ class Sim:
             kind = self.rng.choices(names, weights)[0]
             up, down = caps[kind]
             join = self.rng.uniform(0.0, args.join_window)
+            if args.joins:
+                join = float(args.joins.split(",")[i - 1])
             lat = self.rng.uniform(args.lat_min, args.lat_max)
             node = Node(i, kind, up, down, lat, join)
             if self.rng.random() < args.churn:
@@ -526,6 +529,8 @@ class Sim:
             run = Run(e, p, action)
             e.runs[action.id] = run
             e.requests += 1
+            if e.first_fetch is None:
+                e.first_fetch = self.now
             e.chunk_requests += len(action.chunks)
             self.at(self.now + self.lat(e, p), self.arrive, run)
         elif isinstance(action, Cancel):
@@ -868,6 +873,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--classes", default="", help="JSON [[name, share, up B/s, down B/s], ...]")
     ap.add_argument("--degree", type=int, default=16, help="edges each joining edge connects to")
     ap.add_argument("--join-window", type=float, default=5.0, help="joins uniform in [0, W] s")
+    ap.add_argument(
+        "--joins", default="", help="join times of the edges, s, comma separated (not uniform)"
+    )
     ap.add_argument("--churn", type=float, default=0.0, help="fraction of edges that leave")
     ap.add_argument("--churn-horizon", type=float, default=120.0, help="leave within H s of join")
     ap.add_argument(

@@ -56,3 +56,17 @@ def test_without_churn_away_an_edge_that_leaves_stays_gone() -> None:
     assert res["returned"] == 0
     assert res["left_early"] + res["completed"] == 4
     assert res["left_early"] > 0
+
+
+def test_joins_give_each_edge_its_join_time_and_first_request() -> None:
+    args = simulate.parser().parse_args(
+        ["--levels-mb", "0.5,1", "--chunk-mib", "0.25", "--seed-up", "1",
+         "--classes", '[["edge", 1.0, 1e6, 1e6]]', "--degree", "4",
+         "--lat-min", "0.001", "--lat-max", "0.001", "--joins", "0,0.5,2"]
+    )  # fmt: skip
+    sim = simulate.Sim(args, 3)
+    sim.run()
+    assert [e.join for e in sim.nodes[1:]] == [0.0, 0.5, 2.0]
+    for e in sim.nodes[1:]:
+        assert e.first_fetch is not None and e.join < e.first_fetch < e.join + 0.1
+        assert e.done_at is not None and e.done_at > e.first_fetch
