@@ -241,7 +241,7 @@ class Fetcher:
                     delta = await self._transport.get_have_since(
                         src.root, self.model_id, n, action.since, action.wait
                     )
-                except (Refused, NotFound):  # an older peer: it has no have stream
+                except Refused:  # an older peer: it has no have stream
                     self.driver.on_have_unsupported(src.key, loop.time())
                     return
             self.driver.on_have(src.key, delta, loop.time())

@@ -35,6 +35,11 @@ EDGE_SILENCE = 60.0
 """Seconds without a request or a have answer from an edge before the seeder drops it."""
 WATCH_WAIT = 20.0
 """Seconds the origin's long-poll of an edge's have stream may be held."""
+HAVE_PACE = 0.05
+"""Least seconds between two answers with news to one peer's long-poll of one model: news
+coming faster waits for the next answer (like a delayed ACK), so that a swarm trading
+chunks many times a second sends a few have answers a second, each with many chunks,
+instead of one per chunk; a first answer, or news after a quiet spell, goes at once."""
 
 
 class HaveSource(Protocol):
@@ -130,6 +135,7 @@ class Haves:
         self._closing = False
         self._unreachable: set[str] = set()  # edges whose stream failed: not read again
         self._waits: set[asyncio.Event] = set()  # the events held long-polls wait on
+        self._answered: dict[tuple[str, str], float] = {}  # (model, peer) -> last news sent
 
     def peer_name(self, url: str, remote: str) -> str:
         """The name of the node asking: the URL it says it is (``Peerprog-Node``) if the
@@ -169,9 +175,11 @@ class Haves:
         self, state: ModelState, peer: str, epoch: str, seq: int, wait: float
     ) -> HaveDelta:
         """The answer to ``GET have?since=epoch:seq&wait=`` from ``peer``: at once if there
-        is news after ``since``, else when some comes, or empty after ``wait`` seconds."""
+        is news after ``since``, else when some comes, or empty after ``wait`` seconds; news
+        to the same peer and model at most every :data:`HAVE_PACE` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        key = (state.model_id, peer)
         while True:
             s = self._seeding_of(state)
             if s is None:
@@ -181,8 +189,16 @@ class Haves:
                 stream, news = edge.log, edge.news
                 tick = s.seeder.config.scan_interval  # the seeder looks again (expiry, starving)
             delta = stream.since(epoch, seq)
-            left = deadline - loop.time()
-            if delta.full is not None or delta.added or left <= 0 or self._closing:
+            now = loop.time()
+            left = deadline - now
+            if delta.full is not None or delta.added:
+                pause = self._answered.get(key, -HAVE_PACE) + HAVE_PACE - now
+                if 0 < pause < left and not self._closing:
+                    await asyncio.sleep(pause)  # paced: what comes meanwhile goes along
+                    continue
+                self._answered[key] = now
+                return delta
+            if left <= 0 or self._closing:
                 return delta
             self._waits.add(news)
             try:
@@ -222,6 +238,7 @@ class Haves:
 
     def forget(self, model_id: str) -> None:
         """The model was dropped."""
+        self._answered = {k: t for k, t in self._answered.items() if k[0] != model_id}
         s = self._seeding.pop(model_id, None)
         if s is not None:
             s.close()

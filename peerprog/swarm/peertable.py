@@ -25,7 +25,7 @@ For each model, a peer or web seed that is not dropped or banned is a **source**
 
 - ``ACTIVE``: its ``have`` is read and the scheduler may ask it for chunks.
 - ``ABSENT``: it did not hold the model (or its ``have`` could not be read): left alone for
-  ``absent_recheck`` seconds, then ``ACTIVE`` again.
+  ``absent_recheck`` seconds, or until it announces the model, then ``ACTIVE`` again.
 - ``LOST``: ``fetch_failures`` chunk requests in a row failed (the scheduler's count, in
   which the requests of one bad spell count once); its ``have`` is still read, but it gets
   no request for ``revive_after`` seconds, then a fresh start (``ACTIVE``) — a bad spell of
@@ -269,6 +269,10 @@ class PeerTable:
             p = self._peers[url] = Peer(url)
         self._dropped.pop(url, None)
         p.node = node or p.node
+        for m in models:  # it holds a model now that it did not: no longer absent for it
+            source = self._sources.get((url, m.model_id))
+            if m.model_id not in p.models and source and source.state is SourceState.ABSENT:
+                del self._sources[(url, m.model_id)]
         p.models = {m.model_id: m for m in models}
         p.state = PeerHealth.KNOWN
         p.failures = 0

@@ -102,11 +102,16 @@ class FakeStore:
 
 
 def fetcher(
-    state: ModelState, client: FakeClient, store: FakeStore, *, revive_after: float
+    state: ModelState,
+    client: FakeClient,
+    store: FakeStore,
+    *,
+    revive_after: float,
+    absent_recheck: float = 5.0,
 ) -> tuple[Fetcher, DiskGuard, PeerTable]:
     """A fetcher from one peer, with backoffs, pauses and the revive delay in ms."""
     table = PeerTable(
-        PeerTableConfig(fetch_failures=3, revive_after=revive_after),
+        PeerTableConfig(fetch_failures=3, revive_after=revive_after, absent_recheck=absent_recheck),
         bootstrap=[PEER],
         prefix="/p2p/v1",
     )
@@ -235,3 +240,42 @@ async def test_chunks_that_complete_while_a_batch_is_written_land_together() -> 
     assert state.complete and store.written == dict(enumerate(chunks))
     assert sum(batches) == len(chunks)
     assert max(batches) > 1 and len(batches) < len(chunks)
+
+
+async def test_a_peer_without_the_model_yet_is_absent_not_an_older_peer() -> None:
+    """A 404 on ``have?since=`` (the peer has not taken the model up yet) makes it absent
+    until asked again; its have stream is then long-polled, never its plain ``have``
+    (which a 400, an older peer, would mean)."""
+    from peerprog.node.peerclient import NotFound
+    from peerprog.swarm.havelog import HaveDelta
+
+    signed, levels, _ = model()
+    n = len(signed.manifest.chunks)
+
+    class LateClient(FakeClient):
+        plain = 0
+        missing = 2
+
+        async def get_have(self, root: str, model_id: str, count: int) -> Bitfield:
+            self.plain += 1
+            return await super().get_have(root, model_id, count)
+
+        async def get_have_since(
+            self, root: str, model_id: str, count: int, since: tuple[str, int], wait: float
+        ) -> Any:
+            if self.missing:
+                self.missing -= 1
+                raise NotFound("404")
+            if since != ("", 0):
+                await asyncio.sleep(wait)
+                return HaveDelta("ep", n)
+            return HaveDelta("ep", n, full=Bitfield.full(n))
+
+    client = LateClient(levels)
+    state = ModelState(signed, Bitfield(n), origin=False)
+    f, _, _ = fetcher(
+        state, client, FakeStore(signed.manifest), revive_after=1.0, absent_recheck=0.02
+    )
+    await asyncio.wait_for(f.run(), 20)
+    assert state.complete
+    assert client.missing == 0 and client.plain == 0

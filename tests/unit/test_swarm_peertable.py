@@ -134,6 +134,21 @@ def test_an_absent_source_is_asked_again_after_absent_recheck() -> None:
     assert t.next_expiry(MID) is None
 
 
+def test_an_absent_source_that_announces_the_model_is_asked_at_once() -> None:
+    """An edge asked before it took the model up answers 404; once it announces the model
+    it is a source again, without waiting for ``absent_recheck``."""
+    t = table()
+    t.heard_from("http://edge", "edge", [], 0.0)
+    t.source_absent("http://edge", MID, 1.0)
+    t.heard_from("http://edge", "edge", [ref(model_id=OTHER)], 1.5)  # not this model
+    assert t.source_state("http://edge", MID, 2.0) is SourceState.ABSENT
+    t.heard_from("http://edge", "edge", [ref(model_id=OTHER), ref()], 2.0)
+    assert t.source_state("http://edge", MID, 2.0) is SourceState.ACTIVE
+    t.source_absent("http://edge", MID, 3.0)  # announced before: absent stays absent
+    t.heard_from("http://edge", "edge", [ref(model_id=OTHER), ref()], 3.5)
+    assert t.source_state("http://edge", MID, 3.5) is SourceState.ABSENT
+
+
 def test_a_source_failing_requests_is_lost_then_revived_once_it_answers() -> None:
     t = table(fetch_failures=3)
     assert not t.fetch_failed("http://boot", MID, 2, 0.0)
