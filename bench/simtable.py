@@ -1,6 +1,7 @@
 """Markdown tables of ``bench/simulate.py`` results (its ``--json`` files), for SIM_NOTES.md.
 
 .venv/bin/python -m bench.simtable bench/results/sim-*.json
+.venv/bin/python -m bench.simtable --targets19 bench/results/issue19/driver-1000.json
 """
 
 from __future__ import annotations
@@ -116,9 +117,46 @@ def targets(big: str, small: str, base: str, bench_base: str, bench_final: str) 
         print(f"| {name} | {text} | {cell(limit)} | {met} |")
 
 
+def targets19(paths: list[str]) -> None:
+    """Issue 19's simulation targets for each run of these files, measured against each
+    limit (a run stopped short says how far it got)."""
+    limits = (
+        ("p50 exact / bound", 1.3),
+        ("p99 exact / bound", 2.0),
+        ("seed upload / stream", 1.2),
+        ("p50 level 0 / p50 exact", 0.3),
+        ("run (s)", 900.0),
+    )
+    print("| run | N | " + " | ".join(f"{name} (≤ {lim:g})" for name, lim in limits) + " |")
+    print("| --- | --- |" + " --- |" * len(limits))
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        for r in doc["runs"]:
+            values = (
+                r["exact_over_lb"]["p50"],
+                r["exact_over_lb"]["p99"],
+                r["seed_upload_over_stream"],
+                r["level0_p50_over_exact_p50"],
+                r["run_seconds"],
+            )
+            cells = []
+            for (_, lim), v in zip(limits, values, strict=True):
+                if v is None:
+                    cells.append("not reached")
+                else:
+                    cells.append(cell(v) if v <= lim else f"**{cell(v)}**")
+            if r["stopped_by_wall_limit"]:
+                cells[-1] += f" (stopped at {r['sim_seconds']:g} simulated s)"
+            print(f"| {doc['label']} | {r['nodes']} | " + " | ".join(cells) + " |")
+
+
 def main(paths: list[str]) -> None:
     if paths and paths[0] == "--targets":
         targets(*paths[1:6])
+        return
+    if paths and paths[0] == "--targets19":
+        targets19(paths[1:])
         return
     table = [HEADER, ["---"] * len(HEADER)]
     for path in paths:
