@@ -10,13 +10,16 @@ policy of its own. Every node serves as the daemon's peer server does: its have 
 (a real :class:`~peerprog.swarm.havelog.HaveLog`, long-polled by each neighbour), its
 upload slots (:class:`~peerprog.swarm.uploads.UploadSlots`: slots, a queue, then 503 with
 ``Retry-After``), and on the seed super-seeding (:class:`~peerprog.swarm.seeding.SuperSeeder`,
-each edge's view its own have log of offers), as ``peerprog/node/haves.py`` does. See
-``bench/SIM_NOTES.md`` for the model, the capacity distribution and the results.
+each edge's view its own have log of offers), as ``peerprog/node/haves.py`` does. An edge
+that leaves (``--churn``) may come back (``--churn-away``) as a restarted daemon with the
+chunks it had verified. See ``bench/SIM_NOTES.md`` for the model, the capacity
+distribution and the results.
 
     nice -n 10 .venv/bin/python -m bench.simulate --nodes 10,100,1000 --png sim.png
 
 Prints JSON: per N, p50/p90/p99 time to level 0 and to exact (also over the lower bound),
-the seed's upload as a multiple of the stream, the run time. Flags set only the scenario
+the seed's upload as a multiple of the stream, the run time (and, for edges that left and
+came back, their own percentiles). Flags set only the scenario
 (sizes, capacities, latencies, joins, churn) and what a daemon's config can set too
 (``[limits]`` upload slots, queue and requests in flight, ``[swarm] super_seeding``).
 """
@@ -176,13 +179,14 @@ class Sim:
         seed = Node(0, "seed", args.seed_up * MB, args.seed_up * MB, 0.005, 0.0)
         self.nodes: list[Node] = [seed]
         names, weights = [c[0] for c in classes], [c[1] for c in classes]
+        joins = [float(x) for x in args.joins.split(",")] if args.joins else []
         caps = {c[0]: (c[2], c[3]) for c in classes}
         for i in range(1, n + 1):
             kind = self.rng.choices(names, weights)[0]
             up, down = caps[kind]
             join = self.rng.uniform(0.0, args.join_window)
-            if args.joins:
-                join = float(args.joins.split(",")[i - 1])
+            if joins:
+                join = joins[i - 1]
             lat = self.rng.uniform(args.lat_min, args.lat_max)
             node = Node(i, kind, up, down, lat, join)
             if self.rng.random() < args.churn:
