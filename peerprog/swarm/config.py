@@ -25,6 +25,15 @@ class SchedulerConfig:
     instead of two at half speed.
     """
 
+    refill_bytes: int = 2 * 1024 * 1024
+    """
+    A peer with requests in flight is asked for more once its free places hold this many
+    bytes (at most half its budget): with small chunks, requests then come in runs of
+    adjacent chunks, one range request each, rather than one request per chunk (the
+    per-request cost dominates a fast link's 256 KiB chunk); with chunks this big or
+    bigger, each free place is filled at once (``peers.takes_more``).
+    """
+
     max_in_flight_per_peer: int = 16
     """
     Most requests in flight to one peer, however fast it is.
@@ -109,8 +118,8 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.min_in_flight_per_peer <= self.max_in_flight_per_peer:
             raise ValueError("need 1 <= min_in_flight_per_peer <= max_in_flight_per_peer")
-        if self.min_queue_bytes < 0:
-            raise ValueError("min_queue_bytes must be >= 0")
+        if self.min_queue_bytes < 0 or self.refill_bytes < 0:
+            raise ValueError("min_queue_bytes and refill_bytes must be >= 0")
         if self.max_in_flight_total < 1:
             raise ValueError("max_in_flight_total must be >= 1")
         if not 0 < self.request_timeout_min <= self.request_timeout_max:

@@ -61,13 +61,15 @@ class PeerStats:
     """No new request to it before this time (after a failure); ``None`` if not backing off."""
 
 
-def takes_more(in_flight: int, budget: int) -> bool:
+def takes_more(in_flight: int, budget: int, config: SchedulerConfig, mean_chunk: float) -> bool:
     """Whether a peer with ``in_flight`` requests and ``budget`` is asked for more now: when
-    it has none in flight, or at least half its budget (rounded down, at least 1) is free.
-    A fast peer is then refilled in batches of adjacent chunks, which the driver sends as
-    one range request each, instead of one chunk each time one lands; its queue never
-    drops below half the budget, so its link stays busy."""
-    return in_flight == 0 or budget - in_flight >= max(1, budget // 2)
+    it has none in flight, or when its free places hold ``refill_bytes`` (at most half its
+    budget, at least one chunk). With small chunks a fast peer is then refilled in batches
+    of adjacent chunks, which the driver sends as one range request each, instead of one
+    chunk each time one lands; its queue never drops below half the budget, so its link
+    stays busy. Chunks of ``refill_bytes`` or more are asked for as soon as a place is free."""
+    batch = min(budget // 2, math.ceil(config.refill_bytes / max(1.0, mean_chunk)))
+    return in_flight == 0 or budget - in_flight >= max(1, batch)
 
 
 def min_budget(config: SchedulerConfig, mean_chunk: float) -> int:

@@ -6,9 +6,10 @@ the peers its peer table judges unhealthy). A known peer *holds* a chunk if its 
 has it (``have=None``: a seed or web seed, holds every chunk). A chunk is *fetchable* if
 we miss it and some known peer holds it — whether that peer is free, busy, backing off
 after a failure or has failed this very chunk. A peer is *free* if it is known, not backing
-off and takes more requests: it has none in flight, or at least half its budget is free
-(``peers.takes_more``); it is then given requests up to its budget, so a fast peer gets
-runs of adjacent chunks. The end game (rule 4) may use any peer with room in its budget.
+off and takes more requests: it has none in flight, or its free places hold
+``refill_bytes`` (at most half its budget; ``peers.takes_more``); it is then given requests
+up to its budget, so a fast peer gets runs of adjacent small chunks. The end game (rule 4)
+may use any peer with room in its budget.
 
 1. **Level order.** The *active level* is the lowest level with a fetchable chunk. Chunks
    are requested from the active level first. Hence:

@@ -248,7 +248,7 @@ class Scheduler:
                 budget = min(budget, floor)
             if len(st.in_flight) < budget:
                 slot = Slot(st.name, st.have, len(st.in_flight), budget, st.rate or 0.0, last)
-                slot.refill = takes_more(len(st.in_flight), budget)
+                slot.refill = takes_more(len(st.in_flight), budget, config, mean)
                 slot.mask, slot.masked = st.mask, True
                 slots.append(slot)
         if not slots:
@@ -296,7 +296,8 @@ class Scheduler:
             return True
         # Past the active level only a free peer idle for the active level is given
         # chunks (the soft barrier), and never one in flight.
-        if index in self._flying or not takes_more(len(st.in_flight), budget):
+        refill = takes_more(len(st.in_flight), budget, self._config, self._table.mean_size)
+        if index in self._flying or not refill:
             return False
         span = self._table.levels[active]
         return not any(i in span for i in st.in_flight)

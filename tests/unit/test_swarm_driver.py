@@ -98,8 +98,9 @@ def test_new_peer_is_read_then_asked_for_runs_of_its_chunks() -> None:
 
 
 def test_a_fast_peer_is_refilled_in_runs_not_a_chunk_at_a_time() -> None:
-    """Once half its budget is free, a peer gets a batch of adjacent chunks, sent as few
-    range requests; a chunk landing alone asks for nothing (``peers.takes_more``)."""
+    """With small chunks, a peer is refilled once its free places hold ``refill_bytes``: a
+    batch of adjacent chunks, sent as few range requests; a chunk landing alone asks for
+    nothing (``peers.takes_more``). Big chunks are asked for one by one as places free."""
     d = driver(table(A), [N], max_in_flight_per_peer=16, endgame_chunks=0)
     now = 0.0
     first = of(started(d, A, n=N), Fetch)
@@ -120,6 +121,15 @@ def test_a_fast_peer_is_refilled_in_runs_not_a_chunk_at_a_time() -> None:
     # rarest-first runs are at most 4 chunks here (16 per level of 64): 2.95 chunks per
     # request with the rule, 1.19 when a peer takes a request whenever a chunk lands
     assert chunks / requests >= 2.5
+
+
+def test_big_chunks_fill_each_free_place_at_once() -> None:
+    d = driver(table(A), [N], size=4 << 20, max_in_flight_per_peer=16, endgame_chunks=0)
+    first = of(started(d, A, n=N), Fetch)
+    fetch = first[0]
+    d.on_progress(fetch, 0.5)
+    d.on_chunk(fetch, fetch.chunks[0], 1.0)  # 4 MiB in 1 s: a budget of several places
+    assert of(d.step(1.0), Fetch)  # one place free: asked for more at once
 
 
 # -- timers, stalls and progress ------------------------------------------------------------
