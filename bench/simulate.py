@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from bench.simnet import FlowNetwork
+from peerprog.node.haves import HAVE_PACE
 from peerprog.swarm import Bitfield, ModelRef, PeerTable, PeerTableConfig, SchedulerConfig
 from peerprog.swarm.driver import (
     Action,
@@ -111,6 +112,7 @@ class Node:
     runs: dict[int, Run] = field(default_factory=dict)  # its range requests, by Fetch.id
     asks: dict[int, int] = field(default_factory=dict)  # its have requests: target -> token
     parked: dict[int, Park] = field(default_factory=dict)  # long-polls it holds, by asker
+    answered: dict[int, float] = field(default_factory=dict)  # last news it sent, by asker
     serving: set[Run] = field(default_factory=set)  # the uploads it sends
     queue: deque[Run] = field(default_factory=deque)  # uploads waiting for a slot
     armed: float | None = None
@@ -331,7 +333,7 @@ class Sim:
             config=self.config,
             seed=self.rng.getrandbits(32),
         )
-        e.neighbors, e.asks, e.armed = set(), {}, None
+        e.neighbors, e.asks, e.armed, e.answered = set(), {}, None, {}
         self.uploads[e.nid] = self.upload_slots(e)
         k = min(self.args.degree, len(self.alive_edges))
         for nid in self.rng.sample(self.alive_edges, k):
@@ -433,7 +435,8 @@ class Sim:
         """``x`` asks ``y`` for its have; the request reaches ``y`` one latency later and is
         answered then if there is news (computed as the request leaves), else held (a
         long-poll) from its arrival until there is or its ``wait`` is up; answers and
-        failures arrive one more latency later. A held request costs no event."""
+        failures arrive one more latency later. A held request costs no event. News to one
+        asker goes at most every ``HAVE_PACE`` seconds, as ``node/haves.py`` paces it."""
         lat = self.lat(x, y)
         arrive = self.now + lat
         if not y.alive:
@@ -446,7 +449,7 @@ class Sim:
             return
         delta = log.since(*since)
         if delta.full is not None or delta.added:
-            self.at(arrive + lat, self.have_answer, x, y, token, delta)
+            self.news_to(x, y, token, since, arrive, delta)
             return
         y.parked[x.nid] = Park(token, since, arrive)
         self.polls.append((arrive + self.config.long_poll, x.nid, y.nid, token))
@@ -463,16 +466,49 @@ class Sim:
             park = y.parked.pop(asker, None)
             if park is not None:
                 x = self.nodes[asker]
-                self.reply(x, y, park, self.log_for(y, x).since(*park.since))
+                delta = self.log_for(y, x).since(*park.since)
+                self.news_to(x, y, park.token, park.since, max(self.now, park.arrive), delta)
             return
         parked, y.parked = y.parked, {}
         log = y.log
         assert log is not None
         for a, park in parked.items():
-            self.reply(self.nodes[a], y, park, log.since(*park.since))
+            delta = log.since(*park.since)
+            self.news_to(
+                self.nodes[a], y, park.token, park.since, max(self.now, park.arrive), delta
+            )
+
+    def news_to(
+        self,
+        x: Node,
+        y: Node,
+        token: int,
+        since: tuple[str, int],
+        ready: float,
+        delta: HaveDelta,
+    ) -> None:
+        """``y`` answers ``x``'s long-poll with news (``delta``) at ``ready``, or, if it sent
+        ``x`` news less than ``HAVE_PACE`` seconds before, once that much time has passed,
+        with all the news by then (``node/haves.py``'s pacing)."""
+        due = y.answered.get(x.nid, -HAVE_PACE) + HAVE_PACE
+        if due <= ready:
+            y.answered[x.nid] = ready
+            self.at(ready + self.lat(x, y), self.have_answer, x, y, token, delta)
+        else:
+            self.at(due, self.paced, x, y, token, since)
+
+    def paced(self, x: Node, y: Node, token: int, since: tuple[str, int]) -> None:
+        """A paced answer goes now, with the news up to now."""
+        if not y.alive:
+            self.at(self.now + self.lat(x, y), self.have_failed, x, y, token)
+            return
+        y.answered[x.nid] = self.now
+        delta = self.log_for(y, x).since(*since)
+        self.at(self.now + self.lat(x, y), self.have_answer, x, y, token, delta)
 
     def reply(self, x: Node, y: Node, park: Park, delta: HaveDelta) -> None:
-        """Answer a held long-poll now (or when it arrives, if it is still on its way)."""
+        """Answer a held long-poll now (or when it arrives, if it is still on its way), not
+        paced (its wait is up)."""
         self.at(
             max(self.now, park.arrive) + self.lat(x, y), self.have_answer, x, y, park.token, delta
         )
