@@ -1,10 +1,14 @@
-"""The simulator's churn: edges that leave mid-download, and come back as a restarted daemon."""
+"""The simulator's churn (edges that leave mid-download and come back as a restarted daemon),
+its replayed joins, and its paced have answers."""
 
 from __future__ import annotations
 
 import argparse
 
 from bench import simulate
+from peerprog.node.haves import HAVE_PACE
+from peerprog.swarm import Bitfield
+from peerprog.swarm.havelog import HaveLog
 
 
 def churn_args(*extra: str) -> argparse.Namespace:
@@ -70,3 +74,31 @@ def test_joins_give_each_edge_its_join_time_and_first_request() -> None:
     for e in sim.nodes[1:]:
         assert e.first_fetch is not None and e.join < e.first_fetch < e.join + 0.1
         assert e.done_at is not None and e.done_at > e.first_fetch
+
+
+def test_news_to_one_asker_is_paced_as_the_daemon_paces_it() -> None:
+    """A second answer with news within ``HAVE_PACE`` of the last waits, and then carries
+    every chunk verified meanwhile."""
+    sim = simulate.Sim(churn_args(), 2)
+    x, y = sim.nodes[1], sim.nodes[2]
+    y.alive = True
+    y.have = Bitfield(sim.nchunks)
+    y.log = HaveLog(sim.nchunks, [0], epoch="e2.1")
+    x.asks[y.nid] = token = 7
+    sim.heap.clear()
+    sim.now = 1.0
+    sim.news_to(x, y, token, ("e2.1", 0), 1.0, y.log.since("e2.1", 0))
+    assert y.answered[x.nid] == 1.0
+    ((when, _, fn, _),) = sim.heap
+    assert fn == sim.have_answer and when == 1.0 + sim.lat(x, y)
+    sim.heap.clear()
+    y.log.add(1)
+    sim.news_to(x, y, token, ("e2.1", 1), 1.01, y.log.since("e2.1", 1))
+    ((when, _, fn, args),) = sim.heap
+    assert fn == sim.paced and when == 1.0 + HAVE_PACE
+    y.log.add(2)  # verified while the answer waits: it goes along
+    sim.heap.clear()
+    sim.now = when
+    sim.paced(*args)
+    ((_, _, fn, (_, _, _, delta)),) = sim.heap
+    assert fn == sim.have_answer and delta.added == (1, 2)
