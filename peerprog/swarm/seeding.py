@@ -19,9 +19,8 @@ lowest level in which it misses a chunk.
    order): until every chunk has left the seed once, each goes to one edge only, and the
    seed's upload is never spent on a chunk that an edge could get from another edge.
 3. **Alone.** An edge that is the only interested one is offered its missing chunks in
-   level order, ``alone_depth`` live at a time (enough for a fast link: twice what an edge
-   keeps in flight to one peer), whatever their copies: nobody can trade with it, so it
-   fetches as from any complete holder.
+   level order, ``max(depth, slots)`` live at a time, whatever their copies: nobody can
+   trade with it, so it has all the seed's slots and fetches as from any complete holder.
 4. **Starving.** An edge whose ``have`` has not grown for ``starve_after`` seconds is
    offered, in free places (when rule 2 has nothing for it; rule 1 keeps these few),
    the missing chunks of its level that the seed has not shown it yet, fewest copies first:
@@ -71,10 +70,6 @@ class SeedingConfig:
     slots: int = 8
     """Live offers in all (rule 1), except to a lone edge."""
 
-    alone_depth: int = 2 * SchedulerConfig.max_in_flight_per_peer
-    """Live offers to a lone edge (rule 3): twice the most requests an edge keeps in flight
-    to one peer, so that a fast link is never idle waiting for the next offers."""
-
     ahead: int = SchedulerConfig.lookahead_levels
     """Levels above an edge's level that rule 2 may offer it: the edges' soft barrier
     (``SchedulerConfig.lookahead_levels``), so that the origin offers what they ask for."""
@@ -96,8 +91,8 @@ class SeedingConfig:
             raise ValueError("ahead must be >= 0")
         if self.slots < 1:
             raise ValueError("slots must be >= 1")
-        if self.depth < 1 or self.alone_depth < 1:
-            raise ValueError("depth and alone_depth must be >= 1")
+        if self.depth < 1:
+            raise ValueError("depth must be >= 1")
         if self.offer_ttl <= 0 or self.starve_after <= 0 or self.scan_interval <= 0:
             raise ValueError("offer_ttl, starve_after and scan_interval must be > 0")
 
@@ -356,7 +351,7 @@ class SuperSeeder:
             return []
         room = self._config.depth - len(edge.live)
         if alone:  # rule 3
-            room = max(self._config.depth, self._config.alone_depth) - len(edge.live)
+            room = max(self._config.depth, self._config.slots) - len(edge.live)
             new = []
             for i in range(self._levels[level].start, self._n):
                 if room <= 0:
