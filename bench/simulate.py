@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from bench.simnet import FlowNetwork
-from peerprog.node.haves import HAVE_PACE
 from peerprog.swarm import Bitfield, ModelRef, PeerTable, PeerTableConfig, SchedulerConfig
 from peerprog.swarm.driver import (
     Action,
@@ -52,7 +51,7 @@ from peerprog.swarm.driver import (
     Fetch,
     StopHave,
 )
-from peerprog.swarm.havelog import HaveDelta, HaveLog
+from peerprog.swarm.havelog import HaveDelta, HaveLog, paced_until
 from peerprog.swarm.seeding import SuperSeeder
 from peerprog.swarm.uploads import QUEUE, SERVE, UploadConfig, UploadSlots, slots_for
 
@@ -436,7 +435,8 @@ class Sim:
         answered then if there is news (computed as the request leaves), else held (a
         long-poll) from its arrival until there is or its ``wait`` is up; answers and
         failures arrive one more latency later. A held request costs no event. News to one
-        asker goes at most every ``HAVE_PACE`` seconds, as ``node/haves.py`` paces it."""
+        asker goes at most every ``HAVE_PACE`` seconds (``havelog.paced_until``, as the
+        daemon's ``node/haves.py`` paces it)."""
         lat = self.lat(x, y)
         arrive = self.now + lat
         if not y.alive:
@@ -489,8 +489,8 @@ class Sim:
     ) -> None:
         """``y`` answers ``x``'s long-poll with news (``delta``) at ``ready``, or, if it sent
         ``x`` news less than ``HAVE_PACE`` seconds before, once that much time has passed,
-        with all the news by then (``node/haves.py``'s pacing)."""
-        due = y.answered.get(x.nid, -HAVE_PACE) + HAVE_PACE
+        with all the news by then (``havelog.paced_until``, as the daemon paces)."""
+        due = paced_until(y.answered.get(x.nid), ready)
         if due <= ready:
             y.answered[x.nid] = ready
             self.at(ready + self.lat(x, y), self.have_answer, x, y, token, delta)

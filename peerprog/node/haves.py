@@ -26,7 +26,7 @@ from peerprog.node.peerclient import TransportError
 from peerprog.node.state import ModelState, new_epoch
 from peerprog.node.tasks import TaskScope
 from peerprog.swarm import Bitfield
-from peerprog.swarm.havelog import HaveDelta, HaveLog
+from peerprog.swarm.havelog import HaveDelta, HaveLog, paced_until
 from peerprog.swarm.seeding import SuperSeeder
 
 log = logging.getLogger("peerprog.server")
@@ -35,11 +35,6 @@ EDGE_SILENCE = 60.0
 """Seconds without a request or a have answer from an edge before the seeder drops it."""
 WATCH_WAIT = 20.0
 """Seconds the origin's long-poll of an edge's have stream may be held."""
-HAVE_PACE = 0.05
-"""Least seconds between two answers with news to one peer's long-poll of one model: news
-coming faster waits for the next answer (like a delayed ACK), so that a swarm trading
-chunks many times a second sends a few have answers a second, each with many chunks,
-instead of one per chunk; a first answer, or news after a quiet spell, goes at once."""
 
 
 class HaveSource(Protocol):
@@ -176,7 +171,7 @@ class Haves:
     ) -> HaveDelta:
         """The answer to ``GET have?since=epoch:seq&wait=`` from ``peer``: at once if there
         is news after ``since``, else when some comes, or empty after ``wait`` seconds; news
-        to the same peer and model at most every :data:`HAVE_PACE` seconds."""
+        to the same peer and model at most every ``HAVE_PACE`` seconds (``paced_until``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         key = (state.model_id, peer)
@@ -192,7 +187,7 @@ class Haves:
             now = loop.time()
             left = deadline - now
             if delta.full is not None or delta.added:
-                pause = self._answered.get(key, -HAVE_PACE) + HAVE_PACE - now
+                pause = paced_until(self._answered.get(key), now) - now
                 if 0 < pause < left and not self._closing:
                     await asyncio.sleep(pause)  # paced: what comes meanwhile goes along
                     continue

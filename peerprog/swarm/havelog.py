@@ -17,6 +17,19 @@ from dataclasses import dataclass
 from peerprog.swarm.bitfield import Bitfield
 from peerprog.swarm.scheduler import Scheduler
 
+HAVE_PACE = 0.05
+"""Least seconds between two answers with news to one asker's long-poll of a have stream:
+news coming faster waits for the next answer (like a delayed ACK), so that a swarm trading
+chunks many times a second sends a few have answers a second, each with many chunks,
+instead of one per chunk; a first answer, or news after a quiet spell, goes at once."""
+
+
+def paced_until(last: float | None, now: float) -> float:
+    """When an answer with news may go to an asker that was last sent news at ``last``
+    (None: never): ``now``, or :data:`HAVE_PACE` after ``last`` if that is later. The
+    daemon's peer server and the simulator both pace by this."""
+    return now if last is None else max(now, last + HAVE_PACE)
+
 
 @dataclass(frozen=True)
 class HaveDelta:

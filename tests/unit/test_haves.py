@@ -8,11 +8,10 @@ import asyncio
 import pytest
 
 from peerprog.manifest import seal
-from peerprog.node import haves as haves_module
 from peerprog.node.haves import Haves
 from peerprog.node.state import ModelState
 from peerprog.node.tasks import TaskScope
-from peerprog.swarm import Bitfield
+from peerprog.swarm import Bitfield, havelog
 from peerprog.swarm.havelog import HaveDelta
 from tests.unit.samples import KEY, make_manifest
 
@@ -30,7 +29,7 @@ async def test_news_to_one_peer_is_paced_and_batched(monkeypatch: pytest.MonkeyP
     the first one's pace; news after a quiet spell goes at once. (A pace of 0.4 s, so that
     a loaded machine's scheduling delays stay well inside the margins.)"""
     HAVE_PACE = 0.4
-    monkeypatch.setattr(haves_module, "HAVE_PACE", HAVE_PACE)
+    monkeypatch.setattr(havelog, "HAVE_PACE", HAVE_PACE)
     loop = asyncio.get_running_loop()
     m, _ = make_manifest()
     state = ModelState(seal(m, KEY), Bitfield(len(m.chunks)), origin=False)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 
 from bench import simulate
-from peerprog.node.haves import HAVE_PACE
 from peerprog.swarm import Bitfield
-from peerprog.swarm.havelog import HaveLog
+from peerprog.swarm.havelog import HAVE_PACE, HaveLog
 
 
 def churn_args(*extra: str) -> argparse.Namespace:
