@@ -35,6 +35,8 @@ EDGE_SILENCE = 60.0
 """Seconds without a request or a have answer from an edge before the seeder drops it."""
 WATCH_WAIT = 20.0
 """Seconds the origin's long-poll of an edge's have stream may be held."""
+ANSWERED_MAX = 4096
+"""When the record of the last news sent to each asker (for the pacing) is pruned."""
 
 
 class HaveSource(Protocol):
@@ -191,6 +193,10 @@ class Haves:
                 if 0 < pause < left and not self._closing:
                     await asyncio.sleep(pause)  # paced: what comes meanwhile goes along
                     continue
+                if len(self._answered) >= ANSWERED_MAX:  # entries older than the pace
+                    self._answered = {  # no longer hold anyone back
+                        k: t for k, t in self._answered.items() if paced_until(t, now) > now
+                    }
                 self._answered[key] = now
                 return delta
             if left <= 0 or self._closing:

@@ -55,3 +55,21 @@ async def test_news_to_one_peer_is_paced_and_batched(monkeypatch: pytest.MonkeyP
     state.add_chunk(3)
     news = loop.time()
     assert list((await third).added) == [3] and loop.time() - news < HAVE_PACE / 2
+
+
+async def test_the_pacing_record_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Askers that come and go leave no growing record: entries past the pace are pruned."""
+    from peerprog.node import haves as haves_module
+
+    monkeypatch.setattr(haves_module, "ANSWERED_MAX", 8)
+    monkeypatch.setattr(havelog, "HAVE_PACE", 0.0)
+    m, _ = make_manifest()
+    state = ModelState(seal(m, KEY), Bitfield(len(m.chunks)), origin=False)
+    haves = Haves(
+        super_seeding=True, client=NoClient(), root_of=lambda url: None,
+        scope=TaskScope("test"), clock=asyncio.get_running_loop().time,
+    )  # fmt: skip
+    state.add_chunk(0)
+    for k in range(100):
+        await haves.since(state, f"peer{k}", state.havelog.epoch, 0, wait=1.0)
+    assert len(haves._answered) <= 8
