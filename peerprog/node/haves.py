@@ -173,7 +173,9 @@ class Haves:
     ) -> HaveDelta:
         """The answer to ``GET have?since=epoch:seq&wait=`` from ``peer``: at once if there
         is news after ``since``, else when some comes, or empty after ``wait`` seconds; news
-        to the same peer and model at most every ``HAVE_PACE`` seconds (``paced_until``)."""
+        of the have stream to the same peer at most every ``HAVE_PACE`` seconds
+        (``paced_until``). A super-seeding origin's offers are not paced: the seeder batches
+        them already, and its upload waits on them."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         key = (state.model_id, peer)
@@ -190,7 +192,7 @@ class Haves:
             left = deadline - now
             if delta.full is not None or delta.added:
                 pause = paced_until(self._answered.get(key), now) - now
-                if 0 < pause < left and not self._closing:
+                if s is None and 0 < pause < left and not self._closing:  # not the offers
                     await asyncio.sleep(pause)  # paced: what comes meanwhile goes along
                     continue
                 if len(self._answered) >= ANSWERED_MAX:  # entries older than the pace

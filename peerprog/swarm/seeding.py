@@ -10,10 +10,12 @@ the live offers of it (offered, not yet held, and either requested or offered le
 ``offer_ttl`` ago). An edge is *interested* while it misses a chunk. Its *level* is the
 lowest level in which it misses a chunk.
 
-1. **Few at a time.** The seed has at most ``slots`` live offers in all (the transfers
-   its upload is split among), and each edge at most ``depth``: a chunk leaves the seed at
-   full speed and its first holder can pass it on at once, rather than every chunk
-   leaving slowly together.
+1. **Few at a time.** The seed has at most ``slots`` live offers in all that it has not
+   sent yet (the transfers its upload is split among), and each edge at most ``depth``: a
+   chunk leaves the seed at full speed and its first holder can pass it on at once, rather
+   than every chunk leaving slowly together. An offer sent (:meth:`SuperSeeder.on_sent`)
+   frees its place at once: it stays a copy until the edge's ``have`` says it arrived (or
+   ``offer_ttl``), but the seed's upload does not wait for that round trip.
 2. **First pass.** A free place goes to a chunk with no copy, of the edge's level or, if
    it has none left, of the next ``ahead`` levels (level order, then a random but seeded
    order): until every chunk has left the seed once, each goes to one edge only, and the
@@ -105,6 +107,12 @@ class _Edge:
     progress_at: float
     live: dict[int, float] = field(default_factory=dict)  # offered chunk -> offered at
     requested: set[int] = field(default_factory=set)  # live offers it asked for
+    sent: set[int] = field(default_factory=set)  # live offers sent: copies, not places
+
+    def places(self) -> int:
+        """Places of rule 1 it takes: its live offers not sent yet."""
+        return len(self.live) - len(self.sent)
+
     key: int = 0  # random but seeded tie-break (rule 6)
     delay: float | None = None  # spread delay (rule 6)
     unpassed: dict[int, float] = field(default_factory=dict)  # first copies sent -> sent at
@@ -196,7 +204,7 @@ class SuperSeeder:
             self._count(i, -1)
         for i in edge.live:
             self._count(i, -1)
-        self._live -= len(edge.live)
+        self._live -= edge.places()
         for i in edge.unpassed:
             self._unpassed[i].discard(peer)
         self._set_delay(edge, None)
@@ -215,8 +223,11 @@ class SuperSeeder:
         self._passed_on(peer, index, now)
         if edge.live.pop(index, None) is not None:
             edge.requested.discard(index)  # the offer became a copy: the count stays
-            self._live -= 1
-            self._dirty.update(self._waiting)  # a slot is free
+            if index in edge.sent:
+                edge.sent.discard(index)
+            else:
+                self._live -= 1
+                self._dirty.update(self._waiting)  # a slot is free
         else:
             self._count(index, +1)
         self._dirty.add(peer)
@@ -234,16 +245,25 @@ class SuperSeeder:
             edge.live[index] = now
             self._live += 1
             self._count(index, +1)
+        elif index in edge.sent:  # asked again (it did not arrive): a transfer again
+            edge.sent.discard(index)
+            self._live += 1
         edge.requested.add(index)
         self._served.setdefault(index, set()).add(peer)
 
     def on_sent(self, peer: str, index: int, now: float) -> None:
         """The seed's upload of chunk ``index`` to ``peer`` ended (sent, or cut off): the
-        offer stays live ``offer_ttl`` more, for the edge's ``have`` to say it arrived."""
+        offer frees its place of rule 1 and stays a copy ``offer_ttl`` more, for the edge's
+        ``have`` to say it arrived."""
         edge = self._edges.get(peer)
         if edge is not None and index in edge.live:
             edge.requested.discard(index)
             edge.live[index] = now
+            if index not in edge.sent:  # its place is free (rule 1)
+                edge.sent.add(index)
+                self._live -= 1
+                self._dirty.update(self._waiting)
+                self._dirty.add(peer)
             others = self._copies[index] - 1  # its own live offer is one
             if others == 0 and index not in edge.have:  # the first copy: time its spread
                 edge.unpassed[index] = now
@@ -336,7 +356,10 @@ class SuperSeeder:
             for i, at in list(edge.live.items()):
                 if i not in edge.requested and now - at >= ttl:
                     del edge.live[i]
-                    self._live -= 1
+                    if i in edge.sent:
+                        edge.sent.discard(i)
+                    else:
+                        self._live -= 1
                     self._count(i, -1)
 
     def _offer(self, edge: _Edge, index: int, now: float) -> None:
@@ -349,9 +372,9 @@ class SuperSeeder:
         level = edge.level()
         if level is None:
             return []
-        room = self._config.depth - len(edge.live)
+        room = self._config.depth - edge.places()
         if alone:  # rule 3
-            room = max(self._config.depth, self._config.slots) - len(edge.live)
+            room = max(self._config.depth, self._config.slots) - edge.places()
             new = []
             for i in range(self._levels[level].start, self._n):
                 if room <= 0:
@@ -363,7 +386,7 @@ class SuperSeeder:
             return new
         room = min(room, self._config.slots - self._live)  # rule 1
         if room <= 0:
-            if len(edge.live) < self._config.depth:
+            if edge.places() < self._config.depth:
                 self._waiting.add(peer)
             return []
         self._waiting.discard(peer)

@@ -110,7 +110,9 @@ def test_unrequested_offer_expires_and_goes_elsewhere() -> None:
     assert lazy_chunk in s.view(lazy)  # a shown chunk is never taken back
 
 
-def test_a_cut_off_upload_frees_its_offer() -> None:
+def test_a_sent_offer_frees_its_place_at_once_and_its_copy_after_the_ttl() -> None:
+    """Rule 1 counts transfers: an offer sent (or cut off) frees its place for the next
+    offer at once, and stays a copy until the edge's have says it arrived, or the ttl."""
     s = seeder(depth=1, slots=1, ahead=0, offer_ttl=5.0, starve_after=100.0)
     s.add_peer("a", empty(), 0.0)
     s.add_peer("b", empty(), 0.0)
@@ -118,8 +120,10 @@ def test_a_cut_off_upload_frees_its_offer() -> None:
     s.on_request(peer, index, 0.5)
     assert s.offers(10.0) == []  # requested: no expiry while the upload runs
     s.on_sent(peer, index, 11.0)  # cut off: the edge never says it has it
-    assert s.offers(15.0) == []
-    assert len(s.offers(16.5)) == 1  # five seconds after: the slot is free again
+    ((_, other),) = s.offers(11.0)  # the place is free at once, for another chunk
+    assert other != index and s.copies(index) == 1
+    again = s.offers(16.5)  # five seconds after: the unconfirmed copy is gone, and the
+    assert (peer, index) not in again and index in {i for _, i in again}  # chunk goes on
 
 
 def test_starving_edge_gets_copied_chunks() -> None:
