@@ -489,8 +489,10 @@ class Sim:
     ) -> None:
         """``y`` answers ``x``'s long-poll with news (``delta``) at ``ready``, or, if it sent
         ``x`` news less than ``HAVE_PACE`` seconds before, once that much time has passed,
-        with all the news by then (``havelog.paced_until``, as the daemon paces)."""
-        due = paced_until(y.answered.get(x.nid), ready)
+        with all the news by then (``havelog.paced_until``, as the daemon paces); a
+        super-seeding seed's offers are not paced, as the daemon's are not."""
+        offers = y.nid == 0 and self.seeder is not None
+        due = ready if offers else paced_until(y.answered.get(x.nid), ready)
         if due <= ready:
             y.answered[x.nid] = ready
             self.at(ready + self.lat(x, y), self.have_answer, x, y, token, delta)

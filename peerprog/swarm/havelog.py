@@ -21,7 +21,9 @@ HAVE_PACE = 0.05
 """Least seconds between two answers with news to one asker's long-poll of a have stream:
 news coming faster waits for the next answer (like a delayed ACK), so that a swarm trading
 chunks many times a second sends a few have answers a second, each with many chunks,
-instead of one per chunk; a first answer, or news after a quiet spell, goes at once."""
+instead of one per chunk; a first answer, or news after a quiet spell, goes at once. A
+super-seeding origin's offers are not paced (its seeder batches them, and its upload
+waits on them)."""
 
 
 def paced_until(last: float | None, now: float) -> float:

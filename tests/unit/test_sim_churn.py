@@ -7,7 +7,7 @@ import argparse
 
 from bench import simulate
 from peerprog.swarm import Bitfield
-from peerprog.swarm.havelog import HAVE_PACE, HaveLog
+from peerprog.swarm.havelog import HAVE_PACE, HaveDelta, HaveLog
 
 
 def churn_args(*extra: str) -> argparse.Namespace:
@@ -101,3 +101,18 @@ def test_news_to_one_asker_is_paced_as_the_daemon_paces_it() -> None:
     sim.paced(*args)
     ((_, _, fn, (_, _, _, delta)),) = sim.heap
     assert fn == sim.have_answer and delta.added == (1, 2)
+
+
+def test_a_super_seeding_seeds_offers_are_not_paced() -> None:
+    """As on the daemon's peer server, the origin's offers go at once, however often."""
+    sim = simulate.Sim(churn_args(), 2)
+    assert sim.seeder is not None  # super-seeding is the default
+    x, seed = sim.nodes[1], sim.nodes[0]
+    x.asks[seed.nid] = token = 7
+    sim.heap.clear()
+    for k, now in enumerate((1.0, 1.01)):
+        sim.now = now
+        sim.news_to(x, seed, token, ("s1", k), now, HaveDelta("s1", k + 1, added=(k,)))
+        ((when, _, fn, _),) = sim.heap
+        assert fn == sim.have_answer and when == now + sim.lat(x, seed)
+        sim.heap.clear()
