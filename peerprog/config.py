@@ -7,7 +7,6 @@ value of the wrong type is refused with an :class:`InputError` that names the ke
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tomllib
 import typing
@@ -166,10 +165,26 @@ def _toml(value: object) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        return _toml_string(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as a TOML basic string: quotes, backslashes and control characters escaped,
+    everything else as it is (TOML files are UTF-8; a ``\\u`` escape of a character beyond
+    U+FFFF, as JSON writes it, would be a surrogate, which TOML refuses)."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _check(value: Any, typ: Any, key: str) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from peerprog.config import Config, load_config, parse_config
@@ -114,6 +114,8 @@ def check_usable(cfg: Config) -> None:
 
 @settings(deadline=None)
 @given(config_docs())
+@example({"node": {"name": "\U00010000"}})  # beyond U+FFFF: JSON's escape is a surrogate pair
+@example({"node": {"name": 'a"b\\c\x7f\x01\u00e9'}})
 def test_an_accepted_config_round_trips_through_to_toml(doc: dict[str, Any]) -> None:
     try:
         cfg = parse_config(doc)
