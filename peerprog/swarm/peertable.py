@@ -21,6 +21,17 @@ makes it ``BACKING_OFF``, then ``DROPPED``; :meth:`~PeerTable.ban` makes it ``BA
 Peer exchange (:meth:`~PeerTable.exchange`) passes on only peers heard from directly within
 ``pex_fresh`` seconds and not failing: what a node passes on it has seen alive itself.
 
+**Reachability.** Whether we can open connections to a peer (``dialable``) is what our own
+dial-back of its announced URL found (:meth:`~PeerTable.dialled`, redone every
+``reach_recheck`` seconds while it announces to us), else what it says of itself or what
+the peer that passed it on says (not known: we try). A peer we cannot dial is still
+*routable* while it holds a reverse channel to us (:meth:`~PeerTable.channel_changed`):
+requests to it go over that. Only routable peers are contacted and are sources; an
+unroutable one not heard from within ``pex_fresh`` seconds is forgotten. The other way
+round, each peer tells us whether it could dial *us* (``reaches_me``): we keep a reverse
+channel to every peer that could not (:meth:`~PeerTable.channels_wanted`), and we are
+reachable (:meth:`~PeerTable.reachability`) if any peer could.
+
 For each model, a peer or web seed that is not dropped or banned is a **source** in one of:
 
 - ``ACTIVE``: its ``have`` is read and the scheduler may ask it for chunks.
@@ -105,10 +116,14 @@ class PeerTableConfig:
     """Peer exchange passes on only peers heard from directly within this many seconds."""
     forget_for: float = 600.0
     """Seconds during which other peers' news of a dropped peer is ignored."""
+    reach_recheck: float = 60.0
+    """Seconds after which a peer's announced URL is dialled back again."""
 
     def __post_init__(self) -> None:
         if self.max_failures < 1 or self.fetch_failures < 1:
             raise ValueError("max_failures and fetch_failures must be >= 1")
+        if not self.reach_recheck > 0:
+            raise ValueError("reach_recheck must be > 0")
 
 
 @dataclass
@@ -126,6 +141,21 @@ class Peer:
     """Contacts that failed in a row."""
     last_seen: float | None = None
     """When it was last heard from directly."""
+    dialable: bool | None = None
+    """Can we open connections to it: our dial-back's finding, else what it or the peer
+    that passed it on said (None: not known, so we try)."""
+    dialled_at: float | None = None
+    """When our own dial-back last found ``dialable`` (None: never)."""
+    channel: bool = False
+    """It holds a reverse channel to us: requests to it go over that."""
+    reaches_me: bool | None = None
+    """Could it dial us (its dial-back of our URL; None: it has not said)."""
+
+    @property
+    def routable(self) -> bool:
+        """Can we send it requests: it holds a channel to us, or it is not known to be
+        beyond our dialling."""
+        return self.channel or self.dialable is not False
 
 
 @dataclass
@@ -173,6 +203,30 @@ class PeerTable:
         """The peers (not dropped or banned), oldest first."""
         return list(self._peers.values())
 
+    def routable(self) -> list[Peer]:
+        """The peers we can send requests to (to announce to, to fetch from)."""
+        return [p for p in self._peers.values() if p.routable]
+
+    def reachability(self) -> bool | None:
+        """Can peers dial us: True if any peer's dial-back reached us, False if some tried
+        and none did, None if none has said."""
+        said = [p.reaches_me for p in self._peers.values() if p.reaches_me is not None]
+        return any(said) if said else None
+
+    def channels_wanted(self) -> list[str]:
+        """The peers we should hold a reverse channel to: each could not dial us, and we
+        can dial it."""
+        return [
+            p.url for p in self._peers.values() if p.reaches_me is False and p.dialable is not False
+        ]
+
+    def dial_due(self, url: str, now: float) -> bool:
+        """Should ``url`` (a peer that announced to us) be dialled back now?"""
+        p = self.get(url)
+        return p is not None and (
+            p.dialled_at is None or now - p.dialled_at >= self.config.reach_recheck
+        )
+
     def get(self, url: str) -> Peer | None:
         """A peer (not dropped or banned), or None."""
         return self._peers.get(url.rstrip("/"))
@@ -219,6 +273,7 @@ class PeerTable:
         out = [
             Source(p.url, self.root_of(p.url), self.source_kind(p.url, model_id))
             for p in self.peers()[: self.config.max_peers]
+            if p.routable
         ]
         for root in self._web_seeds:
             key = WEB_SEED_PREFIX + root
@@ -254,10 +309,17 @@ class PeerTable:
     # -- peers -----------------------------------------------------------------------------
 
     def heard_from(
-        self, url: str, node: str, models: Sequence[ModelRef], now: float
+        self,
+        url: str,
+        node: str,
+        models: Sequence[ModelRef],
+        now: float,
+        *,
+        reachable: bool | None = None,
     ) -> Peer | None:
-        """A peer announced to us or answered our announce; returns it if it is new (the
-        shell may look for sources again), else None."""
+        """A peer announced to us or answered our announce (``reachable``: what it says
+        of itself); returns it if it is new (the shell may look for sources again), else
+        None."""
         url = url.rstrip("/")
         if url == self.self_url or url in self._banned:
             return None
@@ -274,13 +336,18 @@ class PeerTable:
             if m.model_id not in p.models and source and source.state is SourceState.ABSENT:
                 del self._sources[(url, m.model_id)]
         p.models = {m.model_id: m for m in models}
+        if reachable is not None and p.dialled_at is None:
+            p.dialable = reachable
         p.state = PeerHealth.KNOWN
         p.failures = 0
         p.last_seen = now
         return p if new else None
 
-    def learned_of(self, url: str, node: str, now: float) -> Peer | None:
-        """Another peer passed ``url`` on; returns the peer if it was added."""
+    def learned_of(
+        self, url: str, node: str, now: float, *, reachable: bool | None = None
+    ) -> Peer | None:
+        """Another peer passed ``url`` on (``reachable``: what that peer says of it);
+        returns the peer if it was added."""
         url = url.rstrip("/")
         if url == self.self_url or url in self._banned:
             return None
@@ -289,8 +356,49 @@ class PeerTable:
         if self._dropped.get(url, now) > now:
             return None
         self._dropped.pop(url, None)
-        p = self._peers[url] = Peer(url, node=node)
+        p = self._peers[url] = Peer(url, node=node, dialable=reachable)
         return p
+
+    def dialled(self, url: str, ok: bool, now: float) -> bool:
+        """Our dial-back of ``url`` reached it (``ok``) or not; True if whether it is
+        routable changed (the shell may look for sources again)."""
+        p = self.get(url)
+        if p is None:
+            return False
+        was = p.routable
+        p.dialable, p.dialled_at = ok, now
+        return p.routable != was
+
+    def channel_changed(self, url: str, open_: bool) -> bool:
+        """``url`` opened (or lost) its reverse channel to us; True if whether it is
+        routable changed."""
+        p = self.get(url)
+        if p is None:
+            return False
+        was = p.routable
+        p.channel = open_
+        return p.routable != was
+
+    def heard_back(self, url: str, reaches_me: bool | None) -> None:
+        """``url``'s answer said whether its dial-back of our URL reached us."""
+        p = self.get(url)
+        if p is not None and reaches_me is not None:
+            p.reaches_me = reaches_me
+
+    def prune(self, now: float) -> list[Peer]:
+        """Forget the unroutable peers (not bootstrap peers) not heard from within
+        ``pex_fresh`` seconds: nothing reaches them, and they no longer announce. Returns
+        them."""
+        stale = now - self.config.pex_fresh
+        gone = [
+            p
+            for p in self._peers.values()
+            if not p.routable and not p.bootstrap and (p.last_seen or 0.0) < stale
+        ]
+        for p in gone:
+            del self._peers[p.url]
+            self._forget_sources(p.url)
+        return gone
 
     def contact_failed(self, url: str, now: float) -> PeerHealth | None:
         """An announce to ``url`` failed; returns the peer's new state."""
