@@ -36,7 +36,8 @@ async def send_range(
     transport = request.transport
     if transport is None:
         raise ConnectionResetError("connection lost")
-    use_sendfile = True
+    # a transport without a socket (a reverse channel's stream) is written piece by piece
+    use_sendfile = transport.get_extra_info("socket") is not None
     end = offset + count
     while offset < end:
         n = min(end - offset, piece) if pace is not None or not use_sendfile else end - offset

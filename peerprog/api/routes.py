@@ -287,6 +287,8 @@ async def get_status(request: web.Request) -> web.Response:
         "uptime_s": round(max(0.0, now - node.started_at), 3),
         "peers": len(node.peers),
         "peer_list": [peer_json(p, loop_now) for p in node.peers.values()],
+        "reachable": node.reachable,
+        "channels": node.channels.to_json(),
         "wanted": sorted(node.wanted),
         "bytes_uploaded": node.bytes_uploaded,
         "store_error": node.store_error,
@@ -315,6 +317,9 @@ def peer_json(peer: Peer, now: float) -> dict[str, object]:
         "bootstrap": peer.bootstrap,
         "failures": peer.failures,
         "last_seen_s_ago": seen,
+        "dialable": peer.dialable,
+        "channel": peer.channel,
+        "reaches_me": peer.reaches_me,
     }
 
 

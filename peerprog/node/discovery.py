@@ -7,6 +7,12 @@ at once: nodes started together learn of each other from the seed's answers, and
 one would otherwise not know the later ones until its next round. Which peers there are,
 and which are healthy, is the peer table's call (:mod:`peerprog.swarm.peertable`): this
 module only sends, receives and reports.
+
+Reachability rides on announces: the answer to an announce says whether the answering
+node could dial the announcer's URL back (``dial_back``), an announce says whether its
+sender is reachable, and peer exchange passes on what the passing node found. Only
+routable peers are announced to (one we cannot dial is reached over its reverse channel,
+or not at all).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 from peerprog.errors import PeerFault
@@ -48,7 +54,11 @@ class Discovery:
         interval: float,
         answer_limit: int,
         scope: TaskScope,
+        dial_back: Callable[[str], Awaitable[bool | None]],
+        on_reach_news: Callable[[], None],
     ) -> None:
+        """``dial_back(url)``: could we dial ``url`` (dials it if due);
+        ``on_reach_news``: a peer said whether it could dial us."""
         self.table = table
         self._transport = transport
         self._me = me
@@ -57,6 +67,8 @@ class Discovery:
         self._interval = interval
         self._answer_limit = answer_limit
         self._scope = scope
+        self._dial_back = dial_back
+        self._on_reach_news = on_reach_news
         self._now = asyncio.Event()
         self._announcing: set[str] = set()
         self._subscribers: list[Callable[[], None]] = []
@@ -70,17 +82,33 @@ class Discovery:
         """Announce to every peer now (e.g. a new model or level)."""
         self._now.set()
 
-    def on_announce(self, ann: Announce) -> Announce:
-        """A peer announced to us: record it; answer with the peers and models we know."""
+    def peers_changed(self) -> None:
+        """Tell the subscribers that the sources may have changed (a peer became
+        routable or stopped being)."""
+        for notify in list(self._subscribers):
+            notify()
+
+    async def on_announce(self, ann: Announce) -> Announce:
+        """A peer announced to us: record it and dial it back (if due); answer with the
+        peers and models we know and whether we could dial it."""
         now = asyncio.get_running_loop().time()
+        dialled = None
         if ann.url:
-            self._added(self.table.heard_from(ann.url, ann.node, ann.models, now))
+            added = self.table.heard_from(
+                ann.url, ann.node, ann.models, now, reachable=ann.reachable
+            )
+            dialled = await self._dial_back(ann.url)
+            self._added(added)
         self._news(ann)
         peers = tuple(
-            PeerRef(p.node, p.url) for p in self.table.exchange(now, ann.url, MAX_EXCHANGED_PEERS)
+            PeerRef(p.node, p.url, p.dialable if p.dialled_at is not None else None)
+            for p in self.table.exchange(now, ann.url, MAX_EXCHANGED_PEERS)
+            if p.routable
         )
         mine = self._me()
-        return Announce(mine.node, mine.url, mine.models, peers)
+        return Announce(
+            mine.node, mine.url, mine.models, peers, reachable=mine.reachable, dial_back=dialled
+        )
 
     async def run(self) -> None:
         """Announce until cancelled."""
@@ -95,7 +123,8 @@ class Discovery:
         """Announce to every peer without waiting for the answers: a peer slow to answer
         holds up no other (and gets no second announce while one is pending)."""
         ann = self._me()
-        for peer in self.table.peers():
+        self.table.prune(asyncio.get_running_loop().time())
+        for peer in self.table.routable():
             if peer.url not in self._announcing:
                 self._announcing.add(peer.url)
                 self._scope.spawn(self._announce_to(peer.url, ann), name=f"announce {peer.url}")
@@ -113,20 +142,24 @@ class Discovery:
         finally:
             self._announcing.discard(url)
         now = loop.time()
-        self._added(self.table.heard_from(url, answer.node, answer.models, now))
+        self._added(
+            self.table.heard_from(url, answer.node, answer.models, now, reachable=answer.reachable)
+        )
+        self.table.heard_back(url, answer.dial_back)
         for p in answer.peers:
-            self._added(self.table.learned_of(p.url, p.node, now))
+            self._added(self.table.learned_of(p.url, p.node, now, reachable=p.reachable))
         self._news(answer)
+        self._on_reach_news()
 
     def _added(self, peer: Peer | None) -> None:
         if peer is None:
             return
         log.info("new peer %s (%s)", peer.url, peer.node)
-        if peer.last_seen is None and peer.url not in self._announcing:  # passed on to us
+        if peer.last_seen is None and peer.routable and peer.url not in self._announcing:
             self._announcing.add(peer.url)
+            # passed on to us: announce to it at once
             self._scope.spawn(self._announce_to(peer.url, self._me()), name=f"announce {peer.url}")
-        for notify in list(self._subscribers):
-            notify()
+        self.peers_changed()
 
     def _news(self, ann: Announce) -> None:
         wanted = self._wanted()

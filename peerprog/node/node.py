@@ -23,11 +23,13 @@ from aiohttp import web
 from peerprog.config import Config, split_host_port
 from peerprog.listen import GuardedSite, listen_limits
 from peerprog.node.catalog import Catalog
+from peerprog.node.channels import ChannelsReport, ChannelStats, DialBack, Hub, Keeper, report
 from peerprog.node.decoded import Built
 from peerprog.node.discovery import Discovery
 from peerprog.node.diskguard import DiskGuard, free_bytes
 from peerprog.node.fetcher import Fetcher, FetchSettings
 from peerprog.node.haves import Haves
+from peerprog.node.mux import server_protocols
 from peerprog.node.peerclient import PeerClient
 from peerprog.node.protocol import PREFIX, Announce
 from peerprog.node.ratelimit import TokenBucket
@@ -64,18 +66,30 @@ class Node:
                 )
             ),
         )
-        self.client = PeerClient(
-            TokenBucket(limits.download_bytes_per_s),
-            max_connections=limits.max_connections,
-            max_connections_per_peer=limits.max_connections_per_peer,
-            timeout=limits.request_timeout,
-        )
         self.table = PeerTable(
             config.peers,
             bootstrap=config.peers.bootstrap,
             web_seeds=config.peers.web_seeds,
             prefix=PREFIX,
         )
+        self.client = PeerClient(
+            TokenBucket(limits.download_bytes_per_s),
+            max_connections=limits.max_connections,
+            max_connections_per_peer=limits.max_connections_per_peer,
+            timeout=limits.request_timeout,
+            route=lambda host, port: self.hub.route(host, port),
+        )
+        self.dial_back = DialBack(
+            self.table, self.client.dial, on_change=self._peers_changed, clock=_loop_time
+        )
+        self.hub = Hub(
+            self.table,
+            self.dial_back,
+            on_change=self._peers_changed,
+            clock=_loop_time,
+            max_streams=limits.max_connections_per_peer,
+        )
+        """The reverse channels other nodes hold to this one."""
         self.trusted = frozenset(config.trust.publishers)
         self.catalog = Catalog(
             self.store,
@@ -103,7 +117,12 @@ class Node:
             interval=config.peers.announce_interval,
             answer_limit=limits.max_request_bytes,
             scope=self._scope,
+            dial_back=self.dial_back.check,
+            on_reach_news=self._reach_news,
         )
+        self.keeper: Keeper | None = None
+        """The reverse channels this node holds to peers that cannot dial it (once
+        started)."""
         self.resolver = Resolver(
             VersionPolicy(config.peers),
             self.client,
@@ -137,14 +156,26 @@ class Node:
             service = PeerService(
                 self.catalog,
                 self.discovery.on_announce,
+                self.my_announce,
                 self.upload,
                 self.config.limits,
                 self.haves,
+                self.hub.handle,
             )
             runner = web.AppRunner(build_app(service), access_log=None, handler_cancellation=True)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
-            stack.callback(self.haves.close)  # before the cleanup: it waits for handlers
+            # before the cleanup, which waits for handlers:
+            stack.callback(self.haves.close)
+            stack.callback(self.hub.close)
+            stack.callback(self.dial_back.close)
+            self.keeper = Keeper(
+                self.table,
+                self.client.channel,
+                server_protocols(runner),
+                scope=self._scope,
+                max_streams=self.config.limits.max_connections_per_peer,
+            )
             limits = listen_limits(self.config.limits)
             site = GuardedSite(runner, host, port, limits, key="node.listen")
             await site.start()
@@ -236,13 +267,22 @@ class Node:
     def _resolve_soon(self) -> None:
         self.resolver.resolve_soon()
 
+    def _peers_changed(self) -> None:
+        self.discovery.peers_changed()
+
+    def _reach_news(self) -> None:
+        if self.keeper is not None:
+            self.keeper.update()
+
     def my_announce(self) -> Announce:
         """What this node announces: every model it holds."""
         models = tuple(
             ModelRef(s.manifest.name, s.model_id, s.version, s.complete, s.origin)
             for s in self.catalog.models.values()
         )
-        return Announce(self.config.node.name, self.url, models)
+        return Announce(
+            self.config.node.name, self.url, models, reachable=self.table.reachability()
+        )
 
     # --- what the local API reads (peerprog.api.view.NodeView) -----------------------------
 
@@ -265,6 +305,15 @@ class Node:
     @property
     def store_error(self) -> str | None:
         return self.disk.error
+
+    @property
+    def reachable(self) -> bool | None:
+        return self.table.reachability()
+
+    @property
+    def channels(self) -> ChannelsReport:
+        held = self.keeper.stats if self.keeper is not None else ChannelStats()
+        return report(held, self.hub.stats)
 
     @property
     def level_listeners(self) -> list[Callable[[ModelState], None]]:

@@ -9,14 +9,17 @@ is served.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 
 from peerprog.errors import PeerFault, PeerprogError
 from peerprog.manifest.envelope import MAX_ENVELOPE_BYTES
+from peerprog.node.mux import MESSAGE_MAX, Channel, ChannelClosed
 from peerprog.node.protocol import (
+    PREFIX,
     Announce,
     decode_announce,
     decode_have,
@@ -29,7 +32,37 @@ from peerprog.swarm.havelog import HaveDelta
 
 NODE_HEADER = "Peerprog-Node"
 """The header naming the requesting node (its advertised URL), for the answering node's
-super-seeding (which edge asks)."""
+super-seeding (which edge asks) and the reverse channels."""
+CHANNEL_HEARTBEAT = 20.0
+"""Seconds between WebSocket pings on a reverse channel: finds a dead link, keeps a NAT's
+mapping open."""
+DIAL_TIMEOUT = 5.0
+"""Seconds a dial-back may take."""
+
+Route = Callable[[str, int], Channel | None]
+"""(host, port) → the reverse channel that reaches it, if one is open."""
+
+
+class RoutedConnector(aiohttp.TCPConnector):
+    """A TCP connector that sends the requests for a peer holding a reverse channel to
+    this node over that channel (a stream of it per connection) instead of dialling."""
+
+    def __init__(self, route: Route, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._route = route
+
+    async def _create_connection(
+        self, req: aiohttp.ClientRequest, traces: Any, timeout: aiohttp.ClientTimeout
+    ) -> Any:
+        channel = self._route(req.url.host or "", req.url.port or 0)
+        if channel is None:
+            return await super()._create_connection(req, traces, timeout)
+        protocol = self._factory()
+        try:
+            channel.open(protocol)
+        except ChannelClosed as e:
+            raise aiohttp.ClientConnectionError(f"{req.url.host}:{req.url.port}: {e}") from None
+        return protocol
 
 
 class TransportError(PeerprogError):
@@ -116,11 +149,15 @@ class PeerClient:
         max_connections: int,
         max_connections_per_peer: int,
         timeout: float,
+        route: Route = lambda _host, _port: None,
     ) -> None:
         self.download = download
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self._direct: aiohttp.ClientSession | None = None
+        """Dial-backs and our own channels: always a fresh TCP connection."""
         self._limits = (max_connections, max_connections_per_peer)
+        self._route = route
         self.node_url = ""
         """This node's advertised URL, sent as :data:`NODE_HEADER` (once known)."""
 
@@ -131,8 +168,12 @@ class PeerClient:
 
     async def __aenter__(self) -> PeerClient:
         limit, per_host = self._limits
+        self._direct = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=per_host, force_close=True),
+            timeout=aiohttp.ClientTimeout(total=None, connect=min(5.0, self.timeout)),
+        )
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=per_host),
+            connector=RoutedConnector(self._route, limit=limit, limit_per_host=per_host),
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=min(5.0, self.timeout), sock_read=self.timeout
             ),
@@ -147,6 +188,8 @@ class PeerClient:
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._direct is not None:
+            await self._direct.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -200,6 +243,35 @@ class PeerClient:
             if throttled:
                 await throttle(self.download, len(piece))
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def dial(self, url: str) -> bool:
+        """Dial ``url`` back over a new TCP connection (never a channel): does a node
+        answer ``GET node`` there under that same URL?"""
+        assert self._direct is not None, "PeerClient used outside 'async with'"
+        try:
+            async with (
+                asyncio.timeout(min(DIAL_TIMEOUT, self.timeout)),
+                self._direct.get(f"{url}{PREFIX}/node", headers=self._headers()) as resp,
+            ):
+                if resp.status != 200:
+                    return False
+                answer = decode_announce(await self._body(resp, url, 64 * 1024))
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError, PeerFault):
+            return False
+        return answer.url.rstrip("/") == url.rstrip("/")
+
+    @asynccontextmanager
+    async def channel(self, url: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+        """Open this node's reverse channel to the peer at ``url`` (a WebSocket)."""
+        assert self._direct is not None, "PeerClient used outside 'async with'"
+        async with self._direct.ws_connect(
+            f"{url}{PREFIX}/channel",
+            headers=self._headers(),
+            heartbeat=CHANNEL_HEARTBEAT,
+            max_msg_size=MESSAGE_MAX,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+        ) as ws:
+            yield ws
 
     async def get_name(self, root: str, name: str, timeout: float | None = None) -> str:
         data = await self._get(f"{root}/names/{name}", 256, timeout=timeout)

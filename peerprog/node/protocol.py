@@ -27,6 +27,8 @@ MAX_EPOCH = 64
 class PeerRef:
     node: str
     url: str
+    reachable: bool | None = None
+    """Whether the node passing it on could dial it (None: not said)."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,20 @@ class Announce:
     url: str
     models: tuple[ModelRef, ...]
     peers: tuple[PeerRef, ...] = ()
+    reachable: bool | None = None
+    """Whether peers can dial the sender at ``url``, as far as it knows (None: not known)."""
+    dial_back: bool | None = None
+    """In an answer: whether the answering node could dial the announcer's ``url``."""
 
     def encode(self) -> bytes:
+        extra = {
+            k: v
+            for k, v in (("reachable", self.reachable), ("dial_back", self.dial_back))
+            if v is not None
+        }
         return pack(
-            {
+            extra
+            | {
                 "node": self.node,
                 "url": self.url,
                 "models": [
@@ -53,9 +65,23 @@ class Announce:
                     }
                     for m in self.models
                 ],
-                "peers": [{"node": p.node, "url": p.url} for p in self.peers],
+                "peers": [_peer_ref(p) for p in self.peers],
             }
         )
+
+
+def _peer_ref(p: PeerRef) -> dict[str, Any]:
+    ref: dict[str, Any] = {"node": p.node, "url": p.url}
+    if p.reachable is not None:
+        ref["reachable"] = p.reachable
+    return ref
+
+
+def _flag(d: dict[str, Any], key: str) -> bool | None:
+    v = d.get(key)
+    if v is not None and not isinstance(v, bool):
+        raise PeerFault(f"announce: {key} must be true or false")
+    return v
 
 
 def _str(d: dict[str, Any], key: str, limit: int = 256) -> str:
@@ -97,8 +123,22 @@ def decode_announce(data: bytes) -> Announce:
     peers = []
     for p in raw_peers[:MAX_EXCHANGED_PEERS]:
         if isinstance(p, dict) and valid_url(p.get("url")) and isinstance(p.get("node"), str):
-            peers.append(PeerRef(str(p["node"])[:128], str(p["url"])))
-    return Announce(node, url, tuple(models), tuple(peers))
+            reachable = p.get("reachable")
+            peers.append(
+                PeerRef(
+                    str(p["node"])[:128],
+                    str(p["url"]),
+                    reachable if isinstance(reachable, bool) else None,
+                )
+            )
+    return Announce(
+        node,
+        url,
+        tuple(models),
+        tuple(peers),
+        reachable=_flag(d, "reachable"),
+        dial_back=_flag(d, "dial_back"),
+    )
 
 
 def encode_have(have: Bitfield) -> bytes:

@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,10 +76,15 @@ class PeerService:
     """What the peer server needs."""
 
     served: Served
-    on_announce: Callable[[Announce], Announce]
+    on_announce: Callable[[Announce], Awaitable[Announce]]
+    """Records an announce; the answer (peer exchange, dial-back)."""
+    me: Callable[[], Announce]
+    """This node's own announce (the answer of ``GET node``)."""
     upload: Upload
     limits: LimitsSection
     haves: Haves
+    channel: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    """Serves ``GET channel``: a reverse channel opened to this node."""
 
 
 SERVICE = web.AppKey("peerprog_peer_service", PeerService)
@@ -267,8 +272,17 @@ async def post_announce(request: web.Request) -> web.StreamResponse:
     except PeerFault as e:
         log.warning("refused announce from %s: %s", request.remote, e)
         raise web.HTTPBadRequest(text=str(e)) from None
-    answer = svc.on_announce(ann)
+    answer = await svc.on_announce(ann)
     return web.Response(body=answer.encode(), content_type=MSGPACK)
+
+
+async def get_node(request: web.Request) -> web.StreamResponse:
+    """Who answers here: this node's announce (what a dial-back checks)."""
+    return web.Response(body=_svc(request).me().encode(), content_type=MSGPACK)
+
+
+async def get_channel(request: web.Request) -> web.StreamResponse:
+    return await _svc(request).channel(request)
 
 
 def build_app(service: PeerService) -> web.Application:
@@ -280,4 +294,6 @@ def build_app(service: PeerService) -> web.Application:
     app.router.add_get(PREFIX + "/models/{model_id}/have", get_have)
     app.router.add_get(PREFIX + "/models/{model_id}/levels/{level}", get_level)
     app.router.add_post(PREFIX + "/announce", post_announce)
+    app.router.add_get(PREFIX + "/node", get_node)
+    app.router.add_get(PREFIX + "/channel", get_channel)
     return app
