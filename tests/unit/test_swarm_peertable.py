@@ -166,3 +166,70 @@ def test_forget_model_clears_its_source_states() -> None:
     t.source_absent("http://boot", OTHER, 0.0)
     t.forget_model(MID)
     assert t.next_expiry(MID) is None and t.next_expiry(OTHER) == 5.0
+
+
+# -- reachability ----------------------------------------------------------------------------
+
+
+def sources_of(t: PeerTable) -> list[str]:
+    return [s.key for s in t.sources(MID) if s.kind != "web_seed"]
+
+
+def test_a_peer_our_dial_back_cannot_reach_is_a_source_only_over_its_channel() -> None:
+    t = table(reach_recheck=60.0)
+    t.heard_from("http://hidden", "h", [ref()], 1.0)
+    assert "http://hidden" in sources_of(t)  # not known yet: we try
+    assert t.dial_due("http://hidden", 1.0)
+    assert t.dialled("http://hidden", False, 1.0)  # routable → not routable
+    assert "http://hidden" not in sources_of(t)
+    assert "http://hidden" not in [p.url for p in t.routable()]
+    assert not t.dial_due("http://hidden", 30.0) and t.dial_due("http://hidden", 61.0)
+    assert t.channel_changed("http://hidden", True)
+    assert "http://hidden" in sources_of(t)
+    assert not t.channel_changed("http://hidden", True)  # no change
+    assert t.channel_changed("http://hidden", False)
+    assert "http://hidden" not in sources_of(t)
+    # its address starts to answer: the next dial-back finds it
+    assert t.dialled("http://hidden", True, 70.0)
+    assert "http://hidden" in sources_of(t)
+
+
+def test_what_a_peer_says_of_itself_counts_until_we_dial_it_ourselves() -> None:
+    t = table()
+    t.heard_from("http://a", "a", [ref()], 1.0, reachable=False)
+    assert "http://a" not in sources_of(t)
+    t.dialled("http://a", True, 2.0)
+    t.heard_from("http://a", "a", [ref()], 3.0, reachable=False)  # our finding wins
+    assert "http://a" in sources_of(t)
+    # peer exchange passes on what the passing node found
+    assert t.learned_of("http://b", "b", 4.0, reachable=False) is not None
+    assert not t.get("http://b").routable  # type: ignore[union-attr]
+
+
+def test_we_want_a_channel_to_each_peer_that_could_not_dial_us_and_that_we_can_dial() -> None:
+    t = table()
+    assert t.reachability() is None
+    t.heard_from("http://a", "a", [], 1.0)
+    t.heard_from("http://b", "b", [], 1.0)
+    t.heard_from("http://c", "c", [], 1.0)
+    t.heard_back("http://a", False)
+    t.heard_back("http://b", True)
+    t.heard_back("http://c", None)  # did not say: nothing changes
+    assert t.channels_wanted() == ["http://a"]
+    assert t.reachability() is True  # b reached us
+    t.heard_back("http://b", False)
+    assert t.reachability() is False
+    assert sorted(t.channels_wanted()) == ["http://a", "http://b"]
+    t.dialled("http://b", False, 2.0)  # two undiallable nodes: no path either way
+    assert t.channels_wanted() == ["http://a"]
+
+
+def test_an_unroutable_peer_that_went_quiet_is_forgotten() -> None:
+    t = table(pex_fresh=60.0)
+    t.heard_from("http://hidden", "h", [ref()], 1.0)
+    t.dialled("http://hidden", False, 1.0)
+    t.heard_from("http://quiet", "q", [ref()], 1.0)  # routable: health rules apply
+    assert t.prune(30.0) == []
+    assert [p.url for p in t.prune(62.0)] == ["http://hidden"]
+    assert t.get("http://hidden") is None and t.get("http://quiet") is not None
+    assert t.get("http://boot") is not None  # never a bootstrap peer
