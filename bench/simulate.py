@@ -12,15 +12,19 @@ upload slots (:class:`~peerprog.swarm.uploads.UploadSlots`: slots, a queue, then
 ``Retry-After``), and on the seed super-seeding (:class:`~peerprog.swarm.seeding.SuperSeeder`,
 each edge's view its own have log of offers), as ``peerprog/node/haves.py`` does. An edge
 that leaves (``--churn``) may come back (``--churn-away``) as a restarted daemon with the
-chunks it had verified. See ``bench/SIM_NOTES.md`` for the model, the capacity
-distribution and the results.
+chunks it had verified. A fraction of the edges can be behind a NAT (``--unreachable``):
+they cannot be dialled, and serve the peers that cannot dial them over a reverse channel
+they hold to each, as ``peerprog/node/channels.py`` does; two of them never exchange
+anything. See ``bench/SIM_NOTES.md`` for the model, the capacity distribution and the
+results.
 
     nice -n 10 .venv/bin/python -m bench.simulate --nodes 10,100,1000 --png sim.png
 
 Prints JSON: per N, p50/p90/p99 time to level 0 and to exact (also over the lower bound),
 the seed's upload as a multiple of the stream, the run time (and, for edges that left and
-came back, their own percentiles). Flags set only the scenario
-(sizes, capacities, latencies, joins, churn) and what a daemon's config can set too
+came back, their own percentiles; with ``--unreachable``, the figures of the edges that can
+and cannot be dialled apart). Flags set only the scenario (sizes, capacities, latencies,
+joins, churn, edges that cannot be dialled) and what a daemon's config can set too
 (``[limits]`` upload slots, queue and requests in flight, ``[swarm] super_seeding``).
 """
 
@@ -41,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from bench.simnet import FlowNetwork
+from peerprog.node.peerclient import DIAL_TIMEOUT
 from peerprog.swarm import Bitfield, ModelRef, PeerTable, PeerTableConfig, SchedulerConfig
 from peerprog.swarm.driver import (
     Action,
@@ -103,11 +108,13 @@ class Node:
     leave: float = math.inf
     away: float = math.inf  # after a churn leave, back this many seconds later
     alive: bool = False
+    dialable: bool = True  # can peers open connections to it (False: behind a NAT)
     driver: Driver | None = None
     table: PeerTable | None = None
     have: Bitfield | None = None  # verified chunks (the seed: None, it has all)
     log: HaveLog | None = None  # its have stream
     neighbors: set[int] = field(default_factory=set)
+    channels: set[int] = field(default_factory=set)  # undiallable: who it holds a channel to
     runs: dict[int, Run] = field(default_factory=dict)  # its range requests, by Fetch.id
     asks: dict[int, int] = field(default_factory=dict)  # its have requests: target -> token
     parked: dict[int, Park] = field(default_factory=dict)  # long-polls it holds, by asker
@@ -124,6 +131,9 @@ class Node:
     busy: int = 0
     requests: int = 0
     chunk_requests: int = 0
+    unroutable: int = 0  # requests it sent to a peer with no way to it (they failed)
+    routable_peers: int = 0  # of its peer table, when it got exact (or at the end)
+    known_peers: int = 0
 
     @property
     def name(self) -> str:
@@ -195,6 +205,11 @@ class Sim:
                 if args.churn_away < math.inf:
                     node.away = self.rng.uniform(0.5, 1.5) * args.churn_away
             self.nodes.append(node)
+        if args.unreachable > 0:
+            # Drawn apart from the scenario's stream: the rest of the draw stays as it is.
+            draw = random.Random(f"unreachable {args.seed} {n}")
+            for i in draw.sample(range(1, n + 1), round(args.unreachable * n)):
+                self.nodes[i].dialable = False
         self.net = FlowNetwork(
             np.array([x.up for x in self.nodes]), np.array([x.down for x in self.nodes])
         )
@@ -203,6 +218,7 @@ class Sim:
         self.seq = 0
         self.dirty: set[int] = set()
         self.alive_edges: list[int] = []
+        self.alive_dialable: list[int] = []  # the edges among them that can be dialled
         self.finished = 0  # edges exact, or gone without it
         self.seeder: SuperSeeder | None = None
         self.seed_logs: dict[int, HaveLog] = {}  # each edge's view of a super-seeding seed
@@ -334,10 +350,15 @@ class Sim:
         )
         e.neighbors, e.asks, e.armed, e.answered = set(), {}, None, {}
         self.uploads[e.nid] = self.upload_slots(e)
-        k = min(self.args.degree, len(self.alive_edges))
-        for nid in self.rng.sample(self.alive_edges, k):
+        # An edge that cannot be dialled keeps only peers it can reach (peer exchange offers
+        # far more than ``--degree``): it draws among the edges that can be dialled.
+        pool = self.alive_edges if e.dialable else self.alive_dialable
+        k = min(self.args.degree, len(pool))
+        for nid in self.rng.sample(pool, k):
             self.at(self.now + 2 * self.lat(e, self.nodes[nid]), self.connect, e, self.nodes[nid])
         self.alive_edges.append(e.nid)
+        if e.dialable:
+            self.alive_dialable.append(e.nid)
         self.at(self.now + 2 * self.lat(e, self.nodes[0]), self.connect, e, self.nodes[0])
 
     def on_churn(self, e: Node) -> None:
@@ -357,8 +378,14 @@ class Sim:
 
     def connect(self, a: Node, b: Node) -> None:
         """``a`` and ``b`` learn of each other (announce, peer exchange): each puts the
-        other in its peer table, and its driver looks for sources."""
+        other in its peer table, with what the other says of its reachability, and its
+        driver looks for sources. Of an edge that cannot be dialled, the other's dial-back
+        fails (after ``--dial-timeout``: the announce's answer waits for it, as
+        ``node/discovery.py``'s does) and the edge then opens a reverse channel to it
+        (:meth:`channel_open`). Two edges that cannot be dialled never meet."""
         if not (a.alive and b.alive) or b.nid in a.neighbors:
+            return
+        if not (a.dialable or b.dialable):
             return
         a.neighbors.add(b.nid)
         b.neighbors.add(a.nid)
@@ -368,9 +395,54 @@ class Sim:
             assert x.table is not None and x.driver is not None
             origin = y.nid == 0
             ref = ModelRef(MODEL, MODEL, 1, complete=origin, origin=origin)
-            if x.table.heard_from(y.name, y.name, [ref], self.now) is not None:
+            if (
+                x.table.heard_from(y.name, y.name, [ref], self.now, reachable=y.dialable)
+                is not None
+            ):
                 x.driver.peers_changed()
                 self.dirty.add(x.nid)
+            if not y.dialable:
+                wait = self.args.dial_timeout if x.table.dial_due(y.name, self.now) else 0.0
+                self.at(self.now + wait, self.dial_failed, x, y)
+                self.at(self.now + wait + 4 * self.lat(x, y), self.channel_open, x, y)
+
+    def dial_failed(self, x: Node, y: Node) -> None:
+        """``x``'s dial-back of ``y``'s URL found nothing (``y`` is behind a NAT)."""
+        if x.fetching and y.alive:
+            assert x.table is not None and x.driver is not None
+            if x.table.dialled(y.name, False, self.now):
+                x.driver.peers_changed()
+                self.dirty.add(x.nid)
+
+    def channel_open(self, x: Node, y: Node) -> None:
+        """``y``, which ``x`` cannot dial, opened its reverse channel to ``x``: the answer
+        to its announce said ``x`` could not dial it (one latency), then a WebSocket's
+        TCP handshake and upgrade (three more). Only if ``x`` keeps ``y`` in its table (its
+        answer says nothing of a peer it refused: ``max_peers``). ``x``'s requests and
+        long-polls to ``y`` go over it, with the latency and bandwidth of a direct
+        connection."""
+        if not (x.alive and y.alive) or x.nid not in y.neighbors:
+            return
+        if x.table is None or x.table.get(y.name) is None:
+            return
+        y.channels.add(x.nid)
+        if x.fetching and x.table.channel_changed(y.name, True):
+            assert x.driver is not None
+            x.driver.peers_changed()
+            self.dirty.add(x.nid)
+
+    def channel_closed(self, x: Node, y: Node) -> None:
+        """``x`` sees the channel ``y`` held to it close (``y`` left)."""
+        if x.fetching:
+            assert x.table is not None and x.driver is not None
+            if x.table.channel_changed(y.name, False):
+                x.driver.peers_changed()
+                self.dirty.add(x.nid)
+
+    def reach(self, x: Node, y: Node) -> bool:
+        """Can ``x`` send ``y`` a request: ``y`` can be dialled, or holds a channel to
+        ``x``."""
+        return y.dialable or x.nid in y.channels
 
     def on_leave(self, x: Node, *, returns: bool = False) -> None:
         """``x`` stops: its uploads break and the long-polls it holds fail (each requester
@@ -384,6 +456,15 @@ class Sim:
             self.finished += 1
         if x.nid in self.alive_edges:
             self.alive_edges.remove(x.nid)
+        if x.nid in self.alive_dialable:
+            self.alive_dialable.remove(x.nid)
+        for nid in x.channels:  # its channels close; each peer sees it one latency later
+            self.at(
+                self.now + self.lat(x, self.nodes[nid]), self.channel_closed, self.nodes[nid], x
+            )
+        x.channels.clear()
+        for nid in x.neighbors:  # the channels held to it break
+            self.nodes[nid].channels.discard(x.nid)
         for run in list(x.runs.values()):
             self.stop(run)
         x.runs.clear()
@@ -439,7 +520,9 @@ class Sim:
         daemon's ``node/haves.py`` paces it)."""
         lat = self.lat(x, y)
         arrive = self.now + lat
-        if not y.alive:
+        if y.alive and not self.reach(x, y):
+            x.unroutable += 1
+        if not y.alive or not self.reach(x, y):
             self.at(arrive + lat, self.have_failed, x, y, token)
             return
         log = self.log_for(y, x)
@@ -632,7 +715,13 @@ class Sim:
         if run.state == CANCELLED:
             return
         e, p = run.e, run.p
-        if not p.alive or (p.have is not None and any(i not in p.have for i in run.chunks)):
+        if p.alive and not self.reach(e, p):
+            e.unroutable += 1
+        if (
+            not p.alive
+            or not self.reach(e, p)
+            or (p.have is not None and any(i not in p.have for i in run.chunks))
+        ):
             run.state = CANCELLED
             self.at(self.now + self.lat(e, p), self.run_failed, run)
             return
@@ -739,12 +828,18 @@ class Sim:
                 e.level_at[level] = self.now
         if e.driver.complete:
             e.done_at = self.now
+            self.count_peers(e)
             self.finished += 1
             for other in list(e.runs.values()):  # the fetch ends: its requests stop
                 self.stop(other)
             e.runs.clear()
             if self.args.linger < math.inf:
                 self.at(self.now + self.args.linger, self.on_leave, e)
+
+    def count_peers(self, e: Node) -> None:
+        """What ``e``'s peer table holds now: peers, and those it can send requests to."""
+        if e.table is not None:
+            e.known_peers, e.routable_peers = len(e.table), len(e.table.routable())
 
     def run_end(self, run: Run) -> None:
         """The body ended."""
@@ -799,6 +894,11 @@ class Sim:
             per_node.append(tx / bound(self.total, x.down))
             per_node0.append(t0 / bound(self.level0, x.down))
         lb, lb0 = bound(self.total, d_min), bound(self.level0, d_min)
+        # An edge that cannot be dialled gets its bytes from the seed and the edges that
+        # can be: all of them together need at least n_u * F / (u_s + their uplinks).
+        n_u = sum(1 for x in edges if not x.dialable)
+        u_d = u_s + sum(x.up for x in edges if x.dialable)
+        lb_reach, lb0_reach = max(lb, n_u * self.total / u_d), max(lb0, n_u * self.level0 / u_d)
 
         def pct(a: list[float], scale: float = 1.0) -> dict[str, float | None]:
             """Nearest-rank percentiles; ``None`` where that edge never got there."""
@@ -816,8 +916,35 @@ class Sim:
             return sorted(a)[(len(a) - 1) // 2] if a else math.inf
 
         seed_up = float(self.net.uploaded[0])
+        for x in edges:
+            if x.done_at is None:
+                self.count_peers(x)
+
+        def group(dialable: bool) -> dict[str, Any]:
+            """The figures of the edges that can be dialled, or of those that cannot."""
+            mine = [x for x in stayed if x.dialable == dialable]
+            routable = sorted(x.routable_peers for x in mine)
+            up_time = sum(x.up * (min(x.leave, self.end) - x.join - x.downtime) for x in mine)
+            return {
+                "edges": len(mine),
+                "completed": sum(1 for x in mine if x.done_at is not None),
+                "level0_s": pct(
+                    [since_join(x.level_at[0] if x.level_at else None, x.join) for x in mine]
+                ),
+                "exact_s": pct([since_join(x.done_at, x.join) for x in mine]),
+                "exact_over_lb": pct([since_join(x.done_at, x.join) for x in mine], lb),
+                "peers_p50": median([float(x.known_peers) for x in mine]) if mine else None,
+                "routable_peers_min": routable[0] if routable else None,
+                "routable_peers_p50": median([float(r) for r in routable]) if mine else None,
+                "upload_busy": round(
+                    float(sum(self.net.uploaded[x.nid] for x in mine)) / max(1e-9, up_time), 3
+                ),
+            }
+
         return {
             "nodes": n,
+            "unreachable": self.args.unreachable,
+            "unreachable_edges": n_u,
             "completed": len(done),
             "left_early": sum(1 for x in edges if x.done_at is None and x.leave < math.inf),
             "returned": sum(1 for x in edges if x.boots > 1),
@@ -832,6 +959,11 @@ class Sim:
             "exact_over_lb": pct(exact, lb),
             "level0_over_node_lb": pct(per_node0),
             "exact_over_node_lb": pct(per_node),
+            "lower_bound_reach_s": round(lb_reach, 2),
+            "lower_bound_level0_reach_s": round(lb0_reach, 2),
+            "level0_over_reach_lb": pct(lvl0, lb0_reach),
+            "exact_over_reach_lb": pct(exact, lb_reach),
+            "by_reach": {"dialable": group(True), "undialable": group(False)},
             "level0_p50_over_exact_p50": (
                 round(median(lvl0) / median(exact), 3) if median(exact) < math.inf else None
             ),
@@ -862,6 +994,7 @@ class Sim:
                 for kind in sorted({x.kind for x in edges})
             },
             "cancelled": sum(x.cancelled for x in edges),
+            "unroutable_requests": sum(x.unroutable for x in edges),
             "declined_busy": sum(x.busy for x in edges),
             "requests": sum(x.requests for x in edges),
             "chunk_requests": sum(x.chunk_requests for x in edges),
@@ -927,6 +1060,18 @@ def parser() -> argparse.ArgumentParser:
         help="an edge that left comes back after uniform [S/2, 3S/2] s with what it had"
         " verified (default: never)",
     )
+    ap.add_argument(
+        "--unreachable",
+        type=float,
+        default=0.0,
+        help="fraction of the edges that cannot be dialled (behind a NAT; never the seed)",
+    )
+    ap.add_argument(
+        "--dial-timeout",
+        type=float,
+        default=DIAL_TIMEOUT,
+        help="seconds a dial-back of an edge that cannot be dialled takes to fail",
+    )
     ap.add_argument("--linger", type=float, default=math.inf, help="stay S s after exact")
     ap.add_argument("--seed-dies-at", type=float, default=None, help="the seed leaves at T s")
     ap.add_argument("--lat-min", type=float, default=0.005, help="one-way access latency, s")
@@ -962,6 +1107,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if not 0.0 <= args.unreachable <= 1.0:
+        raise SystemExit("--unreachable must be within [0, 1]")
     runs = []
     for n in (int(x) for x in args.nodes.split(",")):
         t0, cpu0 = time.perf_counter(), time.process_time()
