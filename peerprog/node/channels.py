@@ -222,6 +222,13 @@ class Hub:
                     self._on_change()
         return ws
 
+    def banned(self, url: str) -> None:
+        """``url`` was banned: end its channel (a new one is refused)."""
+        channel = self._by_url.get(url)
+        if channel is not None:
+            log.info("reverse channel from %s: closed, it is banned", url)
+            channel.stop()
+
     def close(self) -> None:
         """End every channel (at the node's stop, before the server waits for handlers)."""
         for channel in list(self._by_url.values()):

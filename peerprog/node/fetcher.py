@@ -112,8 +112,10 @@ class Fetcher:
         on_stored: Callable[[ModelState, int], None],
         settings: FetchSettings,
         workers: Executor,
+        on_banned: Callable[[str], None] = lambda _key: None,
     ) -> None:
-        """``workers`` verify and write chunks (several at once on several cores)."""
+        """``workers`` verify and write chunks (several at once on several cores);
+        ``on_banned(key)``: a source was banned (the shell ends what it holds open to it)."""
         self.state = state
         self._transport = transport
         self._sink = sink
@@ -122,6 +124,7 @@ class Fetcher:
         self._on_stored = on_stored
         self._settings = settings
         self._workers = workers
+        self._on_banned = on_banned
         m = state.manifest
         self.driver = Driver(
             state.model_id,
@@ -220,6 +223,7 @@ class Fetcher:
             )
             if action.key not in metrics.peers_banned:
                 metrics.peers_banned.append(action.key)
+            self._on_banned(action.key)
 
     # --- have ------------------------------------------------------------------------------
 

@@ -253,6 +253,7 @@ class Node:
                 seed=hash((self.url, state.model_id)) & 0xFFFFFFFF,
             ),
             workers=self._workers,
+            on_banned=self.hub.banned,
         )
         unsubscribe = self.discovery.subscribe(fetcher.peers_changed)
         try:

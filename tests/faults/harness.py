@@ -60,16 +60,22 @@ def hostile_peer(
     store: Path | None = None,
     victim: Daemon | None = None,
     args: Sequence[str] = (),
+    hidden: bool = False,
 ) -> Iterator[Hostile]:
-    """Run a hostile peer serving ``store`` (default the seed store) until the block ends."""
+    """Run a hostile peer serving ``store`` (default the seed store) until the block ends;
+    ``hidden``: it announces an address no one can dial to ``victim`` and serves it over a
+    reverse channel (its :attr:`Hostile.url` is then that address)."""
     port = free_port()
     log = c.root / f"hostile-{mode}-{port}.log"
     cmd = [sys.executable, "-m", "tests.faults.hostile", "--store", str(store or c.seed_store)]
     cmd += ["--port", str(port), "--mode", mode, "--log", str(log), *args]
     if victim is not None:
         cmd += ["--victim", victim.url]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    if hidden:
+        url = f"http://127.0.0.1:{free_port()}"
+        cmd += ["--hide", url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def up() -> bool:
         if proc.poll() is not None:

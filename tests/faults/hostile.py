@@ -14,7 +14,15 @@ It serves the models of a published store under ``/p2p/v1/`` like an honest peer
   and answers the victim's own announces with as many;
 * ``squat``: claims the store's names for 200 fake versions (ids that are no manifest's
   hash), newer than the real ones; their manifests never come, or come as garbage;
-* ``honest``: serves like a peer should (to count what a victim asks for, with ``--log``).
+* ``honest``: serves like a peer should (to count what a victim asks for, with ``--log``);
+* ``hub``: a peer the victim (a node no one can dial) opens its reverse channel to: it says
+  it cannot dial the victim back, and over each channel the victim opens it sends one
+  kind of garbage in turn (a malformed frame, a message over the size limit, a flood of
+  streams of junk requests and of requests it never reads the answer of).
+
+With ``--hide URL --victim V`` the peer announces ``URL`` (an address nothing listens on,
+as a node behind a NAT would) to the victim and serves the victim over a reverse channel
+it holds to it (``CHANNEL <what>`` lines in the log), in whatever mode it runs.
 
 With ``--log FILE`` every request is appended to FILE as ``METHOD PATH [RANGE]`` (flushed
 at once, so a test can read it while the victim runs).
@@ -28,15 +36,28 @@ import os
 import random
 from pathlib import Path
 
+import aiohttp
 from aiohttp import ClientSession, web
 from aiohttp.typedefs import Handler
 
 from peerprog.manifest.canonical import pack
+from peerprog.node.mux import DATA, MESSAGE_MAX, Channel, server_protocols
 from peerprog.sendfile import parse_range
 from peerprog.store import Store
 from peerprog.swarm import Bitfield
 
-MODES = ("corrupt", "oversize", "drip", "silent", "liar", "garbage", "flood", "squat", "honest")
+MODES = (
+    "corrupt",
+    "oversize",
+    "drip",
+    "silent",
+    "liar",
+    "garbage",
+    "flood",
+    "squat",
+    "honest",
+    "hub",
+)
 
 
 def fake_announce(rng: random.Random, node: str, url: str) -> bytes:
@@ -154,8 +175,44 @@ def build(store: Store, mode: str, url: str, log: Path | None = None) -> web.App
                 for i, f in enumerate(fakes)
             ]
             return web.Response(body=pack({"node": "squat", "url": url, "models": models}))
+        if mode == "hub":  # "I could not dial you back": the victim opens its channel here
+            return web.Response(
+                body=pack(
+                    {"node": "hub", "url": url, "models": [], "peers": [], "dial_back": False}
+                )
+            )
         return web.Response(body=pack({"node": "hostile", "url": url, "models": [], "peers": []}))
 
+    hub_rounds = 0
+
+    async def node(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=pack({"node": mode, "url": url, "models": [], "peers": []}))
+
+    async def channel(request: web.Request) -> web.StreamResponse:
+        """``hub``: take the victim's reverse channel and abuse it, one way per channel."""
+        nonlocal hub_rounds
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        kind = hub_rounds % 3
+        hub_rounds += 1
+        if logfile is not None:
+            logfile.write(f"HUB {kind}\n")
+        if kind == 0:
+            await ws.send_bytes(b"\x00\x01")  # shorter than a frame head
+        elif kind == 1:
+            await ws.send_bytes(b"\x00\x00\x00\x01\x00" + b"x" * (2 * MESSAGE_MAX))
+        else:
+            head = "GET /p2p/v1/models/{}/levels/0 HTTP/1.1\r\nHost: x\r\n\r\n"
+            for sid in range(1, 400):
+                junk = b"\x00\xff junk \r\n\r\n" if sid % 2 else head.format("0" * 64).encode()
+                await ws.send_bytes(sid.to_bytes(4, "big") + bytes([DATA]) + junk)
+        async for _ in ws:  # never read the answers: the victim's queue fills up
+            await asyncio.sleep(3600)
+        return ws
+
+    app.router.add_get("/p2p/v1/node", node)
+    if mode == "hub":
+        app.router.add_get("/p2p/v1/channel", channel)
     app.router.add_get("/p2p/v1/names/{name}", name)
     app.router.add_get("/p2p/v1/models/{mid}/manifest.msgpack", manifest)
     app.router.add_get("/p2p/v1/models/{mid}/have", have)
@@ -178,6 +235,36 @@ async def flood(victim: str, url: str, rounds: int, log: Path | None) -> None:
                     f.write(f"PUSH {resp.status}\n")
 
 
+async def hide(runner: web.AppRunner, victim: str, url: str, log: Path | None) -> None:
+    """Announce ``url`` to the victim and serve it over a reverse channel, again whenever
+    the channel closes or is refused."""
+
+    def note(what: str) -> None:
+        if log is not None:
+            with open(log, "a") as f:
+                f.write(f"CHANNEL {what}\n")
+
+    hello = pack({"node": "hidden", "url": url, "models": [], "peers": [], "reachable": False})
+    async with ClientSession() as s:
+        while True:
+            try:
+                async with s.post(victim + "/p2p/v1/announce", data=hello) as resp:
+                    await resp.read()
+                async with s.ws_connect(
+                    victim + "/p2p/v1/channel",
+                    headers={"Peerprog-Node": url},
+                    max_msg_size=MESSAGE_MAX,
+                ) as ws:
+                    note("open")
+                    await Channel(ws, serve=server_protocols(runner)).run()
+                    note("closed")
+            except aiohttp.WSServerHandshakeError as e:
+                note(str(e.status))
+            except (aiohttp.ClientError, OSError) as e:
+                note(type(e).__name__)
+            await asyncio.sleep(0.5)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", required=True)
@@ -186,13 +273,16 @@ async def main() -> None:
     ap.add_argument("--victim", default="")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--log", default="")
+    ap.add_argument("--hide", default="", help="announce this URL; serve over a reverse channel")
     args = ap.parse_args()
-    url = f"http://127.0.0.1:{args.port}"
+    url = args.hide or f"http://127.0.0.1:{args.port}"
     store = Store(Path(args.store), create=False)
     log = Path(args.log) if args.log else None
     runner = web.AppRunner(build(store, args.mode, url, log))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
+    if args.hide:
+        await hide(runner, args.victim.rstrip("/"), url, log)
     if args.mode == "flood" and args.victim:
         await flood(args.victim, url, args.rounds, log)
     await asyncio.Event().wait()

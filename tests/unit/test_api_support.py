@@ -13,6 +13,7 @@ import numpy as np
 from peerprog.codec import RawTensor
 from peerprog.config import Config
 from peerprog.manifest import SignedManifest
+from peerprog.node.channels import ChannelsReport
 from peerprog.node.decoded import Built, DecodedLevels
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
@@ -55,6 +56,8 @@ class FakeNode:
         self.started_at = 1_700_000_000.0
         self.bytes_uploaded = 0
         self.store_error: str | None = None
+        self.reachable: bool | None = None
+        self.channels = ChannelsReport(0, 0, 0, 0)
         self.level_listeners: list[Callable[[Any], None]] = []
         self.scope = TaskScope("fake node")
         self.decoders: dict[str, DecodedLevels] = {}
