@@ -173,4 +173,30 @@ def render_metrics(node: NodeView, stats: ApiStats, now: float | None = None) ->
     )
     for name, kind, help_text, number in node_families:
         lines += family(name, kind, help_text, [({}, number)])
+    reach = {True: 1, False: 0, None: -1}[node.reachable]
+    channels = node.channels
+    lines += family(
+        "peerprog_reachable",
+        "gauge",
+        "Can peers dial this node: 1 yes, 0 no (it uploads over reverse channels), -1 not known.",
+        [({}, reach)],
+    )
+    lines += family(
+        "peerprog_reverse_channels",
+        "gauge",
+        "Reverse channels open: to peers that cannot dial this node, from peers it cannot dial.",
+        [
+            ({"direction": "to_peers"}, channels.to_peers),
+            ({"direction": "from_peers"}, channels.from_peers),
+        ],
+    )
+    lines += family(
+        "peerprog_reverse_channel_bytes_total",
+        "counter",
+        "Stream bytes (HTTP included) carried by reverse channels, sent and received.",
+        [
+            ({"direction": "sent"}, channels.bytes_sent),
+            ({"direction": "received"}, channels.bytes_received),
+        ],
+    )
     return "\n".join(lines) + "\n"

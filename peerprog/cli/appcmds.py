@@ -251,6 +251,13 @@ def status_table(doc: dict[str, Any]) -> list[str]:
         f"node {doc['node']} at {doc['url']}, up {human_seconds(doc['uptime_s'])}, "
         f"{plural(doc['peers'], 'peer')}, uploaded {human_bytes(doc['bytes_uploaded'])}"
     ]
+    reach = doc.get("reachable")
+    if reach is False:
+        held = (doc.get("channels") or {}).get("to_peers", 0)
+        lines.append(
+            f"not reachable at {doc['url']}: peers cannot dial it; it uploads over "
+            f"{plural(held, 'reverse channel')}"
+        )
     if doc.get("store_error"):
         lines.append(f"store: {doc['store_error']}")
     if not doc["models"]:

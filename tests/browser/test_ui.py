@@ -146,6 +146,8 @@ def test_dashboard_shows_the_level_rising_to_exact(setup: Setup) -> None:
     assert received == status["bytes_total"]
     assert seed_item[0].text.endswith("KiB")
     assert card.find_elements("css selector", ".chart path"), "the level chart is drawn"
+    # the seed dialled the edge back: the node line says it is reachable
+    poll(lambda: d.find_element("css selector", "#node .reach").text == "reachable", 30, "reach")
     assert console_errors(d) == []
 
 

@@ -10,7 +10,14 @@ import threading
 from typing import Any
 
 from tests.faults.harness import assert_bit_exact, hostile_peer, transfer, wait_complete
-from tests.integration.cluster import REFERENCE_NAME, Cluster, Daemon, free_port, wait_until
+from tests.integration.cluster import (
+    REFERENCE_NAME,
+    Cluster,
+    Daemon,
+    free_port,
+    run_cli,
+    wait_until,
+)
 
 NAME = REFERENCE_NAME
 FAST = {"announce_interval": 1.0, "reach_recheck": 1.0}
@@ -41,6 +48,8 @@ def test_an_undiallable_node_finds_out_and_serves_over_its_reverse_channel(tmp_p
         hidden = c.start(undiallable(c, "hidden", want=[NAME], bootstrap=[seed]))
         wait_complete(hidden, NAME)
         wait_until(lambda: status(hidden)["reachable"] is False, 30, "hidden to find out")
+        table = run_cli("status", "--socket", str(hidden.socket))
+        assert "not reachable at" in table and "reverse channel" in table, table
         assert status(seed)["reachable"] is None or status(seed)["reachable"] is True
         # a reachable edge learns of the hidden node from the seed, and the hidden node
         # opens a reverse channel to it; the seed then leaves: the edge's only source

@@ -367,13 +367,24 @@ function setConnection(state, text) {
   c.textContent = text;
 }
 
+// Whether peers can dial this node, and the reverse channels it uploads over if not.
+function reachText(status) {
+  const ch = status.channels ?? {};
+  const held = ch.to_peers ?? 0;
+  if (status.reachable === true) return "reachable";
+  if (status.reachable === false)
+    return `not reachable: uploads over ${held} reverse ${held === 1 ? "channel" : "channels"}`;
+  return "reachability not known yet";
+}
+
 function showNode(status) {
   const by = status.bytes_received_by_source ?? {};
   const received = Object.values(by).reduce((a, b) => a + b, 0);
   document.getElementById("node").replaceChildren(
     el("b", { text: status.node }),
     ` · peerprog ${status.peerprog_version} · up ${humanSeconds(status.uptime_s)} · `,
-    `${status.peers} ${status.peers === 1 ? "peer" : "peers"} · received ${humanBytes(received)} · uploaded ${humanBytes(status.bytes_uploaded)}`,
+    `${status.peers} ${status.peers === 1 ? "peer" : "peers"} · received ${humanBytes(received)} · uploaded ${humanBytes(status.bytes_uploaded)} · `,
+    el("span", { class: "reach", text: reachText(status) }),
   );
   document.title = `peerprog · ${status.node}`;
 }
