@@ -246,13 +246,16 @@ class PeerClient:
 
     async def dial(self, url: str) -> bool:
         """Dial ``url`` back over a new TCP connection (never a channel): does a node
-        answer ``GET node`` there under that same URL?"""
+        answer ``GET node`` there under that same URL (or, an older node without that
+        route, 404)?"""
         assert self._direct is not None, "PeerClient used outside 'async with'"
         try:
             async with (
                 asyncio.timeout(min(DIAL_TIMEOUT, self.timeout)),
                 self._direct.get(f"{url}{PREFIX}/node", headers=self._headers()) as resp,
             ):
+                if resp.status == 404:  # a node of an older release: it answered
+                    return True
                 if resp.status != 200:
                     return False
                 answer = decode_announce(await self._body(resp, url, 64 * 1024))
