@@ -179,9 +179,6 @@ class Hub:
         """The channel to send a request for ``host:port`` over, if one is open."""
         return self._routes.get((host.lower(), port))
 
-    def urls(self) -> list[str]:
-        return list(self._by_url)
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /p2p/v1/channel``: a node we cannot dial opens its reverse channel."""
         url = request.headers.get(NODE_HEADER, "").rstrip("/")
@@ -204,8 +201,9 @@ class Hub:
         peername = request.transport.get_extra_info("peername") if request.transport else None
         channel = Channel(ws, peername=peername, max_streams=self._max_streams)
         old = self._by_url.get(url)
-        if old is not None:
-            old.close_streams()  # the node came back: its old channel is dead
+        if old is not None:  # the node came back: its old channel is dead
+            old.close_streams()
+            old.stop()
         self._by_url[url] = self._routes[host_port(url)] = channel
         log.info("reverse channel from %s opened", url)
         if self._table.channel_changed(url, True):
@@ -260,10 +258,6 @@ class Keeper:
     @property
     def stats(self) -> ChannelStats:
         return self._closed.stats(list(self._open.values()))
-
-    def urls(self) -> list[str]:
-        """The peers a channel is open to now."""
-        return list(self._open)
 
     def update(self) -> None:
         """Open channels the table now wants, close those it no longer does."""

@@ -99,7 +99,7 @@ class Stream(asyncio.Transport):
         pass  # the channel's limits hold for all its streams
 
     def pause_reading(self) -> None:
-        if not self._paused:
+        if not self._paused and not self._closing:
             self._paused = True
             self._channel.reading_paused(+1)
 
