@@ -43,6 +43,8 @@ async def send_range(
         n = min(end - offset, piece) if pace is not None or not use_sendfile else end - offset
         if pace is not None:
             await pace(n)
+        if transport.is_closing():
+            raise ConnectionResetError("the connection is closing")
         if use_sendfile:
             try:
                 await loop.sendfile(transport, f, offset, n)
@@ -51,6 +53,12 @@ async def send_range(
             except NotImplementedError:  # e.g. uvloop, or a transport that cannot
                 use_sendfile = False
                 n = min(n, piece)
+            except ConnectionError as e:  # a broken pipe: the peer left
+                raise ConnectionResetError(str(e)) from None
+            except RuntimeError:  # "Transport is closing": it left meanwhile
+                if transport.is_closing():
+                    raise ConnectionResetError("the connection closed") from None
+                raise
         data = await asyncio.to_thread(os.pread, f.fileno(), n, offset)
         if not data:
             raise ConnectionResetError("the file is shorter than its answer")

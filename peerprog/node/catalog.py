@@ -502,7 +502,9 @@ class Catalog:
     def _level_reached(self, state: ModelState) -> None:
         """``state`` holds a new level (servable once recorded: :meth:`_servable`)."""
         m = state.manifest
-        state.metrics.level_complete_at[state.best_level] = time.time()
+        now = time.time()
+        for level in range(state.best_level + 1):  # levels completed together: all now
+            state.metrics.level_complete_at.setdefault(level, now)
         log.info(
             "%s v%d: level %d of %d reached (%d/%d bytes)",
             m.name,

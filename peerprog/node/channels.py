@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from peerprog.node.mux import MESSAGE_MAX, Channel, Socket
+from peerprog.node.mux import WS_MAX_MSG_SIZE, Channel, Socket
 from peerprog.node.peerclient import CHANNEL_HEARTBEAT, NODE_HEADER
 from peerprog.node.tasks import TaskScope
 from peerprog.swarm import PeerTable
@@ -192,7 +192,7 @@ class Hub:
             self._table.heard_from(url, "", (), self._clock()) is None
         ):
             raise web.HTTPServiceUnavailable(text="peer table full", headers={"Retry-After": "30"})
-        ws = web.WebSocketResponse(heartbeat=CHANNEL_HEARTBEAT, max_msg_size=MESSAGE_MAX)
+        ws = web.WebSocketResponse(heartbeat=CHANNEL_HEARTBEAT, max_msg_size=WS_MAX_MSG_SIZE)
         if not ws.can_prepare(request).ok:
             raise web.HTTPBadRequest(text="a reverse channel is a WebSocket")
         if await self._dial_back.check(url):

@@ -3,18 +3,26 @@
 A node that cannot be dialled opens a WebSocket to a peer that can be; over it the peer
 opens *streams*, each a full-duplex byte stream that carries one HTTP/1.1 connection of
 the peer protocol, exactly as a TCP connection would. Each WebSocket binary message is a
-frame: a 4-byte big-endian stream id, a 1-byte kind (:data:`DATA` or :data:`END`) and,
-for ``DATA``, at most :data:`FRAME_MAX` bytes of the stream. Only the side that dials
-the channel's requests (the *opener*, the peer that accepted the WebSocket) opens streams,
-with increasing ids; the other side serves each new id as a new connection. ``END``
-closes a stream both ways.
+frame: a 4-byte big-endian stream id, a 1-byte kind and a payload —
+
+- :data:`DATA`: at most :data:`FRAME_MAX` bytes of the stream;
+- :data:`END`: no payload; the stream is closed both ways;
+- :data:`CREDIT`: a 4-byte big-endian count of bytes the sender may send more.
+
+Only the side that sends the channel's requests (the *opener*, the peer that accepted the
+WebSocket) opens streams, with increasing ids; the other side serves each new id as a new
+connection.
 
 Each stream is an :class:`asyncio.Transport` (:class:`Stream`), so aiohttp's own client
 and server protocols run over it unchanged: the same routes, upload slots, rate limits,
-verification and bans as over TCP. Flow control is the channel's: a sender whose queue
-holds :data:`HIGH_WATER` bytes pauses every stream's protocol until it drains below
-:data:`LOW_WATER`; a receiving protocol that pauses reading stops the whole channel's
-reading (as one TCP connection would), so memory stays bounded on both sides.
+verification and bans as over TCP. **Flow control is per stream**, as HTTP/2's: each side
+may have :data:`WINDOW` bytes of a stream sent and not yet handed to the other side's
+protocol; the receiver grants more (``CREDIT``) as its protocol takes them, and holds
+what arrives while that protocol has paused reading. So a stream whose reader is slow
+holds up no other stream, a receiver never holds more than a window per stream, and a
+sender that overruns a window breaks the rules (the channel is closed). A sender's
+protocol is paused while its stream holds :data:`HIGH_WATER` bytes waiting for credit or
+for the WebSocket.
 """
 
 from __future__ import annotations
@@ -34,13 +42,22 @@ log = logging.getLogger("peerprog.channel")
 
 DATA = 0
 END = 1
+CREDIT = 2
 _HEAD = struct.Struct(">IB")
+_COUNT = struct.Struct(">I")
 FRAME_MAX = 256 * 1024
 """Most stream bytes in one frame."""
 MESSAGE_MAX = FRAME_MAX + _HEAD.size
 """Largest WebSocket message a channel accepts."""
+WS_MAX_MSG_SIZE = MESSAGE_MAX + 1
+"""aiohttp's ``max_msg_size`` for a channel (it refuses a message of that size or more)."""
+WINDOW = 2 << 20
+"""Bytes of a stream that may be sent and not yet taken by the other side's protocol."""
 HIGH_WATER = 1 << 20
+"""A stream holding this many bytes to send pauses its protocol's writing..."""
 LOW_WATER = 256 * 1024
+"""...until it holds fewer than this many. The channel's own send queue stops taking
+frames from the streams above :data:`HIGH_WATER`, too."""
 
 
 class Socket(Protocol):
@@ -64,7 +81,16 @@ class Stream(asyncio.Transport):
         self.sid = sid
         self._protocol = protocol
         self._closing = False
+        # sending
+        self._window = WINDOW
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._pending_bytes = 0
+        self._writing_paused = False
+        # receiving
         self._paused = False
+        self._backlog: collections.deque[bytes] = collections.deque()
+        self._backlog_bytes = 0
+        self._to_credit = 0
 
     # -- what the protocol calls -----------------------------------------------------------
 
@@ -74,11 +100,14 @@ class Stream(asyncio.Transport):
         return default
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing:
+        if self._closing or not data:
             return
-        view = memoryview(data).cast("B")
-        for i in range(0, len(view), FRAME_MAX):
-            self._channel.send(self.sid, DATA, bytes(view[i : i + FRAME_MAX]))
+        self._pending.append(bytes(data))
+        self._pending_bytes += len(data)
+        self.flush()
+        if self._pending_bytes > HIGH_WATER and not self._writing_paused:
+            self._writing_paused = True
+            _call(self._protocol, "pause_writing")
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -90,7 +119,7 @@ class Stream(asyncio.Transport):
         raise NotImplementedError("a channel stream cannot half-close")
 
     def get_write_buffer_size(self) -> int:
-        return self._channel.buffered
+        return self._pending_bytes
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return LOW_WATER, HIGH_WATER
@@ -99,14 +128,14 @@ class Stream(asyncio.Transport):
         pass  # the channel's limits hold for all its streams
 
     def pause_reading(self) -> None:
-        if not self._paused and not self._closing:
-            self._paused = True
-            self._channel.reading_paused(+1)
+        self._paused = True
 
     def resume_reading(self) -> None:
         if self._paused:
             self._paused = False
-            self._channel.reading_paused(-1)
+            # later, as a socket transport would: the protocol may be in the middle of a
+            # read (aiohttp resumes from inside its reader)
+            asyncio.get_running_loop().call_soon(self._deliver)
 
     def is_reading(self) -> bool:
         return not self._paused and not self._closing
@@ -130,12 +159,55 @@ class Stream(asyncio.Transport):
 
     # -- what the channel calls ------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Send what the window and the channel's queue allow."""
+        channel = self._channel
+        while self._pending and self._window > 0 and channel.buffered < HIGH_WATER:
+            head = self._pending[0]
+            n = min(len(head), self._window, FRAME_MAX)
+            if n == len(head):
+                self._pending.popleft()
+            else:
+                self._pending[0] = head[n:]
+            self._pending_bytes -= n
+            self._window -= n
+            channel.send(self.sid, DATA, head[:n])
+        if self._writing_paused and self._pending_bytes < LOW_WATER:
+            self._writing_paused = False
+            _call(self._protocol, "resume_writing")
+
+    def credited(self, n: int) -> None:
+        self._window += n
+        self.flush()
+
+    def received(self, payload: bytes) -> bool:
+        """Bytes of the stream arrived; False if they overrun the window we granted."""
+        self._backlog.append(payload)
+        self._backlog_bytes += len(payload)
+        if self._backlog_bytes > WINDOW:
+            return False
+        self._deliver()
+        return True
+
+    def _deliver(self) -> None:
+        while self._backlog and not self._paused and not self._closing:
+            piece = self._backlog.popleft()
+            self._backlog_bytes -= len(piece)
+            self._to_credit += len(piece)
+            protocol = self._protocol
+            assert isinstance(protocol, asyncio.Protocol)
+            protocol.data_received(piece)
+        if self._to_credit >= WINDOW // 4 and not self._closing:
+            self._channel.send(self.sid, CREDIT, _COUNT.pack(self._to_credit))
+            self._to_credit = 0
+
     def lost(self, exc: Exception | None) -> None:
         """The stream ended (closed here, by the other side, or with the channel)."""
         if self._closing:
             return
         self._closing = True
-        self.resume_reading()
+        self._pending.clear()
+        self._backlog.clear()
         self._channel.forget(self.sid)
         asyncio.get_running_loop().call_soon(self._protocol.connection_lost, exc)
 
@@ -162,12 +234,8 @@ class Channel:
         self._last_opened = 0
         self._out: collections.deque[bytes] = collections.deque()
         self.buffered = 0
-        """Bytes queued to send."""
+        """Bytes queued to send on the WebSocket."""
         self._wake = asyncio.Event()
-        self._writing_paused = False
-        self._read_pauses = 0
-        self._readable = asyncio.Event()
-        self._readable.set()
         self.closed = False
         self.bytes_in = 0
         """Stream bytes received."""
@@ -223,22 +291,12 @@ class Channel:
             return
         self._out.append(_HEAD.pack(sid, kind) + payload)
         self.buffered += len(payload) + _HEAD.size
-        self.bytes_out += len(payload)
+        if kind == DATA:
+            self.bytes_out += len(payload)
         self._wake.set()
-        if self.buffered > HIGH_WATER and not self._writing_paused:
-            self._writing_paused = True
-            for s in list(self._streams.values()):
-                _call(s.get_protocol(), "pause_writing")
 
     def forget(self, sid: int) -> None:
         self._streams.pop(sid, None)
-
-    def reading_paused(self, delta: int) -> None:
-        self._read_pauses += delta
-        if self._read_pauses > 0:
-            self._readable.clear()
-        else:
-            self._readable.set()
 
     # -- pumps -----------------------------------------------------------------------------
 
@@ -255,15 +313,14 @@ class Channel:
                     with contextlib.suppress(Exception):
                         await self._ws.close()
                     return
+                was = self.buffered
                 self.buffered -= len(frame)
-                if self._writing_paused and self.buffered < LOW_WATER:
-                    self._writing_paused = False
-                    for s in list(self._streams.values()):
-                        _call(s.get_protocol(), "resume_writing")
+                if was >= LOW_WATER > self.buffered:
+                    for stream in list(self._streams.values()):
+                        stream.flush()
 
     async def _read_loop(self) -> None:
         while True:
-            await self._readable.wait()
             msg = await self._ws.receive()
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
                 return
@@ -286,11 +343,15 @@ class Channel:
 
     def _frame(self, sid: int, kind: int, payload: bytes) -> bool:
         """Handle one frame; False if it breaks the rules (the channel is then closed)."""
-        if kind not in (DATA, END) or (kind == END and payload):
+        if (
+            kind not in (DATA, END, CREDIT)
+            or (kind == END and payload)
+            or (kind == CREDIT and len(payload) != _COUNT.size)
+        ):
             return False
         stream = self._streams.get(sid)
         if stream is None:
-            if kind == END or self._serve is None or sid <= self._last_opened:
+            if kind != DATA or self._serve is None or sid <= self._last_opened:
                 return True  # a stream already closed here: its late frames are dropped
             self._last_opened = sid
             if len(self._streams) >= self._max_streams:
@@ -302,12 +363,12 @@ class Channel:
         if kind == END:
             stream.lost(None)
             return True
+        if kind == CREDIT:
+            (n,) = _COUNT.unpack(payload)
+            stream.credited(n)
+            return True
         self.bytes_in += len(payload)
-        if payload and not stream.is_closing():
-            protocol = stream.get_protocol()
-            assert isinstance(protocol, asyncio.Protocol)
-            protocol.data_received(payload)
-        return True
+        return stream.received(payload) if payload else True
 
 
 def _call(protocol: asyncio.BaseProtocol, method: str) -> None:

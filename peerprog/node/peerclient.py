@@ -17,7 +17,7 @@ import aiohttp
 
 from peerprog.errors import PeerFault, PeerprogError
 from peerprog.manifest.envelope import MAX_ENVELOPE_BYTES
-from peerprog.node.mux import MESSAGE_MAX, Channel, ChannelClosed
+from peerprog.node.mux import WS_MAX_MSG_SIZE, Channel, ChannelClosed
 from peerprog.node.protocol import (
     PREFIX,
     Announce,
@@ -271,7 +271,7 @@ class PeerClient:
             f"{url}{PREFIX}/channel",
             headers=self._headers(),
             heartbeat=CHANNEL_HEARTBEAT,
-            max_msg_size=MESSAGE_MAX,
+            max_msg_size=WS_MAX_MSG_SIZE,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
         ) as ws:
             yield ws

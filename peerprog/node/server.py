@@ -36,7 +36,7 @@ from peerprog.node.protocol import (
 )
 from peerprog.node.ratelimit import TokenBucket, throttle
 from peerprog.node.state import ModelState
-from peerprog.sendfile import parse_range, send_range, unsatisfiable
+from peerprog.sendfile import PIECE, parse_range, send_range, unsatisfiable
 from peerprog.store import ModelFiles
 from peerprog.swarm.uploads import QUEUE, SERVE, UploadSlots
 from peerprog.urls import valid_url
@@ -200,7 +200,9 @@ async def get_level(request: web.Request) -> web.StreamResponse:
     try:
         svc.haves.on_request(state, peer, chunks)
         with open(files.level_path(level), "rb") as f:
-            await send_range(request, resp, f, start, stop - start, pace=pace, piece=SEND_PIECE)
+            # paced: small pieces keep the cap smooth; else sendfile, or 1 MiB reads
+            piece = SEND_PIECE if pace is not None else PIECE
+            await send_range(request, resp, f, start, stop - start, pace=pace, piece=piece)
     except ConnectionResetError:  # the peer left, or gave the request up: not an error
         log.debug("level %d to %s: the peer closed the connection", level, request.remote)
         return resp
@@ -242,7 +244,8 @@ def _free_slot(upload: Upload, key: object) -> None:
     started = upload.slots.end(key, asyncio.get_running_loop().time())
     if started is not None:
         fut = upload.waiting.pop(started)
-        fut.set_result(None)
+        if not fut.done():  # done: it was cancelled and frees its slot itself, next
+            fut.set_result(None)
 
 
 def _chunks_in(files: ModelFiles, chunks: range, start: int, stop: int) -> list[int]:

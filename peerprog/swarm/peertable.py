@@ -24,7 +24,9 @@ Peer exchange (:meth:`~PeerTable.exchange`) passes on only peers heard from dire
 **Reachability.** Whether we can open connections to a peer (``dialable``) is what our own
 dial-back of its announced URL found (:meth:`~PeerTable.dialled`, redone every
 ``reach_recheck`` seconds while it announces to us), else what it says of itself or what
-the peer that passed it on says (not known: we try). A peer we cannot dial is still
+(not known: we try); a peer passed on in peer exchange as one the passing node could not
+dial is not added (it announces to us itself if we can be dialled, and else there is no
+path). A peer we cannot dial is still
 *routable* while it holds a reverse channel to us (:meth:`~PeerTable.channel_changed`):
 requests to it go over that. Only routable peers are contacted and are sources; an
 unroutable one not heard from within ``pex_fresh`` seconds is forgotten. The other way
@@ -142,8 +144,8 @@ class Peer:
     last_seen: float | None = None
     """When it was last heard from directly."""
     dialable: bool | None = None
-    """Can we open connections to it: our dial-back's finding, else what it or the peer
-    that passed it on said (None: not known, so we try)."""
+    """Can we open connections to it: our dial-back's finding, else what it said of itself
+    (None: not known, so we try)."""
     dialled_at: float | None = None
     """When our own dial-back last found ``dialable`` (None: never)."""
     channel: bool = False
@@ -347,7 +349,8 @@ class PeerTable:
         self, url: str, node: str, now: float, *, reachable: bool | None = None
     ) -> Peer | None:
         """Another peer passed ``url`` on (``reachable``: what that peer says of it);
-        returns the peer if it was added."""
+        returns the peer if it was added. One that peer could not dial is not: if we can
+        be dialled it announces to us itself, and if we cannot there is no path."""
         url = url.rstrip("/")
         if url == self.self_url or url in self._banned:
             return None
@@ -355,8 +358,10 @@ class PeerTable:
             return None
         if self._dropped.get(url, now) > now:
             return None
+        if reachable is False:  # it cannot be dialled: it announces itself, or no path
+            return None
         self._dropped.pop(url, None)
-        p = self._peers[url] = Peer(url, node=node, dialable=reachable)
+        p = self._peers[url] = Peer(url, node=node)
         return p
 
     def dialled(self, url: str, ok: bool, now: float) -> bool:

@@ -41,7 +41,7 @@ from aiohttp import ClientSession, web
 from aiohttp.typedefs import Handler
 
 from peerprog.manifest.canonical import pack
-from peerprog.node.mux import DATA, MESSAGE_MAX, Channel, server_protocols
+from peerprog.node.mux import DATA, MESSAGE_MAX, WS_MAX_MSG_SIZE, Channel, server_protocols
 from peerprog.sendfile import parse_range
 from peerprog.store import Store
 from peerprog.swarm import Bitfield
@@ -253,7 +253,7 @@ async def hide(runner: web.AppRunner, victim: str, url: str, log: Path | None) -
                 async with s.ws_connect(
                     victim + "/p2p/v1/channel",
                     headers={"Peerprog-Node": url},
-                    max_msg_size=MESSAGE_MAX,
+                    max_msg_size=WS_MAX_MSG_SIZE,
                 ) as ws:
                     note("open")
                     await Channel(ws, serve=server_protocols(runner)).run()

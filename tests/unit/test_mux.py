@@ -12,12 +12,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from peerprog.node.mux import (
     DATA,
     END,
     FRAME_MAX,
     HIGH_WATER,
+    MESSAGE_MAX,
+    WS_MAX_MSG_SIZE,
     Channel,
     ChannelClosed,
     server_protocols,
@@ -200,3 +203,28 @@ async def test_late_frames_of_closed_streams_are_dropped() -> None:
     run.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await run
+
+
+async def test_full_frames_pass_a_real_websocket_of_the_channels_size_limit() -> None:
+    """aiohttp refuses a message of ``max_msg_size`` bytes or more: a channel's largest
+    frame must pass, one byte more must not."""
+    got: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=WS_MAX_MSG_SIZE)
+        await ws.prepare(request)
+        async for msg in ws:
+            got.append(msg.data if msg.type is BINARY else b"")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        aiohttp.ClientSession() as s,
+        s.ws_connect(server.make_url("/")) as ws,
+    ):
+        await ws.send_bytes(b"\0" * MESSAGE_MAX)
+        await ws.send_bytes(b"\0" * (MESSAGE_MAX + 1))
+        await ws.receive()  # the server closes it
+    assert [len(m) for m in got] == [MESSAGE_MAX, 0]

@@ -201,9 +201,10 @@ def test_what_a_peer_says_of_itself_counts_until_we_dial_it_ourselves() -> None:
     t.dialled("http://a", True, 2.0)
     t.heard_from("http://a", "a", [ref()], 3.0, reachable=False)  # our finding wins
     assert "http://a" in sources_of(t)
-    # peer exchange passes on what the passing node found
-    assert t.learned_of("http://b", "b", 4.0, reachable=False) is not None
-    assert not t.get("http://b").routable  # type: ignore[union-attr]
+    # peer exchange passes on what the passing node found: one it could not dial is not
+    # added (it announces to us itself if it can reach us)
+    assert t.learned_of("http://b", "b", 4.0, reachable=False) is None
+    assert t.learned_of("http://c", "c", 4.0, reachable=True) is not None
 
 
 def test_we_want_a_channel_to_each_peer_that_could_not_dial_us_and_that_we_can_dial() -> None:
