@@ -15,11 +15,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from peerprog.node.mux import (
+    CREDIT,
     DATA,
     END,
     FRAME_MAX,
     HIGH_WATER,
     MESSAGE_MAX,
+    WINDOW,
     WS_MAX_MSG_SIZE,
     Channel,
     ChannelClosed,
@@ -172,6 +174,7 @@ async def test_a_stream_limit_and_a_closed_channel_are_connection_errors() -> No
         b"\x00\x00",  # shorter than a frame head
         struct.pack(">IB", 1, 7) + b"x",  # an unknown kind
         struct.pack(">IB", 1, END) + b"x",  # END with a payload
+        struct.pack(">IB", 1, CREDIT) + b"xy",  # CREDIT without its 4 bytes
     ],
 )
 async def test_a_bad_frame_closes_the_channel_and_nothing_else(frame: bytes) -> None:
@@ -228,3 +231,60 @@ async def test_full_frames_pass_a_real_websocket_of_the_channels_size_limit() ->
         await ws.send_bytes(b"\0" * (MESSAGE_MAX + 1))
         await ws.receive()  # the server closes it
     assert [len(m) for m in got] == [MESSAGE_MAX, 0]
+
+
+class Sink(asyncio.Protocol):
+    """A protocol that keeps what it gets; ``pause`` makes it pause reading at once."""
+
+    def __init__(self, pause: bool = False) -> None:
+        self.got = bytearray()
+        self.pause = pause
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if self.pause:
+            self.transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.got += data
+
+
+async def test_a_paused_stream_holds_up_no_other_and_gets_its_bytes_on_resume() -> None:
+    a, b = pair()
+    sinks: list[Sink] = []
+
+    def serve() -> Sink:
+        sinks.append(Sink(pause=not sinks))  # the first stream's reader pauses
+        return sinks[-1]
+
+    opener, server = Channel(a), Channel(b, serve=serve)
+    tasks = [asyncio.create_task(opener.run()), asyncio.create_task(server.run())]
+    slow, fast = opener.open(asyncio.Protocol()), opener.open(asyncio.Protocol())
+    slow.write(b"s" * (WINDOW + 300_000))  # more than a window: the rest waits for credit
+    fast.write(b"f" * 1_000_000)
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if len(sinks) == 2 and len(sinks[1].got) == 1_000_000:
+            break
+    assert len(sinks[1].got) == 1_000_000  # the other stream got everything
+    assert sinks[0].got == b""  # held for the paused reader, within one window
+    sinks[0].transport.resume_reading()
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if len(sinks[0].got) == WINDOW + 300_000:
+            break
+    assert sinks[0].got == b"s" * (WINDOW + 300_000)  # credit let the rest through
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_sender_overrunning_the_window_loses_the_channel() -> None:
+    a, b = pair()
+    server = Channel(b, serve=lambda: Sink(pause=True))
+    run = asyncio.create_task(server.run())
+    for _ in range(WINDOW // FRAME_MAX + 1):
+        await a.send_bytes(struct.pack(">IB", 1, DATA) + b"x" * FRAME_MAX)
+    await asyncio.wait_for(run, 5)
+    assert server.closed
