@@ -96,6 +96,11 @@ def wait_complete(node: Daemon, timeout: float) -> None:
     wait_until(done, timeout, f"{node.name} to complete", every=0.1)
 
 
+def _hidden(hidden: bool) -> dict[str, dict[str, object]] | None:
+    """Config of an edge that announces an address nothing listens on."""
+    return {"node": {"public_url": f"http://127.0.0.1:{free_port()}"}} if hidden else None
+
+
 def swarm_run(
     root: Path,
     model: Path,
@@ -104,16 +109,21 @@ def swarm_run(
     *,
     asked: bool = False,
     chunk_size: int = 256 * 1024,
+    undiallable: int = 0,
 ) -> dict[str, Any]:
     """Edges started together, wanting the model from the start; or, ``asked``, running
     edges that an app then asks for it (then also the time from the request to the model
-    complete, and the CPU seconds the edges and the seed used meanwhile)."""
+    complete, and the CPU seconds the edges and the seed used meanwhile). The first
+    ``undiallable`` edges announce an address nothing listens on (as behind a NAT)."""
     with Cluster(root) as c:
         pub = c.publish(model, name=NAME, chunk_size=chunk_size)
         seed = c.start(c.seed(upload_bytes_per_s=upload_cap))
         want = [] if asked else [NAME]
         nodes = [
-            c.start(c.node(f"edge{i}", want=want, bootstrap=[seed]), wait=False)
+            c.start(
+                c.node(f"edge{i}", want=want, bootstrap=[seed], extra=_hidden(i < undiallable)),
+                wait=False,
+            )
             for i in range(edges)
         ]
         for n in nodes:
@@ -143,8 +153,14 @@ def swarm_run(
             )
         seed_up = seed.request("GET", "/v1/status").json()["bytes_uploaded"]
         t0 = min(e["start"] for e in per_edge)
+        channel_bytes = [
+            n.request("GET", "/v1/status").json()["channels"]["bytes_sent"]
+            for n in nodes[:undiallable]
+        ]
         return {
             "edges": edges,
+            "undiallable": undiallable,
+            "undiallable_sent_bytes": sum(channel_bytes),
             "upload_cap": upload_cap,
             "total_bytes": pub["total_bytes"],
             "source_bytes": pub["source_bytes"],
@@ -166,8 +182,18 @@ def main() -> None:
     ap.add_argument("--edges", default="1,2,4,8")
     ap.add_argument("--repeat", type=int, default=3, help="runs of the uncapped case")
     ap.add_argument("--chunk-kib", type=int, default=256, help="chunk size of the uncapped case")
+    ap.add_argument(
+        "--reach",
+        type=int,
+        default=0,
+        metavar="K",
+        help="only the NAT case: 1 edge, 8 edges, 8 edges of which K cannot be dialled",
+    )
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
+    if args.reach:
+        reach(args)
+        return
     with tempfile.TemporaryDirectory(prefix="pp-bench-") as tmp:
         root = Path(tmp)
         model = root / "model.safetensors"
@@ -226,6 +252,83 @@ def main() -> None:
     print(json.dumps(doc, indent=2))
     if args.write:
         write_section("swarm", markdown(doc, args))
+
+
+def reach(args: argparse.Namespace) -> None:
+    """Seed capped, 8 edges all diallable vs ``args.reach`` of them not, and one edge alone;
+    ``args.repeat`` rounds, each case once per round; medians."""
+    cases = [(1, 0), (8, 0), (8, args.reach)]
+    runs: dict[tuple[int, int], list[dict[str, Any]]] = {k: [] for k in cases}
+    with tempfile.TemporaryDirectory(prefix="pp-bench-") as tmp:
+        root = Path(tmp)
+        model = root / "model.safetensors"
+        write_safetensors(model, synthetic(args.weights))
+        for r in range(args.repeat):
+            for edges, hidden in cases:
+                where = root / f"reach{r}-{edges}-{hidden}"
+                runs[(edges, hidden)].append(
+                    swarm_run(where, model, edges, args.cap, undiallable=hidden)
+                )
+    med = statistics.median
+    one = med(x["per_edge"][0]["exact_s"] for x in runs[(1, 0)])
+    doc: dict[str, Any] = {"machine": machine(), "one_edge_exact_s": one, "cases": []}
+    for (edges, hidden), xs in runs.items():
+        doc["cases"].append(
+            {
+                "edges": edges,
+                "undiallable": hidden,
+                "all_exact_s_each": [x["all_exact_s"] for x in xs],
+                "all_exact_s": med(x["all_exact_s"] for x in xs),
+                "all_exact_over_one": med(x["all_exact_s"] for x in xs) / one,
+                "seed_upload_over_model": med(x["seed_upload_over_model"] for x in xs),
+                "undiallable_sent_over_model": med(
+                    x["undiallable_sent_bytes"] / x["total_bytes"] for x in xs
+                ),
+                "total_bytes": xs[0]["total_bytes"],
+            }
+        )
+    print(json.dumps(doc, indent=2))
+    if args.write:
+        write_section("reach", reach_markdown(doc, args))
+
+
+def reach_markdown(doc: dict[str, Any], args: argparse.Namespace) -> str:
+    rows = [
+        [
+            c["edges"],
+            c["undiallable"],
+            f"{c['all_exact_s']:.2f}",
+            f"{c['all_exact_over_one']:.2f}×",
+            f"{c['seed_upload_over_model']:.2f}×",
+            f"{c['undiallable_sent_over_model']:.2f}×" if c["undiallable"] else "",
+        ]
+        for c in doc["cases"]
+    ]
+    total = doc["cases"][0]["total_bytes"]
+    return "\n".join(
+        [
+            "## Edges behind a NAT: uploading over reverse channels\n",
+            f"Reproduce: `.venv/bin/python -m bench.swarm --reach {args.reach} --repeat "
+            f"{args.repeat} --write` (machine: {doc['machine']}). Real daemons on loopback, "
+            f"a synthetic model of {total / 1e6:.1f} MB encoded (chunks of 256 KiB), seed "
+            f"upload capped at {args.cap / 1e6:.0f} MB/s; an undiallable edge announces an "
+            "address nothing listens on, finds out by its peers' dial-back and serves them "
+            f"over reverse channels. Medians of {args.repeat} rounds (each case once per "
+            "round); times from the first edge's first chunk request to the last edge's "
+            f"exact model, against one edge alone ({doc['one_edge_exact_s']:.2f} s):\n",
+            table(
+                [
+                    "edges",
+                    "undiallable",
+                    "all exact (s)",
+                    "× one edge",
+                    "seed upload / model",
+                    "undiallable edges' channel upload / model",
+                ],
+                rows,
+            ),
+        ]
+    )
 
 
 def markdown(doc: dict[str, Any], args: argparse.Namespace) -> str:

@@ -284,12 +284,14 @@ class Keeper:
                         )
                         self._open[url] = channel
                         log.info("reverse channel to %s open: it can send us requests", url)
-                        delay = RETRY_MIN
+                        opened = asyncio.get_running_loop().time()
                         try:
                             await channel.run()
                         finally:
                             del self._open[url]
                             self._closed.count(channel)
+                        if asyncio.get_running_loop().time() - opened > RETRY_MAX:
+                            delay = RETRY_MIN  # it held: a fresh start
                     log.info("reverse channel to %s closed; opening it again", url)
                 except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
                     log.info("reverse channel to %s: %s; retrying in %.0f s", url, e, delay)
