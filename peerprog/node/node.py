@@ -3,7 +3,9 @@
 It builds the parts and wires them together, and nothing else: the peer table and the
 version policy (pure, in :mod:`peerprog.swarm`) decide; the catalog owns each model's life;
 discovery announces; the resolver looks up wanted names; one fetcher per model pumps the
-scheduler; the peer server serves the store. Each part receives only the narrow
+scheduler; the peer server serves the store; the dial-back, the hub and the keeper find out
+whether peers can dial this node and hold the reverse channels
+(:mod:`peerprog.node.channels`). Each part receives only the narrow
 protocols it needs. ``await start()``, then ``await stop()``; a start that fails undoes
 what it did.
 """
