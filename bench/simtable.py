@@ -2,6 +2,7 @@
 
 .venv/bin/python -m bench.simtable bench/results/sim-*.json
 .venv/bin/python -m bench.simtable --targets19 bench/results/issue19/driver-1000.json
+.venv/bin/python -m bench.simtable --reach bench/results/issue20/reach-1000-70.json
 """
 
 from __future__ import annotations
@@ -151,12 +152,61 @@ def targets19(paths: list[str]) -> None:
             print(f"| {doc['label']} | {r['nodes']} | " + " | ".join(cells) + " |")
 
 
+def reach(paths: list[str]) -> None:
+    """Issue 20's table: each run with its fraction of edges that cannot be dialled, against
+    the issue's targets (seed upload ≤ 1.2× the stream, p50 exact ≤ 1.5× the bound; bold:
+    missed), and the edges that can and cannot be dialled apart."""
+    print(
+        "| run | N | cannot be dialled | exact | level 0 p50 / p99 (s) | level 0 / bound p50 / p99"
+        " | exact p50 / p99 (s) | exact / bound p50 / p99 (p50 ≤ 1.5) | bound counting reach (s)"
+        " | exact / that bound p50 / p99 | exact p50, can / cannot be dialled (s)"
+        " | seed upload / stream (≤ 1.2) | run (s) |"
+    )
+    print("| --- " * 13 + "|")
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        for r in doc["runs"]:
+            x, x0 = r["exact_s"], r["level0_s"]
+            lb, lb0, lbr = r["exact_over_lb"], r["level0_over_lb"], r["exact_over_reach_lb"]
+            p50 = cell(lb["p50"])
+            if lb["p50"] is None or lb["p50"] > 1.5:
+                p50 = f"**{p50}**"
+            seed = cell(r["seed_upload_over_stream"], "×")
+            if r["seed_upload_over_stream"] > 1.2:
+                seed = f"**{seed}**"
+            groups = r["by_reach"]
+            run_s = cell(r["run_seconds"])
+            if r["stopped_by_wall_limit"]:
+                run_s += f" (stopped at {r['sim_seconds']:g} simulated s)"
+            cells = [
+                doc["label"],
+                str(r["nodes"]),
+                f"{r['unreachable_edges']} ({r['unreachable']:.0%})",
+                f"{r['completed']}/{r['nodes']}",
+                f"{cell(x0['p50'])} / {cell(x0['p99'])}",
+                f"{cell(lb0['p50'])} / {cell(lb0['p99'])}",
+                f"{cell(x['p50'])} / {cell(x['p99'])}",
+                f"{p50} / {cell(lb['p99'])}",
+                cell(r["lower_bound_reach_s"]),
+                f"{cell(lbr['p50'])} / {cell(lbr['p99'])}",
+                f"{cell(groups['dialable']['exact_s']['p50'])}"
+                f" / {cell(groups['undialable']['exact_s']['p50'])}",
+                seed,
+                run_s,
+            ]
+            print("| " + " | ".join(cells) + " |")
+
+
 def main(paths: list[str]) -> None:
     if paths and paths[0] == "--targets":
         targets(*paths[1:6])
         return
     if paths and paths[0] == "--targets19":
         targets19(paths[1:])
+        return
+    if paths and paths[0] == "--reach":
+        reach(paths[1:])
         return
     table = [HEADER, ["---"] * len(HEADER)]
     for path in paths:

@@ -219,6 +219,9 @@ class Sim:
         self.dirty: set[int] = set()
         self.alive_edges: list[int] = []
         self.alive_dialable: list[int] = []  # the edges among them that can be dialled
+        self.routes: dict[tuple[str, str], int] = {}
+        """Bytes of whole chunks sent, by (sender, receiver) group: seed, dialable or
+        undialable (what cancelled transfers sent is not in it)."""
         self.finished = 0  # edges exact, or gone without it
         self.seeder: SuperSeeder | None = None
         self.seed_logs: dict[int, HaveLog] = {}  # each edge's view of a super-seeding seed
@@ -438,6 +441,10 @@ class Sim:
             if x.table.channel_changed(y.name, False):
                 x.driver.peers_changed()
                 self.dirty.add(x.nid)
+
+    @staticmethod
+    def reach_group(x: Node) -> str:
+        return "seed" if x.nid == 0 else "dialable" if x.dialable else "undialable"
 
     def reach(self, x: Node, y: Node) -> bool:
         """Can ``x`` send ``y`` a request: ``y`` can be dialled, or holds a channel to
@@ -780,9 +787,11 @@ class Sim:
         run = self.flows[fid]
         e, p = run.e, run.p
         lat = self.lat(e, p)
+        route = (self.reach_group(p), self.reach_group(e))
         while True:
             index = run.chunks[run.pos]
             self.at(tf + lat, self.landed, run, index)
+            self.routes[route] = self.routes.get(route, 0) + self.sizes[index]
             if run.pos + 1 == len(run.chunks):
                 break
             if p.nid == 0 and self.seeder is not None:
@@ -964,6 +973,9 @@ class Sim:
             "level0_over_reach_lb": pct(lvl0, lb0_reach),
             "exact_over_reach_lb": pct(exact, lb_reach),
             "by_reach": {"dialable": group(True), "undialable": group(False)},
+            "chunks_sent_by_reach": {
+                f"{a} to {b}": round(v / self.total, 3) for (a, b), v in sorted(self.routes.items())
+            },
             "level0_p50_over_exact_p50": (
                 round(median(lvl0) / median(exact), 3) if median(exact) < math.inf else None
             ),
