@@ -67,7 +67,10 @@ class DecodedLevels:
         *,
         ahead: bool,
     ) -> None:
-        """``ahead``: build levels as they complete (else only when asked for). Files go
+        """``ahead``: build each level as it becomes servable once an app has asked for the
+        model, and the exact level when the model is complete (else only when asked for:
+        while no app looks, decoding would only take the CPU the download and uploads
+        need). Files go
         into ``folder``, or, while its disk is full, into a folder of the system's
         temporary directory."""
         self._state = state
@@ -79,6 +82,8 @@ class DecodedLevels:
         )
         self._scope = scope
         self.ahead = ahead
+        self._asked = False
+        """An app has asked for a level of the model."""
         self.built: Built | None = None
         self.previous: Built | None = None
         """For a repository, the level before :attr:`built`, kept until the next one is
@@ -92,8 +97,9 @@ class DecodedLevels:
         self.error: str | None = None
 
     def level_servable(self) -> None:
-        """The model's servable level rose: build it now if ahead (and worth it)."""
-        if self.ahead and self._worth_building():
+        """The model's servable level rose: build it now if ahead, an app has asked for
+        the model or it is complete, and it is worth it."""
+        if self.ahead and (self._asked or self._state.complete) and self._worth_building():
             self._start()
 
     async def get(self) -> Built:
@@ -101,6 +107,7 @@ class DecodedLevels:
         built meanwhile), built now if need be. :class:`Unusable` if no level is servable
         or it cannot be built from the store; ``KeyError`` once the model is dropped
         (:meth:`stop`)."""
+        self._asked = True
         level = self._state.servable_level
         if level < 0:
             raise Unusable(f"{self._state.manifest.name}: no level is servable yet")
