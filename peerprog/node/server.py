@@ -44,6 +44,10 @@ from peerprog.urls import valid_url
 log = logging.getLogger("peerprog.server")
 MSGPACK = "application/msgpack"
 SEND_PIECE = 16384
+"""Smallest piece an upload under a cap is sent in..."""
+SEND_PIECE_MAX = 128 * 1024
+"""...and the largest: a piece is 10 ms of the cap between these (few sendfile calls on a
+fast capped link, a smooth rate on a slow one)."""
 MAX_WAIT = 30.0
 """Longest a ``have?since=`` long-poll is held (a larger ``wait`` is cut to this)."""
 
@@ -200,8 +204,8 @@ async def get_level(request: web.Request) -> web.StreamResponse:
     try:
         svc.haves.on_request(state, peer, chunks)
         with open(files.level_path(level), "rb") as f:
-            # paced: small pieces keep the cap smooth; else sendfile, or 1 MiB reads
-            piece = SEND_PIECE if pace is not None else PIECE
+            # paced: pieces of 10 ms of the cap keep it smooth; else sendfile, or 1 MiB reads
+            piece = PIECE if pace is None else paced_piece(bucket.rate)
             await send_range(request, resp, f, start, stop - start, pace=pace, piece=piece)
     except ConnectionResetError:  # the peer left, or gave the request up: not an error
         log.debug("level %d to %s: the peer closed the connection", level, request.remote)
@@ -214,6 +218,11 @@ async def get_level(request: web.Request) -> web.StreamResponse:
         state.metrics.chunks_uploaded += len(chunks)
         svc.upload.bytes += stop - start
     return resp
+
+
+def paced_piece(rate: float) -> int:
+    """Bytes an upload capped at ``rate`` bytes/s sends at a time."""
+    return int(min(SEND_PIECE_MAX, max(SEND_PIECE, rate / 100)))
 
 
 async def _take_slot(upload: Upload, state: ModelState, key: object) -> None:
