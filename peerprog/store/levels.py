@@ -235,15 +235,28 @@ class ModelFiles:
     def usable(self, indices: Iterable[int], held: Bitfield) -> bool:
         """Whether every chunk of ``indices`` is held, undamaged, in an unchanged file (a
         changed file is re-hashed first: call it in a worker thread)."""
+        indices = list(indices)
+        for level in self._levels_of(indices, held) or ():
+            if not self.unchanged(level):
+                self.recheck(level, held.indices())
+        return all(i in held and i not in self.damaged for i in indices)
+
+    def usable_unless_changed(self, indices: Iterable[int], held: Bitfield) -> bool | None:
+        """:meth:`usable` without blocking (an ``fstat`` per level): None if a level file
+        changed, so that :meth:`usable` must re-hash it (in a worker thread)."""
+        levels = self._levels_of(indices, held)
+        if levels is None:
+            return False
+        return True if all(self.unchanged(level) for level in levels) else None
+
+    def _levels_of(self, indices: Iterable[int], held: Bitfield) -> set[int] | None:
+        """The levels of ``indices``; None if one of them is not held or is damaged."""
         levels = set()
         for i in indices:
             if i not in held or i in self.damaged:
-                return False
+                return None
             levels.add(self.span(i)[0])
-        for level in levels:
-            if not self.unchanged(level):
-                self.recheck(level, held.indices())
-        return not any(i in self.damaged for i in indices)
+        return levels
 
     def recorded(self) -> Bitfield:
         """The chunks the record names, less those of level files changed since it was
