@@ -1,5 +1,6 @@
 """The peer server's uploads in the shell (:mod:`peerprog.node.server`): a queued
-request cancelled just as its slot comes frees that slot, and nothing raises."""
+request cancelled just as its slot comes frees that slot and nothing raises; a capped
+upload's pieces."""
 
 from __future__ import annotations
 
