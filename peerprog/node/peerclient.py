@@ -116,7 +116,7 @@ class RangeBody:
         client = self._client
         throttled = not client.download.unlimited
         got = 0
-        while piece := await self._resp.content.readany():
+        while piece := await self._read():
             got += len(piece)
             if got > self.length:
                 raise PeerFault(f"{self.url}: more than the {self.length} bytes asked for")
@@ -125,6 +125,15 @@ class RangeBody:
             yield piece
         if got < self.length:
             raise TransportError(f"{self.url}: the answer ended after {got} of {self.length} bytes")
+
+    async def _read(self) -> bytes:
+        """The next piece of the body; what the network raises is a
+        :class:`TransportError` here, so that an ``OSError`` reaching the caller's block is
+        the caller's own (a disk write)."""
+        try:
+            return await self._resp.content.readany()
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            raise TransportError(f"{self.url}: {type(e).__name__}: {e}") from None
 
 
 def _content_range(header: str, url: str) -> tuple[int, int]:
@@ -313,9 +322,11 @@ class PeerClient:
         """``GET levels/<level>`` with ``Range: bytes=start-(stop-1)``; the body streams
         in the block. A source that ignores ``Range`` answers the whole level (200):
         :attr:`RangeBody.start` is then 0. :class:`NotFound` for 404/416,
-        :class:`PeerFault` for an answer that is not the bytes asked for."""
+        :class:`PeerFault` for an answer that is not the bytes asked for; an ``OSError``
+        the block raises (a disk write) comes out as it is."""
         url = f"{root}/models/{model_id}/levels/{level}"
         headers = self._headers(Range=f"bytes={start}-{stop - 1}")
+        own: OSError | None = None
         async with (
             self._transport_errors(url, timeout) as bound,
             self.session.get(url, headers=headers) as resp,
@@ -340,7 +351,12 @@ class PeerClient:
                 raise PeerFault(
                     f"{url}: a body of {resp.content_length} bytes, not the {body.length} asked for"
                 )
-            yield body
+            try:
+                yield body
+            except OSError as e:  # the block's own (a full disk): not the source's failure
+                own = e
+        if own is not None:
+            raise own
 
     async def announce(self, root: str, ann: Announce, limit: int) -> Announce:
         """Announce to the peer serving under ``root``; its answer (peer exchange)."""
