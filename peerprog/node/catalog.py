@@ -412,12 +412,14 @@ class Catalog:
 
     async def aclose(self) -> None:
         """Stop every fetch and build (and the drops under way); record what is verified;
-        close the level files."""
+        close the level files; remove decoded files kept outside the store."""
         for held in self._held.values():
             held.decoded.stop()
         for held in list(self._held.values()):
             await held.scope.aclose()
         await self._root.aclose()
+        for held in self._held.values():
+            await asyncio.to_thread(held.decoded.remove_spare)
         if self._writing is not None:
             await asyncio.gather(self._writing, return_exceptions=True)
         await asyncio.to_thread(_write_records, self.store, self._record_jobs())

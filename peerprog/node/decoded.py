@@ -245,6 +245,11 @@ class DecodedLevels:
     def remove(self) -> None:
         """Remove the decoded files (the model is dropped; blocking)."""
         shutil.rmtree(self._folder, ignore_errors=True)
+        self.remove_spare()
+
+    def remove_spare(self) -> None:
+        """Remove the files decoded into the system's temporary folder while the store's
+        disk was full (the node stops: nothing outside the store outlives it; blocking)."""
         shutil.rmtree(self._spare, ignore_errors=True)
 
     def _wake(self) -> None:

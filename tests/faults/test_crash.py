@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,3 +242,7 @@ def test_disk_full_mid_download_then_freed(
         assert edge.request("GET", "/v1/status").json()["store_error"] is None
         assert check_store(edge.data_dir, {c.public_key}).temporaries == 0
         assert "Traceback" not in c.logs(edge)
+        # what it decoded outside the store while the disk was full goes with a clean stop
+        spare = Path(tempfile.gettempdir()) / f"peerprog-decoded-{mid[:16]}-{edge.pid}"
+        c.stop(edge)
+        assert not spare.exists()
