@@ -30,7 +30,9 @@ class NodeSection:
     listen: str = "127.0.0.1:7070"
     """``host:port`` of the peer protocol server; port 0 picks a free one."""
     public_url: str = ""
-    """The URL peers should use to reach this node; default ``http://<listen>``."""
+    """The URL peers should use to reach this node; default ``http://<listen>``. Peers dial
+    it back to find out whether it works; a node they cannot dial uploads over reverse
+    channels."""
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,14 @@ whole, and the daemon exits 1 with one line naming the key when:
 - an entry of `trust.publishers` is not an `ed25519:<base64url>` key, or an entry of
   `models.want` is not a valid model name (1–128 of `A-Z a-z 0-9 . _ -`, starting with a
   letter or digit, no `..`);
-- `peers.max_failures` or `peers.fetch_failures` is below 1.
+- `peers.max_failures` or `peers.fetch_failures` is below 1, or `peers.reach_recheck` is
+  not above 0.
 
 Relative paths in `node.data_dir` and `api.socket` are taken from the config file's folder,
 not from the daemon's working directory. A node that listens on all addresses
 (`node.listen = "0.0.0.0:7070"`) needs `node.public_url`: without it, it tells its peers
-`http://0.0.0.0:7070`, which they cannot reach.
+`http://0.0.0.0:7070`, which they cannot dial, and it uploads only over the reverse channels
+it opens to them ([protocol.md](protocol.md#reachability-and-reverse-channels)).
 
 Types: *string*, *integer* (a TOML integer), *number* (a TOML integer or float),
 *list of strings*. Times are in seconds, sizes in bytes, rates in bytes per second.

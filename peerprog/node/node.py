@@ -186,8 +186,9 @@ class Node:
                 self.url = f"http://{host}:{self.port}"
                 if host in ("0.0.0.0", "::", ""):
                     log.warning(
-                        "node.listen = %s:%d listens on every address, but peers cannot reach "
-                        "%s: set node.public_url to the address they should use",
+                        "node.listen = %s:%d listens on every address, but peers cannot dial "
+                        "%s: set node.public_url to the address they should use (until then "
+                        "it uploads only over reverse channels it opens to them)",
                         host,
                         self.port,
                         self.url,
