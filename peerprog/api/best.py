@@ -4,7 +4,8 @@
 The node keeps each model's newest decoded level as a safetensors file (built as levels
 complete, or when first asked for); every request for that model and level is answered
 from that one file by ``sendfile``, so a client costs neither a copy of the model nor a
-decode of its own.
+decode of its own. A request that comes while the file is being built is sent it as it is
+written, tensor by tensor, so the app's download overlaps the decode.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from peerprog.api.view import GrowingView
 from peerprog.codec import exact_at
 from peerprog.manifest import Manifest
 
@@ -36,6 +38,9 @@ class BestFile:
     """The decoded safetensors file, or a repository's folder."""
     size: int
     manifest: Manifest
+    growing: GrowingView | None = None
+    """Set while :attr:`path` is still being built: its bytes are sent as they become
+    final."""
 
     @property
     def repository(self) -> bool:

@@ -47,9 +47,15 @@ class ApiContext:
         self.notifier.fire(state.manifest.name)
 
     async def resolve_best(
-        self, name: str, query: BestQuery, if_none_match: str | None = None
+        self,
+        name: str,
+        query: BestQuery,
+        if_none_match: str | None = None,
+        *,
+        growing: bool = False,
     ) -> tuple[BestFile, bool]:
-        """The file to answer ``best`` with, and whether it matches ``If-None-Match``.
+        """The file to answer ``best`` with, and whether it matches ``If-None-Match``;
+        with ``growing``, the file may be one still being built (:attr:`BestFile.growing`).
 
         The model is the newest version of ``name`` with a servable level (held and
         recorded durably: ``servable_level``), served at that level. It waits up to
@@ -72,7 +78,7 @@ class ApiContext:
                 now = etag_of(state.model_id, level)
                 if not etag_matches(now, if_none_match) or remaining <= 0:
                     try:
-                        best = await self._decoded(state)
+                        best = await self._decoded(state, growing)
                     except KeyError:  # a newer version replaced it (and its files) meanwhile
                         continue
                     return best, etag_matches(best.etag, if_none_match)
@@ -82,9 +88,9 @@ class ApiContext:
                 raise LevelTimeout(f"{why}: {problem}" if problem else why, retry_after=1)
             await self.notifier.wait(name, remaining)
 
-    async def _decoded(self, state: ModelView) -> BestFile:
+    async def _decoded(self, state: ModelView, growing: bool) -> BestFile:
         try:
-            built = await self.node.decoded(state)
+            built = await self.node.decoded(state, growing=growing)
         except InputError as e:  # chunks damaged or gone under a model still served
             raise ApiError(f"{state.manifest.name}: cannot decode: {e}", status=503) from None
         return self._best_file(state, built)
@@ -103,6 +109,7 @@ class ApiContext:
             path=built.path,
             size=built.size,
             manifest=m,
+            growing=built.growing,
         )
 
     def served_level(self, name: str, model_id: str, level: int) -> BestFile:

@@ -23,6 +23,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -32,10 +33,10 @@ from peerprog.api.errors import BadRequest, LevelGone, LevelTimeout, UnknownMode
 from peerprog.api.events import stream_events
 from peerprog.api.metrics import CONTENT_TYPE, render_metrics
 from peerprog.api.query import parse_best_query
-from peerprog.api.view import ModelView
+from peerprog.api.view import GrowingView, ModelView
 from peerprog.manifest import valid_name
 from peerprog.manifest.tree import path_problem
-from peerprog.sendfile import parse_range, send_range
+from peerprog.sendfile import PIECE, parse_range, send_range
 from peerprog.store import tree_doc
 from peerprog.swarm import SOURCE_KINDS, Peer
 
@@ -43,6 +44,8 @@ CTX = web.AppKey("peerprog_api", ApiContext)
 SEND_BUFFER = 1 << 20
 """Socket send buffer asked for ``best`` answers (the kernel doubles it; capped by
 ``net.core.wmem_max``)."""
+GROWING_PIECE = 4 << 20
+"""Bytes sent at a time of a file still being built (each waits until they are final)."""
 
 
 def add_routes(app: web.Application) -> None:
@@ -151,7 +154,7 @@ async def get_best(request: web.Request) -> web.StreamResponse:
         for _ in range(3):  # a newer level may replace the file between finding and opening
             try:
                 best, not_modified = await ctx.resolve_best(
-                    name, query, request.headers.get("If-None-Match")
+                    name, query, request.headers.get("If-None-Match"), growing=True
                 )
             except LevelTimeout:
                 stats.best_timeouts += 1
@@ -177,9 +180,12 @@ async def get_best(request: web.Request) -> web.StreamResponse:
                 resp = web.StreamResponse(headers=headers)
                 resp.content_length = best.size
                 widen_send_buffer(request)
+                pace, piece = None, PIECE
+                if best.growing is not None:
+                    pace, piece = as_built(request, best.growing), GROWING_PIECE
                 try:
-                    await send_range(request, resp, f, 0, best.size)
-                except ConnectionResetError:  # the app left mid-answer: its choice
+                    await send_range(request, resp, f, 0, best.size, pace=pace, piece=piece)
+                except ConnectionResetError:  # the app left mid-answer, or the build failed
                     return resp
             if request.method != "HEAD":
                 stats.bytes_sent += best.size
@@ -248,6 +254,24 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     if request.method != "HEAD":
         ctx.stats.bytes_sent += stop - start
     return resp
+
+
+def as_built(request: web.Request, growing: GrowingView) -> Callable[[int], Awaitable[None]]:
+    """A ``pace`` for :func:`send_range` of a file still being built: each piece waits
+    until its bytes are final. If the build ends without them, the connection is closed,
+    so the app sees an answer shorter than its ``Content-Length`` (never a whole one with
+    bytes that were not final)."""
+    sent = 0
+
+    async def pace(n: int) -> None:
+        nonlocal sent
+        if not await growing.until(sent + n):
+            if request.transport is not None:
+                request.transport.close()
+            raise ConnectionResetError("the level's build ended before the answer did")
+        sent += n
+
+    return pace
 
 
 def widen_send_buffer(request: web.Request) -> None:

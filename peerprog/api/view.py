@@ -58,6 +58,15 @@ class ModelView(Protocol):
     def summary(self) -> dict[str, object]: ...
 
 
+class GrowingView(Protocol):
+    """A decoded level file still being built (:class:`peerprog.node.decoded.Growing`)."""
+
+    async def until(self, n: int) -> bool:
+        """Wait until its first ``n`` bytes are final (True), or its build ended without
+        them (False)."""
+        ...
+
+
 class DecodedView(Protocol):
     """A decoded level file (:class:`peerprog.node.decoded.Built`)."""
 
@@ -67,6 +76,10 @@ class DecodedView(Protocol):
     def path(self) -> Path: ...
     @property
     def size(self) -> int: ...
+    @property
+    def growing(self) -> GrowingView | None:
+        """Set while the file is being built: send it as :meth:`GrowingView.until` allows."""
+        ...
 
 
 class ChannelsView(Protocol):
@@ -118,10 +131,10 @@ class NodeView(Protocol):
     async def remove(self, name: str) -> list[str]: ...
     async def rescan(self) -> list[str]: ...
     def problem(self, name: str) -> str | None: ...
-    async def decoded(self, state: Any) -> DecodedView:
-        """The decoded file of ``state``'s servable level, built if need be. ``KeyError``
-        if the model is no longer held, :class:`InputError` if it cannot be decoded from
-        the store."""
+    async def decoded(self, state: Any, *, growing: bool = False) -> DecodedView:
+        """The decoded file of ``state``'s servable level, built if need be (with
+        ``growing``: as it is being built, if it is one file). ``KeyError`` if the model is
+        no longer held, :class:`InputError` if it cannot be decoded from the store."""
         ...
 
     def decoded_at(self, model_id: str, level: int) -> DecodedView | None:

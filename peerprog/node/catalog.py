@@ -138,10 +138,11 @@ class Catalog:
         held = self._held.get(model_id)
         return held.files if held is not None and not self._closed else None
 
-    async def decoded(self, state: ModelState) -> Built:
+    async def decoded(self, state: ModelState, *, growing: bool = False) -> Built:
         """The decoded file of ``state`` at its servable level (``KeyError`` if it is no
-        longer held)."""
-        return await self._holding(state).decoded.get()
+        longer held); with ``growing``, the file being built as it grows
+        (:meth:`DecodedLevels.get`)."""
+        return await self._holding(state).decoded.get(growing=growing)
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:
         """The decoded level ``level`` of ``model_id`` if it is on disk now (never built

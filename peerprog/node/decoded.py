@@ -45,6 +45,47 @@ measured: on the low side of groupplane's whole-ladder speed, since a build that
 worth it also slows the download it shares the cores with."""
 
 
+class Growing:
+    """A level file under way: its first :attr:`ready` bytes are final, and can be sent
+    while the rest is decoded (:func:`peerprog.store.build_level` writes in order)."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.path: Path | None = None
+        """The temporary file, known from the build's first progress (gone, renamed to
+        the level's file, once the build ends; an open descriptor still reads it)."""
+        self.size = 0
+        self.ready = 0
+        self.ended: bool | None = None
+        """None while under way; True once whole, False if it failed or was stopped."""
+        self._changed = asyncio.Event()
+
+    def advance(self, path: Path, ready: int, size: int) -> None:
+        """The build's progress (in the loop's thread)."""
+        self.path, self.ready, self.size = path, ready, size
+        self._wake()
+
+    def end(self, ok: bool) -> None:
+        """The build ended; ``ok``: the file is whole (its last byte is final too)."""
+        if ok:
+            self.ready = self.size
+        self.ended = ok
+        self._wake()
+
+    async def until(self, n: int) -> bool:
+        """Wait until the first ``n`` bytes are final (True), or the build ends before
+        they are (False: it failed or was stopped)."""
+        while self.ready < n:
+            if self.ended is not None:
+                return False
+            await self._changed.wait()
+        return True
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
 @dataclass(frozen=True)
 class Built:
     """A decoded level: a safetensors file, or a repository's folder."""
@@ -52,6 +93,9 @@ class Built:
     level: int
     path: Path
     size: int
+    growing: Growing | None = None
+    """Set while the file is still being built (``path`` is then its temporary file):
+    byte ``n`` may be sent once :meth:`Growing.until` ``(n + 1)`` is True."""
 
 
 class DecodedLevels:
@@ -90,6 +134,9 @@ class DecodedLevels:
         built: an app writing its files as a directory finishes it."""
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._growing: Growing | None = None
+        """The level file being built, if it is one file (a repository's folder is not
+        read as it is built)."""
         self._cancel = threading.Event()
         self._speed = DECODE_BYTES_PER_S
         self.builds = 0
@@ -102,11 +149,12 @@ class DecodedLevels:
         if self.ahead and (self._asked or self._state.complete) and self._worth_building():
             self._start()
 
-    async def get(self) -> Built:
+    async def get(self, *, growing: bool = False) -> Built:
         """The decoded file of the model's servable level as it is now (or a higher one
-        built meanwhile), built now if need be. :class:`Unusable` if no level is servable
-        or it cannot be built from the store; ``KeyError`` once the model is dropped
-        (:meth:`stop`)."""
+        built meanwhile), built now if need be; with ``growing``, while a single file of
+        that level is being built, that file as it grows (:attr:`Built.growing`).
+        :class:`Unusable` if no level is servable or it cannot be built from the store;
+        ``KeyError`` once the model is dropped (:meth:`stop`)."""
         self._asked = True
         level = self._state.servable_level
         if level < 0:
@@ -115,6 +163,9 @@ class DecodedLevels:
         while self.built is None or self.built.level < level:
             if self._cancel.is_set():
                 raise KeyError(self._state.model_id)
+            g = self._growing
+            if growing and g is not None and g.level >= level and g.path and g.ended is None:
+                return Built(g.level, g.path, g.size, g)
             self._start()
             waiter = asyncio.ensure_future(self._changed.wait())
             try:
@@ -185,10 +236,14 @@ class DecodedLevels:
                 path = folder / (str(level) if repo else f"{level}.safetensors")
                 folder.mkdir(exist_ok=True)
                 t0 = time.monotonic()
-                began = asyncio.get_running_loop().time()
+                loop = asyncio.get_running_loop()
+                began = loop.time()
+                self._end_growing()  # a try that failed for a full disk
+                growing = None if repo else Growing(level)
+                self._growing = growing
                 try:
                     size = await asyncio.to_thread(
-                        self._build_one, s.have.copy(), level, path, prior
+                        self._build_one, s.have.copy(), level, path, prior, growing, loop
                     )
                 except OSError as e:
                     if e.errno not in (errno.ENOSPC, errno.EDQUOT) or folder != self._folder:
@@ -213,6 +268,8 @@ class DecodedLevels:
                     self._speed = s.manifest.source_bytes / took
                 if folder == self._folder:
                     self._disk.succeeded("decode", began)
+                if growing is not None:
+                    growing.end(True)
                 self.built = Built(level, path, size)
                 self.builds += 1
                 self.error = None
@@ -225,17 +282,51 @@ class DecodedLevels:
                     await asyncio.to_thread(_remove, old.path)
                 self._wake()
         finally:
+            self._end_growing()
             self._wake()
 
-    def _build_one(self, held: Bitfield, level: int, path: Path, prior: Built | None) -> int:
+    def _advanced(self, growing: Growing, tmp: Path, ready: int, size: int) -> None:
+        """A build's progress (in the loop's thread)."""
+        first = growing.path is None
+        growing.advance(tmp, ready, size)
+        if first:
+            self._wake()  # waiters in get() can send the file as it grows
+
+    def _end_growing(self) -> None:
+        """The build under way ended (whole, failed or stopped): readers of its file as
+        it grew are told, and later requests wait for the next build or use the file."""
+        growing, self._growing = self._growing, None
+        if growing is not None and growing.ended is None:
+            growing.end(False)
+
+    def _build_one(
+        self,
+        held: Bitfield,
+        level: int,
+        path: Path,
+        prior: Built | None,
+        growing: Growing | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> int:
         """Build ``level`` at ``path`` from the chunks ``held``, from ``prior`` (a level
-        built before) if given (blocking: in a worker thread)."""
+        built before) if given, telling ``growing`` of its progress (blocking: in a
+        worker thread)."""
         s = self._state
-        build = build_tree if s.manifest.is_repository else build_level
-        return build(
+        prior_path = None if prior is None else prior.path
+        prior_level = None if prior is None else prior.level
+        if s.manifest.is_repository:
+            return build_tree(
+                s.manifest, s.model_id, self._files, held, level, path,
+                prior=prior_path, prior_level=prior_level, cancel=self._cancel,
+            )  # fmt: skip
+
+        def progress(tmp: Path, ready: int, size: int) -> None:
+            if growing is not None:
+                loop.call_soon_threadsafe(self._advanced, growing, tmp, ready, size)
+
+        return build_level(
             s.manifest, s.model_id, self._files, held, level, path,
-            prior=None if prior is None else prior.path,
-            prior_level=None if prior is None else prior.level, cancel=self._cancel,
+            prior=prior_path, prior_level=prior_level, cancel=self._cancel, progress=progress,
         )  # fmt: skip
 
     def _failed(self, level: int, e: Exception) -> None:

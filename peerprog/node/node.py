@@ -329,8 +329,8 @@ class Node:
     def newest_served(self, name: str) -> ModelState | None:
         return self.catalog.newest_served(name)
 
-    async def decoded(self, state: ModelState) -> Built:
-        return await self.catalog.decoded(state)
+    async def decoded(self, state: ModelState, *, growing: bool = False) -> Built:
+        return await self.catalog.decoded(state, growing=growing)
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:
         return self.catalog.decoded_at(model_id, level)

@@ -3,7 +3,8 @@
 :func:`build_level` reads each tensor's pieces from the level files, decodes it (from an
 earlier level's decoded file when there is one, every level since in one pass, so that
 reaching level n costs about the size of the levels since), and writes it at its place in
-the output, which is renamed into place when whole. Two tensors are decoded at a time;
+the output, which is renamed into place when whole; it reports how much of the file is
+final as it goes, so that the file can be sent while it is built. Two tensors are decoded at a time;
 memory stays near a few times the largest tensor, whatever the model's size. Every chunk
 read is verified first (see :meth:`~peerprog.store.levels.ModelFiles.usable`): nothing
 unverified is decoded.
@@ -17,6 +18,7 @@ import mmap
 import os
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -168,11 +170,14 @@ def decode_into(
     jobs: Iterable[tuple[TensorLayout, int, int, Prior]],
     cancel: threading.Event | None = None,
     prior_level: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Decode each job's tensor at ``level`` and write it into file descriptor ``fd`` at
     ``offset``: ``(layout, fd, offset, prior)``, ``prior`` giving arrays of level
     ``prior_level`` (default: the level before). :data:`DECODE_THREADS` tensors at a time;
-    :class:`Cancelled` if ``cancel`` is set meanwhile. Blocking."""
+    :class:`Cancelled` if ``cancel`` is set meanwhile. ``progress(end)`` is called (in
+    this thread) as each job is written, and every job before it, with the offset where
+    its tensor ends. Blocking."""
     codec = get_codec(manifest.codec)
     params = manifest.codec_params
     stop = threading.Event()
@@ -192,20 +197,38 @@ def decode_into(
         while done < len(data):
             done += os.pwrite(fd, data[done:], offset + done)
 
+    # jobs in order: the future of each one handed to the pool (None: written inline),
+    # and where its tensor ends
+    pending: deque[tuple[Future[None] | None, int]] = deque()
+    in_pool = 0
+
+    def retire() -> None:  # the oldest job: wait for it, then report it
+        nonlocal in_pool
+        fut, end = pending.popleft()
+        if fut is not None:
+            in_pool -= 1
+            fut.result()
+        if progress is not None:
+            progress(end)
+
     # the pool is left (its workers done) before the caller closes or removes its files
     with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool:
-        pending: list[Future[None]] = []
         try:
             for job in jobs:
-                t = job[0]
-                if t.numel * DTYPES[t.dtype].itemsize < INLINE_BYTES:
+                t, _, offset, _ = job
+                nbytes = t.numel * DTYPES[t.dtype].itemsize
+                if nbytes < INLINE_BYTES:
                     one(*job)  # a pool's hand-off costs more than a small tensor's decode
-                    continue
-                pending.append(pool.submit(one, *job))
-                if len(pending) > DECODE_THREADS:
-                    pending.pop(0).result()
-            for fut in pending:
-                fut.result()
+                    pending.append((None, offset + nbytes))
+                else:
+                    pending.append((pool.submit(one, *job), offset + nbytes))
+                    in_pool += 1
+                while pending and (
+                    in_pool > DECODE_THREADS or pending[0][0] is None or pending[0][0].done()
+                ):
+                    retire()
+            while pending:
+                retire()
         except BaseException:
             stop.set()
             raise
@@ -230,13 +253,20 @@ def build_level(
     prior: Path | None = None,
     prior_level: int | None = None,
     cancel: threading.Event | None = None,
+    progress: Callable[[Path, int, int], None] | None = None,
 ) -> int:
     """Write ``manifest`` decoded at ``level`` to ``out`` (atomically); ``prior`` is its
     decoded file of level ``prior_level`` (default ``level - 1``; any earlier level: the
     levels since are decoded in one pass), if there is one. Returns the file's size.
     :class:`Unusable` if a chunk it needs is missing or damaged, :class:`Cancelled` if
     ``cancel`` is set meanwhile. Blocking. (A repository is built as a folder:
-    :func:`peerprog.store.assemble_tree.build_tree`.)"""
+    :func:`peerprog.store.assemble_tree.build_tree`.)
+
+    The file is written in order, so it can be read while it is built:
+    ``progress(path, n, size)`` is called as its first ``n`` bytes become final,
+    ``path`` being the temporary file they are in until it is renamed to ``out``. ``n`` stays
+    below the size until the build has passed its last check: the last byte is final
+    only once the function returns."""
     plevel = None if prior is None else prior_level_for(level, prior_level)
     needed = required_chunks(manifest, files, held, level)
     lay = file_layout(manifest.tensors, level_metadata(manifest, model_id, level))
@@ -246,6 +276,9 @@ def build_level(
     try:
         os.ftruncate(fd, lay.size)
         os.pwrite(fd, lay.header, 0)
+        written = None if progress is None else _final_upto(progress, tmp, lay.size)
+        if written is not None:
+            written(len(lay.header))
         if prior is not None:
             with contextlib.suppress(OSError, ValueError, struct.error):
                 prior_file = DecodedFile(prior)
@@ -255,7 +288,7 @@ def build_level(
             return before.array(t) if before is not None else None
 
         jobs = ((t, fd, lay.offsets[t.name], previous) for t in manifest.tensors)
-        decode_into(manifest, files, level, jobs, cancel, plevel)
+        decode_into(manifest, files, level, jobs, cancel, plevel, written)
         if not files.usable(needed, held):  # changed on disk while we read it
             raise Unusable(f"model {manifest.name}: level {level} changed on disk while decoded")
         os.replace(tmp, out)
@@ -268,6 +301,17 @@ def build_level(
         if prior_file is not None:
             prior_file.close()
     return lay.size
+
+
+def _final_upto(
+    progress: Callable[[Path, int, int], None], tmp: Path, size: int
+) -> Callable[[int], None]:
+    """``progress`` of the file at ``tmp`` as bytes are written, all but its last byte."""
+
+    def written(end: int) -> None:
+        progress(tmp, min(end, size - 1), size)
+
+    return written
 
 
 def prior_level_for(level: int, prior_level: int | None) -> int:

@@ -96,8 +96,8 @@ class FakeNode:
     def want(self, name: str) -> None:
         self.wanted.add(name)
 
-    async def decoded(self, state: ModelState) -> Built:
-        return await self.decoders[state.model_id].get()
+    async def decoded(self, state: ModelState, *, growing: bool = False) -> Built:
+        return await self.decoders[state.model_id].get(growing=growing)
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:
         decoder = self.decoders.get(model_id)
