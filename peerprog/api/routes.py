@@ -24,10 +24,12 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import BinaryIO
 
 from aiohttp import web
 
 from peerprog._version import __version__
+from peerprog.api.best import BestFile
 from peerprog.api.context import ApiContext
 from peerprog.api.errors import BadRequest, LevelGone, LevelTimeout, UnknownModel
 from peerprog.api.events import stream_events
@@ -169,9 +171,8 @@ async def get_best(request: web.Request) -> web.StreamResponse:
             if not_modified:
                 stats.best_not_modified += 1
                 return web.Response(status=304, headers=headers)
-            try:
-                f = open(best.path, "rb")  # noqa: SIM115 - closed below
-            except FileNotFoundError:
+            f = open_best(best)
+            if f is None:
                 continue
             with f:
                 filename = f"{best.name}-v{best.version}-level{best.level}.safetensors"
@@ -254,6 +255,19 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     if request.method != "HEAD":
         ctx.stats.bytes_sent += stop - start
     return resp
+
+
+def open_best(best: BestFile) -> BinaryIO | None:
+    """Open the file ``best`` names; a file still being built may have been renamed into
+    place meanwhile (then that is opened). None if it is gone: replaced by a newer level,
+    or its build failed."""
+    paths = [best.path] if best.growing is None else [best.path, best.growing.final]
+    for path in paths:
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def as_built(request: web.Request, growing: GrowingView) -> Callable[[int], Awaitable[None]]:

@@ -61,6 +61,11 @@ class ModelView(Protocol):
 class GrowingView(Protocol):
     """A decoded level file still being built (:class:`peerprog.node.decoded.Growing`)."""
 
+    @property
+    def final(self) -> Path:
+        """Where the file is once whole (the temporary file's name is gone then)."""
+        ...
+
     async def until(self, n: int) -> bool:
         """Wait until its first ``n`` bytes are final (True), or its build ended without
         them (False)."""

@@ -7,7 +7,9 @@ is a folder, ``decoded/<level>/``, holding every file of the tree
 (:func:`peerprog.store.build_tree`). The newest level is kept and older ones are removed: an
 answer still sending one holds it open, so removing it is safe. While the store's disk is
 full, the level is written in the system's temporary directory instead, so that apps are
-still served.
+still served. A level file is written in order, so a request that comes while it is being
+built can be sent it as it grows (:class:`Growing`; a repository's folder is served only
+when whole).
 
 Only the model's servable level is built (:attr:`~peerprog.node.state.ModelState.servable_level`:
 held and recorded durably), whoever asks. For a model the node wants, it is built as soon as
@@ -49,8 +51,10 @@ class Growing:
     """A level file under way: its first :attr:`ready` bytes are final, and can be sent
     while the rest is decoded (:func:`peerprog.store.build_level` writes in order)."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int, final: Path) -> None:
         self.level = level
+        self.final = final
+        """Where the file is renamed to once whole."""
         self.path: Path | None = None
         """The temporary file, known from the build's first progress (gone, renamed to
         the level's file, once the build ends; an open descriptor still reads it)."""
@@ -239,7 +243,7 @@ class DecodedLevels:
                 loop = asyncio.get_running_loop()
                 began = loop.time()
                 self._end_growing()  # a try that failed for a full disk
-                growing = None if repo else Growing(level)
+                growing = None if repo else Growing(level, path)
                 self._growing = growing
                 try:
                     size = await asyncio.to_thread(

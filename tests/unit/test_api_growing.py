@@ -20,6 +20,7 @@ import peerprog.api.routes
 import peerprog.node.decoded
 from peerprog.api.context import ApiContext
 from peerprog.api.query import BestQuery
+from peerprog.api.routes import open_best
 from peerprog.api.server import build_app
 from peerprog.store import Unusable, build_level
 from tests.unit.test_api_support import FakeNode, publish_sample
@@ -116,7 +117,6 @@ async def test_a_failed_build_ends_its_growing_file_short(
     node: FakeNode, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
 ) -> None:
     held = hold_builds(monkeypatch, gate, fail=True)
-    (state,) = node.models.values()
     ctx = ApiContext(node)
     asked = asyncio.create_task(ctx.resolve_best("tiny", BestQuery(), growing=True))
     await asyncio.to_thread(held.wait, 10)
@@ -167,3 +167,23 @@ async def test_best_over_http_is_cut_short_when_the_build_fails(
             await resp.read()
         again = await client.get("/v1/models/tiny/best")
         assert again.status == 503 and "damaged under the build" in await again.text()
+
+
+async def test_a_file_renamed_into_place_meanwhile_is_opened_there(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    held = hold_builds(monkeypatch, gate)
+    (state,) = node.models.values()
+    ctx = ApiContext(node)
+    asked = asyncio.create_task(ctx.resolve_best("tiny", BestQuery(), growing=True))
+    await asyncio.to_thread(held.wait, 10)
+    best, _ = await asyncio.wait_for(asked, 10)
+    gate.set()
+    built = await node.decoded(state)  # whole: the temporary name is gone
+    assert best.growing is not None and not best.path.exists()
+    f = open_best(best)
+    assert f is not None
+    with f:
+        assert f.read() == built.path.read_bytes()
+    built.path.unlink()  # replaced by a newer level meanwhile: nothing to open
+    assert open_best(best) is None
