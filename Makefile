@@ -22,7 +22,7 @@ $(PY):
 $(STAMP): pyproject.toml demo/pyproject.toml setup.py $(wildcard peerprog/codec/groupplane/c/*) \
 		$(wildcard peerprog/codec/groupplane/c_rans/*) | $(PY)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[test,torch]' -e './demo[plot]'
+	$(PIP) install -q -e '.[test,torch,bittorrent]' -e './demo[plot]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -16,9 +16,12 @@ from peerprog.codec import CODECS, DEFAULT_CODEC, exact_at
 from peerprog.errors import InputError, PeerprogError
 from peerprog.formats.safetensors import read_sensitivity
 from peerprog.manifest import SignedManifest, generate_key_file, load_key_file, valid_name
+from peerprog.manifest.torrent import piece_length_ok
 from peerprog.manifest.tree import MARKER, RepoFile
 from peerprog.store import Store, Unusable, publish_file, publish_repo
+from peerprog.store.publish import torrent_json
 from peerprog.store.scan import RepoScan, scan_repo
+from peerprog.store.torrents import model_torrent, stored_torrent
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -56,6 +59,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         "chunk_size": args.chunk_size,
         "params": dict(args.codec_param) or None,
         "progress": progress,
+        "web_seeds": args.web_seed,
     }
     if args.sensitivity:
         options["sensitivity"] = read_sensitivity(Path(args.sensitivity))
@@ -86,6 +90,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     for lv in result.levels:
         frac = lv.cumulative_bytes / max(1, result.source_bytes)
         print(f"  level {lv.level}: {human_bytes(lv.bytes):>10}  cumulative {frac:6.1%}")
+    if result.torrent is not None:
+        print(f"  torrent: {result.torrent.magnet()}")
     if told:
         print(f"  the node at {args.socket} serves it now")
     return 0
@@ -266,10 +272,21 @@ def not_intact(store: Store, signed: SignedManifest, level: int) -> str:
     return f"level {level} of {m.name} is not complete in {store.root} (best complete: {best})"
 
 
-def inspect_doc(store: Store, signed: SignedManifest) -> dict[str, object]:
-    """What ``inspect --json`` prints of one stored model."""
+def inspect_doc(
+    store: Store, signed: SignedManifest, *, build_torrent: bool = False
+) -> dict[str, object]:
+    """What ``inspect --json`` prints of one stored model; ``build_torrent``: build its
+    torrent from its level files if it has none and is held whole."""
     m = signed.manifest
-    held = set(store.held(signed).indices())
+    bits = store.held(signed)
+    held = set(bits.indices())
+    torrent = stored_torrent(store, signed)
+    if torrent is None and build_torrent:
+        files = store.open_files(signed)
+        try:
+            torrent = model_torrent(store, signed, files, bits)
+        finally:
+            files.close()
     weights = sum(t.numel for t in m.tensors)
     levels: list[dict[str, object]] = []
     cum = 0
@@ -309,6 +326,9 @@ def inspect_doc(store: Store, signed: SignedManifest) -> dict[str, object]:
             {"path": f.path, "size": f.size, "coded": f.coded, "sha256": f.sha256.hex()}
             for f in m.files
         ],
+        "torrent": None
+        if torrent is None
+        else {**torrent_json(torrent), "signed": torrent.attestation is not None},
     }
 
 
@@ -345,12 +365,23 @@ def inspect_lines(doc: dict[str, Any]) -> list[str]:
             f"  {lv['cumulative_bytes'] / max(1, doc['source_bytes']):>9.1%}"
             f"  {lv['chunks_held']:>5}/{lv['chunks']:<5}  {rel}"
         )
+    torrent = doc["torrent"]
+    if torrent is not None:
+        by = "signed by the publisher" if torrent["signed"] else "built from the levels"
+        lines.append(f"  torrent    {torrent['magnet']}  ({by})")
+    elif piece_length_ok(int(doc["chunk_size"])):
+        lines.append("  torrent    none yet (built once the model is held whole)")
+    else:
+        lines.append("  torrent    none: the chunk size is not a BitTorrent v2 piece length")
     return lines
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     store = Store(Path(args.store), create=False)
-    docs = [inspect_doc(store, store.load_manifest(i, None)) for i in resolve_ref(store, args.name)]
+    docs = [
+        inspect_doc(store, store.load_manifest(i, None), build_torrent=True)
+        for i in resolve_ref(store, args.name)
+    ]
     if args.json:
         doc = dict(docs[0])
         doc["other_versions"] = [
@@ -471,6 +502,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="a safetensors file of how much each tensor's (or row's) error matters, by "
         "the model's tensor names ('peerprog calibrate' writes one): the rate allocation "
         "gives bits where they matter (default: data-free)",
+    )
+    p.add_argument(
+        "--web-seed",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a BEP 19 web seed for the model's BitTorrent v2 torrent: the URL of a folder "
+        "holding <model id>/levels/<n>, such as a node's http://HOST:PORT/p2p/v1/models/ or "
+        "a static mirror's <mirror>/models/; repeatable",
     )
     p.add_argument(
         "--socket",

@@ -28,11 +28,13 @@ from typing import Any
 
 from peerprog.errors import PeerprogError
 from peerprog.manifest import SignedManifest
+from peerprog.manifest.torrent import Torrent
 from peerprog.node.decoded import Built, DecodedLevels
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
-from peerprog.node.tasks import TaskScope
+from peerprog.node.tasks import ScopeClosed, TaskScope
 from peerprog.store import ModelFiles, Store
+from peerprog.store.torrents import model_torrent
 from peerprog.swarm import Bitfield
 from peerprog.swarm.versions import named, newest_first, served, superseded
 
@@ -62,10 +64,17 @@ class HeldModel:
     """Its fetch, started in :attr:`scope` (None: never started, or stopped by unwant)."""
     unrecorded: bool = False
     """Chunks were stored since its record was last written."""
+    torrent: asyncio.Task[Torrent | None] | None = None
+    """Finding (or building) its BitTorrent v2 torrent; kept once it found one."""
 
     @property
     def fetching(self) -> bool:
         return self.fetch is not None and not self.fetch.done()
+
+
+def _ended_without(task: asyncio.Task[Torrent | None]) -> bool:
+    """Whether a search for a torrent ended without one (to be tried again)."""
+    return task.done() and (task.cancelled() or task.exception() is not None or not task.result())
 
 
 class Catalog:
@@ -143,6 +152,32 @@ class Catalog:
         longer held); with ``growing``, the file being built as it grows
         (:meth:`DecodedLevels.get`)."""
         return await self._holding(state).decoded.get(growing=growing)
+
+    async def torrent(self, model_id: str) -> Torrent | None:
+        """The BitTorrent v2 torrent of a model held: the stored one, else built from its
+        level files once it is held whole (one build at a time; kept once found). None
+        while it has none, and for a model not held."""
+        held = self._held.get(model_id)
+        if held is None or self._closed:
+            return None
+        task = held.torrent
+        if task is None or (
+            task.done() and (task.cancelled() or task.exception() or not task.result())
+        ):
+            state = held.state
+            job = asyncio.to_thread(
+                model_torrent, self.store, state.signed, held.files, state.have.copy()
+            )
+            try:
+                task = held.scope.spawn(job, name=f"torrent {state.manifest.name}")
+            except ScopeClosed:  # being dropped
+                return None
+            held.torrent = task
+        try:
+            return await asyncio.shield(task)
+        except (OSError, PeerprogError) as e:
+            log.warning("%s: no torrent: %s", held.state.manifest.name, e)
+            return None
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:
         """The decoded level ``level`` of ``model_id`` if it is on disk now (never built

@@ -24,6 +24,7 @@ from aiohttp import web
 from peerprog.config import LimitsSection
 from peerprog.errors import PeerFault
 from peerprog.manifest import valid_model_id, valid_name
+from peerprog.manifest.torrent import Torrent
 from peerprog.node.haves import Haves
 from peerprog.node.peerclient import NODE_HEADER
 from peerprog.node.protocol import (
@@ -43,6 +44,7 @@ from peerprog.urls import valid_url
 
 log = logging.getLogger("peerprog.server")
 MSGPACK = "application/msgpack"
+TORRENT_TYPE = "application/x-bittorrent"
 SEND_PIECE = 16384
 """Smallest piece an upload under a cap is sent in..."""
 SEND_PIECE_MAX = 128 * 1024
@@ -59,6 +61,7 @@ class Served(Protocol):
     def models(self) -> Mapping[str, ModelState]: ...
     def newest_served(self, name: str) -> ModelState | None: ...
     def files(self, model_id: str) -> ModelFiles | None: ...
+    async def torrent(self, model_id: str) -> Torrent | None: ...
 
 
 @dataclass
@@ -120,6 +123,21 @@ def _model(request: web.Request) -> ModelState:
 
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     return web.Response(body=_model(request).signed.envelope, content_type=MSGPACK)
+
+
+async def get_torrent(request: web.Request) -> web.StreamResponse:
+    """The model's BitTorrent torrent (hybrid v1+v2), with this node's
+    ``/p2p/v1/models/`` added to its web seeds unless peers found it cannot be dialled; 404
+    while it has none (it is built once the model is held whole)."""
+    state = _model(request)
+    svc = _svc(request)
+    torrent = await svc.served.torrent(state.model_id)
+    if torrent is None:
+        raise web.HTTPNotFound(text="no torrent for this model yet")
+    me = svc.me()
+    if me.url and me.reachable is not False:  # a node no one can dial is no web seed
+        torrent = torrent.with_web_seeds([me.url.rstrip("/") + PREFIX + "/models/"])
+    return web.Response(body=torrent.to_bytes(), content_type=TORRENT_TYPE)
 
 
 def peer_of(request: web.Request) -> str:
@@ -307,6 +325,7 @@ def build_app(service: PeerService) -> web.Application:
     app.router.add_get(PREFIX + "/models/{model_id}/manifest.msgpack", get_manifest)
     app.router.add_get(PREFIX + "/models/{model_id}/have", get_have)
     app.router.add_get(PREFIX + "/models/{model_id}/levels/{level}", get_level)
+    app.router.add_get(PREFIX + "/models/{model_id}/torrent", get_torrent)
     app.router.add_post(PREFIX + "/announce", post_announce)
     app.router.add_get(PREFIX + "/node", get_node)
     app.router.add_get(PREFIX + "/channel", get_channel)

@@ -50,6 +50,8 @@ MANIFEST = "manifest.msgpack"
 WANTED = "wanted"
 LOCK = ".lock"
 DECODED = "decoded"
+TORRENT = "torrent"
+"""The model's BitTorrent v2 torrent (:mod:`peerprog.manifest.torrent`), when it has one."""
 PUBLISHED = "published"
 """An empty file in a model's folder: the model was published into this store (this node
 is its origin), not fetched."""
@@ -87,6 +89,9 @@ class Store:
         if not isinstance(level, int) or isinstance(level, bool) or level < 0:
             raise InputError(f"{level!r} is not a level")
         return self.model_dir(model_id) / LEVELS / str(level)
+
+    def torrent_path(self, model_id: str) -> Path:
+        return self.model_dir(model_id) / TORRENT
 
     def decoded_dir(self, model_id: str) -> Path:
         return self.model_dir(model_id) / DECODED
@@ -166,6 +171,18 @@ class Store:
         self.model_dir(signed.model_id).mkdir(parents=True, exist_ok=True)
         if self.read_manifest_bytes(signed.model_id) != signed.envelope:
             write_atomic(self.manifest_path(signed.model_id), signed.envelope)
+
+    def read_torrent(self, model_id: str) -> bytes | None:
+        """The model's stored ``.torrent`` file, if it has one (as written: checked by
+        whoever reads it)."""
+        try:
+            return self.torrent_path(model_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put_torrent(self, model_id: str, data: bytes) -> None:
+        """Store a model's checked ``.torrent`` file (atomically)."""
+        write_atomic(self.torrent_path(model_id), data)
 
     def load_manifest(self, model_id: str, trusted: Collection[str] | None) -> SignedManifest:
         """Read and verify a stored manifest (:class:`VerificationError` if tampered)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +34,10 @@ from peerprog.manifest import Chunk, Level, Manifest, SignedManifest, seal, vali
 from peerprog.manifest.canonical import pack
 from peerprog.manifest.chunking import chunk_size_for
 from peerprog.manifest.model import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from peerprog.manifest.torrent import FileHasher, Torrent, build_torrent, piece_length_ok
 from peerprog.manifest.tree import RepoFile
 from peerprog.store.atomic import fsync_dir, write_atomic
-from peerprog.store.disk import MANIFEST, PUBLISHED, Store
+from peerprog.store.disk import MANIFEST, PUBLISHED, TORRENT, Store
 from peerprog.store.levels import LEVELS, RECORD_VERSION
 from peerprog.swarm import Bitfield
 
@@ -80,6 +81,8 @@ class PublishResult:
     source_bytes: int
     total_bytes: int
     levels: tuple[LevelSize, ...]
+    torrent: Torrent | None = None
+    """Its BitTorrent v2 torrent (None if the chunk size is not a piece length)."""
 
     def to_json(self) -> dict[str, object]:
         """The ``publish --json`` document (with ``files`` for a repository)."""
@@ -97,7 +100,17 @@ class PublishResult:
                 for s in self.levels
             ],
             **({"files": files} if files else {}),  # a repository's
+            **({"torrent": torrent_json(self.torrent)} if self.torrent is not None else {}),
         }
+
+
+def torrent_json(torrent: Torrent) -> dict[str, object]:
+    """A torrent's ``info_hash`` (v2, hex), ``magnet`` and ``web_seeds``."""
+    return {
+        "info_hash": torrent.info_hash.hex(),
+        "magnet": torrent.magnet(),
+        "web_seeds": list(torrent.web_seeds),
+    }
 
 
 def next_version(store: Store, name: str) -> int:
@@ -109,11 +122,15 @@ def next_version(store: Store, name: str) -> int:
 
 
 class _LevelWriter:
-    """Appends one level's bytes to its file and hashes them chunk by chunk."""
+    """Appends one level's bytes to its file and hashes them chunk by chunk (and as a
+    BitTorrent v2 file)."""
 
-    def __init__(self, path: Path, chunk_size: int) -> None:
+    def __init__(self, path: Path, chunk_size: int, *, padded: bool) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._chunk_size = chunk_size
+        ok = piece_length_ok(chunk_size)
+        self.tree = FileHasher(chunk_size, padded=padded) if ok else None
+        """The level file's BitTorrent v2 hashes (if the chunk size is a piece length)."""
         self._hash = hashlib.sha256()
         self._fill = 0
         self._buffer = bytearray()
@@ -123,6 +140,8 @@ class _LevelWriter:
     def append(self, pieces: list[Any]) -> None:
         for piece in pieces:
             view = memoryview(piece).cast("B")
+            if self.tree is not None:
+                self.tree.update(view)
             pos = 0
             while pos < len(view):
                 take = min(len(view) - pos, self._chunk_size - self._fill)
@@ -175,8 +194,10 @@ def publish_file(
     quality: bool = True,
     progress: Progress | None = None,
     sensitivity: Mapping[str, Array] | None = None,
+    web_seeds: Sequence[str] = (),
 ) -> PublishResult:
-    """Publish a model file (safetensors, .pt/.pth, .npz), streaming it tensor by tensor."""
+    """Publish a model file (safetensors, .pt/.pth, .npz), streaming it tensor by tensor
+    (arguments as for :func:`publish_model`)."""
     with open_model(Path(source)) as reader:
         return publish_model(
             reader,
@@ -190,6 +211,7 @@ def publish_file(
             quality=quality,
             progress=progress,
             sensitivity=sensitivity,
+            web_seeds=web_seeds,
         )
 
 
@@ -212,13 +234,17 @@ def publish_model(
     progress: Progress | None = None,
     tree: TreeSource | None = None,
     sensitivity: Mapping[str, Array] | None = None,
+    web_seeds: Sequence[str] = (),
 ) -> PublishResult:
     """Encode, chunk, sign and store the tensors of ``reader`` as the newest version of
     ``name``. The manifest's metadata is the source file's own (less ``peerprog.*`` keys)
     with ``metadata`` over it. With ``tree`` (a repository), its files' level-0 bytes lead
     level 0 and its file entries go into the manifest. ``sensitivity`` (tensor name →
     weights, :mod:`peerprog.codec.sensitivity`) steers the codec's rate allocation;
-    InputError if it does not fit the model."""
+    InputError if it does not fit the model. Where the chunk size is a BitTorrent v2 piece
+    length (a power of two, as the automatic sizes are), the model's torrent is written
+    beside its manifest, its info-hash signed by ``key``, with ``web_seeds`` as its
+    ``url-list``; ``web_seeds`` with any other chunk size is an InputError."""
     if not valid_name(name):
         raise InputError(f"{name!r} is not a valid model name (letters, digits, . _ -)")
     infos = reader.infos()
@@ -227,6 +253,14 @@ def publish_model(
         chunk_size = chunk_size_for(source_bytes)
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise InputError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
+    if web_seeds and not piece_length_ok(chunk_size):
+        raise InputError(
+            f"--web-seed needs a torrent, and chunk size {chunk_size} is not a BitTorrent v2 "
+            "piece length (a power of two from 16384)"
+        )
+    for url in web_seeds:
+        if not url.startswith(("http://", "https://")):
+            raise InputError(f"web seed {url[:80]!r} is not an http:// or https:// URL")
     c = get_codec(codec)
     merged = c.check_params(params)
     plans: dict[str, dict[str, ParamValue]] = {}
@@ -248,7 +282,10 @@ def publish_model(
     meter = QualityMeter(nlevels, total=floats) if quality else None
     with store.staging() as staged:
         (staged / LEVELS).mkdir()
-        writers = [_LevelWriter(staged / LEVELS / str(n), chunk_size) for n in range(nlevels)]
+        writers = [
+            _LevelWriter(staged / LEVELS / str(n), chunk_size, padded=nlevels > 1)
+            for n in range(nlevels)
+        ]
         layouts = []
         done = 0
         if tree is not None:
@@ -292,6 +329,11 @@ def publish_model(
             files=tree.files() if tree is not None else (),
         )
         signed = seal(manifest, key)
+        torrent = None
+        if piece_length_ok(chunk_size):
+            hashes = [w.tree.finish() for w in writers if w.tree is not None]
+            torrent = build_torrent(manifest, signed.model_id, hashes, web_seeds).signed(key)
+            write_atomic(staged / TORRENT, torrent.to_bytes())
         _write_record(staged, manifest)
         write_atomic(staged / PUBLISHED, b"")
         write_atomic(staged / MANIFEST, signed.envelope)
@@ -301,7 +343,7 @@ def publish_model(
     for lv in levels:
         cum += lv.bytes
         sizes.append(LevelSize(lv.level, lv.bytes, cum))
-    return PublishResult(signed, source_bytes, cum, tuple(sizes))
+    return PublishResult(signed, source_bytes, cum, tuple(sizes), torrent)
 
 
 def _encoded(

@@ -1,0 +1,74 @@
+"""A stock libtorrent client for the tests: one session on loopback with DHT, LSD, UPnP and
+NAT-PMP off, that downloads a torrent from the peers and web seeds it is given and reports
+what happened. Tests that use it skip (with a message) where the ``bittorrent`` extra is
+missing."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def libtorrent() -> Any:
+    """The ``libtorrent`` module, or a skip naming the extra."""
+    return pytest.importorskip(
+        "libtorrent", reason="the bittorrent extra (pip install 'peerprog[bittorrent]') is missing"
+    )
+
+
+@dataclass
+class Download:
+    """What a download ended with."""
+
+    seeding: bool
+    progress: float
+    alerts: list[str] = field(default_factory=list)
+    """The alerts that matter (errors, hash failures, web seed failures), as text."""
+
+
+def download(torrent: bytes, save: Path, *, timeout: float = 60.0) -> Download:
+    """Download ``torrent`` into ``save`` with a fresh libtorrent session (its web seeds
+    only: no peers are added), until it seeds or ``timeout`` passes; every block is on disk
+    when this returns."""
+    lt = libtorrent()
+    ses = lt.session(
+        {
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "listen_interfaces": "127.0.0.1:0",
+            "alert_mask": lt.alert_category.error
+            | lt.alert_category.peer
+            | lt.alert_category.storage
+            | lt.alert_category.status,
+        }
+    )
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(torrent)
+    params.save_path = str(save)
+    h = ses.add_torrent(params)
+    keep = ("hash_failed", "url_seed", "peer_error", "file_error", "torrent_error")
+    alerts: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and h.status().state != lt.torrent_status.seeding:
+        ses.wait_for_alert(200)
+        for a in ses.pop_alerts():
+            kind = type(a).__name__.removesuffix("_alert")
+            if kind in keep:
+                alerts.append(f"{kind}: {a.message()}")
+    h.flush_cache()
+    flushed = time.monotonic() + 10
+    while time.monotonic() < flushed:
+        ses.wait_for_alert(200)
+        if any(type(a).__name__ == "cache_flushed_alert" for a in ses.pop_alerts()):
+            break
+    status = h.status()
+    result = Download(status.state == lt.torrent_status.seeding, status.progress, alerts)
+    ses.remove_torrent(h)
+    del ses
+    return result

@@ -1,0 +1,82 @@
+"""Every published model is a BitTorrent torrent: real daemons serve it at
+``GET /p2p/v1/models/<id>/torrent`` (the publisher's, signed; or one an edge built from the
+levels it fetched: the same info-hashes), and a stock libtorrent client fetches every level
+file from a node's peer port as a BEP 19 web seed."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from peerprog.manifest.torrent import parse_torrent
+from peerprog.reference import digits
+from peerprog.store import Store
+from tests.bt import download, libtorrent
+from tests.integration.cluster import Cluster, Daemon, run_cli, wait_until
+
+NAME = digits.MODEL_NAME
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster(tmp_path) as c:
+        yield c
+
+
+def get_torrent(node: Daemon, model_id: str) -> bytes:
+    url = f"{node.url}/p2p/v1/models/{model_id}/torrent"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        assert resp.headers["Content-Type"] == "application/x-bittorrent"
+        data: bytes = resp.read()
+    return data
+
+
+def test_nodes_serve_the_torrent_and_a_stock_client_fetches_it_from_a_web_seed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    libtorrent()
+    doc = cluster.publish()  # 16 KiB chunks: pad files shorter than a block after each level
+    mid = doc["model_id"]
+    assert doc["torrent"]["magnet"].endswith(f"&dn={mid}")
+    seed = cluster.start(cluster.seed())
+    edge = cluster.start(cluster.node("edge", bootstrap=[seed]))
+    edge.client().want(NAME)
+    wait_until(lambda: edge.client().status(NAME).get("complete"), 120, "the edge to complete")
+
+    store = Store(cluster.seed_store, create=False)
+    signed = store.load_manifest(mid, [cluster.public_key])
+    m = signed.manifest
+    from_seed = parse_torrent(get_torrent(seed, mid), m, mid, signed.publisher, signed_only=True)
+    assert from_seed.web_seeds == (f"{seed.url}/p2p/v1/models/",)
+    # the edge got no torrent with the model: it builds the same one from the levels
+    from_edge = parse_torrent(get_torrent(edge, mid), m, mid, signed.publisher)
+    assert from_edge.attestation is None
+    assert from_edge.info == from_seed.info
+    assert from_edge.info_hash.hex() in doc["torrent"]["magnet"]
+    assert from_edge.web_seeds == (f"{edge.url}/p2p/v1/models/",)
+
+    got = download(from_edge.to_bytes(), tmp_path / "bt")
+    assert got.seeding, got
+    assert not got.alerts, got.alerts  # no hash failure, no web seed dropped
+    for lv in m.levels:
+        want = (edge.data_dir / "models" / mid / "levels" / str(lv.level)).read_bytes()
+        assert (tmp_path / "bt" / mid / "levels" / str(lv.level)).read_bytes() == want
+
+    shown = run_cli("inspect", NAME, "--store", str(edge.data_dir))
+    assert f"torrent    {from_edge.magnet()}  (built from the levels)" in shown
+
+
+def test_a_lost_torrent_is_built_again_and_an_unknown_model_has_none(cluster: Cluster) -> None:
+    doc = cluster.publish()
+    mid = doc["model_id"]
+    seed = cluster.start(cluster.seed())
+    (cluster.seed_store / "models" / mid / "torrent").unlink()
+    data = get_torrent(seed, mid)  # the seed holds it whole: it builds it again
+    assert data.startswith(b"d4:info")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        get_torrent(seed, "0" * 64)
+    assert e.value.code == 404
