@@ -26,9 +26,9 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from peerprog.errors import PeerprogError
+from peerprog.errors import PeerprogError, VerificationError
 from peerprog.manifest import SignedManifest
-from peerprog.manifest.torrent import Torrent
+from peerprog.manifest.torrent import Torrent, parse_torrent
 from peerprog.node.decoded import Built, DecodedLevels
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
@@ -64,15 +64,15 @@ class HeldModel:
     """Its fetch, started in :attr:`scope` (None: never started, or stopped by unwant)."""
     unrecorded: bool = False
     """Chunks were stored since its record was last written."""
-    torrent: asyncio.Task[Torrent | None] | None = None
-    """Finding (or building) its BitTorrent v2 torrent; kept once it found one."""
+    torrent: asyncio.Future[Torrent | None] | None = None
+    """Finding (or building) its BitTorrent torrent; kept once it found one."""
 
     @property
     def fetching(self) -> bool:
         return self.fetch is not None and not self.fetch.done()
 
 
-def _ended_without(task: asyncio.Task[Torrent | None]) -> bool:
+def _ended_without(task: asyncio.Future[Torrent | None]) -> bool:
     """Whether a search for a torrent ended without one (to be tried again)."""
     return task.done() and (task.cancelled() or task.exception() is not None or not task.result())
 
@@ -178,6 +178,30 @@ class Catalog:
         except (OSError, PeerprogError) as e:
             log.warning("%s: no torrent: %s", held.state.manifest.name, e)
             return None
+
+    async def take_torrent(self, model_id: str, data: bytes) -> bool:
+        """A model's torrent from a peer or a mirror: kept (and served from now on) if it
+        is the model's and its publisher signed it; False if not (a bad one is logged)."""
+        held = self._held.get(model_id)
+        if held is None or self._closed:
+            return False
+        signed = held.state.signed
+        try:
+            torrent = parse_torrent(data, signed.manifest, model_id, signed.publisher)
+        except VerificationError as e:
+            log.warning("%s: refused a torrent from a peer: %s", signed.manifest.name, e)
+            return False
+        if torrent.attestation is None:  # one its source built: this node builds the same
+            log.debug("%s: the torrent from a peer is not signed; not kept", signed.manifest.name)
+            return False
+        try:
+            await asyncio.to_thread(self.store.put_torrent, model_id, torrent.to_bytes())
+        except OSError as e:
+            log.warning("%s: cannot store its torrent: %s", signed.manifest.name, e)
+        found: asyncio.Future[Torrent | None] = asyncio.get_running_loop().create_future()
+        found.set_result(torrent)
+        held.torrent = found
+        return True
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:
         """The decoded level ``level`` of ``model_id`` if it is on disk now (never built

@@ -17,6 +17,7 @@ import aiohttp
 
 from peerprog.errors import PeerFault, PeerprogError
 from peerprog.manifest.envelope import MAX_ENVELOPE_BYTES
+from peerprog.manifest.torrent import MAX_TORRENT_BYTES
 from peerprog.node.mux import WS_MAX_MSG_SIZE, Channel, ChannelClosed
 from peerprog.node.protocol import (
     PREFIX,
@@ -291,6 +292,11 @@ class PeerClient:
 
     async def get_manifest(self, root: str, model_id: str) -> bytes:
         return await self._get(f"{root}/models/{model_id}/manifest.msgpack", MAX_ENVELOPE_BYTES)
+
+    async def get_torrent(self, root: str, model_id: str) -> bytes:
+        """``GET models/<id>/torrent``: the model's torrent as the source has it (unchecked:
+        :func:`peerprog.manifest.torrent.parse_torrent` checks it)."""
+        return await self._get(f"{root}/models/{model_id}/torrent", MAX_TORRENT_BYTES)
 
     async def get_have(self, root: str, model_id: str, count: int) -> Bitfield:
         data = await self._get(f"{root}/models/{model_id}/have", count // 8 + 256)

@@ -28,6 +28,7 @@ class ManifestTransport(Protocol):
 
     async def get_name(self, root: str, name: str, timeout: float | None = None) -> str: ...
     async def get_manifest(self, root: str, model_id: str) -> bytes: ...
+    async def get_torrent(self, root: str, model_id: str) -> bytes: ...
 
 
 class Versions(Protocol):
@@ -39,6 +40,7 @@ class Versions(Protocol):
     def models(self) -> Collection[str]: ...
     def newest_version(self, name: str) -> int: ...
     async def take_up(self, signed: SignedManifest, source: str) -> object: ...
+    async def take_torrent(self, model_id: str, data: bytes) -> bool: ...
 
 
 class Resolver:
@@ -202,3 +204,15 @@ class Resolver:
         if await self._catalog.take_up(signed, root) is not None:
             self._problems.pop(m.name, None)
             self._answers.pop(m.name, None)
+            self._scope.spawn(self._torrent(signed, root), name=f"torrent of {m.name}")
+
+    async def _torrent(self, signed: SignedManifest, root: str) -> None:
+        """Ask the manifest's source for the model's torrent (the publisher's, signed),
+        for the catalog to check and keep; without it the node builds the same one, unsigned,
+        once it holds the model whole."""
+        try:
+            data = await self._transport.get_torrent(root, signed.model_id)
+        except (TransportError, PeerFault) as e:  # 404: an older node, or a mirror without
+            log.debug("no torrent of %s from %s: %s", signed.manifest.name, root, e)
+            return
+        await self._catalog.take_torrent(signed.model_id, data)

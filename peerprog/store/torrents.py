@@ -66,6 +66,9 @@ def model_torrent(
         hashes.append(hasher.finish())
     if not files.usable(every, held):  # changed on disk while it was read
         return None
+    stored = stored_torrent(store, signed)
+    if stored is not None:  # the publisher's came from a peer meanwhile
+        return stored
     torrent = build_torrent(m, signed.model_id, hashes)
     store.put_torrent(signed.model_id, torrent.to_bytes())
     log.info("%s v%d: torrent built from its levels (%s)", m.name, m.version, torrent.magnet())

@@ -28,6 +28,7 @@ import psutil
 from peerprog.errors import PeerprogError
 from peerprog.formats import parse_safetensors, read_model
 from peerprog.manifest import valid_model_id, valid_name, verify_chunk
+from peerprog.manifest.torrent import parse_torrent
 from peerprog.store import Store
 from peerprog.store.atomic import TMP_PREFIX
 from tests.integration.cluster import REFERENCE_MODEL, Cluster, Daemon, free_port, wait_until
@@ -186,14 +187,14 @@ class StoreReport:
     """``.tmp-*`` leftovers (allowed after a crash; removed when the store is opened)."""
 
 
-MODEL_FILES = {"manifest.msgpack", "levels", "verified", "decoded", "published"}
+MODEL_FILES = {"manifest.msgpack", "levels", "verified", "decoded", "published", "torrent"}
 
 
 def check_store(
     root: Path, trusted: Collection[str] | None, *, publisher: bool = False
 ) -> StoreReport:
-    """Assert the store at ``root`` is consistent: every manifest verifies, every chunk the
-    record names verifies, nothing but the layout (and ``.tmp-*`` leftovers) is there, and
+    """Assert the store at ``root`` is consistent: every manifest verifies, every torrent
+    is its model's, every chunk the record names verifies, nothing but the layout (and ``.tmp-*`` leftovers) is there, and
     every name points at a model that holds its level 0 (a ``publisher``'s store: every
     chunk)."""
     temporaries = 0
@@ -221,6 +222,9 @@ def check_store(
             signed = store.load_manifest(folder.name, trusted)
         except PeerprogError as e:
             raise AssertionError(f"stored manifest {folder.name[:12]}… fails: {e}") from None
+        torrent = store.read_torrent(folder.name)
+        if torrent is not None:  # written atomically: whole, and the model's
+            parse_torrent(torrent, signed.manifest, folder.name, signed.publisher)
         held = set(store.held(signed).indices())
         with store.open_files(signed) as files:
             for i in held:

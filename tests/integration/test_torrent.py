@@ -5,6 +5,7 @@ file from a node's peer port as a BEP 19 web seed."""
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -52,14 +53,15 @@ def test_nodes_serve_the_torrent_and_a_stock_client_fetches_it_from_a_web_seed(
     m = signed.manifest
     from_seed = parse_torrent(get_torrent(seed, mid), m, mid, signed.publisher, signed_only=True)
     assert from_seed.web_seeds == (f"{seed.url}/p2p/v1/models/",)
-    # the edge got no torrent with the model: it builds the same one from the levels
-    from_edge = parse_torrent(get_torrent(edge, mid), m, mid, signed.publisher)
-    assert from_edge.attestation is None
+    # the edge got the publisher's torrent with the manifest
+    from_edge = parse_torrent(get_torrent(edge, mid), m, mid, signed.publisher, signed_only=True)
     assert from_edge.info == from_seed.info
     assert from_edge.info_hash.hex() in doc["torrent"]["magnet"]
-    assert from_edge.web_seeds == (f"{edge.url}/p2p/v1/models/",)
+    # its web seeds: the seed's (as the seed sent it), then its own
+    assert from_edge.web_seeds == (f"{seed.url}/p2p/v1/models/", f"{edge.url}/p2p/v1/models/")
 
-    got = download(from_edge.to_bytes(), tmp_path / "bt")
+    only_edge = dataclasses.replace(from_edge, web_seeds=(f"{edge.url}/p2p/v1/models/",))
+    got = download(only_edge.to_bytes(), tmp_path / "bt")
     assert got.seeding, got
     assert not got.alerts, got.alerts  # no hash failure, no web seed dropped
     for lv in m.levels:
@@ -67,16 +69,25 @@ def test_nodes_serve_the_torrent_and_a_stock_client_fetches_it_from_a_web_seed(
         assert (tmp_path / "bt" / mid / "levels" / str(lv.level)).read_bytes() == want
 
     shown = run_cli("inspect", NAME, "--store", str(edge.data_dir))
-    assert f"torrent    {from_edge.magnet()}  (built from the levels)" in shown
+    assert f"torrent    {from_edge.magnet()}  (signed by the publisher)" in shown
 
 
 def test_a_lost_torrent_is_built_again_and_an_unknown_model_has_none(cluster: Cluster) -> None:
     doc = cluster.publish()
     mid = doc["model_id"]
-    seed = cluster.start(cluster.seed())
     (cluster.seed_store / "models" / mid / "torrent").unlink()
-    data = get_torrent(seed, mid)  # the seed holds it whole: it builds it again
-    assert data.startswith(b"d4:info")
+    seed = cluster.start(cluster.seed())
+    edge = cluster.start(cluster.node("edge", bootstrap=[seed]))
+    edge.client().want(NAME)
+    wait_until(lambda: edge.client().status(NAME).get("complete"), 120, "the edge to complete")
+    signed = Store(cluster.seed_store, create=False).load_manifest(mid, [cluster.public_key])
+    # both hold it whole and build it from their levels: the same torrent, unsigned
+    from_seed = parse_torrent(get_torrent(seed, mid), signed.manifest, mid, signed.publisher)
+    from_edge = parse_torrent(get_torrent(edge, mid), signed.manifest, mid, signed.publisher)
+    assert from_seed.attestation is None and from_edge.attestation is None
+    assert from_seed.info == from_edge.info
+    assert from_seed.info_hash.hex() in doc["torrent"]["magnet"]
+    assert "refused a torrent" not in cluster.logs(edge)
     with pytest.raises(urllib.error.HTTPError) as e:
         get_torrent(seed, "0" * 64)
     assert e.value.code == 404

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import logging
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from peerprog.manifest import SignedManifest, chunk_data, seal
+from peerprog.manifest.torrent import build_torrent, hash_file
 from peerprog.node.catalog import Catalog
 from peerprog.node.diskguard import DiskGuard
 from peerprog.node.state import ModelState
@@ -354,4 +357,31 @@ async def test_chunks_written_but_never_recorded_are_held_at_start_without_a_fet
     assert state.complete and state.servable_level == v1.manifest.levels_total - 1
     assert state.metrics.chunks_from_disk == len(chunks) and fetched == []
     assert store.held(v1).count() == len(chunks)
+    await cat.aclose()
+
+
+async def test_a_torrent_from_a_peer_is_kept_only_if_the_publisher_signed_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cat, store, _ = catalog(tmp_path)
+    cat.start(lambda state, files: asyncio.sleep(0))
+    m, levels = make_manifest(chunk_size=16384)
+    signed = seal(m, KEY)
+    assert await cat.take_up(signed, "test") is not None
+    mid = signed.model_id
+    files = [hash_file(level, 16384) for level in levels]
+    torrent = build_torrent(m, mid, files)
+    other = build_torrent(m, version(2)[0].model_id, files).signed(KEY)  # another model's
+    with caplog.at_level(logging.WARNING, "peerprog"):
+        assert not await cat.take_torrent(mid, torrent.to_bytes())  # unsigned: built by a node
+        assert not caplog.records
+        assert not await cat.take_torrent(
+            mid, torrent.signed(Ed25519PrivateKey.generate()).to_bytes()
+        )
+        assert not await cat.take_torrent(mid, other.to_bytes())
+        assert not await cat.take_torrent(mid, b"not a torrent")
+        assert len(caplog.records) == 3 and not store.torrent_path(mid).exists()
+    assert await cat.take_torrent(mid, torrent.signed(KEY).to_bytes())
+    assert store.read_torrent(mid) == torrent.signed(KEY).to_bytes()
+    assert await cat.torrent(mid) == torrent.signed(KEY)  # served from now on
     await cat.aclose()
