@@ -194,9 +194,9 @@ def check_store(
     root: Path, trusted: Collection[str] | None, *, publisher: bool = False
 ) -> StoreReport:
     """Assert the store at ``root`` is consistent: every manifest verifies, every torrent
-    is its model's, every chunk the record names verifies, nothing but the layout (and ``.tmp-*`` leftovers) is there, and
-    every name points at a model that holds its level 0 (a ``publisher``'s store: every
-    chunk)."""
+    is its model's, every chunk the record names verifies, nothing but the layout (and
+    ``.tmp-*`` leftovers) is there, and every name points at a model that holds its level 0
+    (a ``publisher``'s store: every chunk)."""
     temporaries = 0
     chunks: dict[str, set[int]] = {}
     for entry in (root / "names").iterdir():
