@@ -134,6 +134,27 @@ class SwarmSection:
 
 
 @dataclass(frozen=True)
+class BitTorrentSection:
+    """``[bittorrent]``: the node in the BitTorrent network (needs the ``bittorrent``
+    extra, libtorrent). It seeds every model it holds whole, as the torrent its publisher
+    signed (or the same one built from the levels), from the store's level files."""
+
+    enabled: bool = False
+    """Run a BitTorrent session (libtorrent) beside the peer protocol."""
+    listen: str = "0.0.0.0:6881"
+    """``host:port`` the session listens on (TCP and uTP); port 0 picks a free one."""
+    dht: bool = True
+    """Take part in the mainline DHT (BEP 5): find BitTorrent peers with no tracker."""
+    lsd: bool = False
+    """Local service discovery (BEP 14): find BitTorrent peers on the local network."""
+    trackers: list[str] = field(default_factory=list)
+    """Tracker URLs (``http(s)://`` or ``udp://``) every torrent is announced to."""
+    peers: list[str] = field(default_factory=list)
+    """``host:port`` of BitTorrent peers to connect to (for each torrent), as
+    ``peers.bootstrap`` is for peerprog peers."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole node configuration."""
 
@@ -144,6 +165,7 @@ class Config:
     models: ModelsSection = field(default_factory=ModelsSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     swarm: SwarmSection = field(default_factory=SwarmSection)
+    bittorrent: BitTorrentSection = field(default_factory=BitTorrentSection)
 
     @property
     def base_dir(self) -> Path:
@@ -287,6 +309,14 @@ def _validate(cfg: Config) -> Config:
         for i, u in enumerate(urls):
             if not valid_url(u):
                 raise InputError(f"config: {key}[{i}] must be an http(s) URL, not {u!r}")
+    split_host_port(cfg.bittorrent.listen, "bittorrent.listen")
+    for i, peer in enumerate(cfg.bittorrent.peers):
+        split_host_port(peer, f"bittorrent.peers[{i}]")
+    for i, u in enumerate(cfg.bittorrent.trackers):
+        if not (valid_url(u) or (u.startswith("udp://") and valid_url("http" + u[3:]))):
+            raise InputError(
+                f"config: bittorrent.trackers[{i}] must be an http(s):// or udp:// URL, not {u!r}"
+            )
     for i, n in enumerate(cfg.models.want):
         if not valid_name(n):
             raise InputError(f"config: models.want[{i}] {n!r} is not a valid model name")

@@ -85,6 +85,10 @@ SECTION_INTROS = {
         "Caps on bandwidth, connections and waits. They hold for the peer port "
         "(`node.listen`) and, where it says so, for the API's TCP listener."
     ),
+    "bittorrent": (
+        "The node as a BitTorrent seeder ([bittorrent.md](bittorrent.md)); off by default, "
+        "and it needs the `bittorrent` extra (`pip install 'peerprog[bittorrent]'`)."
+    ),
 }
 
 TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean"}

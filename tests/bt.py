@@ -6,6 +6,7 @@ missing."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,16 @@ class Download:
     """The alerts that matter (errors, hash failures, web seed failures), as text."""
 
 
-def download(torrent: bytes, save: Path, *, timeout: float = 60.0) -> Download:
-    """Download ``torrent`` into ``save`` with a fresh libtorrent session (its web seeds
-    only: no peers are added), until it seeds or ``timeout`` passes; every block is on disk
-    when this returns."""
+def download(
+    torrent: bytes,
+    save: Path,
+    *,
+    peers: Sequence[tuple[str, int]] = (),
+    timeout: float = 60.0,
+) -> Download:
+    """Download ``torrent`` into ``save`` with a fresh libtorrent session, from its web
+    seeds and the BitTorrent ``peers`` (connected by address), until it seeds or
+    ``timeout`` passes; every block is on disk when this returns."""
     lt = libtorrent()
     ses = lt.session(
         {
@@ -52,6 +59,8 @@ def download(torrent: bytes, save: Path, *, timeout: float = 60.0) -> Download:
     params.ti = lt.torrent_info(torrent)
     params.save_path = str(save)
     h = ses.add_torrent(params)
+    for peer in peers:
+        h.connect_peer(peer)
     keep = ("hash_failed", "url_seed", "peer_error", "file_error", "torrent_error")
     alerts: list[str] = []
     deadline = time.monotonic() + timeout

@@ -190,6 +190,20 @@ def render_metrics(node: NodeView, stats: ApiStats, now: float | None = None) ->
             ({"direction": "from_peers"}, channels.from_peers),
         ],
     )
+    bt = node.bittorrent_report
+    if bt is not None:
+        lines += family(
+            "peerprog_bittorrent_torrents", "gauge", "Models seeded into BitTorrent.",
+            [({}, bt.torrents)],
+        )  # fmt: skip
+        lines += family(
+            "peerprog_bittorrent_peers", "gauge", "BitTorrent peers connected, over all torrents.",
+            [({}, bt.peers)],
+        )  # fmt: skip
+        lines += family(
+            "peerprog_bittorrent_uploaded_bytes_total", "counter",
+            "Payload bytes uploaded to BitTorrent peers.", [({}, bt.bytes_uploaded)],
+        )  # fmt: skip
     lines += family(
         "peerprog_reverse_channel_bytes_total",
         "counter",

@@ -327,6 +327,7 @@ async def get_status(request: web.Request) -> web.Response:
         "peer_list": [peer_json(p, loop_now) for p in node.peers.values()],
         "reachable": node.reachable,
         "channels": node.channels.to_json(),
+        "bittorrent": None if (bt := node.bittorrent_report) is None else bt.to_json(),
         "wanted": sorted(node.wanted),
         "bytes_uploaded": node.bytes_uploaded,
         "store_error": node.store_error,

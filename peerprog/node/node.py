@@ -24,6 +24,7 @@ from aiohttp import web
 
 from peerprog.config import Config, split_host_port
 from peerprog.listen import GuardedSite, listen_limits
+from peerprog.node.bittorrent import BitTorrent, BitTorrentReport
 from peerprog.node.catalog import Catalog
 from peerprog.node.channels import ChannelsReport, ChannelStats, DialBack, Hub, Keeper, report
 from peerprog.node.decoded import Built
@@ -122,6 +123,8 @@ class Node:
             dial_back=self.dial_back.check,
             on_reach_news=self._reach_news,
         )
+        self.bittorrent: BitTorrent | None = None
+        """The BitTorrent session (``[bittorrent]``), once started."""
         self.keeper: Keeper | None = None
         """The reverse channels this node holds to peers that cannot dial it (once
         started)."""
@@ -154,6 +157,13 @@ class Node:
             stack.push_async_callback(self.catalog.aclose)
             stack.push_async_callback(self._scope.aclose)
             await asyncio.to_thread(self.catalog.load_store)
+            if self.config.bittorrent.enabled:  # before serving: a missing extra ends it here
+                loop = asyncio.get_running_loop()
+                bt = BitTorrent(
+                    self.config.bittorrent, self.store.root / "models", self.catalog, loop.time
+                )
+                self.bittorrent = bt
+                stack.push_async_callback(bt.close)
             host, port = split_host_port(self.config.node.listen, "node.listen")
             service = PeerService(
                 self.catalog,
@@ -213,6 +223,9 @@ class Node:
             self._scope.spawn(self.resolver.run(), name="resolve")
             if self.config.models.rescan_interval > 0:
                 self._scope.spawn(self._rescan_loop(), name="rescan")
+            if self.bittorrent is not None:
+                seeding = self._scope.spawn(self.bittorrent.run(), name="bittorrent")
+                stack.push_async_callback(_cancelled, seeding)  # before the session closes
             self._stack = stack.pop_all()
 
     async def stop(self) -> None:
@@ -315,6 +328,10 @@ class Node:
         return self.table.reachability()
 
     @property
+    def bittorrent_report(self) -> BitTorrentReport | None:
+        return self.bittorrent.report() if self.bittorrent is not None else None
+
+    @property
     def channels(self) -> ChannelsReport:
         held = self.keeper.stats if self.keeper is not None else ChannelStats()
         return report(held, self.hub.stats)
@@ -372,3 +389,9 @@ class Node:
 
 def _loop_time() -> float:
     return asyncio.get_running_loop().time()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -91,3 +91,34 @@ def test_a_lost_torrent_is_built_again_and_an_unknown_model_has_none(cluster: Cl
     with pytest.raises(urllib.error.HTTPError) as e:
         get_torrent(seed, "0" * 64)
     assert e.value.code == 404
+
+
+BITTORRENT = {"bittorrent": {"enabled": True, "listen": "127.0.0.1:0", "dht": False}}
+
+
+def test_a_node_seeds_the_models_it_holds_into_bittorrent(cluster: Cluster, tmp_path: Path) -> None:
+    libtorrent()
+    mid = cluster.publish()["model_id"]
+    seed = cluster.start(cluster.seed(extra=BITTORRENT))
+
+    def seeding() -> dict[str, int] | None:
+        bt: dict[str, int] | None = seed.request("GET", "/v1/status").json()["bittorrent"]
+        return bt if bt is not None and bt["torrents"] == 1 else None
+
+    port = wait_until(seeding, 30, "the seed to seed its model")["listen_port"]
+    signed = Store(cluster.seed_store, create=False).load_manifest(mid, [cluster.public_key])
+    torrent = parse_torrent(get_torrent(seed, mid), signed.manifest, mid, signed.publisher)
+    bare = dataclasses.replace(torrent, web_seeds=())  # the node as a BitTorrent peer only
+    got = download(bare.to_bytes(), tmp_path / "bt", peers=[("127.0.0.1", port)])
+    assert got.seeding and not got.alerts, got
+    for lv in signed.manifest.levels:
+        want = (cluster.seed_store / "models" / mid / "levels" / str(lv.level)).read_bytes()
+        assert (tmp_path / "bt" / mid / "levels" / str(lv.level)).read_bytes() == want
+    total = signed.manifest.total_bytes
+    sent = wait_until(
+        lambda: (bt := seeding()) is not None and bt["bytes_uploaded"] >= total, 10, "the count"
+    )
+    assert sent
+    metrics = seed.request("GET", "/metrics").body.decode()
+    assert "peerprog_bittorrent_torrents 1" in metrics
+    assert "BitTorrent session listening" in cluster.logs(seed)

@@ -13,6 +13,7 @@ import numpy as np
 from peerprog.codec import RawTensor
 from peerprog.config import Config
 from peerprog.manifest import SignedManifest
+from peerprog.node.bittorrent import BitTorrentReport
 from peerprog.node.channels import ChannelsReport
 from peerprog.node.decoded import Built, DecodedLevels
 from peerprog.node.diskguard import DiskGuard
@@ -58,6 +59,7 @@ class FakeNode:
         self.store_error: str | None = None
         self.reachable: bool | None = None
         self.channels = ChannelsReport(0, 0, 0, 0)
+        self.bittorrent_report: BitTorrentReport | None = None
         self.level_listeners: list[Callable[[Any], None]] = []
         self.scope = TaskScope("fake node")
         self.decoders: dict[str, DecodedLevels] = {}

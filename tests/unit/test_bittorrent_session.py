@@ -1,0 +1,94 @@
+"""The ``[bittorrent]`` config section, and the node's BitTorrent session kept in step with
+the models held whole (a real libtorrent session on loopback; a fake catalog)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from peerprog.config import BitTorrentSection, parse_config
+from peerprog.errors import InputError
+from peerprog.manifest.torrent import Torrent
+from peerprog.node.bittorrent import BitTorrent
+from peerprog.store import Store
+from peerprog.store.torrents import stored_torrent
+from tests.bt import libtorrent
+from tests.unit.samples import PUB
+from tests.unit.test_torrent import published
+
+
+@pytest.mark.parametrize(
+    ("section", "why"),
+    [
+        ({"listen": "6881"}, "bittorrent.listen must be host:port"),
+        ({"peers": ["10.0.0.1"]}, r"bittorrent.peers\[0\] must be host:port"),
+        ({"trackers": ["ftp://t.example/"]}, r"bittorrent.trackers\[0\] must be an http"),
+        ({"dht": "yes"}, "bittorrent.dht must be true or false"),
+        ({"upnp": True}, "unknown key bittorrent.upnp"),
+    ],
+)
+def test_a_bad_bittorrent_section_is_refused_naming_the_key(
+    section: dict[str, object], why: str
+) -> None:
+    with pytest.raises(InputError, match=why):
+        parse_config({"bittorrent": section})
+
+
+def test_the_bittorrent_section_takes_trackers_and_peers() -> None:
+    cfg = parse_config(
+        {
+            "bittorrent": {
+                "enabled": True,
+                "trackers": ["udp://tracker.example:6969/announce", "https://t.example/a"],
+                "peers": ["10.0.0.1:6881", "[::1]:6881"],
+            }
+        }
+    )
+    assert cfg.bittorrent.enabled and not cfg.bittorrent.lsd and cfg.bittorrent.dht
+    assert parse_config({}).bittorrent == BitTorrentSection()
+
+
+def test_without_the_extra_the_session_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "libtorrent", None)  # import fails
+    with pytest.raises(InputError, match=r"pip install 'peerprog\[bittorrent\]'"):
+        BitTorrent(BitTorrentSection(enabled=True), tmp_path, Held({}), lambda: 0.0)
+
+
+class Held:
+    """The catalog as the session sees it: models held whole, and their torrents."""
+
+    def __init__(self, torrents: dict[str, Torrent]) -> None:
+        self.torrents = torrents
+
+    def complete_ids(self) -> list[str]:
+        return list(self.torrents)
+
+    async def torrent(self, model_id: str) -> Torrent | None:
+        return self.torrents.get(model_id)
+
+
+async def test_the_session_seeds_the_models_held_whole_and_drops_the_others(
+    tmp_path: Path,
+) -> None:
+    libtorrent()
+    store, mid = published(tmp_path / "s")
+    torrent = stored_torrent(store, store.load_manifest(mid, [PUB]))
+    assert torrent is not None
+    held = Held({mid: torrent})
+    section = BitTorrentSection(enabled=True, listen="127.0.0.1:0", dht=False)
+    bt = BitTorrent(section, Store(tmp_path / "s").root / "models", held, lambda: 0.0)
+    try:
+        await bt.sync()
+        report = bt.report()
+        assert report.torrents == 1 and report.listen_port > 0
+        await bt.sync()  # nothing new: nothing added twice
+        assert bt.report().torrents == 1
+        held.torrents = {}  # dropped (a newer version is exact)
+        await bt.sync()
+        assert bt.report().torrents == 0
+    finally:
+        await bt.close()
