@@ -138,6 +138,9 @@ class DecodedLevels:
         built: an app writing its files as a directory finishes it."""
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        """Set (and replaced) when a build ends."""
+        self._grows = asyncio.Event()
+        """Set (and replaced) when a build's file can be read as it grows."""
         self._growing: Growing | None = None
         """The level file being built, if it is one file (a repository's folder is not
         read as it is built)."""
@@ -171,11 +174,13 @@ class DecodedLevels:
             if growing and g is not None and g.level >= level and g.path and g.ended is None:
                 return Built(g.level, g.path, g.size, g)
             self._start()
-            waiter = asyncio.ensure_future(self._changed.wait())
+            events = [self._changed, self._grows] if growing else [self._changed]
+            waiters = [asyncio.ensure_future(e.wait()) for e in events]
             try:
-                await waiter
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                waiter.cancel()
+                for waiter in waiters:
+                    waiter.cancel()
             if self.error is not None and (self.built is None or self.built.level < level):
                 raise Unusable(self.error)
         return self.built
@@ -293,8 +298,9 @@ class DecodedLevels:
         """A build's progress (in the loop's thread)."""
         first = growing.path is None
         growing.advance(tmp, ready, size)
-        if first:
-            self._wake()  # waiters in get() can send the file as it grows
+        if first:  # waiters in get() that take a growing file can send it now
+            self._grows.set()
+            self._grows = asyncio.Event()
 
     def _end_growing(self) -> None:
         """The build under way ended (whole, failed or stopped): readers of its file as

@@ -21,15 +21,12 @@ from peerprog.api.errors import ApiError, BadRequest, LevelTimeout, UnknownModel
 from peerprog.api.events import parse_event_id, pending_events
 from peerprog.api.query import BestQuery
 from peerprog.codec import get_codec
-from tests.unit.test_api_support import FakeNode, publish_sample, sample_tensors
+from tests.unit.test_api_support import FakeNode, node_with_sample, publish_sample, sample_tensors
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> FakeNode:
-    store, signed = publish_sample(tmp_path / "store")
-    node = FakeNode(store)
-    node.add(signed, levels=1)
-    return node
+    return node_with_sample(tmp_path / "store")
 
 
 def metadata_of(data: bytes) -> dict[str, str]:

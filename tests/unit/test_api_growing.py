@@ -23,15 +23,12 @@ from peerprog.api.query import BestQuery
 from peerprog.api.routes import open_best
 from peerprog.api.server import build_app
 from peerprog.store import Unusable, build_level
-from tests.unit.test_api_support import FakeNode, publish_sample
+from tests.unit.test_api_support import FakeNode, node_with_sample
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> FakeNode:
-    store, signed = publish_sample(tmp_path / "store")
-    node = FakeNode(store)
-    node.add(signed, levels=1)
-    return node
+    return node_with_sample(tmp_path / "store")
 
 
 def test_build_level_reports_the_final_prefix_and_withholds_the_last_byte(

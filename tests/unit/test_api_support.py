@@ -44,6 +44,14 @@ def publish_sample(root: Path, name: str = "tiny", seed: int = 0) -> tuple[Store
     return store, result.signed
 
 
+def node_with_sample(root: Path) -> FakeNode:
+    """A fake node holding level 0 of the sample model, published into a store at ``root``."""
+    store, signed = publish_sample(root)
+    node = FakeNode(store)
+    node.add(signed, levels=1)
+    return node
+
+
 class FakeNode:
     """Just what the API reads of a node; levels complete when the test says so."""
 
