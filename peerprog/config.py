@@ -120,7 +120,8 @@ class LimitsSection:
     (``upload_bytes_per_s``), one per 6.25 MB/s of it if that is more."""
     upload_queue: int = 2
     """Chunk requests that may wait for an upload slot; more are answered 503 with
-    ``Retry-After`` (the requester tries another peer meanwhile)."""
+    ``Retry-After`` (the requester tries another peer meanwhile). A client that is no
+    peerprog node (a BitTorrent client using the node as a web seed) always waits."""
 
 
 @dataclass(frozen=True)

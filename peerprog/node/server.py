@@ -220,7 +220,10 @@ async def get_level(request: web.Request) -> web.StreamResponse:
     pace = None if bucket.unlimited else functools.partial(throttle, bucket)
     peer = peer_of(request)
     key = object()
-    await _take_slot(svc.upload, state, key)
+    # a client that is no peerprog node (no Peerprog-Node): a BitTorrent client using this
+    # node as a web seed takes a 503 as "no such file" for good, so it waits instead
+    patient = NODE_HEADER not in request.headers
+    await _take_slot(svc.upload, state, key, patient=patient)
     try:
         svc.haves.on_request(state, peer, chunks)
         with open(files.level_path(level), "rb") as f:
@@ -245,10 +248,11 @@ def paced_piece(rate: float) -> int:
     return int(min(SEND_PIECE_MAX, max(SEND_PIECE, rate / 100)))
 
 
-async def _take_slot(upload: Upload, state: ModelState, key: object) -> None:
-    """Wait for an upload slot for ``key``, or answer 503 with ``Retry-After``."""
+async def _take_slot(upload: Upload, state: ModelState, key: object, *, patient: bool) -> None:
+    """Wait for an upload slot for ``key``, or answer 503 with ``Retry-After`` (never to a
+    ``patient`` requester: it waits)."""
     loop = asyncio.get_running_loop()
-    verdict = upload.slots.request(key, loop.time())
+    verdict = upload.slots.request(key, loop.time(), patient=patient)
     if verdict == SERVE:
         return
     if verdict == QUEUE:

@@ -18,6 +18,10 @@ consecutive chunks). A *place* is a slot or a place in the queue.
    that ends frees one place (the first waiting request takes its slot, which frees a
    place in the queue), so the declined requesters come back spread over the places as
    they free, one each, instead of all of them at the first end.
+3. **Patient requesters.** A requester that cannot take a 503 waits in the queue past its
+   limit instead, in arrival order: a BitTorrent client using the node as a web seed
+   (libtorrent 2.1.1 stops asking a web seed for a file after one answer that is not 2xx,
+   for as long as the torrent is loaded). The shell says who is patient.
 
 The requester's side of a 503 is the fetch driver's (``driver.py``, ``Driver.on_busy``: the
 chunks go to other holders, and that peer gets no request before its ``Retry-After``).
@@ -96,15 +100,16 @@ class UploadSlots:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def request(self, key: Hashable, now: float) -> str | float:
+    def request(self, key: Hashable, now: float, *, patient: bool = False) -> str | float:
         """A request arrived: :data:`SERVE` (start sending now), :data:`QUEUE` (wait for
-        :meth:`end` to start it) or the ``Retry-After`` of a 503, in seconds (rule 2)."""
+        :meth:`end` to start it) or the ``Retry-After`` of a 503, in seconds (rule 2); a
+        ``patient`` one is never declined (rule 3)."""
         if key in self._serving or key in self._waiting:
             raise ValueError(f"request {key!r} is already here")
         if len(self._serving) < self._config.slots:
             self._serving[key] = (now, None)
             return SERVE
-        if len(self._waiting) < self._config.queue:
+        if patient or len(self._waiting) < self._config.queue:
             self._waiting.append(key)
             return QUEUE
         return self._decline(now)

@@ -6,9 +6,11 @@ file from a node's peer port as a BEP 19 web seed."""
 from __future__ import annotations
 
 import dataclasses
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,28 @@ def test_a_node_seeds_the_models_it_holds_into_bittorrent(cluster: Cluster, tmp_
     metrics = seed.request("GET", "/metrics").body.decode()
     assert "peerprog_bittorrent_torrents 1" in metrics
     assert "BitTorrent session listening" in cluster.logs(seed)
+
+
+def test_a_busy_node_makes_a_web_seed_client_wait_and_declines_peers(cluster: Cluster) -> None:
+    """Upload slots full: a client that is no peerprog node (no ``Peerprog-Node``, as a
+    BitTorrent client using the node as a web seed) waits for its turn; a node gets 503."""
+    mid = cluster.publish()["model_id"]
+    limits = {"upload_slots": 1, "upload_queue": 0}
+    seed = cluster.start(cluster.seed(upload_bytes_per_s=200_000, extra={"limits": limits}))
+    url = f"{seed.url}/p2p/v1/models/{mid}/levels/0"
+
+    def get(headers: dict[str, str]) -> int:
+        request = urllib.request.Request(url, headers={"Range": "bytes=0-99999", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                resp.read()
+                return int(resp.status)
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    with ThreadPoolExecutor(4) as pool:  # 100 KB each at 200 KB/s: about 0.5 s each
+        plain = [pool.submit(get, {}) for _ in range(3)]
+        time.sleep(0.2)
+        node = get({"Peerprog-Node": "http://127.0.0.1:9/"})
+        assert [f.result() for f in plain] == [206, 206, 206]
+    assert node == 503

@@ -31,3 +31,16 @@ def test_declined_requesters_are_told_to_come_back_spread_over_the_places() -> N
     up.expect("b", 2.0)
     first, second = up.request("c", 0.5), up.request("d", 0.5)
     assert first == 0.5 and second == 1.5  # one each as the uploads end, not both at 1.0
+
+
+def test_a_patient_requester_waits_past_the_queue_and_in_arrival_order() -> None:
+    slots = UploadSlots(UploadConfig(slots=1, queue=1))
+    assert slots.request("a", 0.0) == SERVE
+    assert slots.request("b", 0.0) == QUEUE
+    assert isinstance(slots.request("c", 0.0), float)  # the queue is full: 503
+    assert slots.request("web", 0.0, patient=True) == QUEUE
+    assert slots.request("web2", 0.0, patient=True) == QUEUE
+    assert slots.waiting == 3
+    assert slots.end("a", 1.0) == "b"
+    assert slots.end("b", 2.0) == "web"
+    assert slots.end("web", 3.0) == "web2"
