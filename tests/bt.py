@@ -81,3 +81,56 @@ def download(
     ses.remove_torrent(h)
     del ses
     return result
+
+
+class Seeder:
+    """A stock libtorrent seeder on loopback: ``torrent`` seeded from ``save`` (a folder
+    holding ``<model id>/levels/<n>``). With ``lying``, it claims every piece without
+    checking its files, so it sends whatever they hold (a peer that sends bad data)."""
+
+    def __init__(
+        self,
+        torrent: bytes,
+        save: Path,
+        *,
+        lying: bool = False,
+        upload_rate: int = 0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        """``upload_rate``: a cap on what it sends, in bytes/s (0: none); ``host``: the
+        loopback address it listens on (libtorrent keeps one connection per address)."""
+        lt = libtorrent()
+        self.host = host
+        self.session = lt.session(
+            {
+                "enable_dht": False,
+                "enable_lsd": False,
+                "enable_upnp": False,
+                "enable_natpmp": False,
+                "listen_interfaces": f"{host}:0",
+                "upload_rate_limit": upload_rate,
+            }
+        )
+        if upload_rate:  # loopback peers are in libtorrent's unlimited local class
+            every = lt.ip_filter()
+            every.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+            self.session.set_peer_class_filter(every)
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(torrent)
+        params.save_path = str(save)
+        params.flags &= ~lt.torrent_flags.auto_managed
+        params.flags &= ~lt.torrent_flags.paused
+        if lying:
+            params.have_pieces = [True] * params.ti.num_pieces()
+            params.flags |= lt.torrent_flags.no_verify_files
+        else:
+            params.flags |= lt.torrent_flags.seed_mode
+        self.handle = self.session.add_torrent(params)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.session.listen_port()}"
+
+    def close(self) -> None:
+        self.session.remove_torrent(self.handle)
+        del self.session

@@ -1,13 +1,27 @@
 """The node in the BitTorrent network: a libtorrent session (``[bittorrent]``) that seeds
-every model the node holds whole.
+every model the node holds whole and fetches missing chunks of the others from BitTorrent
+peers.
 
-A model's torrent names its files ``<model id>/levels/<n>``, so with the store's
-``models/`` folder as its save path libtorrent reads the store's own level files: nothing is
-copied. Each is added in seed mode (libtorrent checks each piece the first time it sends it,
-so a file damaged on disk is found, not sent) and not auto-managed (every model seeds, not
-the first few). A model the node no longer holds whole (dropped for a newer version) is
-removed from the session first. libtorrent is imported only here, when the session starts
-(the ``bittorrent`` extra); the core never imports it.
+**Seeding.** A model's torrent names its files ``<model id>/levels/<n>``, so with the
+store's ``models/`` folder as its save path libtorrent reads the store's own level files:
+nothing is copied. Such a torrent is added in seed mode (libtorrent checks each piece the
+first time it sends it, so a file damaged on disk is found, not sent).
+
+**Fetching.** A model held in part whose torrent the node has (its publisher's, which came
+with the manifest) is added with a scratch folder (``<store>/bittorrent/``) as its save
+path: libtorrent never writes into the store. Piece *k* is chunk *k*; the chunks held get
+priority 0 (never asked of BitTorrent peers), the others a priority by level, level 0
+highest, so level 0 still comes first. Each piece libtorrent completes (its own hash check
+passed) is read back, checked against the signed manifest, and handed to the node, which
+stores and records it as any chunk; a piece that does not match the manifest is dropped and
+the torrent with it. A peer that sends bad data fails libtorrent's hash check and is banned
+by libtorrent. Once the model is whole, its partial torrent and scratch files are removed
+and it is seeded from the store.
+
+Every torrent is kept out of libtorrent's queueing (not auto-managed). A model no longer
+held (dropped for a newer version) is removed from the session first. libtorrent is
+imported only here, when the session starts (the ``bittorrent`` extra); the core never
+imports it.
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,20 +38,39 @@ from peerprog._version import __version__
 from peerprog.config import BitTorrentSection, split_host_port
 from peerprog.errors import InputError
 from peerprog.manifest.torrent import Torrent
+from peerprog.node.state import ModelState
 
 log = logging.getLogger("peerprog.bittorrent")
 SYNC_EVERY = 2.0
 """Seconds between two looks at the models held (added, removed) and at the alerts."""
 PEERS_EVERY = 30.0
 """Seconds between two attempts to connect each torrent to ``bittorrent.peers``."""
+SCRATCH = "bittorrent"
+"""The folder of the store where libtorrent writes pieces of models held in part."""
 
 
-class HeldWhole(Protocol):
-    """Which models the node holds whole, and their torrents
-    (:class:`~peerprog.node.catalog.Catalog`)."""
+class Held(Protocol):
+    """The models the node holds and their torrents (:class:`~peerprog.node.catalog.Catalog`)."""
 
-    def complete_ids(self) -> list[str]: ...
+    @property
+    def models(self) -> Mapping[str, ModelState]: ...
     async def torrent(self, model_id: str) -> Torrent | None: ...
+
+
+PieceSink = Callable[[ModelState, int, bytes], Awaitable[bool]]
+"""Checks a piece (a chunk) against the manifest, stores and records it; False if it does
+not match (:meth:`peerprog.node.Node.bittorrent_piece`)."""
+
+
+@dataclass
+class _Seeded:
+    """One torrent in the session."""
+
+    handle: Any
+    whole: bool
+    """Seeded from the store (else fetching into the scratch folder)."""
+    priorities: list[int]
+    """The piece priorities last set (fetching)."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +107,18 @@ class BitTorrent:
     def __init__(
         self,
         section: BitTorrentSection,
-        models_dir: Path,
-        held: HeldWhole,
+        store_root: Path,
+        held: Held,
         clock: Callable[[], float],
+        sink: PieceSink | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``sink``: where fetched pieces go (None: seed only)."""
         self._section = section
-        self._models_dir = models_dir
+        self._models_dir = store_root / "models"
+        self._scratch = store_root / SCRATCH
         self._held = held
+        self._sink = sink
         self._clock = clock
         self._sleep = sleep
         self._lt = load_libtorrent()
@@ -95,10 +132,20 @@ class BitTorrent:
                 "enable_upnp": False,
                 "enable_natpmp": False,
                 "user_agent": f"peerprog/{__version__}",
-                "alert_mask": lt.alert_category.error | lt.alert_category.status,
+                "alert_mask": lt.alert_category.error
+                | lt.alert_category.status
+                | lt.alert_category.storage
+                | lt.alert_category.peer
+                | lt.alert_category.piece_progress,
             }
         )
-        self._handles: dict[str, Any] = {}
+        self._torrents: dict[str, _Seeded] = {}
+        self._reading: set[tuple[str, int]] = set()
+        """Pieces read back from libtorrent, not handed to the node yet."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._refused: set[str] = set()
+        """Models whose torrent sent a piece that is not the manifest's chunk: not added
+        again (until the node restarts)."""
         self._uploaded_gone = 0
         """Bytes uploaded by torrents removed since."""
         self._peers_at = -PEERS_EVERY
@@ -116,36 +163,65 @@ class BitTorrent:
             await self._sleep(SYNC_EVERY)
 
     async def sync(self) -> None:
-        """Add the models held whole that are not seeded yet, remove those no longer held,
-        connect to the static peers now and then, and log what went wrong."""
-        whole = set(self._held.complete_ids())
-        for model_id in [m for m in self._handles if m not in whole]:
-            self._remove(model_id)
-        for model_id in sorted(whole - set(self._handles)):
+        """Add the models held that are not in the session yet (whole: seeded from the
+        store; in part: fetched, if their torrent is here), swap a fetched one for its
+        seed once whole, remove those no longer held, update what is asked of BitTorrent
+        peers, connect to the static peers now and then, and take the alerts."""
+        models = self._held.models
+        for model_id, t in list(self._torrents.items()):
+            state = models.get(model_id)
+            if state is None or (state.complete and not t.whole):
+                self._remove(model_id)
+            elif not t.whole:
+                self._prioritize(state, t)
+        for model_id in sorted(set(models) - set(self._torrents) - self._refused):
+            state = models[model_id]
+            if not state.complete and self._sink is None:
+                continue
             torrent = await self._held.torrent(model_id)
-            if torrent is not None and model_id not in self._handles:
-                self._add(torrent)
+            if torrent is not None and model_id not in self._torrents:
+                self._add(torrent, state)
         now = self._clock()
         if self._section.peers and now - self._peers_at >= PEERS_EVERY:
             self._peers_at = now
-            for handle in self._handles.values():
-                self._connect(handle)
+            for t in self._torrents.values():
+                self._connect(t.handle)
         self._alerts()
 
-    def _add(self, torrent: Torrent) -> None:
+    def _add(self, torrent: Torrent, state: ModelState) -> None:
         lt = self._lt
         params = lt.add_torrent_params()
         params.ti = lt.torrent_info(torrent.to_bytes())
-        params.save_path = str(self._models_dir)
-        params.flags |= lt.torrent_flags.seed_mode
+        whole = state.complete
+        if whole:
+            params.save_path = str(self._models_dir)
+            params.flags |= lt.torrent_flags.seed_mode
+        else:
+            self._scratch.mkdir(exist_ok=True)
+            params.save_path = str(self._scratch)
         params.flags &= ~lt.torrent_flags.auto_managed
         params.flags &= ~lt.torrent_flags.paused
         if self._section.trackers:
             params.trackers = list(self._section.trackers)
         handle = self._session.add_torrent(params)
-        self._handles[torrent.model_id] = handle
+        t = self._torrents[torrent.model_id] = _Seeded(handle, whole, [])
+        if not whole:
+            self._prioritize(state, t)
         self._connect(handle)
-        log.info("seeding %s… into BitTorrent (%s)", torrent.model_id[:12], torrent.magnet())
+        what = "seeding" if whole else "fetching"
+        log.info("%s %s… over BitTorrent (%s)", what, torrent.model_id[:12], torrent.magnet())
+
+    def _prioritize(self, state: ModelState, t: _Seeded) -> None:
+        """Ask BitTorrent peers for the chunks not held, level 0 first."""
+        levels = state.manifest.levels
+        want = [0] * len(state.manifest.chunks)
+        for lv in levels:
+            for i in lv.chunks:
+                if i not in state.have:
+                    want[i] = max(1, 7 - lv.level)
+        if want != t.priorities:
+            t.handle.prioritize_pieces(want)
+            t.priorities = want
 
     def _connect(self, handle: Any) -> None:
         for peer in self._section.peers:
@@ -156,21 +232,82 @@ class BitTorrent:
                 log.debug("BitTorrent peer %s: %s", peer, e)
 
     def _remove(self, model_id: str) -> None:
-        handle = self._handles.pop(model_id)
-        self._uploaded_gone += handle.status().total_payload_upload
-        self._session.remove_torrent(handle)
-        log.info("no longer seeding %s… into BitTorrent", model_id[:12])
+        t = self._torrents.pop(model_id)
+        self._uploaded_gone += t.handle.status().total_payload_upload
+        if t.whole:
+            self._session.remove_torrent(t.handle)
+        else:  # its scratch files go with it
+            self._session.remove_torrent(t.handle, self._lt.session.delete_files)
+        log.debug("%s… left the BitTorrent session", model_id[:12])
 
     def _alerts(self) -> None:
+        lt = self._lt
         for alert in self._session.pop_alerts():
-            kind = type(alert).__name__.removesuffix("_alert")
-            if kind in ("file_error", "torrent_error", "listen_failed", "hash_failed"):
-                log.warning("BitTorrent %s: %s", kind.replace("_", " "), alert.message())
-            elif kind in ("tracker_error", "peer_error", "dht_error"):
-                log.debug("BitTorrent %s: %s", kind.replace("_", " "), alert.message())
+            if isinstance(alert, lt.piece_finished_alert):
+                self._finished(alert)
+            elif isinstance(alert, lt.read_piece_alert):
+                self._read(alert)
+            else:
+                kind = type(alert).__name__.removesuffix("_alert")
+                if kind in ("file_error", "torrent_error", "listen_failed", "hash_failed"):
+                    log.warning("BitTorrent %s: %s", kind.replace("_", " "), alert.message())
+                elif kind == "peer_ban":
+                    log.warning("BitTorrent peer banned (it sent bad data): %s", alert.message())
+                elif kind in ("tracker_error", "peer_error", "dht_error"):
+                    log.debug("BitTorrent %s: %s", kind.replace("_", " "), alert.message())
+
+    def _model_of(self, handle: Any) -> str | None:
+        for model_id, t in self._torrents.items():
+            if t.handle == handle and not t.whole:
+                return model_id
+        return None
+
+    def _finished(self, alert: Any) -> None:
+        """libtorrent has a piece (its hash check passed): read it back for the node."""
+        model_id = self._model_of(alert.handle)
+        if model_id is not None and (model_id, alert.piece_index) not in self._reading:
+            self._reading.add((model_id, alert.piece_index))
+            alert.handle.read_piece(alert.piece_index)
+
+    def _read(self, alert: Any) -> None:
+        model_id = self._model_of(alert.handle)
+        key = (model_id or "", alert.piece)
+        if model_id is None or key not in self._reading:
+            return
+        if alert.error.value():
+            self._reading.discard(key)
+            log.warning("BitTorrent: cannot read piece %d back: %s", alert.piece, alert.message())
+            return
+        state = self._held.models.get(model_id)
+        if state is None or self._sink is None:
+            self._reading.discard(key)
+            return
+        if alert.piece >= len(state.manifest.chunks):
+            self._reading.discard(key)
+            return
+        # the last piece of a level ends in its pad file's zeros: the chunk is what precedes
+        data = bytes(alert.buffer)[: state.manifest.chunks[alert.piece].length]
+        task = asyncio.ensure_future(self._deliver(state, alert.piece, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, state: ModelState, index: int, data: bytes) -> None:
+        assert self._sink is not None
+        try:
+            if not await self._sink(state, index, data) and state.model_id in self._torrents:
+                log.error(
+                    "%s: BitTorrent piece %d does not match the signed manifest: "
+                    "its torrent is dropped",
+                    state.manifest.name,
+                    index,
+                )
+                self._remove(state.model_id)
+                self._refused.add(state.model_id)
+        finally:
+            self._reading.discard((state.model_id, index))
 
     def report(self) -> BitTorrentReport:
-        statuses = [h.status() for h in self._handles.values()]
+        statuses = [t.handle.status() for t in self._torrents.values()]
         return BitTorrentReport(
             listen_port=self.listen_port,
             torrents=len(statuses),
@@ -181,7 +318,9 @@ class BitTorrent:
     async def close(self) -> None:
         """Stop seeding and end the session (libtorrent's own stop runs in a thread: it
         may wait for trackers)."""
-        for model_id in list(self._handles):
+        for task in list(self._tasks):  # pieces being stored: they end first
+            await asyncio.gather(task, return_exceptions=True)
+        for model_id in list(self._torrents):
             self._remove(model_id)
         box, self._session = [self._session], None
         await asyncio.to_thread(_end, box)

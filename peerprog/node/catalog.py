@@ -153,10 +153,6 @@ class Catalog:
         (:meth:`DecodedLevels.get`)."""
         return await self._holding(state).decoded.get(growing=growing)
 
-    def complete_ids(self) -> list[str]:
-        """The models held whole."""
-        return [mid for mid, held in self._held.items() if held.state.complete]
-
     async def torrent(self, model_id: str) -> Torrent | None:
         """The BitTorrent v2 torrent of a model held: the stored one, else built from its
         level files once it is held whole (one build at a time; kept once found). None

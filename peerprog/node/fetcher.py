@@ -149,6 +149,11 @@ class Fetcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def held_elsewhere(self, index: int) -> None:
+        """Chunk ``index`` came from outside this fetch (BitTorrent), verified and stored."""
+        self.driver.on_held(index, asyncio.get_running_loop().time())
+        self._wake.set()
+
     def peers_changed(self) -> None:
         """The node learned of a new peer: look for sources at once."""
         self.driver.peers_changed()

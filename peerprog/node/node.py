@@ -23,13 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from peerprog.config import Config, split_host_port
+from peerprog.errors import VerificationError
 from peerprog.listen import GuardedSite, listen_limits
+from peerprog.manifest import verify_chunk
 from peerprog.node.bittorrent import BitTorrent, BitTorrentReport
 from peerprog.node.catalog import Catalog
 from peerprog.node.channels import ChannelsReport, ChannelStats, DialBack, Hub, Keeper, report
 from peerprog.node.decoded import Built
 from peerprog.node.discovery import Discovery
-from peerprog.node.diskguard import DiskGuard, free_bytes
+from peerprog.node.diskguard import CHUNKS, DiskGuard, free_bytes
 from peerprog.node.fetcher import Fetcher, FetchSettings
 from peerprog.node.haves import Haves
 from peerprog.node.mux import server_protocols
@@ -144,6 +146,8 @@ class Node:
         self.catalog.forget_listeners.append(self.table.forget_model)
         self.catalog.forget_listeners.append(self.haves.forget)
         self._stack: contextlib.AsyncExitStack | None = None
+        self._fetchers: dict[str, Fetcher] = {}
+        """The fetch of each model being fetched."""
         self._workers = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="chunks")
         """Verify and write received chunks, several at once."""
 
@@ -158,10 +162,11 @@ class Node:
             stack.push_async_callback(self._scope.aclose)
             await asyncio.to_thread(self.catalog.load_store)
             if self.config.bittorrent.enabled:  # before serving: a missing extra ends it here
-                loop = asyncio.get_running_loop()
+                clock = asyncio.get_running_loop().time
                 bt = BitTorrent(
-                    self.config.bittorrent, self.store.root / "models", self.catalog, loop.time
-                )
+                    self.config.bittorrent, self.store.root, self.catalog, clock,
+                    sink=self.bittorrent_piece,
+                )  # fmt: skip
                 self.bittorrent = bt
                 stack.push_async_callback(bt.close)
             host, port = split_host_port(self.config.node.listen, "node.listen")
@@ -272,10 +277,42 @@ class Node:
             on_banned=self.hub.banned,
         )
         unsubscribe = self.discovery.subscribe(fetcher.peers_changed)
+        self._fetchers[state.model_id] = fetcher
         try:
             await fetcher.run()
         finally:
             unsubscribe()
+            if self._fetchers.get(state.model_id) is fetcher:
+                del self._fetchers[state.model_id]
+
+    async def bittorrent_piece(self, state: ModelState, index: int, data: bytes) -> bool:
+        """A piece (chunk ``index``) a BitTorrent peer sent, past libtorrent's own hash
+        check: checked against the signed manifest, then stored and recorded as any chunk
+        (its bytes counted as from ``bittorrent``). False if it does not match the
+        manifest; a disk that refuses it is the store's error, not the piece's."""
+        files = self.catalog.files(state.model_id)
+        if index in state.have or files is None:
+            return True
+        loop = asyncio.get_running_loop()
+        try:
+            ok = await loop.run_in_executor(self._workers, _verify_write, state, files, index, data)
+        except OSError as e:
+            if not isinstance(e, FileNotFoundError):  # else: the model was dropped meanwhile
+                why = f"cannot store chunks of {state.manifest.name}: {e.strerror or e}"
+                self.disk.failed(CHUNKS, why, loop.time())
+            return True
+        if not ok:
+            return False
+        if index not in state.have:
+            metrics = state.metrics
+            metrics.chunks_verified += 1
+            for counts in (metrics.bytes_by_source, metrics.bytes_by_peer):
+                counts["bittorrent"] = counts.get("bittorrent", 0) + len(data)
+            self.catalog.chunk_stored(state, index)
+            fetcher = self._fetchers.get(state.model_id)
+            if fetcher is not None:
+                fetcher.held_elsewhere(index)
+        return True
 
     def _known_root(self, url: str) -> str | None:
         """The peer-protocol root of ``url`` if the peer table knows that node."""
@@ -395,3 +432,14 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
     """Cancel ``task`` and wait for it to end."""
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def _verify_write(state: ModelState, files: ModelFiles, index: int, data: bytes) -> bool:
+    """Check chunk ``index`` against the manifest and write it (in a worker); False if it
+    does not match."""
+    try:
+        verify_chunk(state.manifest, index, data)
+    except VerificationError:
+        return False
+    files.write_chunks([(index, data)])
+    return True

@@ -528,6 +528,14 @@ class Driver:
         self._cancel(self.sched.on_chunk(fetch.source.key, index, now))
         self._touched = True
 
+    def on_held(self, index: int, now: float) -> None:
+        """Chunk ``index`` verified and is stored, from outside the driver's sources (a
+        BitTorrent peer): requests for it end, and it is asked of nobody."""
+        for run in self._runs.values():
+            run.pending.discard(index)
+        self._cancel(self.sched.mark_have(index, now))
+        self._touched = True
+
     def on_bad_chunk(self, fetch: Fetch, index: int, now: float) -> None:
         """Chunk ``index`` of ``fetch``'s body failed its hash: its sender is banned."""
         key = fetch.source.key

@@ -54,9 +54,9 @@ import enum
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-SOURCE_KINDS = ("seed", "peer", "web_seed")
+SOURCE_KINDS = ("seed", "peer", "web_seed", "bittorrent")
 """Where bytes come from: the origin (a complete holder that published the model), another
-peer, or a plain HTTP web seed."""
+peer, a plain HTTP web seed, or BitTorrent peers (``[bittorrent]``)."""
 
 WEB_SEED_PREFIX = "webseed:"
 """Web seeds are named ``webseed:<root URL>`` among sources."""

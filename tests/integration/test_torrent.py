@@ -6,6 +6,9 @@ file from a node's peer port as a BEP 19 web seed."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from peerprog.formats import parse_safetensors, read_model
 from peerprog.manifest.torrent import parse_torrent
 from peerprog.reference import digits
 from peerprog.store import Store
-from tests.bt import download, libtorrent
-from tests.integration.cluster import Cluster, Daemon, run_cli, wait_until
+from tests.bt import Seeder, download, libtorrent
+from tests.integration.cluster import Cluster, Daemon, free_port, run_cli, wait_until
 
 NAME = digits.MODEL_NAME
 
@@ -149,3 +153,96 @@ def test_a_busy_node_makes_a_web_seed_client_wait_and_declines_peers(cluster: Cl
         node = get({"Peerprog-Node": "http://127.0.0.1:9/"})
         assert [f.result() for f in plain] == [206, 206, 206]
     assert node == 503
+
+
+def mirror_without_levels(cluster: Cluster, mid: str, root: Path) -> Path:
+    """A static mirror of the seed store holding the name, manifest and torrent of ``mid``,
+    and no level (its chunks must come from elsewhere)."""
+    (root / "names").mkdir(parents=True)
+    shutil.copy(cluster.seed_store / "names" / NAME, root / "names" / NAME)
+    (root / "models" / mid).mkdir(parents=True)
+    for name in ("manifest.msgpack", "torrent"):
+        shutil.copy(cluster.seed_store / "models" / mid / name, root / "models" / mid / name)
+    return root
+
+
+@pytest.fixture
+def static_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``python -m http.server`` over a new folder: its URL and the folder."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url), 10, "http.server to answer")
+        yield url, root
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except (OSError, urllib.error.HTTPError):
+        return False
+
+
+@pytest.mark.parametrize("liar", [False, True], ids=["one seeder", "and a lying one"])
+def test_an_edge_fetches_from_stock_bittorrent_seeders_alone(
+    cluster: Cluster, tmp_path: Path, static_server: tuple[str, Path], liar: bool
+) -> None:
+    """The edge's only source of chunks is a stock libtorrent seeder (the manifest and the
+    torrent come from a static mirror that holds no level); with ``liar``, another seeder
+    sends corrupt data for every piece and is banned, and the model still completes."""
+    libtorrent()
+    mid = cluster.publish()["model_id"]
+    url, root = static_server
+    mirror_without_levels(cluster, mid, root)
+    torrent = (cluster.seed_store / "models" / mid / "torrent").read_bytes()
+    seeders = []
+    if liar:
+        bad = tmp_path / "bad"
+        shutil.copytree(cluster.seed_store / "models" / mid / "levels", bad / mid / "levels")
+        for level in (bad / mid / "levels").iterdir():
+            data = bytearray(level.read_bytes())
+            for i in range(0, len(data), 4096):
+                data[i] ^= 0xFF
+            level.write_bytes(bytes(data))
+        seeders.append(Seeder(torrent, bad, lying=True, host="127.0.0.2"))
+    # with a liar, the honest seeder is slow: the edge asks both for pieces
+    seeders.append(Seeder(torrent, cluster.seed_store / "models", upload_rate=300_000 * liar))
+    try:
+        bt = {"enabled": True, "listen": "127.0.0.1:0", "dht": False}
+        bt["peers"] = [s.address for s in seeders]
+        edge = cluster.start(
+            cluster.node("edge", want=[NAME], web_seeds=[url], extra={"bittorrent": bt})
+        )
+        wait_until(lambda: edge.client().status(NAME).get("complete"), 120, "the edge")
+    finally:
+        for s in seeders:
+            s.close()
+    t = edge.request("GET", "/v1/status").json()["transfers"][mid]
+    total = Store(cluster.seed_store, create=False).load_manifest(mid, None).manifest.total_bytes
+    assert t["bytes_by_source"]["bittorrent"] == total, t["bytes_by_source"]
+    assert t["chunks_failed"] == 0
+    reached = {int(k): v for k, v in t["level_complete_at"].items()}
+    assert reached[0] == min(reached.values())  # level 0 first
+    answer = edge.request("GET", f"/v1/models/{NAME}/best?min_level=max")
+    assert answer.status == 200 and answer.headers["Peerprog-Level"] == str(len(reached) - 1)
+    got, _ = parse_safetensors(answer.body)
+    want = read_model(digits.model_path())
+    assert all(got[k].array.tobytes() == want[k].array.tobytes() for k in want)
+    logs = cluster.logs(edge)
+    assert "Traceback" not in logs
+    if liar:
+        assert "BitTorrent hash failed" in logs and "BitTorrent peer banned" in logs
+    # whole now: its partial torrent and scratch files are gone, and it seeds from the store
+    wait_until(lambda: not any((edge.data_dir / "bittorrent").glob("*/levels/*")), 20, "cleanup")

@@ -12,8 +12,9 @@ from peerprog.config import BitTorrentSection, parse_config
 from peerprog.errors import InputError
 from peerprog.manifest.torrent import Torrent
 from peerprog.node.bittorrent import BitTorrent
-from peerprog.store import Store
+from peerprog.node.state import ModelState
 from peerprog.store.torrents import stored_torrent
+from peerprog.swarm import Bitfield
 from tests.bt import libtorrent
 from tests.unit.samples import PUB
 from tests.unit.test_torrent import published
@@ -55,17 +56,15 @@ def test_without_the_extra_the_session_is_refused_naming_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "libtorrent", None)  # import fails
     with pytest.raises(InputError, match=r"pip install 'peerprog\[bittorrent\]'"):
-        BitTorrent(BitTorrentSection(enabled=True), tmp_path, Held({}), lambda: 0.0)
+        BitTorrent(BitTorrentSection(enabled=True), tmp_path, Held({}, {}), lambda: 0.0)
 
 
 class Held:
-    """The catalog as the session sees it: models held whole, and their torrents."""
+    """The catalog as the session sees it: the models held, and their torrents."""
 
-    def __init__(self, torrents: dict[str, Torrent]) -> None:
+    def __init__(self, torrents: dict[str, Torrent], models: dict[str, ModelState]) -> None:
         self.torrents = torrents
-
-    def complete_ids(self) -> list[str]:
-        return list(self.torrents)
+        self.models = models
 
     async def torrent(self, model_id: str) -> Torrent | None:
         return self.torrents.get(model_id)
@@ -76,19 +75,24 @@ async def test_the_session_seeds_the_models_held_whole_and_drops_the_others(
 ) -> None:
     libtorrent()
     store, mid = published(tmp_path / "s")
-    torrent = stored_torrent(store, store.load_manifest(mid, [PUB]))
+    signed = store.load_manifest(mid, [PUB])
+    torrent = stored_torrent(store, signed)
     assert torrent is not None
-    held = Held({mid: torrent})
+    n = len(signed.manifest.chunks)
+    held = Held({mid: torrent}, {mid: ModelState(signed, Bitfield.full(n), origin=True)})
     section = BitTorrentSection(enabled=True, listen="127.0.0.1:0", dht=False)
-    bt = BitTorrent(section, Store(tmp_path / "s").root / "models", held, lambda: 0.0)
+    bt = BitTorrent(section, store.root, held, lambda: 0.0)  # seeding only: no piece sink
     try:
         await bt.sync()
         report = bt.report()
         assert report.torrents == 1 and report.listen_port > 0
         await bt.sync()  # nothing new: nothing added twice
         assert bt.report().torrents == 1
-        held.torrents = {}  # dropped (a newer version is exact)
+        held.models = {}  # dropped (a newer version is exact)
         await bt.sync()
+        assert bt.report().torrents == 0
+        held.models = {mid: ModelState(signed, Bitfield(n), origin=False)}
+        await bt.sync()  # held in part: not fetched by a session without a piece sink
         assert bt.report().torrents == 0
     finally:
         await bt.close()

@@ -308,3 +308,16 @@ def test_super_seeding_origin_sends_each_chunk_about_once() -> None:
     plain = simulate.Sim(sim_args(no_super_seeding=True), 4)
     plain.run()
     assert plain.results()["seed_upload_over_stream"] > res["seed_upload_over_stream"]
+
+
+def test_chunks_held_from_elsewhere_end_their_requests_and_are_asked_of_nobody() -> None:
+    d = driver(table(A), [2, 2])
+    (fetch,) = of(started(d, A, n=4), Fetch)
+    assert fetch.chunks == (0, 1)
+    d.on_held(0, 0.1)  # chunk 0 came from a BitTorrent peer
+    assert of(d.step(0.1), Cancel) == []  # the request still brings chunk 1
+    d.on_held(1, 0.2)
+    assert of(d.step(0.2), Cancel) == [Cancel(fetch.id)]  # nothing it was asked for is awaited
+    d.on_held(2, 0.3)
+    d.on_held(3, 0.3)
+    assert d.complete and of(d.step(0.4), Fetch) == []
