@@ -137,8 +137,10 @@ class SwarmSection:
 @dataclass(frozen=True)
 class BitTorrentSection:
     """``[bittorrent]``: the node in the BitTorrent network (needs the ``bittorrent``
-    extra, libtorrent). It seeds every model it holds whole, as the torrent its publisher
-    signed (or the same one built from the levels), from the store's level files."""
+    extra, libtorrent). It seeds every model it holds whole, from the store's level files,
+    and fetches the missing chunks of a model it holds in part from BitTorrent peers too
+    (beside peerprog peers and web seeds), level 0 first, each checked against the signed
+    manifest."""
 
     enabled: bool = False
     """Run a BitTorrent session (libtorrent) beside the peer protocol."""

@@ -86,8 +86,9 @@ SECTION_INTROS = {
         "(`node.listen`) and, where it says so, for the API's TCP listener."
     ),
     "bittorrent": (
-        "The node as a BitTorrent seeder ([bittorrent.md](bittorrent.md)); off by default, "
-        "and it needs the `bittorrent` extra (`pip install 'peerprog[bittorrent]'`)."
+        "The node as a BitTorrent peer: it seeds the models it holds whole and fetches "
+        "missing chunks from BitTorrent peers too ([bittorrent.md](bittorrent.md)); off by "
+        "default, and it needs the `bittorrent` extra (`pip install 'peerprog[bittorrent]'`)."
     ),
 }
 

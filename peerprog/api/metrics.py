@@ -127,7 +127,7 @@ def render_metrics(node: NodeView, stats: ApiStats, now: float | None = None) ->
     lines += family(
         "peerprog_received_bytes_total",
         "counter",
-        "Verified bytes received, by source kind (seed, peer, web_seed).",
+        "Verified bytes received, by source kind (seed, peer, web_seed, bittorrent).",
         (
             ({**model_labels(s), "source": kind}, s.metrics.bytes_by_source.get(kind, 0))
             for s in states

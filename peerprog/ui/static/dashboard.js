@@ -17,6 +17,7 @@ const SOURCES = [
   ["seed", "seed"],
   ["peer", "peers"],
   ["web_seed", "web seeds"],
+  ["bittorrent", "BitTorrent"],
 ];
 
 const api = new Api(takeToken());
