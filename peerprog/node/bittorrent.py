@@ -27,6 +27,7 @@ imports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,7 +43,8 @@ from peerprog.node.state import ModelState
 
 log = logging.getLogger("peerprog.bittorrent")
 SYNC_EVERY = 2.0
-"""Seconds between two looks at the models held (added, removed) and at the alerts."""
+"""Seconds between two looks at the models held (added, removed, pieces held), besides
+those :meth:`BitTorrent.wake` asks for; alerts are taken as they come."""
 PEERS_EVERY = 30.0
 """Seconds between two attempts to connect each torrent to ``bittorrent.peers``."""
 SCRATCH = "bittorrent"
@@ -111,7 +113,6 @@ class BitTorrent:
         held: Held,
         clock: Callable[[], float],
         sink: PieceSink | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """``sink``: where fetched pieces go (None: seed only)."""
         self._section = section
@@ -120,7 +121,6 @@ class BitTorrent:
         self._held = held
         self._sink = sink
         self._clock = clock
-        self._sleep = sleep
         self._lt = load_libtorrent()
         host, port = split_host_port(section.listen, "bittorrent.listen")
         lt = self._lt
@@ -143,6 +143,8 @@ class BitTorrent:
         self._reading: set[tuple[str, int]] = set()
         """Pieces read back from libtorrent, not handed to the node yet."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._alerted = asyncio.Event()
+        self._changed = asyncio.Event()
         self._refused: set[str] = set()
         """Models whose torrent sent a piece that is not the manifest's chunk: not added
         again (until the node restarts)."""
@@ -154,13 +156,37 @@ class BitTorrent:
     def listen_port(self) -> int:
         return int(self._session.listen_port())
 
+    def wake(self) -> None:
+        """The models held changed (one taken up, a level reached, a torrent found): look
+        at them now rather than at the next periodic sync."""
+        self._changed.set()
+
     async def run(self) -> None:
-        """Keep the session's torrents in step with the models held whole, until
-        cancelled."""
+        """Keep the session's torrents in step with the models held, and take its alerts as
+        libtorrent posts them, until cancelled."""
         log.info("BitTorrent session listening on port %d", self.listen_port)
+        loop = asyncio.get_running_loop()
+
+        def notify() -> None:  # called in a libtorrent thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._alerted.set)
+
+        self._session.set_alert_notify(notify)
+        due = self._clock()
         while True:
-            await self.sync()
-            await self._sleep(SYNC_EVERY)
+            self._alerted.clear()
+            if self._changed.is_set() or self._clock() >= due:
+                self._changed.clear()
+                await self.sync()
+                due = self._clock() + SYNC_EVERY
+            else:
+                self._alerts()
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self._alerted, self._changed)]
+            try:
+                await asyncio.wait(waiters, timeout=max(0.0, due - self._clock()))
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
 
     async def sync(self) -> None:
         """Add the models held that are not in the session yet (whole: seeded from the
@@ -318,6 +344,7 @@ class BitTorrent:
     async def close(self) -> None:
         """Stop seeding and end the session (libtorrent's own stop runs in a thread: it
         may wait for trackers)."""
+        self._session.set_alert_notify(lambda: None)
         for task in list(self._tasks):  # pieces being stored: they end first
             await asyncio.gather(task, return_exceptions=True)
         for model_id in list(self._torrents):

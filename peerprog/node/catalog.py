@@ -118,6 +118,8 @@ class Catalog:
         """Called with a model each time one is taken up from a source."""
         self.forget_listeners: list[Callable[[str], None]] = []
         """Called with a model id once it is dropped."""
+        self.torrent_listeners: list[LevelListener] = []
+        """Called with a model once its publisher's torrent came from a peer or a mirror."""
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -201,6 +203,8 @@ class Catalog:
         found: asyncio.Future[Torrent | None] = asyncio.get_running_loop().create_future()
         found.set_result(torrent)
         held.torrent = found
+        for listener in list(self.torrent_listeners):
+            listener(held.state)
         return True
 
     def decoded_at(self, model_id: str, level: int) -> Built | None:

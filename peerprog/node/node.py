@@ -169,6 +169,12 @@ class Node:
                 )  # fmt: skip
                 self.bittorrent = bt
                 stack.push_async_callback(bt.close)
+                for listeners in (
+                    self.catalog.take_up_listeners,
+                    self.catalog.level_listeners,
+                    self.catalog.torrent_listeners,
+                ):
+                    listeners.append(lambda _state: bt.wake())
             host, port = split_host_port(self.config.node.listen, "node.listen")
             service = PeerService(
                 self.catalog,
