@@ -8,7 +8,11 @@ seed daemon serves its store; a libtorrent session seeds the same level files (s
 from the seed's store folder); a static nginx over the store is a third source (a mirror).
 The link is capped at ``--cap`` MB/s (default 25): ``tc`` shapes what the three sources send
 on loopback (root needed). The client is a fresh libtorrent session each time, given one
-source only. Each source is
+source only. Then, in each run, a peerprog edge (``[bittorrent]`` on) whose only source of
+chunks is the libtorrent seeder (its manifest and torrent from an nginx mirror holding no
+level) is timed from an app's request to every chunk verified and recorded, with the time
+its level 0 was complete; the target compares it with the stock client's time from the
+same seeder. Each source is
 timed ``--runs`` times (default 3), the sources taking turns; medians are reported, with
 every run, and the files checked against the store's.
 
@@ -33,14 +37,16 @@ from typing import Any
 from bench.baseline import Nginx
 from bench.report import machine, table, write_section
 from bench.size import make_model
+from peerprog.api.client import Client
 from peerprog.manifest import chunk_size_for
 from peerprog.manifest.torrent import Torrent
 from peerprog.store import Store
 from peerprog.store.torrents import stored_torrent
-from tests.integration.cluster import Cluster
+from tests.integration.cluster import Cluster, Daemon
 
 NAME = "bt"
 SOURCES = ("libtorrent seeder", "peerprog node (web seed)", "nginx mirror (web seed)")
+EDGE = "peerprog edge from the libtorrent seeder"
 
 
 def lt_module() -> Any:
@@ -130,6 +136,36 @@ def fetch(torrent: Torrent, save: Path, peer: int | None, timeout: float) -> flo
     return seconds
 
 
+def mirror_without_levels(store_root: Path, model_id: str, root: Path) -> Path:
+    """A static mirror of a store holding the model's name, manifest and torrent, and no
+    level file."""
+    (root / "names").mkdir(parents=True)
+    shutil.copy(store_root / "names" / NAME, root / "names" / NAME)
+    (root / "models" / model_id).mkdir(parents=True)
+    for name in ("manifest.msgpack", "torrent"):
+        shutil.copy(store_root / "models" / model_id / name, root / "models" / model_id / name)
+    return root
+
+
+def edge_fetch(edge: Daemon, model_id: str) -> tuple[float, float]:
+    """An app asks a running edge for the model: (seconds until it holds every chunk,
+    seconds until its level 0 was complete)."""
+    client = Client(edge.socket, timeout=600)
+    t0, wall0 = time.perf_counter(), time.time()
+    client.want(NAME)
+    deadline = t0 + 600
+    while not client.status(NAME).get("complete"):
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the edge did not complete in 600 s")
+        time.sleep(0.02)
+    seconds = time.perf_counter() - t0
+    t = edge.request("GET", "/v1/status").json()["transfers"][model_id]
+    others = {k: v for k, v in t["bytes_by_source"].items() if k != "bittorrent" and v}
+    if others:
+        raise RuntimeError(f"the edge got bytes from other sources: {others}")
+    return seconds, t["level_complete_at"]["0"] - wall0
+
+
 def same_files(store: Store, model_id: str, levels: int, save: Path) -> bool:
     for n in range(levels):
         got = save / model_id / "levels" / str(n)
@@ -144,7 +180,8 @@ def run(root: Path, mib: int, cap: int, runs: int) -> dict[str, Any]:
     src.mkdir()
     tensors = max(1, mib * (1 << 20) // (8192 * 2048 * 2))
     model_bytes = make_model(src / "model.safetensors", tensors)
-    times: dict[str, list[float]] = {s: [] for s in SOURCES}
+    times: dict[str, list[float]] = {s: [] for s in (*SOURCES, EDGE)}
+    level0_times: list[float] = []
     exact = True
     with Cluster(root / "cluster") as c:
         chunk = chunk_size_for(model_bytes)  # the automatic size
@@ -166,13 +203,25 @@ def run(root: Path, mib: int, cap: int, runs: int) -> dict[str, Any]:
                 SOURCES[2]: (bare.with_web_seeds([f"{web.url}/models/"]), None),
             }
             ports = [seeder.listen_port(), node.port, int(web.url.rsplit(":", 1)[1])]
-            with LinkCap(ports, cap):
-                for _ in range(runs):
+            mirror = mirror_without_levels(c.seed_store, mid, root / "mirror")
+            with LinkCap(ports, cap), Nginx(mirror, root / "nginx-mirror") as meta:
+                for run_no in range(runs):
                     for name, (torrent, peer) in sources.items():
                         save = root / "client"
                         times[name].append(fetch(torrent, save, peer, 600))
                         exact = exact and same_files(store, mid, levels, save)
                         shutil.rmtree(save)
+                    bt = {"enabled": True, "listen": "127.0.0.1:0", "dht": False}
+                    bt["peers"] = [f"127.0.0.1:{seeder.listen_port()}"]
+                    edge = c.start(
+                        c.node(f"edge{run_no}", web_seeds=[meta.url], extra={"bittorrent": bt})
+                    )
+                    seconds, level0 = edge_fetch(edge, mid)
+                    times[EDGE].append(seconds)
+                    level0_times.append(level0)
+                    exact = exact and same_files(store, mid, levels, edge.data_dir / "models")
+                    c.stop(edge)
+                    shutil.rmtree(edge.data_dir)
         seeder.remove_torrent(seeding)
         c.stop(node)
     med = {s: statistics.median(v) for s, v in times.items()}
@@ -188,6 +237,9 @@ def run(root: Path, mib: int, cap: int, runs: int) -> dict[str, Any]:
         "seconds_runs": times,
         "MBps": {s: stream / t / 1e6 for s, t in med.items()},
         "node_over_seeder": med[SOURCES[0]] / med[SOURCES[1]],
+        "edge_over_client": med[EDGE] / med[SOURCES[0]],
+        "edge_level0_s": statistics.median(level0_times),
+        "edge_level0_runs": level0_times,
         "mirror_over_seeder": med[SOURCES[0]] / med[SOURCES[2]],
         "bit_exact": exact,
     }
@@ -199,6 +251,15 @@ def markdown(doc: dict[str, Any]) -> str:
     for s in SOURCES:
         runs = ", ".join(f"{t:.2f}" for t in r["seconds_runs"][s])
         rows.append([s, f"{r['seconds'][s]:.2f} s [{runs}]", f"{r['MBps'][s]:.1f} MB/s"])
+    edge_runs = ", ".join(f"{t:.2f}" for t in r["seconds_runs"][EDGE])
+    edge = r["edge_over_client"]
+    rows.append(
+        [
+            f"{EDGE} (BitTorrent only; manifest and torrent from a mirror without levels)",
+            f"{r['seconds'][EDGE]:.2f} s [{edge_runs}]; level 0 at {r['edge_level0_s']:.2f} s",
+            f"{r['stream_bytes'] / r['seconds'][EDGE] / 1e6:.1f} MB/s",
+        ]
+    )
     ratio = r["node_over_seeder"]
     verdict = "met" if ratio >= 0.9 else "missed"
     return (
@@ -214,7 +275,10 @@ def markdown(doc: dict[str, Any]) -> str:
         + table(["source", "time to every piece [runs]", "throughput"], rows)
         + f"\n\nFrom a peerprog node: **{ratio:.0%}** of what the client gets from a libtorrent "
         f"seeder on the same capped link (target ≥ 90%: {verdict}); from an nginx mirror of "
-        f"the store: {r['mirror_over_seeder']:.0%}.\n"
+        f"the store: {r['mirror_over_seeder']:.0%}. A peerprog edge whose only source is "
+        f"the libtorrent seeder: **{edge:.2f}×** the stock client's time from the same seeder "
+        f"(target ≤ 1.3×: {'met' if edge <= 1.3 else 'missed'}), the app's request to every "
+        "chunk verified and recorded.\n"
     )
 
 

@@ -44,7 +44,11 @@ from peerprog.node.state import ModelState
 log = logging.getLogger("peerprog.bittorrent")
 SYNC_EVERY = 2.0
 """Seconds between two looks at the models held (added, removed, pieces held), besides
-those :meth:`BitTorrent.wake` asks for; alerts are taken as they come."""
+those :meth:`BitTorrent.wake` asks for."""
+ALERTS_EVERY = 0.02
+"""Seconds between two reads of the session's alerts while a model is fetched (its
+pieces are taken as they come; libtorrent's own notify callback, from its thread, can
+deadlock against a call made with the GIL held)."""
 PEERS_EVERY = 30.0
 """Seconds between two attempts to connect each torrent to ``bittorrent.peers``."""
 SCRATCH = "bittorrent"
@@ -143,7 +147,6 @@ class BitTorrent:
         self._reading: set[tuple[str, int]] = set()
         """Pieces read back from libtorrent, not handed to the node yet."""
         self._tasks: set[asyncio.Task[None]] = set()
-        self._alerted = asyncio.Event()
         self._changed = asyncio.Event()
         self._refused: set[str] = set()
         """Models whose torrent sent a piece that is not the manifest's chunk: not added
@@ -165,28 +168,19 @@ class BitTorrent:
         """Keep the session's torrents in step with the models held, and take its alerts as
         libtorrent posts them, until cancelled."""
         log.info("BitTorrent session listening on port %d", self.listen_port)
-        loop = asyncio.get_running_loop()
-
-        def notify() -> None:  # called in a libtorrent thread
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(self._alerted.set)
-
-        self._session.set_alert_notify(notify)
         due = self._clock()
         while True:
-            self._alerted.clear()
             if self._changed.is_set() or self._clock() >= due:
                 self._changed.clear()
                 await self.sync()
                 due = self._clock() + SYNC_EVERY
             else:
                 self._alerts()
-            waiters = [asyncio.ensure_future(e.wait()) for e in (self._alerted, self._changed)]
-            try:
-                await asyncio.wait(waiters, timeout=max(0.0, due - self._clock()))
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+            fetching = any(not t.whole for t in self._torrents.values())
+            pause = min(ALERTS_EVERY if fetching else SYNC_EVERY, max(0.0, due - self._clock()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._changed.wait()
 
     async def sync(self) -> None:
         """Add the models held that are not in the session yet (whole: seeded from the
@@ -344,7 +338,6 @@ class BitTorrent:
     async def close(self) -> None:
         """Stop seeding and end the session (libtorrent's own stop runs in a thread: it
         may wait for trackers)."""
-        self._session.set_alert_notify(lambda: None)
         for task in list(self._tasks):  # pieces being stored: they end first
             await asyncio.gather(task, return_exceptions=True)
         for model_id in list(self._torrents):
