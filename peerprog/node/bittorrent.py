@@ -108,7 +108,8 @@ def load_libtorrent() -> Any:
 
 
 class BitTorrent:
-    """The node's libtorrent session, seeding the models held whole."""
+    """The node's libtorrent session: it seeds the models held whole and fetches the others
+    (with a piece sink)."""
 
     def __init__(
         self,
@@ -165,8 +166,8 @@ class BitTorrent:
         self._changed.set()
 
     async def run(self) -> None:
-        """Keep the session's torrents in step with the models held, and take its alerts as
-        libtorrent posts them, until cancelled."""
+        """Keep the session's torrents in step with the models held, and take its alerts
+        (every :data:`ALERTS_EVERY` seconds while a model is fetched), until cancelled."""
         log.info("BitTorrent session listening on port %d", self.listen_port)
         due = self._clock()
         while True:
