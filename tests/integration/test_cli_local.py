@@ -83,7 +83,11 @@ def test_publish_json_matches_design(published: dict[str, object]) -> None:
         "source_bytes",
         "total_bytes",
         "levels",
+        "torrent",  # beside DESIGN's keys: the model's BitTorrent torrent
     }
+    torrent = doc["torrent"]
+    assert set(torrent) == {"info_hash", "magnet", "web_seeds"} and torrent["web_seeds"] == []
+    assert f"urn:btmh:1220{torrent['info_hash']}&dn={doc['model_id']}" in torrent["magnet"]
     assert doc["name"] == "digits-cnn" and doc["version"] == 1 and doc["codec"] == "groupplane"
     assert doc["source_bytes"] == sum(t.nbytes for t in read_model(MODEL).values())
     cum = 0
