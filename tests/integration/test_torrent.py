@@ -133,13 +133,15 @@ def test_a_node_seeds_the_models_it_holds_into_bittorrent(cluster: Cluster, tmp_
 def test_a_busy_node_makes_a_web_seed_client_wait_and_declines_peers(cluster: Cluster) -> None:
     """Upload slots full: a client that is no peerprog node (no ``Peerprog-Node``, as a
     BitTorrent client using the node as a web seed) waits for its turn; a node gets 503."""
-    mid = cluster.publish()["model_id"]
+    doc = cluster.publish()
+    mid, last = doc["model_id"], len(doc["levels"]) - 1  # its last level: over 600 KB
+    assert doc["levels"][last]["bytes"] >= 600_000
     limits = {"upload_slots": 1, "upload_queue": 0}
-    seed = cluster.start(cluster.seed(upload_bytes_per_s=200_000, extra={"limits": limits}))
-    url = f"{seed.url}/p2p/v1/models/{mid}/levels/0"
+    seed = cluster.start(cluster.seed(upload_bytes_per_s=400_000, extra={"limits": limits}))
+    url = f"{seed.url}/p2p/v1/models/{mid}/levels/{last}"
 
     def get(headers: dict[str, str]) -> int:
-        request = urllib.request.Request(url, headers={"Range": "bytes=0-99999", **headers})
+        request = urllib.request.Request(url, headers={"Range": "bytes=0-599999", **headers})
         try:
             with urllib.request.urlopen(request, timeout=60) as resp:
                 resp.read()
@@ -147,9 +149,9 @@ def test_a_busy_node_makes_a_web_seed_client_wait_and_declines_peers(cluster: Cl
         except urllib.error.HTTPError as e:
             return e.code
 
-    with ThreadPoolExecutor(4) as pool:  # 100 KB each at 200 KB/s: about 0.5 s each
+    with ThreadPoolExecutor(4) as pool:  # 600 KB each at 400 KB/s: 1.5 s each, one at a time
         plain = [pool.submit(get, {}) for _ in range(3)]
-        time.sleep(0.2)
+        time.sleep(0.75)
         node = get({"Peerprog-Node": "http://127.0.0.1:9/"})
         assert [f.result() for f in plain] == [206, 206, 206]
     assert node == 503
