@@ -50,7 +50,8 @@ ALERTS_EVERY = 0.02
 pieces are taken as they come; libtorrent's own notify callback, from its thread, can
 deadlock against a call made with the GIL held)."""
 PEERS_EVERY = 30.0
-"""Seconds between two attempts to connect each torrent to ``bittorrent.peers``."""
+"""Seconds between two attempts to connect each torrent to ``bittorrent.peers`` (a torrent
+being fetched with no peer at all: at each sync)."""
 SCRATCH = "bittorrent"
 """The folder of the store where libtorrent writes pieces of models held in part."""
 
@@ -137,6 +138,9 @@ class BitTorrent:
                 "enable_upnp": False,
                 "enable_natpmp": False,
                 "user_agent": f"peerprog/{__version__}",
+                # a peer that refused us (e.g. holding a connection of ours that died with
+                # a restart) is tried again after 10 s, not libtorrent's 60
+                "min_reconnect_time": 10,
                 "alert_mask": lt.alert_category.error
                 | lt.alert_category.status
                 | lt.alert_category.storage
@@ -203,10 +207,13 @@ class BitTorrent:
             if torrent is not None and model_id not in self._torrents:
                 self._add(torrent, state)
         now = self._clock()
-        if self._section.peers and now - self._peers_at >= PEERS_EVERY:
-            self._peers_at = now
-            for t in self._torrents.values():
-                self._connect(t.handle)
+        if self._section.peers:
+            every = now - self._peers_at >= PEERS_EVERY
+            if every:
+                self._peers_at = now
+            for t in self._torrents.values():  # one fetching with no peer: at each sync
+                if every or (not t.whole and t.handle.status().num_peers == 0):
+                    self._connect(t.handle)
         self._alerts()
 
     def _add(self, torrent: Torrent, state: ModelState) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -248,3 +249,40 @@ def test_an_edge_fetches_from_stock_bittorrent_seeders_alone(
         assert "BitTorrent hash failed" in logs and "BitTorrent peer banned" in logs
     # whole now: its partial torrent and scratch files are gone, and it seeds from the store
     wait_until(lambda: not any((edge.data_dir / "bittorrent").glob("*/levels/*")), 20, "cleanup")
+
+
+def test_an_edge_killed_while_fetching_over_bittorrent_resumes_and_ends_exact(
+    cluster: Cluster, tmp_path: Path, static_server: tuple[str, Path]
+) -> None:
+    """SIGKILL mid-fetch (pieces in libtorrent's scratch folder, some chunks recorded): the
+    restarted edge fetches the rest over BitTorrent, and its store is the model's."""
+    libtorrent()
+    mid = cluster.publish()["model_id"]
+    url, root = static_server
+    mirror_without_levels(cluster, mid, root)
+    torrent = (cluster.seed_store / "models" / mid / "torrent").read_bytes()
+    seeder = Seeder(torrent, cluster.seed_store / "models", upload_rate=200_000)  # ~5 s
+    try:
+        bt = {"enabled": True, "listen": "127.0.0.1:0", "dht": False, "peers": [seeder.address]}
+        edge = cluster.node("edge", want=[NAME], web_seeds=[url], extra={"bittorrent": bt})
+        cluster.start(edge)
+
+        def some_chunks() -> bool:
+            t = edge.request("GET", "/v1/status").json()["transfers"].get(mid)
+            return bool(t and t["bytes_by_source"].get("bittorrent", 0) > 100_000)
+
+        wait_until(some_chunks, 60, "chunks over BitTorrent")
+        cluster.stop(edge, signal.SIGKILL)
+        assert any((edge.data_dir / "bittorrent").glob("*/levels/*"))  # its scratch files
+        cluster.start(edge)
+        wait_until(lambda: edge.client().status(NAME).get("complete"), 120, "the edge")
+    finally:
+        seeder.close()
+    answer = edge.request("GET", f"/v1/models/{NAME}/best?min_level=max")
+    got, _ = parse_safetensors(answer.body)
+    want = read_model(digits.model_path())
+    assert all(got[k].array.tobytes() == want[k].array.tobytes() for k in want)
+    for lv in Store(cluster.seed_store, create=False).load_manifest(mid, None).manifest.levels:
+        path = f"models/{mid}/levels/{lv.level}"
+        assert (edge.data_dir / path).read_bytes() == (cluster.seed_store / path).read_bytes()
+    assert "Traceback" not in cluster.logs(edge)
