@@ -42,6 +42,7 @@ from peerprog.manifest import chunk_size_for
 from peerprog.manifest.torrent import Torrent
 from peerprog.store import Store
 from peerprog.store.torrents import stored_torrent
+from tests.bt import mirror_without_levels
 from tests.integration.cluster import Cluster, Daemon
 
 NAME = "bt"
@@ -136,17 +137,6 @@ def fetch(torrent: Torrent, save: Path, peer: int | None, timeout: float) -> flo
     return seconds
 
 
-def mirror_without_levels(store_root: Path, model_id: str, root: Path) -> Path:
-    """A static mirror of a store holding the model's name, manifest and torrent, and no
-    level file."""
-    (root / "names").mkdir(parents=True)
-    shutil.copy(store_root / "names" / NAME, root / "names" / NAME)
-    (root / "models" / model_id).mkdir(parents=True)
-    for name in ("manifest.msgpack", "torrent"):
-        shutil.copy(store_root / "models" / model_id / name, root / "models" / model_id / name)
-    return root
-
-
 def edge_fetch(edge: Daemon, model_id: str) -> tuple[float, float]:
     """An app asks a running edge for the model: (seconds until it holds every chunk,
     seconds until its level 0 was complete)."""
@@ -203,7 +193,7 @@ def run(root: Path, mib: int, cap: int, runs: int) -> dict[str, Any]:
                 SOURCES[2]: (bare.with_web_seeds([f"{web.url}/models/"]), None),
             }
             ports = [seeder.listen_port(), node.port, int(web.url.rsplit(":", 1)[1])]
-            mirror = mirror_without_levels(c.seed_store, mid, root / "mirror")
+            mirror = mirror_without_levels(c.seed_store, NAME, mid, root / "mirror")
             with LinkCap(ports, cap), Nginx(mirror, root / "nginx-mirror") as meta:
                 for run_no in range(runs):
                     for name, (torrent, peer) in sources.items():

@@ -5,6 +5,7 @@ missing."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -134,3 +135,15 @@ class Seeder:
     def close(self) -> None:
         self.session.remove_torrent(self.handle)
         del self.session
+
+
+def mirror_without_levels(store_root: Path, name: str, model_id: str, root: Path) -> Path:
+    """A static mirror of the store at ``store_root`` (in ``root``, created if missing)
+    holding the name ``name``, and the manifest and torrent of ``model_id``, but no level:
+    its chunks must come from elsewhere."""
+    (root / "names").mkdir(parents=True)
+    shutil.copy(store_root / "names" / name, root / "names" / name)
+    (root / "models" / model_id).mkdir(parents=True)
+    for file in ("manifest.msgpack", "torrent"):
+        shutil.copy(store_root / "models" / model_id / file, root / "models" / model_id / file)
+    return root

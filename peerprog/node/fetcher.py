@@ -149,8 +149,13 @@ class Fetcher:
     def wake(self) -> None:
         self._wake.set()
 
-    def held_elsewhere(self, index: int) -> None:
-        """Chunk ``index`` came from outside this fetch (BitTorrent), verified and stored."""
+    def landed_elsewhere(self, index: int, kind: str) -> None:
+        """Chunk ``index`` came from outside this fetch (``kind``: ``bittorrent``), verified
+        and stored: counted and recorded as a chunk of this fetch's is, and asked of
+        nobody."""
+        if index not in self.state.have:
+            self._tally(kind, kind, self.state.manifest.chunks[index].length)
+            self._on_stored(self.state, index)
         self.driver.on_held(index, asyncio.get_running_loop().time())
         self._wake.set()
 
@@ -391,10 +396,13 @@ class Fetcher:
         return good, bad
 
     def _count(self, key: str, nbytes: int) -> None:
+        # asked now, not when the source was found: its announce may have come since
+        self._tally(self._dir.source_kind(key, self.model_id), key, nbytes)
+
+    def _tally(self, kind: str, key: str, nbytes: int) -> None:
+        """A verified chunk of ``nbytes`` from source ``key`` of ``kind``, in the metrics."""
         metrics = self.state.metrics
         metrics.chunks_verified += 1
-        # asked now, not when the source was found: its announce may have come since
-        kind = self._dir.source_kind(key, self.model_id)
         metrics.bytes_by_source[kind] = metrics.bytes_by_source.get(kind, 0) + nbytes
         metrics.bytes_by_peer[key] = metrics.bytes_by_peer.get(key, 0) + nbytes
 

@@ -293,9 +293,10 @@ class Node:
 
     async def bittorrent_piece(self, state: ModelState, index: int, data: bytes) -> bool:
         """A piece (chunk ``index``) a BitTorrent peer sent, past libtorrent's own hash
-        check: checked against the signed manifest, then stored and recorded as any chunk
-        (its bytes counted as from ``bittorrent``). False if it does not match the
-        manifest; a disk that refuses it is the store's error, not the piece's."""
+        check: checked against the signed manifest, then stored, counted (as from
+        ``bittorrent``) and recorded by the model's fetch as any chunk. False if it does
+        not match the manifest; a disk that refuses it is the store's error, not the
+        piece's."""
         files = self.catalog.files(state.model_id)
         if index in state.have or files is None:
             return True
@@ -309,15 +310,11 @@ class Node:
             return True
         if not ok:
             return False
-        if index not in state.have:
-            metrics = state.metrics
-            metrics.chunks_verified += 1
-            for counts in (metrics.bytes_by_source, metrics.bytes_by_peer):
-                counts["bittorrent"] = counts.get("bittorrent", 0) + len(data)
+        fetcher = self._fetchers.get(state.model_id)
+        if fetcher is not None:
+            fetcher.landed_elsewhere(index, "bittorrent")
+        else:  # its fetch ended meanwhile (the model is whole): recorded all the same
             self.catalog.chunk_stored(state, index)
-            fetcher = self._fetchers.get(state.model_id)
-            if fetcher is not None:
-                fetcher.held_elsewhere(index)
         return True
 
     def _known_root(self, url: str) -> str | None:

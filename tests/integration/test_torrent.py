@@ -23,7 +23,7 @@ from peerprog.formats import parse_safetensors, read_model
 from peerprog.manifest.torrent import parse_torrent
 from peerprog.reference import digits
 from peerprog.store import Store
-from tests.bt import Seeder, download, libtorrent
+from tests.bt import Seeder, download, libtorrent, mirror_without_levels
 from tests.integration.cluster import Cluster, Daemon, free_port, run_cli, wait_until
 
 NAME = digits.MODEL_NAME
@@ -158,17 +158,6 @@ def test_a_busy_node_makes_a_web_seed_client_wait_and_declines_peers(cluster: Cl
     assert node == 503
 
 
-def mirror_without_levels(cluster: Cluster, mid: str, root: Path) -> Path:
-    """A static mirror of the seed store holding the name, manifest and torrent of ``mid``,
-    and no level (its chunks must come from elsewhere)."""
-    (root / "names").mkdir(parents=True)
-    shutil.copy(cluster.seed_store / "names" / NAME, root / "names" / NAME)
-    (root / "models" / mid).mkdir(parents=True)
-    for name in ("manifest.msgpack", "torrent"):
-        shutil.copy(cluster.seed_store / "models" / mid / name, root / "models" / mid / name)
-    return root
-
-
 @pytest.fixture
 def static_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``python -m http.server`` over a new folder: its URL and the folder."""
@@ -208,7 +197,7 @@ def test_an_edge_fetches_from_stock_bittorrent_seeders_alone(
     libtorrent()
     mid = cluster.publish()["model_id"]
     url, root = static_server
-    mirror_without_levels(cluster, mid, root)
+    mirror_without_levels(cluster.seed_store, NAME, mid, root)
     torrent = (cluster.seed_store / "models" / mid / "torrent").read_bytes()
     seeders = []
     if liar:
@@ -259,7 +248,7 @@ def test_an_edge_killed_while_fetching_over_bittorrent_resumes_and_ends_exact(
     libtorrent()
     mid = cluster.publish()["model_id"]
     url, root = static_server
-    mirror_without_levels(cluster, mid, root)
+    mirror_without_levels(cluster.seed_store, NAME, mid, root)
     torrent = (cluster.seed_store / "models" / mid / "torrent").read_bytes()
     seeder = Seeder(torrent, cluster.seed_store / "models", upload_rate=200_000)  # ~5 s
     try:
