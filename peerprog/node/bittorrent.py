@@ -38,8 +38,10 @@ from typing import Any, Protocol
 from peerprog._version import __version__
 from peerprog.config import BitTorrentSection, split_host_port
 from peerprog.errors import InputError
+from peerprog.manifest import Manifest
 from peerprog.manifest.torrent import Torrent
 from peerprog.node.state import ModelState
+from peerprog.swarm import Bitfield
 
 log = logging.getLogger("peerprog.bittorrent")
 SYNC_EVERY = 2.0
@@ -96,6 +98,18 @@ class BitTorrentReport:
             "peers": self.peers,
             "bytes_uploaded": self.bytes_uploaded,
         }
+
+
+def piece_priorities(manifest: Manifest, have: Bitfield) -> list[int]:
+    """libtorrent's priority of each piece (chunk) of a model held ``have``: 0 for a chunk
+    held (never asked of BitTorrent peers), else 7 for level 0, 6 for level 1, … down to 1,
+    so that level 0 comes first."""
+    want = [0] * len(manifest.chunks)
+    for lv in manifest.levels:
+        for i in lv.chunks:
+            if i not in have:
+                want[i] = max(1, 7 - lv.level)
+    return want
 
 
 def load_libtorrent() -> Any:
@@ -241,12 +255,7 @@ class BitTorrent:
 
     def _prioritize(self, state: ModelState, t: _Seeded) -> None:
         """Ask BitTorrent peers for the chunks not held, level 0 first."""
-        levels = state.manifest.levels
-        want = [0] * len(state.manifest.chunks)
-        for lv in levels:
-            for i in lv.chunks:
-                if i not in state.have:
-                    want[i] = max(1, 7 - lv.level)
+        want = piece_priorities(state.manifest, state.have)
         if want != t.priorities:
             t.handle.prioritize_pieces(want)
             t.priorities = want

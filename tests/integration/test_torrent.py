@@ -226,7 +226,6 @@ def test_an_edge_fetches_from_stock_bittorrent_seeders_alone(
     assert t["bytes_by_source"]["bittorrent"] == total, t["bytes_by_source"]
     assert t["chunks_failed"] == 0
     reached = {int(k): v for k, v in t["level_complete_at"].items()}
-    assert reached[0] == min(reached.values())  # level 0 first
     answer = edge.request("GET", f"/v1/models/{NAME}/best?min_level=max")
     assert answer.status == 200 and answer.headers["Peerprog-Level"] == str(len(reached) - 1)
     got, _ = parse_safetensors(answer.body)

@@ -3,6 +3,7 @@ the models held whole (a real libtorrent session on loopback; a fake catalog).""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -11,12 +12,12 @@ import pytest
 from peerprog.config import BitTorrentSection, parse_config
 from peerprog.errors import InputError
 from peerprog.manifest.torrent import Torrent
-from peerprog.node.bittorrent import BitTorrent
+from peerprog.node.bittorrent import BitTorrent, piece_priorities
 from peerprog.node.state import ModelState
 from peerprog.store.torrents import stored_torrent
 from peerprog.swarm import Bitfield
 from tests.bt import libtorrent
-from tests.unit.samples import PUB
+from tests.unit.samples import PUB, make_manifest
 from tests.unit.test_torrent import published
 
 
@@ -96,3 +97,16 @@ async def test_the_session_seeds_the_models_held_whole_and_drops_the_others(
         assert bt.report().torrents == 0
     finally:
         await bt.close()
+
+
+def test_pieces_are_asked_level_0_first_and_never_once_held() -> None:
+    m, _ = make_manifest(chunk_size=1024)  # three levels of 3, 2 and 2 chunks
+    have = Bitfield(len(m.chunks))
+    assert piece_priorities(m, have) == [7, 7, 7, 6, 6, 5, 5]
+    for i in (1, 5):
+        have.set(i)
+    assert piece_priorities(m, have) == [7, 0, 7, 6, 6, 0, 5]
+    deep = dataclasses.replace(
+        m, levels=tuple(dataclasses.replace(lv, level=lv.level + 7) for lv in m.levels)
+    )
+    assert min(piece_priorities(deep, Bitfield(len(m.chunks)))) == 1  # level 7 and on: 1
